@@ -1,0 +1,9 @@
+//! Domain values of fleetwatch: ids, fixes, vehicles. Valid by construction.
+
+pub mod fix;
+pub mod ids;
+pub mod vehicle;
+
+pub use fix::{Fix, FixCandidate, FixError, FixLimits};
+pub use ids::{CooperativeId, DriverId, IdError, VehicleId};
+pub use vehicle::{Vehicle, VehicleClass};

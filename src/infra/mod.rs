@@ -1,0 +1,4 @@
+//! Zero-configuration infrastructure: the embedded broker and the private PostgreSQL.
+
+pub mod broker;
+pub mod postgres;

@@ -1,0 +1,6 @@
+//! Ingest: MQTT consumer, payload decoding, validation.
+
+pub mod decode;
+pub mod mqtt;
+pub mod topic;
+pub mod validate;

@@ -1,0 +1,252 @@
+//! MQTT consumer: persistent session, QoS 1, manual acks after commit.
+//!
+//! The event loop task only polls and forwards: it never waits on the database.
+//! Backpressure: the broker sends at most its in-flight window of unacked QoS 1
+//! messages, and the channel to the pipeline is sized above that window.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::writer::Acker;
+
+/// MQTT connection and subscription settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Broker URL, `mqtt://host:port` or `mqtts://host:port`. Empty: the embedded broker.
+    pub url: String,
+    /// Client id; stable across restarts so the broker keeps the session.
+    pub client_id: String,
+    /// Username, if the broker requires one.
+    pub username: Option<String>,
+    /// Password, if the broker requires one.
+    pub password: Option<String>,
+    /// PEM file of the CA that signs the broker's certificate (mqtts); default: system roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Topic pattern with `{cooperative}` and `{vehicle}` placeholders.
+    pub topic: String,
+    /// Shared-subscription group (`$share/{group}/...`) so instances split the load.
+    pub share_group: Option<String>,
+    /// Keep-alive interval, seconds.
+    pub keep_alive_s: u64,
+    /// Messages buffered between the event loop and the pipeline.
+    pub channel_capacity: usize,
+    /// Longest wait between reconnect attempts, milliseconds.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            client_id: "fleetwatch".into(),
+            username: None,
+            password: None,
+            ca_file: None,
+            topic: "fleet/{cooperative}/{vehicle}/fix".into(),
+            share_group: None,
+            keep_alive_s: 30,
+            channel_capacity: 20_000,
+            max_backoff_ms: 10_000,
+        }
+    }
+}
+
+/// Errors setting up the MQTT client.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// The URL is not `mqtt://` or `mqtts://` with a host.
+    #[error("bad broker URL {url:?}: {why}")]
+    BadUrl { url: String, why: String },
+    /// The CA file could not be read.
+    #[error("reading CA file {path}: {source}")]
+    Ca {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Builds client options from a URL and the config.
+pub fn options(cfg: &MqttConfig, url: &str) -> Result<MqttOptions, MqttError> {
+    let bad = |why: &str| MqttError::BadUrl {
+        url: url.to_string(),
+        why: why.to_string(),
+    };
+    let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    let host = parsed.host_str().ok_or_else(|| bad("no host"))?.to_string();
+    let (tls, default_port) = match parsed.scheme() {
+        "mqtt" | "tcp" => (false, 1883),
+        "mqtts" | "ssl" => (true, 8883),
+        other => return Err(bad(&format!("scheme {other:?} is not mqtt or mqtts"))),
+    };
+    let port = parsed.port().unwrap_or(default_port);
+    let mut o = MqttOptions::new(cfg.client_id.clone(), host, port);
+    o.set_keep_alive(Duration::from_secs(cfg.keep_alive_s.max(5)))
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let user = cfg.username.clone().or_else(|| non_empty(parsed.username()));
+    let pass = cfg.password.clone().or_else(|| parsed.password().map(str::to_string));
+    if let Some(user) = user {
+        o.set_credentials(user, pass.unwrap_or_default());
+    }
+    if tls {
+        let transport = match &cfg.ca_file {
+            Some(path) => {
+                let ca = std::fs::read(path).map_err(|source| MqttError::Ca {
+                    path: path.clone(),
+                    source,
+                })?;
+                Transport::tls(ca, None, None)
+            }
+            None => Transport::tls_with_default_config(),
+        };
+        o.set_transport(transport);
+    }
+    Ok(o)
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// One message handed to the pipeline.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The publish, kept whole: it is the ack token.
+    pub publish: Publish,
+    /// When the event loop received it.
+    pub received_at: DateTime<Utc>,
+}
+
+impl Delivery {
+    /// Topic of the message.
+    pub fn topic(&self) -> &str {
+        &self.publish.topic
+    }
+    /// Payload bytes.
+    pub fn payload(&self) -> &Bytes {
+        &self.publish.payload
+    }
+}
+
+/// Acks publishes through the client after the writer commits.
+#[derive(Clone)]
+pub struct MqttAcker(pub AsyncClient);
+
+impl Acker for MqttAcker {
+    type Token = Publish;
+    async fn ack_all(&self, tokens: Vec<Publish>) {
+        for p in tokens {
+            if let Err(e) = self.0.ack(&p).await {
+                // Only when the event loop is gone; the broker redelivers, storage dedups.
+                tracing::warn!(error = %e, "ack not sent");
+            }
+        }
+    }
+}
+
+/// Starts the client; returns it (for acks and publishing) and the event loop to
+/// hand to [`run_event_loop`].
+pub fn client(cfg: &MqttConfig, url: &str) -> Result<(AsyncClient, EventLoop), MqttError> {
+    let o = options(cfg, url)?;
+    Ok(AsyncClient::new(o, 10_000))
+}
+
+/// Polls the event loop until `stop_forwarding` and then `disconnect` fire.
+///
+/// - Subscribes on every connect without a stored session.
+/// - Forwards publishes to `tx` until `stop_forwarding`; after that it keeps polling
+///   (so the writer's last acks reach the broker) but drops new publishes unacked, for
+///   redelivery to the next session.
+/// - Poll errors are logged, counted and retried with backoff; never fatal.
+pub async fn run_event_loop(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    subscriptions: Vec<String>,
+    tx: mpsc::Sender<Delivery>,
+    stop_forwarding: CancellationToken,
+    disconnect: CancellationToken,
+    max_backoff: Duration,
+) {
+    let mut tx = Some(tx);
+    let mut backoff = Duration::from_millis(50);
+    let mut disconnecting = false;
+    loop {
+        if stop_forwarding.is_cancelled() {
+            // Dropping the sender lets the writer drain and finish.
+            tx = None;
+        }
+        if disconnect.is_cancelled() && !disconnecting {
+            disconnecting = true;
+            let _ = client.try_disconnect();
+        }
+        let event = tokio::select! {
+            ev = eventloop.poll() => ev,
+            _ = stop_forwarding.cancelled(), if tx.is_some() => continue,
+            _ = disconnect.cancelled(), if !disconnecting => continue,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                metrics::counter!("fleetwatch_mqtt_messages_total").increment(1);
+                let Some(sender) = tx.as_ref() else { continue };
+                let d = Delivery {
+                    publish,
+                    received_at: Utc::now(),
+                };
+                // Capacity exceeds the broker's in-flight window, so this waits only
+                // when the pipeline is saturated: that is the backpressure we want.
+                tokio::select! {
+                    r = sender.send(d) => if r.is_err() { tx = None },
+                    _ = stop_forwarding.cancelled() => tx = None,
+                }
+            }
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff = Duration::from_millis(50);
+                tracing::info!(session_present = ack.session_present, "connected to broker");
+                metrics::counter!("fleetwatch_mqtt_connects_total").increment(1);
+                // Re-subscribing on a kept session is harmless and covers a broker
+                // that lost its session state (restart without persistence).
+                for s in &subscriptions {
+                    if let Err(e) = client.try_subscribe(s.clone(), QoS::AtLeastOnce) {
+                        tracing::error!(error = %e, topic = %s, "subscribe request failed");
+                    }
+                }
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) if disconnecting => return,
+            Ok(_) => {}
+            Err(e) => {
+                if disconnecting {
+                    return;
+                }
+                let kind = poll_error_kind(&e);
+                metrics::counter!("fleetwatch_mqtt_poll_errors_total", "kind" => kind).increment(1);
+                tracing::warn!(error = %e, kind, retry_in_ms = backoff.as_millis() as u64, "MQTT poll error");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = disconnect.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(max_backoff);
+            }
+        }
+    }
+}
+
+fn poll_error_kind(e: &rumqttc::ConnectionError) -> &'static str {
+    use rumqttc::ConnectionError as E;
+    match e {
+        E::Io(_) => "io",
+        E::ConnectionRefused(_) => "refused",
+        E::NetworkTimeout | E::FlushTimeout => "timeout",
+        E::MqttState(_) => "protocol",
+        E::Tls(_) => "tls",
+        E::RequestsDone => "closed",
+        _ => "other",
+    }
+}

@@ -1,0 +1,385 @@
+//! Validation stage: a received message → accepted fixes (with flags) and rejects
+//! (dead letters with their reason). Stateful only for jump detection.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::decode::Decoder;
+use super::topic::TopicPattern;
+use crate::domain::{CooperativeId, Fix, FixLimits, Vehicle, VehicleId};
+
+/// Quality flags on an accepted fix, stored as a bit set (`fixes.flags`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Flags(pub i16);
+
+impl Flags {
+    /// Implies an impossible speed from the vehicle's previous accepted fix.
+    pub const JUMP: i16 = 1;
+    /// Few satellites or high HDOP.
+    pub const POOR_ACCURACY: i16 = 2;
+    /// Vehicle not in the registry.
+    pub const UNREGISTERED: i16 = 4;
+    /// Older than a fix already received for the same vehicle.
+    pub const OUT_OF_ORDER: i16 = 8;
+
+    /// Whether `flag` is set.
+    pub fn has(self, flag: i16) -> bool {
+        self.0 & flag != 0
+    }
+    /// Names of the set flags, for metrics labels.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        [
+            (Self::JUMP, "jump"),
+            (Self::POOR_ACCURACY, "poor_accuracy"),
+            (Self::UNREGISTERED, "unregistered"),
+            (Self::OUT_OF_ORDER, "out_of_order"),
+        ]
+        .into_iter()
+        .filter(move |(f, _)| self.has(*f))
+        .map(|(_, n)| n)
+    }
+}
+
+/// Validation settings (domain.md "Validation of a fix").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidateConfig {
+    /// Hard limits: a fix outside them is rejected.
+    #[serde(flatten)]
+    pub limits: FixLimits,
+    /// Fewer satellites than this flags poor accuracy.
+    pub min_satellites: i16,
+    /// HDOP above this flags poor accuracy.
+    pub max_hdop: f32,
+    /// A move shorter than this, metres, is never a jump (GPS noise while parked).
+    pub jump_min_distance_m: f64,
+    /// Most fixes accepted in one batch payload.
+    pub max_batch: usize,
+}
+
+impl Default for ValidateConfig {
+    fn default() -> Self {
+        Self {
+            limits: FixLimits::default(),
+            min_satellites: 4,
+            max_hdop: 5.0,
+            jump_min_distance_m: 200.0,
+            max_batch: 10_000,
+        }
+    }
+}
+
+/// A fix that passed validation, ready to store.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The fix.
+    pub fix: Fix,
+    /// Cooperative from the topic.
+    pub cooperative: CooperativeId,
+    /// Quality flags.
+    pub flags: Flags,
+    /// When fleetwatch received the message.
+    pub received_at: DateTime<Utc>,
+}
+
+/// A message or element that failed, kept as a dead letter.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    /// MQTT topic it came on.
+    pub topic: String,
+    /// The bytes that failed (the whole payload, or one element of a batch).
+    pub payload: Bytes,
+    /// Low-cardinality reason label.
+    pub reason: &'static str,
+    /// Human-readable explanation.
+    pub detail: String,
+    /// When fleetwatch received the message.
+    pub received_at: DateTime<Utc>,
+}
+
+/// Outcome for one fix or element.
+#[derive(Debug, Clone)]
+pub enum Record {
+    /// Stored in `fixes`.
+    Accepted(Accepted),
+    /// Stored in `dead_letters`.
+    Rejected(Rejected),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Last {
+    ts: DateTime<Utc>,
+    lat: f64,
+    lon: f64,
+    jumps_in_row: u8,
+}
+
+/// The validation stage. One per pipeline; holds the last position per vehicle.
+pub struct Validator {
+    decoder: Decoder,
+    pattern: TopicPattern,
+    cfg: ValidateConfig,
+    registry: HashMap<VehicleId, Vehicle>,
+    last: HashMap<VehicleId, Last>,
+}
+
+impl Validator {
+    /// A validator for topics of `pattern` and the vehicles of `registry`.
+    pub fn new(pattern: TopicPattern, cfg: ValidateConfig, registry: &[Vehicle]) -> Self {
+        Self {
+            decoder: Decoder::new(cfg.max_batch),
+            pattern,
+            registry: registry.iter().map(|v| (v.id.clone(), v.clone())).collect(),
+            cfg,
+            last: HashMap::new(),
+        }
+    }
+
+    /// Validates one MQTT message; every fix or element yields exactly one record.
+    pub fn process(&mut self, topic: &str, payload: &Bytes, received_at: DateTime<Utc>) -> Vec<Record> {
+        let reject = |bytes: Bytes, reason: &'static str, detail: String| {
+            Record::Rejected(Rejected {
+                topic: topic.to_string(),
+                payload: bytes,
+                reason,
+                detail,
+                received_at,
+            })
+        };
+        let (coop, vehicle) = match self.pattern.parse_topic(topic) {
+            Ok(cv) => cv,
+            Err(e) => return vec![reject(payload.clone(), "bad_topic", e.to_string())],
+        };
+        if let Some(reg) = self.registry.get(&vehicle) {
+            if reg.cooperative != coop {
+                let detail = format!("vehicle {vehicle} is registered to {} not {coop}", reg.cooperative);
+                return vec![reject(payload.clone(), "cooperative_mismatch", detail)];
+            }
+        }
+        let elements = match self.decoder.decode(payload) {
+            Ok(e) => e,
+            Err(e) => return vec![reject(payload.clone(), e.label(), e.to_string())],
+        };
+        let mut out = Vec::with_capacity(elements.len());
+        for el in elements {
+            let candidate = match el {
+                Ok(c) => c,
+                Err((bytes, e)) => {
+                    out.push(reject(payload.slice_ref(bytes), e.label(), e.to_string()));
+                    continue;
+                }
+            };
+            // Keep the element's own bytes for the dead letter: for a single object
+            // that is the whole payload.
+            let element_bytes = || payload.clone();
+            if let Some(v) = candidate.vehicle.as_deref() {
+                match VehicleId::parse(v) {
+                    Ok(id) if id == vehicle => {}
+                    Ok(id) => {
+                        let detail = format!("payload vehicle {id} differs from topic vehicle {vehicle}");
+                        out.push(reject(element_bytes(), "vehicle_mismatch", detail));
+                        continue;
+                    }
+                    Err(e) => {
+                        out.push(reject(element_bytes(), "invalid_vehicle", e.to_string()));
+                        continue;
+                    }
+                }
+            }
+            match Fix::validate(candidate, vehicle.clone(), &self.cfg.limits, received_at) {
+                Ok(fix) => {
+                    let flags = self.flags(&fix);
+                    out.push(Record::Accepted(Accepted {
+                        fix,
+                        cooperative: coop.clone(),
+                        flags,
+                        received_at,
+                    }));
+                }
+                Err(e) => out.push(reject(element_bytes(), e.label(), e.to_string())),
+            }
+        }
+        out
+    }
+
+    fn flags(&mut self, fix: &Fix) -> Flags {
+        let mut flags = 0;
+        if !self.registry.contains_key(fix.vehicle()) {
+            flags |= Flags::UNREGISTERED;
+        }
+        let sats_low = fix.satellites().is_some_and(|s| s < self.cfg.min_satellites);
+        let hdop_high = fix.hdop().is_some_and(|h| h > self.cfg.max_hdop);
+        if sats_low || hdop_high {
+            flags |= Flags::POOR_ACCURACY;
+        }
+        let here = Last {
+            ts: fix.ts(),
+            lat: fix.lat(),
+            lon: fix.lon(),
+            jumps_in_row: 0,
+        };
+        match self.last.get_mut(fix.vehicle()) {
+            None => {
+                self.last.insert(fix.vehicle().clone(), here);
+            }
+            Some(prev) if fix.ts() < prev.ts => flags |= Flags::OUT_OF_ORDER,
+            Some(prev) => {
+                let dist_m = haversine_m(prev.lat, prev.lon, fix.lat(), fix.lon());
+                let dt_s = (fix.ts() - prev.ts).num_milliseconds() as f64 / 1000.0;
+                let implied_kmh = if dt_s > 0.0 { dist_m / dt_s * 3.6 } else { f64::INFINITY };
+                let jump = dist_m > self.cfg.jump_min_distance_m
+                    && implied_kmh > self.cfg.limits.max_speed_kmh;
+                // Compare against the last plausible position, so a single spike flags
+                // one fix, not the good one after it; three in a row mean the vehicle
+                // really is elsewhere (e.g. after a ferry without signal): re-anchor.
+                if jump && prev.jumps_in_row < 2 {
+                    flags |= Flags::JUMP;
+                    prev.jumps_in_row += 1;
+                } else {
+                    if jump {
+                        flags |= Flags::JUMP;
+                    }
+                    *prev = here;
+                }
+            }
+        }
+        Flags(flags)
+    }
+}
+
+/// Great-circle distance in metres between two WGS84 points given lat/lon in degrees.
+pub fn haversine_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    const R_M: f64 = 6_371_008.8;
+    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
+    let dp = p2 - p1;
+    let dl = (lon2 - lon1).to_radians();
+    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * R_M * a.sqrt().asin()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::VehicleClass;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 24, 1, 0, 0).unwrap()
+    }
+
+    fn validator() -> Validator {
+        let reg = vec![Vehicle {
+            id: VehicleId::parse("61B-024.17").unwrap(),
+            plate: None,
+            cooperative: CooperativeId::parse("HTX-TDM").unwrap(),
+            class: VehicleClass::Bus,
+            route: None,
+        }];
+        Validator::new(
+            TopicPattern::parse("fleet/{cooperative}/{vehicle}/fix").unwrap(),
+            ValidateConfig::default(),
+            &reg,
+        )
+    }
+
+    fn fix_json(vehicle: &str, secs: i64, lat: f64, lon: f64) -> Bytes {
+        let ts = (now() + chrono::Duration::seconds(secs)).to_rfc3339();
+        Bytes::from(format!(
+            r#"{{"vehicle":"{vehicle}","ts":"{ts}","lat":{lat},"lon":{lon},"speed_kmh":30,"satellites":9,"hdop":1.0}}"#
+        ))
+    }
+
+    fn reasons(records: &[Record]) -> Vec<&'static str> {
+        records
+            .iter()
+            .map(|r| match r {
+                Record::Accepted(_) => "ok",
+                Record::Rejected(r) => r.reason,
+            })
+            .collect()
+    }
+
+    const T: &str = "fleet/HTX-TDM/61B-024.17/fix";
+
+    #[test]
+    fn spoofed_vehicle_is_rejected() {
+        let mut v = validator();
+        let out = v.process(T, &fix_json("61B-999.99", -5, 10.98, 106.65), now());
+        assert_eq!(reasons(&out), ["vehicle_mismatch"]);
+    }
+
+    #[test]
+    fn wrong_cooperative_for_a_registered_vehicle_is_rejected() {
+        let mut v = validator();
+        let out = v.process("fleet/OTHER/61B-024.17/fix", &fix_json("61B-024.17", -5, 10.98, 106.65), now());
+        assert_eq!(reasons(&out), ["cooperative_mismatch"]);
+    }
+
+    #[test]
+    fn bad_topic_and_malformed_payload_are_rejected_with_bytes_kept() {
+        let mut v = validator();
+        let out = v.process("fleet/x/fix", &Bytes::from_static(b"{}"), now());
+        assert_eq!(reasons(&out), ["bad_topic"]);
+        let out = v.process(T, &Bytes::from_static(b"\xff\xfe"), now());
+        assert_eq!(reasons(&out), ["malformed"]);
+        let Record::Rejected(r) = &out[0] else { unreachable!() };
+        assert_eq!(&r.payload[..], b"\xff\xfe");
+    }
+
+    #[test]
+    fn batch_element_rejects_keep_only_their_bytes() {
+        let mut v = validator();
+        let ok = fix_json("61B-024.17", -5, 10.98, 106.65);
+        let payload = Bytes::from(format!(r#"[{}, {{"lat":1}}]"#, std::str::from_utf8(&ok).unwrap()));
+        let out = v.process(T, &payload, now());
+        assert_eq!(reasons(&out), ["ok", "malformed"]);
+        let Record::Rejected(r) = &out[1] else { unreachable!() };
+        assert_eq!(&r.payload[..], br#"{"lat":1}"#);
+    }
+
+    #[test]
+    fn unregistered_vehicle_is_accepted_and_flagged() {
+        let mut v = validator();
+        let out = v.process("fleet/HTX-X/51B-1/fix", &fix_json("51B-1", -5, 10.98, 106.65), now());
+        let Record::Accepted(a) = &out[0] else { panic!("{out:?}") };
+        assert!(a.flags.has(Flags::UNREGISTERED));
+        assert_eq!(a.cooperative.as_str(), "HTX-X");
+    }
+
+    #[test]
+    fn jump_is_flagged_once_and_the_next_good_fix_is_clean() {
+        let mut v = validator();
+        let flags = |out: Vec<Record>| match &out[0] {
+            Record::Accepted(a) => a.flags,
+            r => panic!("{r:?}"),
+        };
+        assert_eq!(flags(v.process(T, &fix_json("61B-024.17", -30, 10.980, 106.650), now())), Flags(0));
+        // ~11 km in 10 s: impossible.
+        let spike = flags(v.process(T, &fix_json("61B-024.17", -20, 11.080, 106.650), now()));
+        assert!(spike.has(Flags::JUMP));
+        let back = flags(v.process(T, &fix_json("61B-024.17", -10, 10.9805, 106.650), now()));
+        assert!(!back.has(Flags::JUMP), "{back:?}");
+        let old = flags(v.process(T, &fix_json("61B-024.17", -25, 10.9805, 106.650), now()));
+        assert!(old.has(Flags::OUT_OF_ORDER));
+    }
+
+    #[test]
+    fn poor_accuracy_is_flagged() {
+        let mut v = validator();
+        let p = Bytes::from(format!(
+            r#"{{"ts":"{}","lat":10.9,"lon":106.7,"speed_kmh":1,"satellites":3}}"#,
+            now().to_rfc3339()
+        ));
+        let Record::Accepted(a) = &v.process(T, &p, now())[0] else { panic!() };
+        assert!(a.flags.has(Flags::POOR_ACCURACY));
+    }
+
+    #[test]
+    fn haversine_one_degree_of_latitude() {
+        let d = haversine_m(10.0, 106.0, 11.0, 106.0);
+        assert!((d - 111_195.0).abs() < 100.0, "{d}");
+    }
+}

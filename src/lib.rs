@@ -1,0 +1,8 @@
+//! fleetwatch: fleet GPS telemetry processor.
+//!
+//! Pipeline: `ingest::mqtt → ingest::decode → ingest::validate → store → ack`.
+
+pub mod domain;
+pub mod infra;
+pub mod ingest;
+pub mod store;
