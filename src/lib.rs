@@ -2,7 +2,11 @@
 //!
 //! Pipeline: `ingest::mqtt → ingest::decode → ingest::validate → store → ack`.
 
+pub mod api;
+pub mod app;
+pub mod config;
 pub mod domain;
 pub mod infra;
 pub mod ingest;
 pub mod store;
+pub mod telemetry;

@@ -1,1 +1,27 @@
-//! geo
+//! Geometry for the compliance rules: registered routes (corridors), zones
+//! (geofences, restricted areas, speed zones) and the spatial index that answers,
+//! per fix, "how far from its route, and in which zones".
+//!
+//! Coordinate order: `geo` types and GeoJSON are (x = lon, y = lat) in WGS84 degrees;
+//! payloads and [`crate::domain::Fix`] getters are lat/lon. Distances are metres,
+//! computed in a local metric plane (never in degrees).
+//!
+//! Loaders read GeoJSON (by hand with `serde_json`) and GTFS feeds. A
+//! [`GeoIndex`] is built once from routes and zones, is immutable, and is shared
+//! behind an `Arc` and swapped whole on reload.
+
+mod error;
+mod frame;
+mod geojson;
+mod gtfs;
+mod index;
+mod route;
+mod zone;
+
+pub use error::GeoError;
+pub use frame::{distance_m, LocalFrame, M_PER_DEG};
+pub use geojson::{load_routes_geojson, load_zones_geojson, parse_routes_geojson, parse_zones_geojson};
+pub use gtfs::load_routes_gtfs;
+pub use index::GeoIndex;
+pub use route::{Route, RouteIndex, RouteLocation};
+pub use zone::{TimeRange, Zone, ZoneKey, ZoneKind};

@@ -234,6 +234,11 @@ impl EmbeddedPostgres {
         format!("postgres://{SUPERUSER}@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// The cluster's data directory.
+    pub fn cluster_dir(&self) -> &Path {
+        &self.data
+    }
+
     /// TCP port the server listens on.
     pub fn port(&self) -> u16 {
         self.port

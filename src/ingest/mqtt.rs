@@ -4,6 +4,8 @@
 //! Backpressure: the broker sends at most its in-flight window of unacked QoS 1
 //! messages, and the channel to the pipeline is sized above that window.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::Health;
 use crate::store::writer::Acker;
 
 /// MQTT connection and subscription settings.
@@ -174,6 +177,7 @@ pub async fn run_event_loop(
     stop_forwarding: CancellationToken,
     disconnect: CancellationToken,
     max_backoff: Duration,
+    health: Arc<Health>,
 ) {
     let mut tx = Some(tx);
     let mut backoff = Duration::from_millis(50);
@@ -194,7 +198,7 @@ pub async fn run_event_loop(
         };
         match event {
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                metrics::counter!("fleetwatch_mqtt_messages_total").increment(1);
+                health.messages.fetch_add(1, Ordering::Relaxed);
                 let Some(sender) = tx.as_ref() else { continue };
                 let d = Delivery {
                     publish,
@@ -209,6 +213,7 @@ pub async fn run_event_loop(
             }
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = Duration::from_millis(50);
+                health.mqtt.store(true, Ordering::Relaxed);
                 tracing::info!(session_present = ack.session_present, "connected to broker");
                 metrics::counter!("fleetwatch_mqtt_connects_total").increment(1);
                 // Re-subscribing on a kept session is harmless and covers a broker
@@ -219,12 +224,24 @@ pub async fn run_event_loop(
                     }
                 }
             }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let ok = ack
+                    .return_codes
+                    .iter()
+                    .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)));
+                if !ok {
+                    tracing::error!(codes = ?ack.return_codes, "broker refused the subscription");
+                }
+                health.subscribed.store(ok, Ordering::Relaxed);
+            }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) if disconnecting => return,
             Ok(_) => {}
             Err(e) => {
                 if disconnecting {
                     return;
                 }
+                health.mqtt.store(false, Ordering::Relaxed);
+                health.subscribed.store(false, Ordering::Relaxed);
                 let kind = poll_error_kind(&e);
                 metrics::counter!("fleetwatch_mqtt_poll_errors_total", "kind" => kind).increment(1);
                 tracing::warn!(error = %e, kind, retry_in_ms = backoff.as_millis() as u64, "MQTT poll error");

@@ -48,7 +48,6 @@ impl Flags {
 #[serde(deny_unknown_fields, default)]
 pub struct ValidateConfig {
     /// Hard limits: a fix outside them is rejected.
-    #[serde(flatten)]
     pub limits: FixLimits,
     /// Fewer satellites than this flags poor accuracy.
     pub min_satellites: i16,

@@ -3,6 +3,8 @@
 //! list in the same transaction. Acks go out only after the commit.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -15,6 +17,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::{connect, fnv1a64, pg_text, StoreError};
+use crate::api::Health;
 use crate::ingest::validate::{Record, Rejected};
 
 /// Batching settings.
@@ -213,6 +216,7 @@ pub async fn run<K: Acker>(
     mut rx: mpsc::Receiver<Item<K::Token>>,
     acker: K,
     shutdown: CancellationToken,
+    health: Arc<Health>,
 ) {
     let mut client: Option<Client> = None;
     let mut backoff = Duration::from_millis(100);
@@ -259,8 +263,12 @@ pub async fn run<K: Acker>(
             }
             if let Some(c) = client.as_mut() {
                 match write_batch(c, &records).await {
-                    Ok(o) => break Some(o),
+                    Ok(o) => {
+                        health.database.store(true, Ordering::Relaxed);
+                        break Some(o);
+                    }
                     Err(e) => {
+                        health.database.store(false, Ordering::Relaxed);
                         metrics::counter!("fleetwatch_store_errors_total",
                             "kind" => if e.is_transient() { "transient" } else { "data" })
                         .increment(1);
@@ -283,11 +291,7 @@ pub async fn run<K: Acker>(
         backoff = Duration::from_millis(100);
         let elapsed = started.elapsed();
         let now = Utc::now();
-        metrics::histogram!("fleetwatch_batch_commit_seconds").record(elapsed.as_secs_f64());
-        metrics::histogram!("fleetwatch_batch_records").record(records.len() as f64);
-        metrics::counter!("fleetwatch_fixes_stored_total").increment(outcome.stored);
-        metrics::counter!("fleetwatch_fixes_duplicate_total").increment(outcome.duplicates);
-        metrics::counter!("fleetwatch_dead_letters_stored_total").increment(outcome.dead_letters);
+        crate::telemetry::batch_committed(&outcome, records.len(), elapsed.as_secs_f64());
         let lag = metrics::histogram!("fleetwatch_ingest_lag_seconds");
         let mut tokens = Vec::with_capacity(pending.len());
         for item in pending.drain(..) {

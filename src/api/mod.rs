@@ -1,0 +1,64 @@
+//! HTTP: health, readiness and Prometheus metrics (the API of issue 4 grows here).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// Readiness of the parts the service needs.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Connected to the broker (ConnAck received, not lost since).
+    pub mqtt: AtomicBool,
+    /// The subscription was confirmed (SubAck) on the current connection.
+    pub subscribed: AtomicBool,
+    /// Messages this instance received from the broker.
+    pub messages: AtomicU64,
+    /// The writer holds a working database connection.
+    pub database: AtomicBool,
+}
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Readiness flags.
+    pub health: Arc<Health>,
+    /// Renders the metrics.
+    pub metrics: PrometheusHandle,
+}
+
+/// The router; tests call it with `oneshot`, the app serves it.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
+    let mqtt = s.health.mqtt.load(Ordering::Relaxed) && s.health.subscribed.load(Ordering::Relaxed);
+    let db = s.health.database.load(Ordering::Relaxed);
+    let code = if mqtt && db {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, format!("mqtt: {}\ndatabase: {}\n", up(mqtt), up(db)))
+}
+
+fn up(b: bool) -> &'static str {
+    if b {
+        "up"
+    } else {
+        "down"
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> String {
+    s.metrics.render()
+}

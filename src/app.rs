@@ -1,0 +1,267 @@
+//! Wires the stages together, owns shutdown, drains with a deadline.
+//!
+//! `mqtt event loop → pipeline (decode, validate) → writer (commit) → acks`
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rumqttc::Publish;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState, Health};
+use crate::config::Settings;
+use crate::infra::broker::EmbeddedBroker;
+use crate::infra::postgres::{EmbeddedPostgres, PgOptions};
+use crate::ingest::mqtt::{self, Delivery, MqttAcker};
+use crate::ingest::topic::{subscription, TopicPattern};
+use crate::ingest::validate::{Record, Validator};
+use crate::store::migrate::{self, Layout};
+use crate::store::writer::{self, Item};
+use crate::{store, telemetry};
+
+/// A running fleetwatch instance.
+pub struct App {
+    /// The database in use.
+    pub db_url: String,
+    /// The broker in use.
+    pub mqtt_url: String,
+    /// Where the HTTP server listens.
+    pub http_addr: SocketAddr,
+    /// Storage layout after migration.
+    pub layout: Layout,
+    /// Readiness flags.
+    pub health: Arc<Health>,
+    shutdown: CancellationToken,
+    tasks: JoinHandle<()>,
+    // Dropped last: stops the private server after the writer is done.
+    pg: Option<EmbeddedPostgres>,
+}
+
+/// Resolves the database: the configured URL, or a private server (started here).
+pub async fn database(settings: &Settings) -> anyhow::Result<(String, Option<EmbeddedPostgres>)> {
+    if !settings.database.url.is_empty() {
+        return Ok((settings.database.url.clone(), None));
+    }
+    let opts = PgOptions {
+        data_dir: settings.database.data_dir.join("postgres"),
+        fast_unsafe: false,
+    };
+    let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts))
+        .await
+        .context("starting the private PostgreSQL")??;
+    pg.ensure_database(&settings.database.name).await?;
+    let url = pg.url(&settings.database.name);
+    Ok((url, Some(pg)))
+}
+
+/// Resolves the broker: the configured URL, or the embedded broker (started here).
+pub fn broker(settings: &Settings) -> anyhow::Result<String> {
+    if !settings.mqtt.url.is_empty() {
+        return Ok(settings.mqtt.url.clone());
+    }
+    let b = EmbeddedBroker::start(settings.embedded_broker.port)
+        .or_else(|_| EmbeddedBroker::start(0))
+        .context("starting the embedded MQTT broker")?;
+    tracing::info!(url = %b.url(), "embedded MQTT broker started");
+    Ok(b.url())
+}
+
+impl App {
+    /// Starts every stage. Stop with [`App::shutdown`] then [`App::wait`].
+    pub async fn start(settings: Settings) -> anyhow::Result<App> {
+        let metrics = telemetry::metrics_handle();
+        let pattern = TopicPattern::parse(&settings.mqtt.topic)?;
+        let (db_url, pg) = database(&settings).await?;
+        let mut client = store::connect(&db_url)
+            .await
+            .with_context(|| format!("connecting to {}", redact(&db_url)))?;
+        let layout = migrate::migrate(&mut client, &settings.database.layout).await?;
+        sync_registry(&client, &settings).await?;
+        let mqtt_url = broker(&settings)?;
+
+        let shutdown = CancellationToken::new();
+        let health = Arc::new(Health::default());
+        health.database.store(true, std::sync::atomic::Ordering::Relaxed);
+        let http = bind_http(settings.http.listen).await?;
+        let http_addr = http.local_addr()?;
+        let state = AppState {
+            health: health.clone(),
+            metrics,
+        };
+
+        let (mqtt_client, eventloop) = mqtt::client(&settings.mqtt, &mqtt_url)?;
+        let subs = vec![subscription(&pattern.filter(), settings.mqtt.share_group.as_deref())];
+        let (dtx, drx) = mpsc::channel::<Delivery>(settings.mqtt.channel_capacity.max(1));
+        let (itx, irx) = mpsc::channel::<Item<Publish>>(1024);
+        let validator = Validator::new(pattern, settings.validation.clone(), &settings.vehicles);
+        let disconnect = CancellationToken::new();
+
+        let ev = tokio::spawn(mqtt::run_event_loop(
+            mqtt_client.clone(),
+            eventloop,
+            subs,
+            dtx,
+            shutdown.clone(),
+            disconnect.clone(),
+            Duration::from_millis(settings.mqtt.max_backoff_ms),
+            health.clone(),
+        ));
+        let pipe = tokio::spawn(pipeline(drx, itx, validator));
+        let wr = tokio::spawn(writer::run(
+            db_url.clone(),
+            settings.batch.clone(),
+            irx,
+            MqttAcker(mqtt_client.clone()),
+            shutdown.clone(),
+            health.clone(),
+        ));
+        let http_stop = shutdown.clone();
+        let srv = tokio::spawn(async move {
+            let r = axum::serve(http, api::router(state))
+                .with_graceful_shutdown(http_stop.cancelled_owned())
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        let retention = (layout == Layout::Plain).then(|| {
+            tokio::spawn(retention_loop(
+                client,
+                settings.database.layout.retention_days,
+                shutdown.clone(),
+            ))
+        });
+
+        let deadline = Duration::from_secs(settings.shutdown_deadline_s);
+        let stop = shutdown.clone();
+        let tasks = tokio::spawn(async move {
+            stop.cancelled().await;
+            // Drain: the event loop stops forwarding, the pipeline empties into the
+            // writer, the writer commits and acks; only then disconnect.
+            let drained = tokio::time::timeout(deadline, async {
+                let _ = pipe.await;
+                let _ = wr.await;
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!("shutdown deadline passed; unacked messages will be redelivered");
+            }
+            disconnect.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), ev).await;
+            let _ = srv.await;
+            if let Some(r) = retention {
+                let _ = r.await;
+            }
+        });
+        tracing::info!(%http_addr, mqtt = %mqtt_url, database = %redact(&db_url), ?layout, "fleetwatch running");
+        Ok(App {
+            db_url,
+            mqtt_url,
+            http_addr,
+            layout,
+            health,
+            shutdown,
+            tasks,
+            pg,
+        })
+    }
+
+    /// Asks every stage to stop.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until every stage has stopped; then stops the private database.
+    pub async fn wait(mut self) {
+        let _ = (&mut self.tasks).await;
+        if let Some(mut pg) = self.pg.take() {
+            let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
+        }
+    }
+}
+
+/// Decode + validate each message; hand its records and ack token to the writer.
+async fn pipeline(mut rx: mpsc::Receiver<Delivery>, tx: mpsc::Sender<Item<Publish>>, mut v: Validator) {
+    while let Some(d) = rx.recv().await {
+        telemetry::message_received();
+        let records = v.process(d.topic(), d.payload(), d.received_at);
+        for r in &records {
+            match r {
+                Record::Accepted(a) => telemetry::fix_accepted(a.flags.names()),
+                Record::Rejected(r) => telemetry::fix_rejected(r.reason),
+            }
+        }
+        let item = Item {
+            records,
+            ack: Some(d.publish),
+            received_at: d.received_at,
+        };
+        if tx.send(item).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn bind_http(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if addr.port() != 0 => {
+            tracing::warn!(%addr, error = %e, "HTTP port taken; using a free port");
+            let any = SocketAddr::new(addr.ip(), 0);
+            Ok(tokio::net::TcpListener::bind(any).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes the configured registry into `vehicles` (registered = true).
+async fn sync_registry(client: &tokio_postgres::Client, s: &Settings) -> anyhow::Result<()> {
+    for v in &s.vehicles {
+        client
+            .execute(
+                "INSERT INTO vehicles (vehicle_id, cooperative_id, plate, class, route_id, registered)
+                 VALUES ($1, $2, $3, $4, $5, true)
+                 ON CONFLICT (vehicle_id) DO UPDATE SET cooperative_id = EXCLUDED.cooperative_id,
+                     plate = EXCLUDED.plate, class = EXCLUDED.class,
+                     route_id = EXCLUDED.route_id, registered = true",
+                &[
+                    &v.id.as_str(),
+                    &v.cooperative.as_str(),
+                    &v.plate,
+                    &v.class.as_str(),
+                    &v.route,
+                ],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+async fn retention_loop(client: tokio_postgres::Client, days: u32, stop: CancellationToken) {
+    loop {
+        match migrate::enforce_retention(&client, days).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, days, "retention: old fixes deleted"),
+            Err(e) => tracing::warn!(error = %e, "retention run failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// A URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

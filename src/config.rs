@@ -1,0 +1,150 @@
+//! Typed settings: built-in defaults, then a TOML file, then `FLEETWATCH__SECTION__KEY`
+//! environment overrides (e.g. `FLEETWATCH__MQTT__URL=mqtt://broker:1883`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::Vehicle;
+use crate::ingest::mqtt::MqttConfig;
+use crate::ingest::validate::ValidateConfig;
+use crate::store::migrate::LayoutConfig;
+use crate::store::writer::BatchConfig;
+
+/// Where the data lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://user:pass@host:port/db` of an external PostgreSQL or TimescaleDB.
+    /// Empty: a private server started by fleetwatch in `data_dir`.
+    pub url: String,
+    /// Directory fleetwatch owns for the private server.
+    pub data_dir: PathBuf,
+    /// Database name on the private server.
+    pub name: String,
+    /// Storage layout (TimescaleDB, retention).
+    pub layout: LayoutConfig,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            data_dir: PathBuf::from("data"),
+            name: "fleetwatch".into(),
+            layout: LayoutConfig::default(),
+        }
+    }
+}
+
+/// The embedded broker, used when `mqtt.url` is empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedBrokerConfig {
+    /// Port on 127.0.0.1; when taken, a free port is used (logged at start). 0: any.
+    pub port: u16,
+}
+
+impl Default for EmbeddedBrokerConfig {
+    fn default() -> Self {
+        Self { port: 1883 }
+    }
+}
+
+/// HTTP endpoints (health, readiness, metrics, API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address; port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// All settings.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Broker connection and topics.
+    pub mqtt: MqttConfig,
+    /// The embedded broker.
+    pub embedded_broker: EmbeddedBrokerConfig,
+    /// PostgreSQL.
+    pub database: DatabaseConfig,
+    /// Fix validation.
+    pub validation: ValidateConfig,
+    /// Write batching.
+    pub batch: BatchConfig,
+    /// HTTP server.
+    pub http: HttpConfig,
+    /// Seconds to finish in-flight work on shutdown before giving up (unacked
+    /// messages are redelivered by the broker).
+    pub shutdown_deadline_s: u64,
+    /// Vehicle registry.
+    pub vehicles: Vec<Vehicle>,
+}
+
+/// Errors loading settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment did not make valid settings.
+    #[error("configuration: {0}")]
+    Invalid(#[from] config::ConfigError),
+    /// The named file does not exist.
+    #[error("configuration file {0} not found")]
+    Missing(PathBuf),
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (if given), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut b = config::Config::builder();
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::Missing(f.to_path_buf()));
+            }
+            b = b.add_source(config::File::from(f));
+        }
+        b = b.add_source(
+            config::Environment::with_prefix("FLEETWATCH")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let mut s: Settings = b.build()?.try_deserialize()?;
+        if s.shutdown_deadline_s == 0 {
+            s.shutdown_deadline_s = 15;
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fleetwatch.toml");
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.mqtt.topic, "fleet/{cooperative}/{vehicle}/fix");
+        assert!(!s.vehicles.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = std::env::temp_dir().join(format!("fw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("bad.toml");
+        std::fs::write(&f, "[mqtt]\nurll = \"x\"\n").unwrap();
+        let e = Settings::load(Some(&f)).unwrap_err().to_string();
+        assert!(e.contains("urll"), "{e}");
+    }
+}

@@ -1,0 +1,216 @@
+//! Registered routes and the per-route segment index answering "how far is this point
+//! from the route, and how far along it".
+
+use ::geo::LineString;
+use rstar::primitives::{GeomWithData, Line};
+use rstar::RTree;
+
+use super::frame::{distance_m, LocalFrame};
+
+/// A registered route: a line (or several parts) of lon/lat degrees.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// Route id as assigned to vehicles in the registry (e.g. `BD-01`).
+    pub id: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Corridor half-width for this route, metres; `None` uses the rules' default.
+    pub corridor_m: Option<f64>,
+    /// The route's line, x = lon and y = lat in degrees; several parts when the source
+    /// is a MultiLineString (no segment joins two parts).
+    pub parts: Vec<LineString<f64>>,
+}
+
+/// Where a point lies relative to a route.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteLocation {
+    /// Distance from the point to the nearest segment of the route, metres.
+    pub distance_m: f64,
+    /// Distance along the route from its first vertex to the point's projection onto
+    /// that segment, metres. On a route that runs both ways along one street the
+    /// nearest segment, and so the progress, may be either direction's.
+    pub progress_m: f64,
+}
+
+/// A segment in plane metres; `data` is its position in `seg_start_m` / `seg_len_m`.
+type Segment = GeomWithData<Line<[f64; 2]>, u32>;
+
+/// One route made ready for many point queries: its segments in an R-tree over a
+/// local metric plane, and the cumulative length at each segment start.
+#[derive(Debug)]
+pub struct RouteIndex {
+    id: String,
+    name: Option<String>,
+    corridor_m: Option<f64>,
+    frame: LocalFrame,
+    seg_start_m: Vec<f64>,
+    seg_len_m: Vec<f64>,
+    length_m: f64,
+    tree: RTree<Segment>,
+}
+
+impl RouteIndex {
+    /// Indexes a route; the error is the reason (the caller adds file/feature context).
+    pub(crate) fn build(route: Route) -> Result<Self, String> {
+        let coords = || route.parts.iter().flat_map(|p| p.0.iter());
+        let (mut min_x, mut min_y) = (f64::INFINITY, f64::INFINITY);
+        let (mut max_x, mut max_y) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
+        for c in coords() {
+            if !(c.x.is_finite() && c.y.is_finite()) {
+                return Err("non-finite coordinate".into());
+            }
+            min_x = min_x.min(c.x);
+            max_x = max_x.max(c.x);
+            min_y = min_y.min(c.y);
+            max_y = max_y.max(c.y);
+        }
+        if let Some(c) = route.corridor_m {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(format!("corridor_m must be a positive number, got {c}"));
+            }
+        }
+        let frame = LocalFrame::new((min_x + max_x) * 0.5, (min_y + max_y) * 0.5);
+        let mut segments = Vec::new();
+        let mut seg_start_m = Vec::new();
+        let mut seg_len_m = Vec::new();
+        let mut along_m = 0.0;
+        for part in &route.parts {
+            for w in part.0.windows(2) {
+                let (a, b) = (w[0], w[1]);
+                let len_m = distance_m(a.x, a.y, b.x, b.y);
+                // Repeated vertices are common in GTFS shapes; a zero-length segment
+                // adds nothing and would make the projection divide by zero.
+                if len_m <= 0.0 {
+                    continue;
+                }
+                let i = u32::try_from(seg_len_m.len()).map_err(|_| "too many segments")?;
+                segments.push(GeomWithData::new(
+                    Line::new(frame.to_xy(a.x, a.y), frame.to_xy(b.x, b.y)),
+                    i,
+                ));
+                seg_start_m.push(along_m);
+                seg_len_m.push(len_m);
+                along_m += len_m;
+            }
+        }
+        if segments.is_empty() {
+            return Err("route has no segment of positive length".into());
+        }
+        Ok(Self {
+            id: route.id,
+            name: route.name,
+            corridor_m: route.corridor_m,
+            frame,
+            seg_start_m,
+            seg_len_m,
+            length_m: along_m,
+            tree: RTree::bulk_load(segments),
+        })
+    }
+
+    /// The route id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Display name.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The route's own corridor half-width, metres, if it sets one.
+    pub fn corridor_m(&self) -> Option<f64> {
+        self.corridor_m
+    }
+
+    /// Total length, metres.
+    pub fn length_m(&self) -> f64 {
+        self.length_m
+    }
+
+    /// Number of indexed segments.
+    pub fn segment_count(&self) -> usize {
+        self.seg_len_m.len()
+    }
+
+    /// Distance (metres) from `lon`, `lat` (degrees) to the route and progress along it.
+    ///
+    /// The nearest segment is found in the route's plane; its distance is then measured
+    /// with the x scale of the point's own latitude, so long routes stay metric too.
+    pub fn locate(&self, lon: f64, lat: f64) -> RouteLocation {
+        let q = self.frame.to_xy(lon, lat);
+        let Some(seg) = self.tree.nearest_neighbor(&q) else {
+            // `build` refuses routes without segments; keep a defined answer anyway.
+            return RouteLocation {
+                distance_m: f64::INFINITY,
+                progress_m: 0.0,
+            };
+        };
+        let sx = self.frame.x_scale_at(lat);
+        let line = seg.geom();
+        let (ax, ay) = (line.from[0] * sx, line.from[1]);
+        let (bx, by) = (line.to[0] * sx, line.to[1]);
+        let (qx, qy) = (q[0] * sx, q[1]);
+        let (dx, dy) = (bx - ax, by - ay);
+        let len2 = dx * dx + dy * dy;
+        let t = if len2 > 0.0 {
+            (((qx - ax) * dx + (qy - ay) * dy) / len2).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let (px, py) = (ax + t * dx, ay + t * dy);
+        let i = seg.data as usize;
+        RouteLocation {
+            distance_m: (qx - px).hypot(qy - py),
+            progress_m: self.seg_start_m[i] + t * self.seg_len_m[i],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geo::M_PER_DEG;
+
+    fn east_west() -> RouteIndex {
+        // 0.02° of longitude along 11° N, about 2.18 km, in three vertices.
+        RouteIndex::build(Route {
+            id: "T".into(),
+            name: None,
+            corridor_m: None,
+            parts: vec![LineString::from(vec![(106.70, 11.0), (106.71, 11.0), (106.72, 11.0)])],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn distance_north_of_the_line_is_metric() {
+        let r = east_west();
+        let lat = 11.0 + 90.0 / M_PER_DEG;
+        let loc = r.locate(106.705, lat);
+        assert!((loc.distance_m - 90.0).abs() < 0.01, "{loc:?}");
+        // Halfway along the first segment: 0.005° of lon at 11° N.
+        let half = 0.005 * M_PER_DEG * 11f64.to_radians().cos();
+        assert!((loc.progress_m - half).abs() < 0.5, "{loc:?}");
+    }
+
+    #[test]
+    fn beyond_the_end_measures_to_the_end_vertex() {
+        let r = east_west();
+        let loc = r.locate(106.73, 11.0);
+        let d = 0.01 * M_PER_DEG * 11f64.to_radians().cos();
+        assert!((loc.distance_m - d).abs() < 0.5, "{loc:?}");
+        assert!((loc.progress_m - r.length_m()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn degenerate_route_is_refused() {
+        let e = RouteIndex::build(Route {
+            id: "X".into(),
+            name: None,
+            corridor_m: None,
+            parts: vec![LineString::from(vec![(106.7, 11.0), (106.7, 11.0)])],
+        });
+        assert!(e.is_err());
+    }
+}

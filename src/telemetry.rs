@@ -1,0 +1,105 @@
+//! Logs, metrics and the counters behind the terminal summary. Each observable event
+//! is one function here that both records the metric and updates the summary, so the
+//! two can never disagree.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::store::writer::BatchOutcome;
+
+/// Process-wide counters for the live summary.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// MQTT messages received.
+    pub messages: AtomicU64,
+    /// Fixes that passed validation.
+    pub accepted: AtomicU64,
+    /// Fixes newly stored.
+    pub stored: AtomicU64,
+    /// Fixes already stored before (redelivery or device resend).
+    pub duplicates: AtomicU64,
+    /// Alerts emitted by the rules.
+    pub alerts: AtomicU64,
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Stats {
+    /// Rejects by reason, sorted by reason.
+    pub fn rejected(&self) -> BTreeMap<&'static str, u64> {
+        self.rejected.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+/// The process-wide counters.
+pub fn stats() -> &'static Stats {
+    static STATS: OnceLock<Stats> = OnceLock::new();
+    STATS.get_or_init(Stats::default)
+}
+
+/// Installs the Prometheus recorder once per process; later calls return the same handle.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let secs = &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
+            let sizes = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), secs)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_records".into()), sizes))
+                .expect("static buckets are valid")
+                .install_recorder()
+                .expect("metrics recorder installed once")
+        })
+        .clone()
+}
+
+/// Sets up `tracing` logs (RUST_LOG, default info; the embedded broker is kept quiet).
+pub fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn,rumqttc=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+/// A message arrived from the broker.
+pub fn message_received() {
+    stats().messages.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("fleetwatch_messages_received_total").increment(1);
+}
+
+/// A fix passed validation; `flags` names its quality flags.
+pub fn fix_accepted(flags: impl Iterator<Item = &'static str>) {
+    stats().accepted.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("fleetwatch_fixes_received_total").increment(1);
+    for f in flags {
+        metrics::counter!("fleetwatch_fixes_flagged_total", "flag" => f).increment(1);
+    }
+}
+
+/// A fix or message was rejected for `reason` (a fixed, low-cardinality label).
+pub fn fix_rejected(reason: &'static str) {
+    if let Ok(mut m) = stats().rejected.lock() {
+        *m.entry(reason).or_default() += 1;
+    }
+    metrics::counter!("fleetwatch_fixes_rejected_total", "reason" => reason).increment(1);
+}
+
+/// A batch committed.
+pub fn batch_committed(outcome: &BatchOutcome, records: usize, commit_s: f64) {
+    let s = stats();
+    s.stored.fetch_add(outcome.stored, Ordering::Relaxed);
+    s.duplicates.fetch_add(outcome.duplicates, Ordering::Relaxed);
+    metrics::histogram!("fleetwatch_batch_commit_seconds").record(commit_s);
+    metrics::histogram!("fleetwatch_batch_records").record(records as f64);
+    metrics::counter!("fleetwatch_fixes_stored_total").increment(outcome.stored);
+    metrics::counter!("fleetwatch_fixes_duplicate_total").increment(outcome.duplicates);
+    metrics::counter!("fleetwatch_dead_letters_stored_total").increment(outcome.dead_letters);
+}

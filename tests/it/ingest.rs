@@ -1,0 +1,191 @@
+//! The ingest pipeline end to end: broker → validate → PostgreSQL → ack.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fleetwatch::infra::broker::EmbeddedBroker;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixes_land_exactly_once_through_the_embedded_broker() {
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let app = start_app(settings(&db, &broker.url(), "fw-exactly-once")).await;
+
+    let base = base_time();
+    let mut msgs = track("HTX-A", 10, 500, base);
+    // A device re-sending the same fixes (same vehicle and timestamp) must not double them.
+    msgs.extend(msgs[..50].to_vec());
+    publish_all(&broker.url(), &msgs).await;
+
+    wait_until("500 fixes stored", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM fixes").await == 500 }
+    })
+    .await;
+    // All 550 messages were handled (none waiting), yet only 500 rows exist.
+    let h = app.health.clone();
+    wait_until("550 messages seen", Duration::from_secs(10), || {
+        let n = h.messages.load(Ordering::Relaxed);
+        async move { n >= 550 }
+    })
+    .await;
+    app.shutdown();
+    app.wait().await;
+    assert_eq!(count(&db, "SELECT count(*) FROM fixes").await, 500);
+    assert_eq!(count(&db, "SELECT count(DISTINCT vehicle_id) FROM fixes").await, 10);
+    assert_eq!(count(&db, "SELECT count(*) FROM dead_letters").await, 0);
+    // Unregistered vehicles are stored, flagged and listed.
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM vehicles WHERE NOT registered AND cooperative_id = 'HTX-A'").await,
+        10
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM fixes WHERE flags & 4 = 0").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejects_are_kept_with_reasons_and_the_consumer_keeps_going() {
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let app = start_app(settings(&db, &broker.url(), "fw-rejects")).await;
+    let base = base_time();
+    let t = topic("HTX-A", "51B-1");
+    let future = chrono::Utc::now() + chrono::Duration::hours(1);
+    let msgs = vec![
+        (t.clone(), b"not json at all".to_vec()),
+        (t.clone(), b"\xff\x00\xfe".to_vec()),
+        (t.clone(), fix("51B-2", base, 10.9, 106.7, 30.0)), // spoofed: topic says 51B-1
+        (t.clone(), fix("51B-1", base, 0.0, 0.0, 30.0)),
+        (t.clone(), fix("51B-1", base, 95.0, 106.7, 30.0)),
+        (t.clone(), fix("51B-1", base, 10.9, 106.7, 250.0)),
+        (t.clone(), fix("51B-1", future, 10.9, 106.7, 30.0)),
+        (t.clone(), br#"{"_type":"lwt","tst":1}"#.to_vec()),
+        ("fleet/HTX-A/bad vehicle/fix".to_string(), fix("51B-1", base, 10.9, 106.7, 30.0)),
+        (t.clone(), br#"[]"#.to_vec()),
+        // After all that garbage, a good fix still lands.
+        (t.clone(), fix("51B-1", base, 10.9, 106.7, 30.0)),
+    ];
+    publish_all(&broker.url(), &msgs).await;
+    wait_until("good fix and 10 dead letters stored", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move {
+            count(&db, "SELECT count(*) FROM fixes").await == 1
+                && count(&db, "SELECT count(*) FROM dead_letters").await == 10
+        }
+    })
+    .await;
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let rows = c
+        .query("SELECT reason FROM dead_letters ORDER BY reason", &[])
+        .await
+        .unwrap();
+    let reasons: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        reasons,
+        [
+            "bad_topic",
+            "coordinates_out_of_range",
+            "empty_batch",
+            "malformed",
+            "malformed",
+            "not_a_location",
+            "null_island",
+            "speed_out_of_range",
+            "time_in_future",
+            "vehicle_mismatch"
+        ]
+    );
+    // The raw bytes are kept as received.
+    let raw: Vec<u8> = c
+        .query_one("SELECT payload FROM dead_letters WHERE payload = '\\xff00fe'::bytea", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(raw, b"\xff\x00\xfe");
+    // Metrics count rejects by reason.
+    let body = reqwest_get(app.http_addr, "/metrics").await;
+    assert!(body.contains(r#"fleetwatch_fixes_rejected_total{reason="vehicle_mismatch"}"#), "{body}");
+    assert!(reqwest_get(app.http_addr, "/readyz").await.contains("mqtt: up"));
+    app.shutdown();
+    app.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owntracks_payloads_and_batches_land() {
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let app = start_app(settings(&db, &broker.url(), "fw-owntracks")).await;
+    let tst = base_time().timestamp();
+    let t = topic("HTX-B", "OT-1");
+    let owntracks = format!(
+        r#"{{"_type":"location","tid":"o1","tst":{tst},"lat":10.98,"lon":106.65,"vel":42,"cog":180,"acc":6,"batt":77}}"#
+    );
+    let base = base_time() + chrono::Duration::seconds(10);
+    let batch = format!(
+        "[{},{}]",
+        String::from_utf8(fix("OT-1", base, 10.981, 106.651, 20.0)).unwrap(),
+        String::from_utf8(fix("OT-1", base + chrono::Duration::seconds(5), 10.982, 106.652, 25.0)).unwrap()
+    );
+    publish_all(&broker.url(), &[(t.clone(), owntracks.into_bytes()), (t, batch.into_bytes())]).await;
+    wait_until("3 fixes", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM fixes").await == 3 }
+    })
+    .await;
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let r = c
+        .query_one(
+            "SELECT speed_kmh, heading_deg, extract(epoch from ts)::bigint FROM fixes ORDER BY ts LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, f32>(0), 42.0);
+    assert_eq!(r.get::<_, Option<f32>>(1), Some(180.0));
+    assert_eq!(r.get::<_, i64>(2), tst);
+    app.shutdown();
+    app.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscription_splits_the_load_without_loss_or_duplicates() {
+    let mosq = Mosquitto::start();
+    let db = fresh_db().await;
+    let mut s1 = settings(&db, &mosq.url, "fw-shared-1");
+    s1.mqtt.share_group = Some("fleetwatch".into());
+    let mut s2 = s1.clone();
+    s2.mqtt.client_id = "fw-shared-2".into();
+    let a = start_app(s1).await;
+    let b = start_app(s2).await;
+    let msgs = track("HTX-S", 20, 2000, base_time());
+    publish_all(&mosq.url, &msgs).await;
+    wait_until("2000 fixes", Duration::from_secs(60), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM fixes").await == 2000 }
+    })
+    .await;
+    let (na, nb) = (
+        a.health.messages.load(Ordering::Relaxed),
+        b.health.messages.load(Ordering::Relaxed),
+    );
+    assert_eq!(na + nb, 2000, "each message went to exactly one instance");
+    assert!(na > 200 && nb > 200, "load split: {na} / {nb}");
+    a.shutdown();
+    b.shutdown();
+    a.wait().await;
+    b.wait().await;
+    assert_eq!(count(&db, "SELECT count(*) FROM fixes").await, 2000);
+}
+
+/// Minimal HTTP GET over a TCP stream (no client dependency needed for two checks).
+pub async fn reqwest_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}

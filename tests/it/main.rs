@@ -1,0 +1,6 @@
+//! Integration tests against a real PostgreSQL and real MQTT brokers (one binary,
+//! so the private PostgreSQL starts once).
+
+mod ingest;
+mod no_loss;
+mod support;
