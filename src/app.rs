@@ -85,7 +85,9 @@ impl App {
 
         let shutdown = CancellationToken::new();
         let health = Arc::new(Health::default());
-        health.database.store(true, std::sync::atomic::Ordering::Relaxed);
+        health
+            .database
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let http = bind_http(settings.http.listen).await?;
         let http_addr = http.local_addr()?;
         let state = AppState {
@@ -94,7 +96,10 @@ impl App {
         };
 
         let (mqtt_client, eventloop) = mqtt::client(&settings.mqtt, &mqtt_url)?;
-        let subs = vec![subscription(&pattern.filter(), settings.mqtt.share_group.as_deref())];
+        let subs = vec![subscription(
+            &pattern.filter(),
+            settings.mqtt.share_group.as_deref(),
+        )];
         let (dtx, drx) = mpsc::channel::<Delivery>(settings.mqtt.channel_capacity.max(1));
         let (itx, irx) = mpsc::channel::<Item<Publish>>(1024);
         let validator = Validator::new(pattern, settings.validation.clone(), &settings.vehicles);
@@ -105,10 +110,12 @@ impl App {
             eventloop,
             subs,
             dtx,
-            shutdown.clone(),
-            disconnect.clone(),
-            Duration::from_millis(settings.mqtt.max_backoff_ms),
-            health.clone(),
+            mqtt::LoopControl {
+                stop_forwarding: shutdown.clone(),
+                disconnect: disconnect.clone(),
+                max_backoff: Duration::from_millis(settings.mqtt.max_backoff_ms),
+                health: health.clone(),
+            },
         ));
         let pipe = tokio::spawn(pipeline(drx, itx, validator));
         let wr = tokio::spawn(writer::run(
@@ -185,7 +192,11 @@ impl App {
 }
 
 /// Decode + validate each message; hand its records and ack token to the writer.
-async fn pipeline(mut rx: mpsc::Receiver<Delivery>, tx: mpsc::Sender<Item<Publish>>, mut v: Validator) {
+async fn pipeline(
+    mut rx: mpsc::Receiver<Delivery>,
+    tx: mpsc::Sender<Item<Publish>>,
+    mut v: Validator,
+) {
     while let Some(d) = rx.recv().await {
         telemetry::message_received();
         let records = v.process(d.topic(), d.payload(), d.received_at);

@@ -5,8 +5,10 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod infra;
 pub mod ingest;
+pub mod sim;
 pub mod store;
 pub mod telemetry;

@@ -45,7 +45,8 @@ pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let secs = &[
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
             ];
             let sizes = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0];
             PrometheusBuilder::new()
@@ -62,10 +63,11 @@ pub fn metrics_handle() -> PrometheusHandle {
 pub fn init_logs() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn,rumqttc=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
         .try_init();
 }
 
@@ -96,7 +98,8 @@ pub fn fix_rejected(reason: &'static str) {
 pub fn batch_committed(outcome: &BatchOutcome, records: usize, commit_s: f64) {
     let s = stats();
     s.stored.fetch_add(outcome.stored, Ordering::Relaxed);
-    s.duplicates.fetch_add(outcome.duplicates, Ordering::Relaxed);
+    s.duplicates
+        .fetch_add(outcome.duplicates, Ordering::Relaxed);
     metrics::histogram!("fleetwatch_batch_commit_seconds").record(commit_s);
     metrics::histogram!("fleetwatch_batch_records").record(records as f64);
     metrics::counter!("fleetwatch_fixes_stored_total").increment(outcome.stored);

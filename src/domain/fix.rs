@@ -84,7 +84,11 @@ pub enum FixError {
     HeadingOutOfRange(f64),
     /// Fix time too far ahead of the receive time.
     #[error("timestamp {ts} is {ahead_s} s in the future (limit {max_s} s)")]
-    TimeInFuture { ts: DateTime<Utc>, ahead_s: i64, max_s: i64 },
+    TimeInFuture {
+        ts: DateTime<Utc>,
+        ahead_s: i64,
+        max_s: i64,
+    },
     /// Fix time too far before the receive time.
     #[error("timestamp {ts} is older than {max_s} s")]
     TimeTooOld { ts: DateTime<Utc>, max_s: i64 },
@@ -194,7 +198,9 @@ impl Fix {
         }
         let driver = match c.driver.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(d) => Some(DriverId::parse(d).map_err(|e| FixError::InvalidDriver(e.to_string()))?),
+            Some(d) => {
+                Some(DriverId::parse(d).map_err(|e| FixError::InvalidDriver(e.to_string()))?)
+            }
         };
         Ok(Fix {
             vehicle,
@@ -306,25 +312,98 @@ mod tests {
     fn every_reject_reason_has_its_label() {
         let cases: Vec<(FixCandidate, &str)> = vec![
             (FixCandidate { ts: None, ..good() }, "missing_time"),
-            (FixCandidate { lat: 91.0, ..good() }, "coordinates_out_of_range"),
-            (FixCandidate { lon: -180.5, ..good() }, "coordinates_out_of_range"),
-            (FixCandidate { lat: f64::NAN, ..good() }, "coordinates_out_of_range"),
-            (FixCandidate { lat: 0.0, lon: 0.0, ..good() }, "null_island"),
-            (FixCandidate { speed_kmh: -1.0, ..good() }, "speed_out_of_range"),
-            (FixCandidate { speed_kmh: 200.1, ..good() }, "speed_out_of_range"),
-            (FixCandidate { heading_deg: Some(360.5), ..good() }, "heading_out_of_range"),
-            (FixCandidate { heading_deg: Some(-0.1), ..good() }, "heading_out_of_range"),
             (
-                FixCandidate { ts: Some(now() + Duration::seconds(301)), ..good() },
+                FixCandidate {
+                    lat: 91.0,
+                    ..good()
+                },
+                "coordinates_out_of_range",
+            ),
+            (
+                FixCandidate {
+                    lon: -180.5,
+                    ..good()
+                },
+                "coordinates_out_of_range",
+            ),
+            (
+                FixCandidate {
+                    lat: f64::NAN,
+                    ..good()
+                },
+                "coordinates_out_of_range",
+            ),
+            (
+                FixCandidate {
+                    lat: 0.0,
+                    lon: 0.0,
+                    ..good()
+                },
+                "null_island",
+            ),
+            (
+                FixCandidate {
+                    speed_kmh: -1.0,
+                    ..good()
+                },
+                "speed_out_of_range",
+            ),
+            (
+                FixCandidate {
+                    speed_kmh: 200.1,
+                    ..good()
+                },
+                "speed_out_of_range",
+            ),
+            (
+                FixCandidate {
+                    heading_deg: Some(360.5),
+                    ..good()
+                },
+                "heading_out_of_range",
+            ),
+            (
+                FixCandidate {
+                    heading_deg: Some(-0.1),
+                    ..good()
+                },
+                "heading_out_of_range",
+            ),
+            (
+                FixCandidate {
+                    ts: Some(now() + Duration::seconds(301)),
+                    ..good()
+                },
                 "time_in_future",
             ),
             (
-                FixCandidate { ts: Some(now() - Duration::days(31)), ..good() },
+                FixCandidate {
+                    ts: Some(now() - Duration::days(31)),
+                    ..good()
+                },
                 "time_too_old",
             ),
-            (FixCandidate { satellites: Some(-1), ..good() }, "invalid_field"),
-            (FixCandidate { hdop: Some(-0.5), ..good() }, "invalid_field"),
-            (FixCandidate { driver: Some("a/b".into()), ..good() }, "invalid_driver"),
+            (
+                FixCandidate {
+                    satellites: Some(-1),
+                    ..good()
+                },
+                "invalid_field",
+            ),
+            (
+                FixCandidate {
+                    hdop: Some(-0.5),
+                    ..good()
+                },
+                "invalid_field",
+            ),
+            (
+                FixCandidate {
+                    driver: Some("a/b".into()),
+                    ..good()
+                },
+                "invalid_driver",
+            ),
         ];
         for (c, label) in cases {
             let err = check(c.clone()).expect_err(&format!("{c:?} accepted"));
@@ -334,14 +413,30 @@ mod tests {
 
     #[test]
     fn limits_are_inclusive_at_the_edges() {
-        assert!(check(FixCandidate { speed_kmh: 200.0, ..good() }).is_ok());
-        assert!(check(FixCandidate { heading_deg: Some(360.0), ..good() }).is_ok());
-        assert!(check(FixCandidate { ts: Some(now() + Duration::seconds(300)), ..good() }).is_ok());
+        assert!(check(FixCandidate {
+            speed_kmh: 200.0,
+            ..good()
+        })
+        .is_ok());
+        assert!(check(FixCandidate {
+            heading_deg: Some(360.0),
+            ..good()
+        })
+        .is_ok());
+        assert!(check(FixCandidate {
+            ts: Some(now() + Duration::seconds(300)),
+            ..good()
+        })
+        .is_ok());
     }
 
     #[test]
     fn heading_360_is_stored_as_0() {
-        let f = check(FixCandidate { heading_deg: Some(360.0), ..good() }).unwrap();
+        let f = check(FixCandidate {
+            heading_deg: Some(360.0),
+            ..good()
+        })
+        .unwrap();
         assert_eq!(f.heading_deg(), Some(0.0));
     }
 }

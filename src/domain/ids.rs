@@ -99,7 +99,10 @@ mod tests {
 
     #[test]
     fn normalises_case_and_trims() {
-        assert_eq!(VehicleId::parse(" 61c-123.45 ").unwrap().as_str(), "61C-123.45");
+        assert_eq!(
+            VehicleId::parse(" 61c-123.45 ").unwrap().as_str(),
+            "61C-123.45"
+        );
     }
 
     #[test]

@@ -63,7 +63,11 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PgError {
 
 /// Finds the directory with `pg_ctl`, `initdb` and `postgres`.
 pub fn find_binaries() -> Result<PathBuf, PgError> {
-    let has_all = |d: &Path| ["pg_ctl", "initdb", "postgres"].iter().all(|b| d.join(b).is_file());
+    let has_all = |d: &Path| {
+        ["pg_ctl", "initdb", "postgres"]
+            .iter()
+            .all(|b| d.join(b).is_file())
+    };
     if let Some(d) = std::env::var_os("FLEETWATCH_PG_BIN").map(PathBuf::from) {
         if has_all(&d) {
             return Ok(d);
@@ -105,7 +109,13 @@ fn server_user() -> Result<Option<(Uid, Gid)>, PgError> {
         }
     }
     let status = Command::new("useradd")
-        .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "fleetwatch"])
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "fleetwatch",
+        ])
         .status()
         .map_err(|e| PgError::User(e.to_string()))?;
     if !status.success() {
@@ -113,7 +123,9 @@ fn server_user() -> Result<Option<(Uid, Gid)>, PgError> {
     }
     match User::from_name("fleetwatch") {
         Ok(Some(u)) => Ok(Some((u.uid, u.gid))),
-        _ => Err(PgError::User("user fleetwatch not found after useradd".into())),
+        _ => Err(PgError::User(
+            "user fleetwatch not found after useradd".into(),
+        )),
     }
 }
 
@@ -122,7 +134,8 @@ impl EmbeddedPostgres {
     pub fn start(opts: &PgOptions) -> Result<Self, PgError> {
         let bin = find_binaries()?;
         let run_as = server_user()?;
-        std::fs::create_dir_all(&opts.data_dir).map_err(io(format!("creating {}", opts.data_dir.display())))?;
+        std::fs::create_dir_all(&opts.data_dir)
+            .map_err(io(format!("creating {}", opts.data_dir.display())))?;
         let mut data = opts
             .data_dir
             .canonicalize()
@@ -137,7 +150,10 @@ impl EmbeddedPostgres {
                     "server user cannot reach the data directory; using a system location");
                 std::fs::create_dir_all(&alt).map_err(io(format!("creating {}", alt.display())))?;
                 let parent = alt.parent().expect("has a parent");
-                let _ = std::fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+                let _ = std::fs::set_permissions(
+                    parent,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                );
                 data = alt;
             }
         }
@@ -196,7 +212,17 @@ impl EmbeddedPostgres {
     fn initdb(&self) -> Result<(), PgError> {
         tracing::info!(data = %self.data.display(), "initialising a private PostgreSQL cluster");
         self.tool("initdb")
-            .args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync", "-D"])
+            .args([
+                "-U",
+                SUPERUSER,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "-D",
+            ])
             .arg(&self.data)
             .run(&self.log)
     }
@@ -269,7 +295,9 @@ impl EmbeddedPostgres {
             .is_some();
         if !exists {
             let ident = name.replace('"', "\"\"");
-            client.batch_execute(&format!("CREATE DATABASE \"{ident}\"")).await?;
+            client
+                .batch_execute(&format!("CREATE DATABASE \"{ident}\""))
+                .await?;
         }
         Ok(())
     }

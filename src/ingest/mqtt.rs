@@ -94,8 +94,14 @@ pub fn options(cfg: &MqttConfig, url: &str) -> Result<MqttOptions, MqttError> {
         .set_clean_session(false)
         .set_manual_acks(true)
         .set_max_packet_size(1 << 20, 1 << 20);
-    let user = cfg.username.clone().or_else(|| non_empty(parsed.username()));
-    let pass = cfg.password.clone().or_else(|| parsed.password().map(str::to_string));
+    let user = cfg
+        .username
+        .clone()
+        .or_else(|| non_empty(parsed.username()));
+    let pass = cfg
+        .password
+        .clone()
+        .or_else(|| parsed.password().map(str::to_string));
     if let Some(user) = user {
         o.set_credentials(user, pass.unwrap_or_default());
     }
@@ -162,6 +168,18 @@ pub fn client(cfg: &MqttConfig, url: &str) -> Result<(AsyncClient, EventLoop), M
     Ok(AsyncClient::new(o, 10_000))
 }
 
+/// How the event loop is stopped and observed.
+pub struct LoopControl {
+    /// Stop handing messages to the pipeline (start of shutdown).
+    pub stop_forwarding: CancellationToken,
+    /// Disconnect and return (after the writer's last acks).
+    pub disconnect: CancellationToken,
+    /// Longest wait between reconnect attempts.
+    pub max_backoff: Duration,
+    /// Readiness flags to update.
+    pub health: Arc<Health>,
+}
+
 /// Polls the event loop until `stop_forwarding` and then `disconnect` fire.
 ///
 /// - Subscribes on every connect without a stored session.
@@ -174,11 +192,14 @@ pub async fn run_event_loop(
     mut eventloop: EventLoop,
     subscriptions: Vec<String>,
     tx: mpsc::Sender<Delivery>,
-    stop_forwarding: CancellationToken,
-    disconnect: CancellationToken,
-    max_backoff: Duration,
-    health: Arc<Health>,
+    ctl: LoopControl,
 ) {
+    let LoopControl {
+        stop_forwarding,
+        disconnect,
+        max_backoff,
+        health,
+    } = ctl;
     let mut tx = Some(tx);
     let mut backoff = Duration::from_millis(50);
     let mut disconnecting = false;
@@ -229,7 +250,9 @@ pub async fn run_event_loop(
                     .return_codes
                     .iter()
                     .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)));
-                if !ok {
+                if ok {
+                    tracing::info!("subscription confirmed");
+                } else {
                     tracing::error!(codes = ?ack.return_codes, "broker refused the subscription");
                 }
                 health.subscribed.store(ok, Ordering::Relaxed);

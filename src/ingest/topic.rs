@@ -119,15 +119,30 @@ mod tests {
     #[test]
     fn rejects_other_shapes() {
         let p = TopicPattern::parse("fleet/{cooperative}/{vehicle}/fix").unwrap();
-        for t in ["fleet/a/b/alert", "fleet/a/fix", "fleet/a/b/c/fix", "other/a/b/fix"] {
-            assert!(matches!(p.parse_topic(t), Err(TopicError::NoMatch(_))), "{t}");
+        for t in [
+            "fleet/a/b/alert",
+            "fleet/a/fix",
+            "fleet/a/b/c/fix",
+            "other/a/b/fix",
+        ] {
+            assert!(
+                matches!(p.parse_topic(t), Err(TopicError::NoMatch(_))),
+                "{t}"
+            );
         }
-        assert!(matches!(p.parse_topic("fleet/a/b c/fix"), Err(TopicError::BadId(_))));
+        assert!(matches!(
+            p.parse_topic("fleet/a/b c/fix"),
+            Err(TopicError::BadId(_))
+        ));
     }
 
     #[test]
     fn pattern_needs_both_placeholders_and_no_wildcards() {
-        for bad in ["fleet/{vehicle}/fix", "fleet/+/{cooperative}/{vehicle}", "fleet/{vehicle}x/{cooperative}"] {
+        for bad in [
+            "fleet/{vehicle}/fix",
+            "fleet/+/{cooperative}/{vehicle}",
+            "fleet/{vehicle}x/{cooperative}",
+        ] {
             assert!(TopicPattern::parse(bad).is_err(), "{bad}");
         }
         assert!(TopicPattern::parse("{vehicle}/gps/{cooperative}").is_ok());
@@ -135,7 +150,10 @@ mod tests {
 
     #[test]
     fn shared_subscription_prefix() {
-        assert_eq!(subscription("fleet/+/+/fix", Some("fw")), "$share/fw/fleet/+/+/fix");
+        assert_eq!(
+            subscription("fleet/+/+/fix", Some("fw")),
+            "$share/fw/fleet/+/+/fix"
+        );
         assert_eq!(subscription("fleet/+/+/fix", None), "fleet/+/+/fix");
     }
 }

@@ -138,7 +138,12 @@ impl Validator {
     }
 
     /// Validates one MQTT message; every fix or element yields exactly one record.
-    pub fn process(&mut self, topic: &str, payload: &Bytes, received_at: DateTime<Utc>) -> Vec<Record> {
+    pub fn process(
+        &mut self,
+        topic: &str,
+        payload: &Bytes,
+        received_at: DateTime<Utc>,
+    ) -> Vec<Record> {
         let reject = |bytes: Bytes, reason: &'static str, detail: String| {
             Record::Rejected(Rejected {
                 topic: topic.to_string(),
@@ -154,7 +159,10 @@ impl Validator {
         };
         if let Some(reg) = self.registry.get(&vehicle) {
             if reg.cooperative != coop {
-                let detail = format!("vehicle {vehicle} is registered to {} not {coop}", reg.cooperative);
+                let detail = format!(
+                    "vehicle {vehicle} is registered to {} not {coop}",
+                    reg.cooperative
+                );
                 return vec![reject(payload.clone(), "cooperative_mismatch", detail)];
             }
         }
@@ -178,7 +186,8 @@ impl Validator {
                 match VehicleId::parse(v) {
                     Ok(id) if id == vehicle => {}
                     Ok(id) => {
-                        let detail = format!("payload vehicle {id} differs from topic vehicle {vehicle}");
+                        let detail =
+                            format!("payload vehicle {id} differs from topic vehicle {vehicle}");
                         out.push(reject(element_bytes(), "vehicle_mismatch", detail));
                         continue;
                     }
@@ -209,7 +218,9 @@ impl Validator {
         if !self.registry.contains_key(fix.vehicle()) {
             flags |= Flags::UNREGISTERED;
         }
-        let sats_low = fix.satellites().is_some_and(|s| s < self.cfg.min_satellites);
+        let sats_low = fix
+            .satellites()
+            .is_some_and(|s| s < self.cfg.min_satellites);
         let hdop_high = fix.hdop().is_some_and(|h| h > self.cfg.max_hdop);
         if sats_low || hdop_high {
             flags |= Flags::POOR_ACCURACY;
@@ -228,7 +239,11 @@ impl Validator {
             Some(prev) => {
                 let dist_m = haversine_m(prev.lat, prev.lon, fix.lat(), fix.lon());
                 let dt_s = (fix.ts() - prev.ts).num_milliseconds() as f64 / 1000.0;
-                let implied_kmh = if dt_s > 0.0 { dist_m / dt_s * 3.6 } else { f64::INFINITY };
+                let implied_kmh = if dt_s > 0.0 {
+                    dist_m / dt_s * 3.6
+                } else {
+                    f64::INFINITY
+                };
                 let jump = dist_m > self.cfg.jump_min_distance_m
                     && implied_kmh > self.cfg.limits.max_speed_kmh;
                 // Compare against the last plausible position, so a single spike flags
@@ -313,7 +328,11 @@ mod tests {
     #[test]
     fn wrong_cooperative_for_a_registered_vehicle_is_rejected() {
         let mut v = validator();
-        let out = v.process("fleet/OTHER/61B-024.17/fix", &fix_json("61B-024.17", -5, 10.98, 106.65), now());
+        let out = v.process(
+            "fleet/OTHER/61B-024.17/fix",
+            &fix_json("61B-024.17", -5, 10.98, 106.65),
+            now(),
+        );
         assert_eq!(reasons(&out), ["cooperative_mismatch"]);
     }
 
@@ -324,7 +343,9 @@ mod tests {
         assert_eq!(reasons(&out), ["bad_topic"]);
         let out = v.process(T, &Bytes::from_static(b"\xff\xfe"), now());
         assert_eq!(reasons(&out), ["malformed"]);
-        let Record::Rejected(r) = &out[0] else { unreachable!() };
+        let Record::Rejected(r) = &out[0] else {
+            unreachable!()
+        };
         assert_eq!(&r.payload[..], b"\xff\xfe");
     }
 
@@ -332,18 +353,29 @@ mod tests {
     fn batch_element_rejects_keep_only_their_bytes() {
         let mut v = validator();
         let ok = fix_json("61B-024.17", -5, 10.98, 106.65);
-        let payload = Bytes::from(format!(r#"[{}, {{"lat":1}}]"#, std::str::from_utf8(&ok).unwrap()));
+        let payload = Bytes::from(format!(
+            r#"[{}, {{"lat":1}}]"#,
+            std::str::from_utf8(&ok).unwrap()
+        ));
         let out = v.process(T, &payload, now());
         assert_eq!(reasons(&out), ["ok", "malformed"]);
-        let Record::Rejected(r) = &out[1] else { unreachable!() };
+        let Record::Rejected(r) = &out[1] else {
+            unreachable!()
+        };
         assert_eq!(&r.payload[..], br#"{"lat":1}"#);
     }
 
     #[test]
     fn unregistered_vehicle_is_accepted_and_flagged() {
         let mut v = validator();
-        let out = v.process("fleet/HTX-X/51B-1/fix", &fix_json("51B-1", -5, 10.98, 106.65), now());
-        let Record::Accepted(a) = &out[0] else { panic!("{out:?}") };
+        let out = v.process(
+            "fleet/HTX-X/51B-1/fix",
+            &fix_json("51B-1", -5, 10.98, 106.65),
+            now(),
+        );
+        let Record::Accepted(a) = &out[0] else {
+            panic!("{out:?}")
+        };
         assert!(a.flags.has(Flags::UNREGISTERED));
         assert_eq!(a.cooperative.as_str(), "HTX-X");
     }
@@ -355,7 +387,10 @@ mod tests {
             Record::Accepted(a) => a.flags,
             r => panic!("{r:?}"),
         };
-        assert_eq!(flags(v.process(T, &fix_json("61B-024.17", -30, 10.980, 106.650), now())), Flags(0));
+        assert_eq!(
+            flags(v.process(T, &fix_json("61B-024.17", -30, 10.980, 106.650), now())),
+            Flags(0)
+        );
         // ~11 km in 10 s: impossible.
         let spike = flags(v.process(T, &fix_json("61B-024.17", -20, 11.080, 106.650), now()));
         assert!(spike.has(Flags::JUMP));
@@ -372,7 +407,9 @@ mod tests {
             r#"{{"ts":"{}","lat":10.9,"lon":106.7,"speed_kmh":1,"satellites":3}}"#,
             now().to_rfc3339()
         ));
-        let Record::Accepted(a) = &v.process(T, &p, now())[0] else { panic!() };
+        let Record::Accepted(a) = &v.process(T, &p, now())[0] else {
+            panic!()
+        };
         assert!(a.flags.has(Flags::POOR_ACCURACY));
     }
 

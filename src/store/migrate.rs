@@ -42,10 +42,14 @@ pub enum Layout {
 /// Applies pending migrations and the storage layout; returns the layout in use.
 pub async fn migrate(client: &mut Client, layout: &LayoutConfig) -> Result<Layout, StoreError> {
     const LOCK_KEY: i64 = 0x666c_6565_7477; // "fleetw"
-    client.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY]).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await?;
     let result = apply(client, layout).await;
     // Unlock even after a failed migration; the session ending would also release it.
-    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]).await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
     result
 }
 
@@ -58,7 +62,10 @@ async fn apply(client: &mut Client, layout: &LayoutConfig) -> Result<Layout, Sto
         .await?;
     for (version, sql) in MIGRATIONS {
         let done = client
-            .query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[version])
+            .query_opt(
+                "SELECT 1 FROM schema_migrations WHERE version = $1",
+                &[version],
+            )
             .await?
             .is_some();
         if done {
@@ -67,9 +74,15 @@ async fn apply(client: &mut Client, layout: &LayoutConfig) -> Result<Layout, Sto
         let tx = client.transaction().await?;
         tx.batch_execute(sql)
             .await
-            .map_err(|source| StoreError::Migration { version: *version, source })?;
-        tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[version])
-            .await?;
+            .map_err(|source| StoreError::Migration {
+                version: *version,
+                source,
+            })?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await?;
         tx.commit().await?;
         tracing::info!(version, "applied migration");
     }

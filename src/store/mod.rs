@@ -37,7 +37,9 @@ impl StoreError {
             Some(code) => {
                 let c = code.code();
                 // 08 connection, 40 rollback, 53 resources, 57 operator intervention.
-                ["08", "40", "53", "57", "58"].iter().any(|p| c.starts_with(p))
+                ["08", "40", "53", "57", "58"]
+                    .iter()
+                    .any(|p| c.starts_with(p))
             }
         }
     }

@@ -87,7 +87,10 @@ pub async fn prepare(client: &Client) -> Result<(), StoreError> {
 }
 
 /// Writes records in one transaction. Safe to repeat: a repeated batch stores nothing new.
-pub async fn write_batch(client: &mut Client, records: &[&Record]) -> Result<BatchOutcome, StoreError> {
+pub async fn write_batch(
+    client: &mut Client,
+    records: &[&Record],
+) -> Result<BatchOutcome, StoreError> {
     let tx = client.transaction().await?;
     let mut outcome = BatchOutcome::default();
     let mut fixes = 0u64;
@@ -95,7 +98,9 @@ pub async fn write_batch(client: &mut Client, records: &[&Record]) -> Result<Bat
     let mut dead: Vec<&Rejected> = Vec::new();
 
     let sink = tx
-        .copy_in(&format!("COPY fixes_stage ({FIX_COLUMNS}) FROM STDIN BINARY"))
+        .copy_in(&format!(
+            "COPY fixes_stage ({FIX_COLUMNS}) FROM STDIN BINARY"
+        ))
         .await?;
     let types = [
         Type::TEXT,
@@ -140,9 +145,11 @@ pub async fn write_batch(client: &mut Client, records: &[&Record]) -> Result<Bat
                     ])
                     .await?;
                 fixes += 1;
-                let e = vehicles
-                    .entry(f.vehicle().as_str())
-                    .or_insert((a.cooperative.as_str(), a.received_at, f.ts()));
+                let e = vehicles.entry(f.vehicle().as_str()).or_insert((
+                    a.cooperative.as_str(),
+                    a.received_at,
+                    f.ts(),
+                ));
                 e.1 = e.1.max(a.received_at);
                 e.2 = e.2.max(f.ts());
             }
@@ -277,7 +284,10 @@ pub async fn run<K: Acker>(
                     }
                 }
             }
-            if shutdown.is_cancelled() && rx.is_closed() && backoff >= Duration::from_millis(cfg.max_backoff_ms) {
+            if shutdown.is_cancelled()
+                && rx.is_closed()
+                && backoff >= Duration::from_millis(cfg.max_backoff_ms)
+            {
                 // Shutting down during an outage: give up this batch, unacked.
                 break None;
             }
@@ -285,7 +295,10 @@ pub async fn run<K: Acker>(
             backoff = (backoff * 2).min(Duration::from_millis(cfg.max_backoff_ms));
         };
         let Some(outcome) = outcome else {
-            tracing::warn!(messages = pending.len(), "stopping with an uncommitted batch; the broker will redeliver it");
+            tracing::warn!(
+                messages = pending.len(),
+                "stopping with an uncommitted batch; the broker will redeliver it"
+            );
             return;
         };
         backoff = Duration::from_millis(100);

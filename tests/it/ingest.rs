@@ -34,14 +34,24 @@ async fn fixes_land_exactly_once_through_the_embedded_broker() {
     app.shutdown();
     app.wait().await;
     assert_eq!(count(&db, "SELECT count(*) FROM fixes").await, 500);
-    assert_eq!(count(&db, "SELECT count(DISTINCT vehicle_id) FROM fixes").await, 10);
+    assert_eq!(
+        count(&db, "SELECT count(DISTINCT vehicle_id) FROM fixes").await,
+        10
+    );
     assert_eq!(count(&db, "SELECT count(*) FROM dead_letters").await, 0);
     // Unregistered vehicles are stored, flagged and listed.
     assert_eq!(
-        count(&db, "SELECT count(*) FROM vehicles WHERE NOT registered AND cooperative_id = 'HTX-A'").await,
+        count(
+            &db,
+            "SELECT count(*) FROM vehicles WHERE NOT registered AND cooperative_id = 'HTX-A'"
+        )
+        .await,
         10
     );
-    assert_eq!(count(&db, "SELECT count(*) FROM fixes WHERE flags & 4 = 0").await, 0);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM fixes WHERE flags & 4 = 0").await,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,19 +71,26 @@ async fn rejects_are_kept_with_reasons_and_the_consumer_keeps_going() {
         (t.clone(), fix("51B-1", base, 10.9, 106.7, 250.0)),
         (t.clone(), fix("51B-1", future, 10.9, 106.7, 30.0)),
         (t.clone(), br#"{"_type":"lwt","tst":1}"#.to_vec()),
-        ("fleet/HTX-A/bad vehicle/fix".to_string(), fix("51B-1", base, 10.9, 106.7, 30.0)),
+        (
+            "fleet/HTX-A/bad vehicle/fix".to_string(),
+            fix("51B-1", base, 10.9, 106.7, 30.0),
+        ),
         (t.clone(), br#"[]"#.to_vec()),
         // After all that garbage, a good fix still lands.
         (t.clone(), fix("51B-1", base, 10.9, 106.7, 30.0)),
     ];
     publish_all(&broker.url(), &msgs).await;
-    wait_until("good fix and 10 dead letters stored", Duration::from_secs(30), || {
-        let db = db.clone();
-        async move {
-            count(&db, "SELECT count(*) FROM fixes").await == 1
-                && count(&db, "SELECT count(*) FROM dead_letters").await == 10
-        }
-    })
+    wait_until(
+        "good fix and 10 dead letters stored",
+        Duration::from_secs(30),
+        || {
+            let db = db.clone();
+            async move {
+                count(&db, "SELECT count(*) FROM fixes").await == 1
+                    && count(&db, "SELECT count(*) FROM dead_letters").await == 10
+            }
+        },
+    )
     .await;
     let c = fleetwatch::store::connect(&db).await.unwrap();
     let rows = c
@@ -98,15 +115,23 @@ async fn rejects_are_kept_with_reasons_and_the_consumer_keeps_going() {
     );
     // The raw bytes are kept as received.
     let raw: Vec<u8> = c
-        .query_one("SELECT payload FROM dead_letters WHERE payload = '\\xff00fe'::bytea", &[])
+        .query_one(
+            "SELECT payload FROM dead_letters WHERE payload = '\\xff00fe'::bytea",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(raw, b"\xff\x00\xfe");
     // Metrics count rejects by reason.
     let body = reqwest_get(app.http_addr, "/metrics").await;
-    assert!(body.contains(r#"fleetwatch_fixes_rejected_total{reason="vehicle_mismatch"}"#), "{body}");
-    assert!(reqwest_get(app.http_addr, "/readyz").await.contains("mqtt: up"));
+    assert!(
+        body.contains(r#"fleetwatch_fixes_rejected_total{reason="vehicle_mismatch"}"#),
+        "{body}"
+    );
+    assert!(reqwest_get(app.http_addr, "/readyz")
+        .await
+        .contains("mqtt: up"));
     app.shutdown();
     app.wait().await;
 }
@@ -125,9 +150,20 @@ async fn owntracks_payloads_and_batches_land() {
     let batch = format!(
         "[{},{}]",
         String::from_utf8(fix("OT-1", base, 10.981, 106.651, 20.0)).unwrap(),
-        String::from_utf8(fix("OT-1", base + chrono::Duration::seconds(5), 10.982, 106.652, 25.0)).unwrap()
+        String::from_utf8(fix(
+            "OT-1",
+            base + chrono::Duration::seconds(5),
+            10.982,
+            106.652,
+            25.0
+        ))
+        .unwrap()
     );
-    publish_all(&broker.url(), &[(t.clone(), owntracks.into_bytes()), (t, batch.into_bytes())]).await;
+    publish_all(
+        &broker.url(),
+        &[(t.clone(), owntracks.into_bytes()), (t, batch.into_bytes())],
+    )
+    .await;
     wait_until("3 fixes", Duration::from_secs(30), || {
         let db = db.clone();
         async move { count(&db, "SELECT count(*) FROM fixes").await == 3 }

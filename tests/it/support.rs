@@ -26,7 +26,8 @@ async fn cluster() -> &'static Cluster {
     CLUSTER
         .get_or_init(|| async {
             fleetwatch::telemetry::init_logs();
-            let dir = std::env::temp_dir().join(format!("fleetwatch-test-pg-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("fleetwatch-test-pg-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             let opts = PgOptions {
                 data_dir: dir.clone(),
@@ -58,7 +59,9 @@ fn watchdog(cluster: PathBuf, dir: PathBuf) {
         c = cluster.display(),
         d = dir.display()
     );
-    Command::new("sh")
+    // Deliberately not waited for: it must outlive this process.
+    #[allow(clippy::zombie_processes)]
+    let _watcher = Command::new("sh")
         .arg("-c")
         .arg(script)
         .stdin(Stdio::null())
@@ -72,8 +75,14 @@ fn watchdog(cluster: PathBuf, dir: PathBuf) {
 pub async fn fresh_db() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let c = cluster().await;
-    let name = format!("t_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
-    let admin = fleetwatch::store::connect(&c.pg.url("postgres")).await.unwrap();
+    let name = format!(
+        "t_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    let admin = fleetwatch::store::connect(&c.pg.url("postgres"))
+        .await
+        .unwrap();
     admin
         .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
         .await
@@ -128,7 +137,11 @@ pub async fn count(db_url: &str, sql: &str) -> i64 {
 pub async fn publish_all(url: &str, msgs: &[(String, Vec<u8>)]) {
     let u = url::Url::parse(url).unwrap();
     static N: AtomicU32 = AtomicU32::new(0);
-    let id = format!("pub-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+    let id = format!(
+        "pub-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
     let mut o = MqttOptions::new(id, u.host_str().unwrap(), u.port().unwrap());
     o.set_keep_alive(Duration::from_secs(30)).set_inflight(500);
     let (client, mut ev) = AsyncClient::new(o, 1000);
@@ -143,7 +156,10 @@ pub async fn publish_all(url: &str, msgs: &[(String, Vec<u8>)]) {
     let mut acked = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     while acked < total {
-        assert!(Instant::now() < deadline, "publisher: {acked}/{total} acked");
+        assert!(
+            Instant::now() < deadline,
+            "publisher: {acked}/{total} acked"
+        );
         match tokio::time::timeout(Duration::from_secs(5), ev.poll()).await {
             Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
             Ok(Ok(_)) => {}
@@ -204,7 +220,10 @@ impl Mosquitto {
             .expect("mosquitto starts");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not listen on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Mosquitto {
@@ -224,7 +243,13 @@ impl Drop for Mosquitto {
 }
 
 /// A canonical fix payload at `ts`.
-pub fn fix(vehicle: &str, ts: chrono::DateTime<chrono::Utc>, lat: f64, lon: f64, speed_kmh: f64) -> Vec<u8> {
+pub fn fix(
+    vehicle: &str,
+    ts: chrono::DateTime<chrono::Utc>,
+    lat: f64,
+    lon: f64,
+    speed_kmh: f64,
+) -> Vec<u8> {
     format!(
         r#"{{"vehicle":"{vehicle}","ts":"{}","lat":{lat},"lon":{lon},"speed_kmh":{speed_kmh},"heading_deg":90,"satellites":9,"hdop":0.9}}"#,
         ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -246,7 +271,12 @@ pub fn topic(coop: &str, vehicle: &str) -> String {
 }
 
 /// `n` fixes of `vehicles` vehicles, one second apart per vehicle, as MQTT messages.
-pub fn track(coop: &str, vehicles: usize, n: usize, base: chrono::DateTime<chrono::Utc>) -> Vec<(String, Vec<u8>)> {
+pub fn track(
+    coop: &str,
+    vehicles: usize,
+    n: usize,
+    base: chrono::DateTime<chrono::Utc>,
+) -> Vec<(String, Vec<u8>)> {
     (0..n)
         .map(|i| {
             let v = format!("T-{}", i % vehicles);

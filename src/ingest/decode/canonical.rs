@@ -111,7 +111,10 @@ mod tests {
         assert_eq!((c.lat, c.lon, c.speed_kmh), (10.9, 106.75, 42.5));
         assert_eq!(c.heading_deg, Some(91.0));
         assert_eq!(c.driver.as_deref(), Some("079123456789"));
-        assert_eq!((c.ignition, c.satellites, c.hdop, c.odometer_m), (Some(true), Some(9), Some(0.9), Some(123456.7)));
+        assert_eq!(
+            (c.ignition, c.satellites, c.hdop, c.odometer_m),
+            (Some(true), Some(9), Some(0.9), Some(123456.7))
+        );
     }
 
     #[test]

@@ -72,7 +72,10 @@ impl Decoder {
     /// All built-in formats; the canonical format is the fallback when none sniffs.
     pub fn new(max_batch: usize) -> Self {
         Self {
-            formats: vec![Box::new(owntracks::OwnTracks), Box::new(canonical::Canonical)],
+            formats: vec![
+                Box::new(owntracks::OwnTracks),
+                Box::new(canonical::Canonical),
+            ],
             max_batch,
         }
     }

@@ -69,18 +69,25 @@ mod tests {
             .decode_object(br#"{"_type":"location","tid":"b1","tst":1795914000,"lat":10.98,"lon":106.65,"vel":42,"cog":270,"acc":8,"batt":80}"#)
             .unwrap();
         assert_eq!(c.ts.unwrap().timestamp(), 1795914000);
-        assert_eq!((c.lat, c.lon, c.speed_kmh, c.heading_deg), (10.98, 106.65, 42.0, Some(270.0)));
+        assert_eq!(
+            (c.lat, c.lon, c.speed_kmh, c.heading_deg),
+            (10.98, 106.65, 42.0, Some(270.0))
+        );
     }
 
     #[test]
     fn other_message_types_are_not_locations() {
-        let e = OwnTracks.decode_object(br#"{"_type":"lwt","tst":1}"#).unwrap_err();
+        let e = OwnTracks
+            .decode_object(br#"{"_type":"lwt","tst":1}"#)
+            .unwrap_err();
         assert_eq!(e.label(), "not_a_location");
     }
 
     #[test]
     fn location_without_position_is_malformed() {
-        let e = OwnTracks.decode_object(br#"{"_type":"location","tst":1}"#).unwrap_err();
+        let e = OwnTracks
+            .decode_object(br#"{"_type":"location","tst":1}"#)
+            .unwrap_err();
         assert_eq!(e.label(), "malformed");
     }
 }
