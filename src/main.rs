@@ -32,10 +32,11 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Simulated minutes per real minute until the fleet catches up with the clock.
-        #[arg(long, default_value_t = 20.0)]
+        #[arg(long, default_value_t = 60.0)]
         speed: f64,
-        /// How many hours of history the simulation starts with (replayed at --speed).
-        #[arg(long, default_value_t = 3.0)]
+        /// How many hours of history the simulation starts with (replayed at --speed),
+        /// long enough for the scripted 4-hour drive without a break.
+        #[arg(long, default_value_t = 6.0)]
         history_h: f64,
         /// Stop after this many seconds (default: until Ctrl-C).
         #[arg(long)]

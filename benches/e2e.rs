@@ -1,0 +1,384 @@
+//! End-to-end load run (not criterion: one long measured run).
+//!
+//! `cargo bench --bench e2e -- [--broker embedded|mosquitto|URL] [--fixes N] [--vehicles N]
+//!  [--soak-s S --rate R]`
+//!
+//! In one run, on the same machine and broker:
+//! 1. raw broker pass-through: QoS 1 publishers → one QoS 1 subscriber, no processing;
+//! 2. raw binary COPY rows/s into a table shaped like `fixes` (with and without its key);
+//! 3. the pipeline: simulator fixes → broker → fleetwatch (decode, validate, batch COPY,
+//!    commit, ack) → PostgreSQL, sustained fixes/s;
+//!
+//! and reports 3 as a ratio of the slower of 1 and 2. With `--soak-s`, publishes at
+//! `--rate` for that long and samples the process RSS every 10 s.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use fleetwatch::app::App;
+use fleetwatch::config::Settings;
+use fleetwatch::demo::Publisher;
+use fleetwatch::infra::broker::{free_port, EmbeddedBroker};
+use fleetwatch::infra::postgres::{EmbeddedPostgres, PgOptions};
+use fleetwatch::ingest::topic::TopicPattern;
+use fleetwatch::sim::Simulator;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+struct Args {
+    broker: String,
+    fixes: usize,
+    vehicles: usize,
+    publishers: usize,
+    soak_s: u64,
+    rate: f64,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        broker: "embedded".into(),
+        fixes: 300_000,
+        vehicles: 10_000,
+        publishers: 4,
+        soak_s: 0,
+        rate: 10_000.0,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let next = || argv.get(i + 1).cloned().unwrap_or_default();
+        match argv[i].as_str() {
+            "--broker" => a.broker = next(),
+            "--fixes" => a.fixes = next().parse().expect("--fixes N"),
+            "--vehicles" => a.vehicles = next().parse().expect("--vehicles N"),
+            "--publishers" => a.publishers = next().parse().expect("--publishers N"),
+            "--soak-s" => a.soak_s = next().parse().expect("--soak-s S"),
+            "--rate" => a.rate = next().parse().expect("--rate R"),
+            _ => {
+                i += 1; // `--bench` and other harness flags
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+/// Messages as the simulator makes them (generated before timing starts).
+fn messages(n: usize, vehicles: usize) -> Vec<(String, Vec<u8>)> {
+    let pattern = TopicPattern::parse("fleet/{cooperative}/{vehicle}/fix").unwrap();
+    let mut sim = Simulator::load_with_interval(
+        vehicles,
+        1,
+        Utc::now() - chrono::Duration::days(10),
+        chrono::Duration::seconds(1),
+    );
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        for f in sim.advance(chrono::Duration::seconds(1)) {
+            if out.len() == n {
+                break;
+            }
+            out.push((pattern.topic(&f.cooperative, &f.vehicle), f.payload));
+        }
+    }
+    out
+}
+
+async fn publish_parallel(url: &str, msgs: &[(String, Vec<u8>)], publishers: usize) {
+    let chunk = msgs.len().div_ceil(publishers);
+    let mut tasks = Vec::new();
+    for (k, part) in msgs.chunks(chunk).enumerate() {
+        let part = part.to_vec();
+        let url = url.to_string();
+        tasks.push(tokio::spawn(async move {
+            let p =
+                Publisher::connect(&url, &format!("bench-pub-{k}-{}", std::process::id())).unwrap();
+            let n = part.len() as u64;
+            for (t, m) in part {
+                p.publish(t, m).await.unwrap();
+            }
+            p.finish(n, Duration::from_secs(600)).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// 1. Raw broker pass-through, QoS 1 both ways.
+async fn raw_broker(url: &str, msgs: &[(String, Vec<u8>)], publishers: usize) -> f64 {
+    let u = url::Url::parse(url).unwrap();
+    let mut o = MqttOptions::new(
+        format!("bench-sub-{}", std::process::id()),
+        u.host_str().unwrap(),
+        u.port().unwrap(),
+    );
+    o.set_keep_alive(Duration::from_secs(60))
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut ev) = AsyncClient::new(o, 10_000);
+    client
+        .subscribe("fleet/+/+/fix", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = ev.poll().await.unwrap() {
+            break;
+        }
+    }
+    let total = msgs.len();
+    let sub = tokio::spawn(async move {
+        let mut n = 0;
+        let mut first = None;
+        while n < total {
+            if let Event::Incoming(Packet::Publish(_)) = ev.poll().await.unwrap() {
+                first.get_or_insert_with(Instant::now);
+                n += 1;
+            }
+        }
+        first.unwrap().elapsed()
+    });
+    let started = Instant::now();
+    publish_parallel(url, msgs, publishers).await;
+    let _ = sub.await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    client.disconnect().await.ok();
+    total as f64 / secs
+}
+
+/// 2. Raw binary COPY of the same rows.
+async fn raw_copy(db: &str, rows: usize, with_key: bool) -> f64 {
+    use futures_util::pin_mut;
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::Type;
+    let client = fleetwatch::store::connect(db).await.unwrap();
+    let like = if with_key {
+        "INCLUDING ALL"
+    } else {
+        "INCLUDING DEFAULTS"
+    };
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS copy_bench; CREATE TABLE copy_bench (LIKE fixes {like})"
+        ))
+        .await
+        .unwrap();
+    let base = Utc::now() - chrono::Duration::days(1);
+    let started = Instant::now();
+    let mut done = 0;
+    while done < rows {
+        let n = 2000.min(rows - done);
+        let sink = client
+            .copy_in("COPY copy_bench (vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, heading_deg, driver_id, ignition, satellites, hdop, odometer_m, flags, received_at) FROM STDIN BINARY")
+            .await
+            .unwrap();
+        let types = [
+            Type::TEXT,
+            Type::TIMESTAMPTZ,
+            Type::TEXT,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT4,
+            Type::FLOAT4,
+            Type::TEXT,
+            Type::BOOL,
+            Type::INT2,
+            Type::FLOAT4,
+            Type::FLOAT8,
+            Type::INT2,
+            Type::TIMESTAMPTZ,
+        ];
+        let w = BinaryCopyInWriter::new(sink, &types);
+        pin_mut!(w);
+        for i in done..done + n {
+            let v = format!("61C-{:06}", i % 10_000);
+            let ts = base + chrono::Duration::seconds((i / 10_000) as i64);
+            w.as_mut()
+                .write(&[
+                    &v,
+                    &ts,
+                    &"HTX-BENCH",
+                    &10.9f64,
+                    &106.7f64,
+                    &42.0f32,
+                    &Some(90.0f32),
+                    &Some("079123456789"),
+                    &Some(true),
+                    &Some(9i16),
+                    &Some(0.9f32),
+                    &Some(1234.5f64),
+                    &0i16,
+                    &Utc::now(),
+                ])
+                .await
+                .unwrap();
+        }
+        w.finish().await.unwrap();
+        done += n;
+    }
+    let r = rows as f64 / started.elapsed().as_secs_f64();
+    client.batch_execute("DROP TABLE copy_bench").await.unwrap();
+    r
+}
+
+fn rss_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+struct Mosquitto(std::process::Child, String);
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_mosquitto() -> Mosquitto {
+    let port = free_port().unwrap();
+    let dir = std::env::temp_dir().join(format!("fw-bench-mosq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/mosquitto.conf"
+    ))
+    .unwrap();
+    let conf = dir.join("m.conf");
+    std::fs::write(
+        &conf,
+        format!("{shipped}\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"),
+    )
+    .unwrap();
+    let child = std::process::Command::new("/usr/sbin/mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto installed");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Mosquitto(child, format!("mqtt://127.0.0.1:{port}"))
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let _mosq;
+    let url = match a.broker.as_str() {
+        "embedded" => EmbeddedBroker::start(0).unwrap().url(),
+        "mosquitto" => {
+            _mosq = start_mosquitto();
+            _mosq.1.clone()
+        }
+        other => other.to_string(),
+    };
+    let dir = std::env::temp_dir().join(format!("fw-bench-pg-{}", std::process::id()));
+    let pg = EmbeddedPostgres::start(&PgOptions {
+        data_dir: dir.clone(),
+        fast_unsafe: false,
+    })
+    .unwrap();
+    pg.ensure_database("bench").await.unwrap();
+    let db = pg.url("bench");
+    let mut c = fleetwatch::store::connect(&db).await.unwrap();
+    fleetwatch::store::migrate::migrate(&mut c, &Default::default())
+        .await
+        .unwrap();
+
+    println!(
+        "machine: {} cores; broker {} ({url}); {} fixes, {} vehicles, {} publishers",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        a.broker,
+        a.fixes,
+        a.vehicles,
+        a.publishers
+    );
+    let msgs = messages(a.fixes, a.vehicles);
+
+    let broker_rate = raw_broker(&url, &msgs, a.publishers).await;
+    println!("raw broker pass-through (QoS 1):    {broker_rate:>10.0} msg/s");
+    let copy_rate = raw_copy(&db, a.fixes, false).await;
+    println!("raw binary COPY (no index):         {copy_rate:>10.0} rows/s");
+    let copy_key_rate = raw_copy(&db, a.fixes, true).await;
+    println!("raw binary COPY (with primary key): {copy_key_rate:>10.0} rows/s");
+
+    let mut s = Settings::default();
+    s.database.url = db.clone();
+    s.mqtt.url = url.clone();
+    s.mqtt.client_id = format!("bench-fleetwatch-{}", std::process::id());
+    s.http.listen = "127.0.0.1:0".parse().unwrap();
+    let app = App::start(s).await.unwrap();
+    while !app.health.subscribed.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = fleetwatch::telemetry::stats();
+    let stored0 = stats.stored.load(Ordering::Relaxed);
+    let started = Instant::now();
+    publish_parallel(&url, &msgs, a.publishers).await;
+    while stats.stored.load(Ordering::Relaxed) - stored0 < a.fixes as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let e2e = a.fixes as f64 / started.elapsed().as_secs_f64();
+    let slower = broker_rate.min(copy_rate);
+    println!("pipeline end to end (acks after commit): {e2e:>10.0} fixes/s = {:.0} % of the slower raw limit ({slower:.0}/s)",
+        100.0 * e2e / slower);
+    println!(
+        "RSS after the run: {:.0} MiB (this process: app + broker if embedded + publishers)",
+        rss_mib()
+    );
+
+    if a.soak_s > 0 {
+        let pattern = TopicPattern::parse("fleet/{cooperative}/{vehicle}/fix").unwrap();
+        let mut sim = Simulator::load_with_interval(
+            a.vehicles,
+            2,
+            Utc::now() - chrono::Duration::days(5),
+            chrono::Duration::seconds(1),
+        );
+        let p = Publisher::connect(&url, "bench-soak").unwrap();
+        let t0 = Instant::now();
+        let mut sent = 0u64;
+        let mut next_sample = Duration::ZERO;
+        let mut buf = std::collections::VecDeque::new();
+        println!(
+            "soak: {} fixes/s for {} s; RSS samples (MiB):",
+            a.rate, a.soak_s
+        );
+        while t0.elapsed() < Duration::from_secs(a.soak_s) {
+            let due = (t0.elapsed().as_secs_f64() * a.rate) as u64;
+            while sent < due {
+                if buf.is_empty() {
+                    buf.extend(sim.advance(chrono::Duration::seconds(1)));
+                }
+                let f: fleetwatch::sim::SimFix = buf.pop_front().unwrap();
+                p.publish(pattern.topic(&f.cooperative, &f.vehicle), f.payload)
+                    .await
+                    .unwrap();
+                sent += 1;
+            }
+            if t0.elapsed() >= next_sample {
+                println!(
+                    "  t={:>4}s  rss={:.0}  stored={}",
+                    t0.elapsed().as_secs(),
+                    rss_mib(),
+                    stats.stored.load(Ordering::Relaxed) - stored0
+                );
+                next_sample += Duration::from_secs(10);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        p.finish(sent, Duration::from_secs(60)).await;
+        println!("soak done: sent {sent}, rss {:.0} MiB", rss_mib());
+    }
+    app.shutdown();
+    app.wait().await;
+    drop(pg);
+    let _ = std::fs::remove_dir_all(dir);
+}
