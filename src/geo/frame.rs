@@ -50,7 +50,7 @@ pub fn distance_m(lon1: f64, lat1: f64, lon2: f64, lat2: f64) -> f64 {
     let kx = M_PER_DEG * ((lat1 + lat2) * 0.5).to_radians().cos();
     let dx = (lon2 - lon1) * kx;
     let dy = (lat2 - lat1) * M_PER_DEG;
-    dx.hypot(dy)
+    (dx * dx + dy * dy).sqrt()
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 mod error;
 mod frame;
 mod geojson;
+mod grid;
 mod gtfs;
 mod index;
 mod route;
@@ -20,7 +21,9 @@ mod zone;
 
 pub use error::GeoError;
 pub use frame::{distance_m, LocalFrame, M_PER_DEG};
-pub use geojson::{load_routes_geojson, load_zones_geojson, parse_routes_geojson, parse_zones_geojson};
+pub use geojson::{
+    load_routes_geojson, load_zones_geojson, parse_routes_geojson, parse_zones_geojson,
+};
 pub use gtfs::load_routes_gtfs;
 pub use index::GeoIndex;
 pub use route::{Route, RouteIndex, RouteLocation};

@@ -6,6 +6,14 @@ use rstar::primitives::{GeomWithData, Line};
 use rstar::RTree;
 
 use super::frame::{distance_m, LocalFrame};
+use super::grid::{CellGrid, Layout};
+
+/// Cell size of a route's segment grid, metres: a query within this distance of the
+/// route is answered from its cell alone (no tree walk). About the corridor width, so
+/// on-route fixes take the fast path and only off-route ones walk the R-tree.
+const ROUTE_CELL_M: f64 = 150.0;
+/// Cap on a route's grid cells (long inter-provincial routes get larger cells).
+const ROUTE_MAX_CELLS: usize = 1 << 16;
 
 /// A registered route: a line (or several parts) of lon/lat degrees.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,17 +43,24 @@ pub struct RouteLocation {
 /// A segment in plane metres; `data` is its position in `seg_start_m` / `seg_len_m`.
 type Segment = GeomWithData<Line<[f64; 2]>, u32>;
 
-/// One route made ready for many point queries: its segments in an R-tree over a
-/// local metric plane, and the cumulative length at each segment start.
+/// One route made ready for many point queries, in a local metric plane: a grid
+/// whose cells list every segment within one cell size (the fast path near the
+/// route), an R-tree of segments for points farther away, and the cumulative length
+/// at each segment start.
 #[derive(Debug)]
 pub struct RouteIndex {
     id: String,
     name: Option<String>,
     corridor_m: Option<f64>,
     frame: LocalFrame,
+    /// Segments as `[ax, ay, bx, by]`, plane metres.
+    segs: Vec<[f64; 4]>,
     seg_start_m: Vec<f64>,
     seg_len_m: Vec<f64>,
     length_m: f64,
+    grid: CellGrid,
+    /// Any segment within this plane distance of a point is in the point's cell.
+    grid_radius_m: f64,
     tree: RTree<Segment>,
 }
 
@@ -96,14 +111,25 @@ impl RouteIndex {
         if segments.is_empty() {
             return Err("route has no segment of positive length".into());
         }
+        let segs: Vec<[f64; 4]> = segments
+            .iter()
+            .map(|s| {
+                let l = s.geom();
+                [l.from[0], l.from[1], l.to[0], l.to[1]]
+            })
+            .collect();
+        let (grid, grid_radius_m) = segment_grid(&segs);
         Ok(Self {
             id: route.id,
             name: route.name,
             corridor_m: route.corridor_m,
             frame,
+            segs,
             seg_start_m,
             seg_len_m,
             length_m: along_m,
+            grid,
+            grid_radius_m,
             tree: RTree::bulk_load(segments),
         })
     }
@@ -135,10 +161,27 @@ impl RouteIndex {
 
     /// Distance (metres) from `lon`, `lat` (degrees) to the route and progress along it.
     ///
-    /// The nearest segment is found in the route's plane; its distance is then measured
-    /// with the x scale of the point's own latitude, so long routes stay metric too.
+    /// Distances are measured with the x scale of the point's own latitude, so long
+    /// routes stay metric too. Near the route the point's grid cell holds every
+    /// candidate segment; farther away the R-tree finds the nearest one.
     pub fn locate(&self, lon: f64, lat: f64) -> RouteLocation {
         let q = self.frame.to_xy(lon, lat);
+        let sx = self.frame.x_scale_at(lat);
+        if let Some(items) = self.grid.items_at(q[0], q[1]) {
+            let mut best = (f64::INFINITY, 0usize, 0.0);
+            for &i in items {
+                let (d2, t) = seg_distance2(&self.segs[i as usize], q, sx);
+                if d2 < best.0 {
+                    best = (d2, i as usize, t);
+                }
+            }
+            // Segments not in the cell are farther than the radius (in the plane;
+            // at least radius * min(sx, 1) in metres), so `best` is the nearest.
+            let r = self.grid_radius_m * sx.min(1.0);
+            if best.0 <= r * r {
+                return self.location(best.0.sqrt(), best.1, best.2);
+            }
+        }
         let Some(seg) = self.tree.nearest_neighbor(&q) else {
             // `build` refuses routes without segments; keep a defined answer anyway.
             return RouteLocation {
@@ -146,25 +189,79 @@ impl RouteIndex {
                 progress_m: 0.0,
             };
         };
-        let sx = self.frame.x_scale_at(lat);
-        let line = seg.geom();
-        let (ax, ay) = (line.from[0] * sx, line.from[1]);
-        let (bx, by) = (line.to[0] * sx, line.to[1]);
-        let (qx, qy) = (q[0] * sx, q[1]);
-        let (dx, dy) = (bx - ax, by - ay);
-        let len2 = dx * dx + dy * dy;
-        let t = if len2 > 0.0 {
-            (((qx - ax) * dx + (qy - ay) * dy) / len2).clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
-        let (px, py) = (ax + t * dx, ay + t * dy);
         let i = seg.data as usize;
+        let (d2, t) = seg_distance2(&self.segs[i], q, sx);
+        self.location(d2.sqrt(), i, t)
+    }
+
+    fn location(&self, distance_m: f64, seg: usize, t: f64) -> RouteLocation {
         RouteLocation {
-            distance_m: (qx - px).hypot(qy - py),
-            progress_m: self.seg_start_m[i] + t * self.seg_len_m[i],
+            distance_m,
+            progress_m: self.seg_start_m[seg] + t * self.seg_len_m[seg],
         }
     }
+}
+
+/// Squared distance from `q` to segment `s` (plane metres) with x scaled by `sx`,
+/// and the position `t` in 0..=1 of the nearest point along the segment.
+#[inline]
+fn seg_distance2(s: &[f64; 4], q: [f64; 2], sx: f64) -> (f64, f64) {
+    let (ax, ay, bx, by) = (s[0] * sx, s[1], s[2] * sx, s[3]);
+    let (qx, qy) = (q[0] * sx, q[1]);
+    let (dx, dy) = (bx - ax, by - ay);
+    let len2 = dx * dx + dy * dy;
+    let t = if len2 > 0.0 {
+        (((qx - ax) * dx + (qy - ay) * dy) / len2).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let (ex, ey) = (qx - ax - t * dx, qy - ay - t * dy);
+    (ex * ex + ey * ey, t)
+}
+
+/// The grid listing, per cell, every segment within one cell size of the cell.
+fn segment_grid(segs: &[[f64; 4]]) -> (CellGrid, f64) {
+    let (mut x0, mut y0, mut x1, mut y1) = (
+        f64::INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NEG_INFINITY,
+    );
+    for s in segs {
+        x0 = x0.min(s[0]).min(s[2]);
+        x1 = x1.max(s[0]).max(s[2]);
+        y0 = y0.min(s[1]).min(s[3]);
+        y1 = y1.max(s[1]).max(s[3]);
+    }
+    // Pad by one cell so points just beside the route still land in the grid.
+    let pad = ROUTE_CELL_M;
+    let layout = Layout::new(
+        x0 - pad,
+        y0 - pad,
+        x1 + pad,
+        y1 + pad,
+        ROUTE_CELL_M,
+        ROUTE_CELL_M,
+        ROUTE_MAX_CELLS,
+    );
+    let r = layout.cell_w();
+    let mut pairs = Vec::new();
+    for (i, s) in segs.iter().enumerate() {
+        let (c0, c1) = (
+            layout.col(s[0].min(s[2]) - r),
+            layout.col(s[0].max(s[2]) + r),
+        );
+        let (r0, r1) = (
+            layout.row(s[1].min(s[3]) - r),
+            layout.row(s[1].max(s[3]) + r),
+        );
+        for row in r0..=r1 {
+            for col in c0..=c1 {
+                pairs.push((layout.cell(col, row) as u32, i as u32));
+            }
+        }
+    }
+    (layout.build(&pairs), r)
 }
 
 #[cfg(test)]
@@ -178,7 +275,11 @@ mod tests {
             id: "T".into(),
             name: None,
             corridor_m: None,
-            parts: vec![LineString::from(vec![(106.70, 11.0), (106.71, 11.0), (106.72, 11.0)])],
+            parts: vec![LineString::from(vec![
+                (106.70, 11.0),
+                (106.71, 11.0),
+                (106.72, 11.0),
+            ])],
         })
         .unwrap()
     }

@@ -1,0 +1,465 @@
+//! The engine: per-vehicle reorder buffers in front of the rules, the geo lookups of
+//! each fix, and checkpoint/restore of all state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::alert::Alert;
+use super::config::{ckmh, Params, RulesConfig};
+use super::driving::{self, DrivingState};
+use super::state::{Ctx, Sample, VehicleCore, VehicleState};
+use super::{gaps, no_signal, off_route, overspeed, trips, zones};
+use crate::domain::{CooperativeId, DriverId, Fix, Vehicle, VehicleId};
+use crate::geo::{GeoIndex, Zone, ZoneKey, ZoneKind};
+
+/// What one call to the engine produced.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Output {
+    /// Alerts opened or closed, in event order per vehicle.
+    pub alerts: Vec<Alert>,
+    /// Fixes older than one already released for their vehicle: reported, not applied.
+    pub late: Vec<Fix>,
+    /// Fixes with the same time as one already seen for their vehicle: ignored.
+    pub duplicates: Vec<Fix>,
+    /// Stops that ended.
+    pub stops: Vec<Stop>,
+    /// Trips that ended (at the start of a stop).
+    pub trips: Vec<Trip>,
+}
+
+impl Output {
+    /// Nothing was produced.
+    pub fn is_empty(&self) -> bool {
+        self.alerts.is_empty()
+            && self.late.is_empty()
+            && self.duplicates.is_empty()
+            && self.stops.is_empty()
+            && self.trips.is_empty()
+    }
+
+    /// Appends everything of `other`.
+    pub fn append(&mut self, mut other: Output) {
+        self.alerts.append(&mut other.alerts);
+        self.late.append(&mut other.late);
+        self.duplicates.append(&mut other.duplicates);
+        self.stops.append(&mut other.stops);
+        self.trips.append(&mut other.trips);
+    }
+}
+
+/// A completed stop of a vehicle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stop {
+    /// The vehicle.
+    pub vehicle: VehicleId,
+    /// Its cooperative, when registered.
+    pub cooperative: Option<CooperativeId>,
+    /// First stopped fix.
+    pub start: DateTime<Utc>,
+    /// First moving fix after it.
+    pub end: DateTime<Utc>,
+    /// `end - start`, seconds.
+    pub duration_s: f64,
+    /// Latitude of the first stopped fix, degrees.
+    pub lat: f64,
+    /// Longitude of the first stopped fix, degrees.
+    pub lon: f64,
+}
+
+/// A completed trip: from the end of one stop to the start of the next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trip {
+    /// The vehicle.
+    pub vehicle: VehicleId,
+    /// Its cooperative, when registered.
+    pub cooperative: Option<CooperativeId>,
+    /// Driver logged in when the trip started.
+    pub driver: Option<DriverId>,
+    /// First moving fix.
+    pub start: DateTime<Utc>,
+    /// First fix of the stop that ended it.
+    pub end: DateTime<Utc>,
+    /// Start latitude, degrees.
+    pub start_lat: f64,
+    /// Start longitude, degrees.
+    pub start_lon: f64,
+    /// End latitude, degrees.
+    pub end_lat: f64,
+    /// End longitude, degrees.
+    pub end_lon: f64,
+    /// Sum of straight lines between consecutive fixes, metres.
+    pub distance_m: f64,
+    /// `end - start`, seconds.
+    pub duration_s: f64,
+    /// Highest speed of the trip, km/h.
+    pub max_speed_kmh: f64,
+}
+
+struct Slot {
+    id: VehicleId,
+    reg: Option<Arc<Vehicle>>,
+    core: VehicleCore,
+}
+
+/// A driver's driving time and the vehicle (slot) they were last seen on: the
+/// vehicle whose checkpoint carries it.
+struct DriverSlot {
+    id: DriverId,
+    owner: u32,
+    state: DrivingState,
+}
+
+/// Driving-time state of all drivers: one hash lookup per fix, then an index.
+#[derive(Default)]
+struct Drivers {
+    index: HashMap<DriverId, u32>,
+    slots: Vec<DriverSlot>,
+}
+
+/// The compliance rules over a stream of validated fixes: pure, synchronous and
+/// deterministic on event time (only [`Engine::tick`] looks at processing time).
+pub struct Engine {
+    cfg: RulesConfig,
+    p: Params,
+    geo: Arc<GeoIndex>,
+    registry: HashMap<VehicleId, Arc<Vehicle>>,
+    /// Vehicle id to position in `slots`: one hash lookup per fix.
+    index: HashMap<VehicleId, u32>,
+    slots: Vec<Slot>,
+    drivers: Drivers,
+}
+
+impl Engine {
+    /// An engine with configuration `cfg` (check it with [`RulesConfig::validate`]
+    /// first), geometry `geo` and the registered vehicles.
+    pub fn new(cfg: RulesConfig, geo: Arc<GeoIndex>, registry: Vec<Vehicle>) -> Self {
+        let mut e = Self {
+            p: Params::new(&cfg),
+            cfg,
+            geo,
+            registry: HashMap::new(),
+            index: HashMap::new(),
+            slots: Vec::new(),
+            drivers: Drivers::default(),
+        };
+        e.set_registry(registry);
+        e
+    }
+
+    /// Replaces the geometry (hot reload). Per-vehicle state refers to zones by
+    /// key and to routes by id, so it carries over.
+    pub fn set_geo(&mut self, geo: Arc<GeoIndex>) {
+        self.geo = geo;
+    }
+
+    /// Replaces the vehicle registry (hot reload).
+    pub fn set_registry(&mut self, registry: Vec<Vehicle>) {
+        self.registry = registry
+            .into_iter()
+            .map(|v| (v.id.clone(), Arc::new(v)))
+            .collect();
+        for slot in &mut self.slots {
+            slot.reg = self.registry.get(&slot.id).cloned();
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &RulesConfig {
+        &self.cfg
+    }
+
+    /// Number of vehicles with state.
+    pub fn vehicle_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Feeds one validated fix. Fixes of a vehicle are held for the reorder window
+    /// (event time: until a fix `reorder_window_s` newer arrives) and released to the
+    /// rules in time order; a fix older than one already released is `late`: reported
+    /// and not applied.
+    pub fn push(&mut self, fix: &Fix) -> Output {
+        let mut out = Output::default();
+        let vi = self.slot_of(fix.vehicle());
+        let slot = &mut self.slots[vi];
+        let vid = &slot.id;
+        let s = Sample::from_fix(fix);
+        // Any fix, even a late one, shows the device is heard again.
+        if let Some(since) = slot.core.no_signal.take() {
+            let mut ctx = Ctx {
+                p: &self.p,
+                vehicle: vid,
+                cooperative: slot.reg.as_ref().map(|v| &v.cooperative),
+                driver: s.driver.as_ref(),
+                out: &mut out,
+            };
+            no_signal::close(&mut ctx, since, s.ts_ms);
+        }
+        let newest_ms = match slot.core.newest {
+            Some(m) if m.ts_ms >= s.ts_ms => m.ts_ms,
+            _ => {
+                slot.core.newest = Some(s.mark());
+                s.ts_ms
+            }
+        };
+        if let Some(last) = &slot.core.last {
+            if s.ts_ms < last.ts_ms {
+                out.late.push(fix.clone());
+                return out;
+            }
+            if s.ts_ms == last.ts_ms {
+                out.duplicates.push(fix.clone());
+                return out;
+            }
+        }
+        match slot.core.buffer.binary_search_by_key(&s.ts_ms, |b| b.ts_ms) {
+            Ok(_) => {
+                out.duplicates.push(fix.clone());
+                return out;
+            }
+            Err(i) => slot.core.buffer.insert(i, s),
+        }
+        self.release(vi, newest_ms - self.p.reorder_ms, &mut out);
+        out
+    }
+
+    /// Releases, on processing time, buffered fixes older than `now` minus the
+    /// reorder window: call it periodically so a vehicle that goes quiet does not
+    /// keep its last fixes (and the end of its episodes) buffered.
+    pub fn drain_due(&mut self, now: DateTime<Utc>) -> Output {
+        let upto = now.timestamp_millis() - self.p.reorder_ms;
+        self.release_all(upto)
+    }
+
+    /// Releases everything buffered (shutdown, end of a replay).
+    pub fn flush(&mut self) -> Output {
+        self.release_all(i64::MAX)
+    }
+
+    /// No-signal check at processing time `now`: opens one alert for each vehicle
+    /// whose newest fix is more than `no_signal.after_s` older than `now` (see
+    /// `rules::no_signal`). Sorted by vehicle.
+    pub fn tick(&mut self, now: DateTime<Utc>) -> Vec<Alert> {
+        let now_ms = now.timestamp_millis();
+        let mut out = Output::default();
+        for slot in &mut self.slots {
+            let vid = &slot.id;
+            let Some(newest) = slot.core.newest.filter(|_| slot.core.no_signal.is_none()) else {
+                continue;
+            };
+            if now_ms - newest.ts_ms <= self.p.no_signal_ms {
+                continue;
+            }
+            let mut ctx = Ctx {
+                p: &self.p,
+                vehicle: vid,
+                cooperative: slot.reg.as_ref().map(|v| &v.cooperative),
+                driver: slot.core.last.as_ref().and_then(|l| l.driver.as_ref()),
+                out: &mut out,
+            };
+            slot.core.no_signal = no_signal::check(&mut ctx, newest, now_ms);
+        }
+        out.alerts.sort_by(|a, b| a.vehicle.cmp(&b.vehicle));
+        out.alerts
+    }
+
+    /// State of every vehicle (with the driving time of the drivers last seen on it),
+    /// sorted by vehicle id, for a checkpoint.
+    pub fn checkpoint(&self) -> Vec<(VehicleId, VehicleState)> {
+        let mut by_owner: Vec<Vec<(DriverId, DrivingState)>> = vec![Vec::new(); self.slots.len()];
+        for d in &self.drivers.slots {
+            by_owner[d.owner as usize].push((d.id.clone(), d.state.clone()));
+        }
+        let mut out: Vec<(VehicleId, VehicleState)> = self
+            .slots
+            .iter()
+            .zip(by_owner)
+            .map(|(slot, mut drivers)| {
+                drivers.sort_by(|a, b| a.0.cmp(&b.0));
+                (
+                    slot.id.clone(),
+                    VehicleState {
+                        core: slot.core.clone(),
+                        drivers,
+                    },
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Restores checkpointed states (replacing those of the same vehicles). A driver
+    /// found under several vehicles keeps the state with the latest driving.
+    pub fn restore(&mut self, states: Vec<(VehicleId, VehicleState)>) {
+        for (vid, st) in states {
+            let vi = self.slot_of(&vid);
+            self.slots[vi].core = st.core;
+            for (d, ds) in st.drivers {
+                let di = self.drivers.slot_of(&d, vi);
+                let slot = &mut self.drivers.slots[di];
+                if slot.state == DrivingState::default()
+                    || ds.last_activity_ms() > slot.state.last_activity_ms()
+                {
+                    slot.state = ds;
+                    slot.owner = vi as u32;
+                }
+            }
+        }
+    }
+
+    /// Position of `vid` in `slots`, creating its slot on first sight.
+    fn slot_of(&mut self, vid: &VehicleId) -> usize {
+        if let Some(&i) = self.index.get(vid) {
+            return i as usize;
+        }
+        let i = self.slots.len();
+        self.index.insert(vid.clone(), i as u32);
+        self.slots.push(Slot {
+            id: vid.clone(),
+            reg: self.registry.get(vid).cloned(),
+            core: VehicleCore::default(),
+        });
+        i
+    }
+
+    /// Releases buffered fixes up to `upto_ms` for every vehicle, in vehicle order.
+    fn release_all(&mut self, upto_ms: i64) -> Output {
+        let mut out = Output::default();
+        let mut due: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| {
+                self.slots[i]
+                    .core
+                    .buffer
+                    .first()
+                    .is_some_and(|b| b.ts_ms <= upto_ms)
+            })
+            .collect();
+        due.sort_by(|&a, &b| self.slots[a].id.cmp(&self.slots[b].id));
+        for vi in due {
+            self.release(vi, upto_ms, &mut out);
+        }
+        out
+    }
+
+    /// Runs the rules over the buffered fixes of slot `vi` up to `upto_ms`, in time order.
+    fn release(&mut self, vi: usize, upto_ms: i64, out: &mut Output) {
+        let slot = &mut self.slots[vi];
+        while slot.core.buffer.first().is_some_and(|b| b.ts_ms <= upto_ms) {
+            let s = slot.core.buffer.remove(0);
+            process(&self.p, &self.geo, &mut self.drivers, vi, slot, s, out);
+        }
+    }
+}
+
+impl Drivers {
+    /// Position of driver `d`, creating it (owned by vehicle slot `vi`) on first sight.
+    fn slot_of(&mut self, d: &DriverId, vi: usize) -> usize {
+        if let Some(&i) = self.index.get(d) {
+            return i as usize;
+        }
+        let i = self.slots.len();
+        self.index.insert(d.clone(), i as u32);
+        self.slots.push(DriverSlot {
+            id: d.clone(),
+            owner: vi as u32,
+            state: DrivingState::default(),
+        });
+        i
+    }
+}
+
+/// The driving-time state for `driver` (now owned by vehicle slot `vi`), or the
+/// vehicle's own when no driver is logged in.
+fn driving_state<'a>(
+    drivers: &'a mut Drivers,
+    own: &'a mut DrivingState,
+    driver: Option<&DriverId>,
+    vi: usize,
+) -> &'a mut DrivingState {
+    let Some(d) = driver else {
+        return own;
+    };
+    let di = drivers.slot_of(d, vi);
+    let slot = &mut drivers.slots[di];
+    slot.owner = vi as u32;
+    &mut slot.state
+}
+
+/// All rules on one released fix.
+fn process(
+    p: &Params,
+    geo: &GeoIndex,
+    drivers: &mut Drivers,
+    vi: usize,
+    slot: &mut Slot,
+    s: Sample,
+    out: &mut Output,
+) {
+    let Slot { id: vid, reg, core } = slot;
+    let reg = reg.as_deref();
+    let class = reg.map(|v| v.class);
+    let (lon, lat) = (s.pos.lon(), s.pos.lat());
+
+    // Geo facts: the limit from speed zones, zones with events or bans, the route.
+    let mut limit = p.class_limit(class);
+    let mut here: Vec<(ZoneKey, &Zone)> = Vec::new();
+    let mut in_depot = false;
+    for (key, zone) in geo.zones_at(lon, lat) {
+        if !zone.applies_to(class) {
+            continue;
+        }
+        if let Some(l) = zone.speed_limit_kmh.map(ckmh) {
+            limit = Some(limit.map_or(l, |c| c.min(l)));
+        }
+        in_depot |= matches!(zone.kind, ZoneKind::Depot | ZoneKind::Terminal);
+        if zone.kind.has_events() || zone.kind == ZoneKind::Restricted {
+            here.push((key, zone));
+        }
+    }
+    here.sort_by_key(|(k, _)| *k);
+    let route = reg
+        .and_then(|v| v.route.as_deref())
+        .and_then(|id| geo.route(id))
+        .map(|r| (r, r.locate(lon, lat)));
+
+    let moving = s.moving(p);
+    let prev = core.last.take();
+    let mut ctx = Ctx {
+        p,
+        vehicle: vid,
+        cooperative: reg.map(|v| &v.cooperative),
+        driver: s.driver.as_ref(),
+        out,
+    };
+    if let Some(pr) = &prev {
+        let prev_moving = pr.moving(p);
+        gaps::check(&mut ctx, pr, &s, prev_moving && moving);
+        // The interval belongs to whoever was logged in at its start.
+        let driving = prev_moving && s.ts_ms - pr.ts_ms <= p.drive_gap_ms;
+        let st = driving_state(drivers, &mut core.driving, pr.driver.as_ref(), vi);
+        driving::on_interval(&mut ctx, st, pr.driver.as_ref(), pr, &s, driving);
+        // A new card login ends continuous driving for whoever was logged in; a plain
+        // logout does not (the break clock decides: the driver may log in elsewhere).
+        if s.driver.is_some() && pr.driver != s.driver {
+            let st = driving_state(drivers, &mut core.driving, pr.driver.as_ref(), vi);
+            driving::end_continuous(&mut ctx, st, pr.driver.as_ref(), "driver_change");
+        }
+    }
+    overspeed::update(&mut ctx, &mut core.overspeed, &s, limit);
+    if let Some((r, loc)) = route {
+        off_route::update(
+            &mut ctx,
+            &mut core.off_route,
+            &s,
+            r,
+            loc,
+            in_depot && p.depots_on_route,
+        );
+    }
+    zones::update(&mut ctx, &mut core.zones, &s, &here, geo);
+    trips::update(&mut ctx, &mut core.motion, prev.as_ref(), &s, moving);
+    core.last = Some(s);
+}

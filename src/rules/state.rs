@@ -1,0 +1,166 @@
+//! Per-vehicle state: the reorder buffer, the last released fix and each rule's
+//! state. Everything is integers (ms, 1e-7 degrees, centi-km/h) so a checkpoint
+//! written as JSON restores bit-for-bit and the state stays small.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::alert::{AlertKind, AlertStatus, Draft, Level};
+use super::config::Params;
+use super::driving::DrivingState;
+use super::off_route::OffRouteState;
+use super::overspeed::Episode;
+use super::trips::MotionState;
+use super::zones::Stay;
+use super::Output;
+use crate::domain::{CooperativeId, DriverId, Fix, VehicleId};
+
+/// A position in 1e-7 degrees (about 1 cm), lat then lon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub(crate) struct Pos {
+    pub lat_e7: i32,
+    pub lon_e7: i32,
+}
+
+impl Pos {
+    /// Latitude, degrees.
+    pub fn lat(self) -> f64 {
+        f64::from(self.lat_e7) / 1e7
+    }
+    /// Longitude, degrees.
+    pub fn lon(self) -> f64 {
+        f64::from(self.lon_e7) / 1e7
+    }
+}
+
+/// A point in time and space: where and when something began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub(crate) struct Mark {
+    pub ts_ms: i64,
+    pub pos: Pos,
+}
+
+/// The part of a fix the rules use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Sample {
+    pub ts_ms: i64,
+    pub pos: Pos,
+    pub speed_ckmh: u16,
+    pub ignition: Option<bool>,
+    pub driver: Option<DriverId>,
+}
+
+impl Sample {
+    /// Quantises a fix: time to the millisecond, position to 1e-7°, speed to 0.01 km/h.
+    pub fn from_fix(fix: &Fix) -> Self {
+        let e7 = |deg: f64| (deg * 1e7).round() as i32;
+        Self {
+            ts_ms: fix.ts().timestamp_millis(),
+            pos: Pos {
+                lat_e7: e7(fix.lat()),
+                lon_e7: e7(fix.lon()),
+            },
+            speed_ckmh: (f64::from(fix.speed_kmh()) * 100.0)
+                .round()
+                .clamp(0.0, f64::from(u16::MAX)) as u16,
+            ignition: fix.ignition(),
+            driver: fix.driver().cloned(),
+        }
+    }
+
+    /// Moving: above the stopped speed with the ignition not reported off.
+    pub fn moving(&self, p: &Params) -> bool {
+        i32::from(self.speed_ckmh) > p.stopped_max_ckmh && self.ignition != Some(false)
+    }
+
+    /// Where and when this fix is.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            ts_ms: self.ts_ms,
+            pos: self.pos,
+        }
+    }
+}
+
+/// Speed in km/h from centi-km/h, for details.
+pub(crate) fn kmh(ckmh: i32) -> f64 {
+    f64::from(ckmh) / 100.0
+}
+
+/// Seconds from milliseconds, for details.
+pub(crate) fn secs(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// The rules' state of one vehicle (driving time of its drivers lives per driver).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub(crate) struct VehicleCore {
+    /// Fixes held back by the reorder window, in time order.
+    pub buffer: Vec<Sample>,
+    /// The newest fix pushed (buffered or not): the no-signal clock and the watermark.
+    pub newest: Option<Mark>,
+    /// The last fix released to the rules.
+    pub last: Option<Sample>,
+    /// Open no-signal alert: the last fix before the silence.
+    pub no_signal: Option<Mark>,
+    pub overspeed: Option<Episode>,
+    /// Driving time while no driver is logged in.
+    pub driving: DrivingState,
+    pub off_route: OffRouteState,
+    pub zones: Vec<Stay>,
+    pub motion: MotionState,
+}
+
+/// Checkpoint of one vehicle: its rule state plus the driving-time state of the
+/// drivers last seen on it. Serialisable; restore with [`super::Engine::restore`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VehicleState {
+    #[serde(flatten)]
+    pub(crate) core: VehicleCore,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) drivers: Vec<(DriverId, DrivingState)>,
+}
+
+/// What a rule needs to emit records for the fix being processed.
+pub(crate) struct Ctx<'a> {
+    pub p: &'a Params,
+    pub vehicle: &'a VehicleId,
+    pub cooperative: Option<&'a CooperativeId>,
+    /// Driver logged in at the current fix.
+    pub driver: Option<&'a DriverId>,
+    pub out: &'a mut Output,
+}
+
+impl<'a> Ctx<'a> {
+    /// A draft for the current vehicle and driver; callers adjust fields and `push` it.
+    pub fn draft(
+        &self,
+        kind: AlertKind,
+        level: Level,
+        status: AlertStatus,
+        start: Mark,
+        details: Value,
+    ) -> Draft<'a> {
+        Draft {
+            kind,
+            level,
+            status,
+            vehicle: self.vehicle,
+            cooperative: self.cooperative,
+            driver: self.driver,
+            per_driver: false,
+            start_ms: start.ts_ms,
+            end_ms: None,
+            pos: start.pos,
+            severity: None,
+            tag: "",
+            details,
+        }
+    }
+
+    /// Emits an alert.
+    pub fn push(&mut self, d: Draft<'_>) {
+        self.out.alerts.push(d.build());
+    }
+}
