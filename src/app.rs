@@ -8,18 +8,22 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rumqttc::Publish;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Health};
 use crate::config::Settings;
+use crate::geo::{GeoConfig, GeoError, GeoIndex};
 use crate::infra::broker::EmbeddedBroker;
 use crate::infra::postgres::{EmbeddedPostgres, PgOptions};
 use crate::ingest::mqtt::{self, Delivery, MqttAcker};
 use crate::ingest::topic::{subscription, TopicPattern};
-use crate::ingest::validate::{Record, Validator};
+use crate::ingest::validate::Validator;
+use crate::pipeline::{self, Stage};
+use crate::rules::Engine;
 use crate::store::migrate::{self, Layout};
+use crate::store::outbox;
 use crate::store::writer::{self, Item};
 use crate::{store, telemetry};
 
@@ -90,10 +94,6 @@ impl App {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let http = bind_http(settings.http.listen).await?;
         let http_addr = http.local_addr()?;
-        let state = AppState {
-            health: health.clone(),
-            metrics,
-        };
 
         let (mqtt_client, eventloop) = mqtt::client(&settings.mqtt, &mqtt_url)?;
         let subs = vec![subscription(
@@ -102,8 +102,39 @@ impl App {
         )];
         let (dtx, drx) = mpsc::channel::<Delivery>(settings.mqtt.channel_capacity.max(1));
         let (itx, irx) = mpsc::channel::<Item<Publish>>(1024);
-        let validator = Validator::new(pattern, settings.validation.clone(), &settings.vehicles);
         let disconnect = CancellationToken::new();
+        let alerts_ready = Arc::new(tokio::sync::Notify::new());
+
+        // Writer first: the restore below sends it the alerts of the replay.
+        let wr = tokio::spawn(writer::run(
+            db_url.clone(),
+            settings.batch.clone(),
+            irx,
+            MqttAcker(mqtt_client.clone()),
+            shutdown.clone(),
+            health.clone(),
+            alerts_ready.clone(),
+        ));
+        let geo_index = Arc::new(settings.geo.load().context("loading routes and zones")?);
+        let (geo_tx, geo_rx) = watch::channel(geo_index.clone());
+        let reloader = Arc::new(GeoReloader {
+            cfg: settings.geo.clone(),
+            tx: geo_tx,
+        });
+        let mut stage = Stage {
+            validator: Validator::new(pattern, settings.validation.clone(), &settings.vehicles),
+            engine: Engine::new(settings.rules.clone(), geo_index, settings.vehicles.clone()),
+            checkpoint_every: Duration::from_secs(settings.checkpoint.interval_s.max(1)),
+        };
+        let (restored, replayed) = pipeline::restore(
+            &client,
+            &mut stage,
+            settings.checkpoint.replay_horizon_h,
+            &itx,
+        )
+        .await
+        .context("restoring rule state")?;
+        tracing::info!(restored, replayed, "rule state restored");
 
         let ev = tokio::spawn(mqtt::run_event_loop(
             mqtt_client.clone(),
@@ -117,15 +148,25 @@ impl App {
                 health: health.clone(),
             },
         ));
-        let pipe = tokio::spawn(pipeline(drx, itx, validator));
-        let wr = tokio::spawn(writer::run(
+        let pipe = tokio::spawn(pipeline::run(drx, itx, stage, geo_rx));
+        let alert_topic = if settings.alert_topic.is_empty() {
+            "fleet/{cooperative}/{vehicle}/alert"
+        } else {
+            settings.alert_topic.as_str()
+        };
+        let outbox = tokio::spawn(outbox::run(
             db_url.clone(),
-            settings.batch.clone(),
-            irx,
-            MqttAcker(mqtt_client.clone()),
-            shutdown.clone(),
-            health.clone(),
+            mqtt_client.clone(),
+            TopicPattern::parse(alert_topic)?,
+            alerts_ready,
+            disconnect.clone(),
         ));
+        let hup = tokio::spawn(reload_on_sighup(reloader.clone(), shutdown.clone()));
+        let state = AppState {
+            health: health.clone(),
+            metrics,
+            reload_geo: Some(reloader),
+        };
         let http_stop = shutdown.clone();
         let srv = tokio::spawn(async move {
             let r = axum::serve(http, api::router(state))
@@ -158,6 +199,8 @@ impl App {
                 tracing::warn!("shutdown deadline passed; unacked messages will be redelivered");
             }
             disconnect.cancel();
+            let _ = outbox.await;
+            let _ = hup.await;
             let _ = tokio::time::timeout(Duration::from_secs(5), ev).await;
             let _ = srv.await;
             if let Some(r) = retention {
@@ -187,32 +230,6 @@ impl App {
         let _ = (&mut self.tasks).await;
         if let Some(mut pg) = self.pg.take() {
             let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
-        }
-    }
-}
-
-/// Decode + validate each message; hand its records and ack token to the writer.
-async fn pipeline(
-    mut rx: mpsc::Receiver<Delivery>,
-    tx: mpsc::Sender<Item<Publish>>,
-    mut v: Validator,
-) {
-    while let Some(d) = rx.recv().await {
-        telemetry::message_received();
-        let records = v.process(d.topic(), d.payload(), d.received_at);
-        for r in &records {
-            match r {
-                Record::Accepted(a) => telemetry::fix_accepted(a.flags.names()),
-                Record::Rejected(r) => telemetry::fix_rejected(r.reason),
-            }
-        }
-        let item = Item {
-            records,
-            ack: Some(d.publish),
-            received_at: d.received_at,
-        };
-        if tx.send(item).await.is_err() {
-            return;
         }
     }
 }
@@ -274,5 +291,37 @@ pub fn redact(url: &str) -> String {
             u.to_string()
         }
         _ => url.to_string(),
+    }
+}
+
+/// Rebuilds the geo index from its sources and hands it to the rules (SIGHUP, API).
+pub struct GeoReloader {
+    cfg: GeoConfig,
+    tx: watch::Sender<Arc<GeoIndex>>,
+}
+
+impl GeoReloader {
+    /// Loads the sources again; on error the old index stays in use.
+    pub fn reload(&self) -> Result<(usize, usize), GeoError> {
+        let g = self.cfg.load()?;
+        let counts = (g.route_count(), g.zone_count());
+        self.tx.send_replace(Arc::new(g));
+        Ok(counts)
+    }
+}
+
+async fn reload_on_sighup(r: Arc<GeoReloader>, stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match r.reload() {
+                Ok((routes, zones)) => tracing::info!(routes, zones, "SIGHUP: routes and zones reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; keeping the current routes and zones"),
+            },
+            _ = stop.cancelled() => return,
+        }
     }
 }

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Vehicle;
+use crate::geo::GeoConfig;
 use crate::ingest::mqtt::MqttConfig;
 use crate::ingest::validate::ValidateConfig;
+use crate::rules::RulesConfig;
 use crate::store::migrate::LayoutConfig;
 use crate::store::writer::BatchConfig;
 
@@ -87,8 +89,36 @@ pub struct Settings {
     /// Seconds to finish in-flight work on shutdown before giving up (unacked
     /// messages are redelivered by the broker).
     pub shutdown_deadline_s: u64,
+    /// Routes and zones.
+    pub geo: GeoConfig,
+    /// Compliance rules (limits, durations, bands; domain.md defaults).
+    pub rules: RulesConfig,
+    /// Rule state checkpoints and restart replay.
+    pub checkpoint: CheckpointConfig,
+    /// Topic of published alerts (`{cooperative}`, `{vehicle}` placeholders).
+    pub alert_topic: String,
     /// Vehicle registry.
     pub vehicles: Vec<Vehicle>,
+}
+
+/// How often rule state is saved, and how far back a restart looks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Seconds between checkpoints of the rules' per-vehicle state.
+    pub interval_s: u64,
+    /// A vehicle with no checkpoint yet has its stored fixes of this many hours
+    /// replayed through the rules at start.
+    pub replay_horizon_h: u32,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            interval_s: 30,
+            replay_horizon_h: 1,
+        }
+    }
 }
 
 /// Errors loading settings.
@@ -97,6 +127,9 @@ pub enum ConfigError {
     /// The file or environment did not make valid settings.
     #[error("configuration: {0}")]
     Invalid(#[from] config::ConfigError),
+    /// Rule parameters out of range.
+    #[error("configuration: {0}")]
+    Rules(#[from] crate::rules::RulesConfigError),
     /// The named file does not exist.
     #[error("configuration file {0} not found")]
     Missing(PathBuf),
@@ -122,6 +155,10 @@ impl Settings {
         if s.shutdown_deadline_s == 0 {
             s.shutdown_deadline_s = 15;
         }
+        if s.alert_topic.is_empty() {
+            s.alert_topic = "fleet/{cooperative}/{vehicle}/alert".into();
+        }
+        s.rules.validate()?;
         Ok(s)
     }
 }

@@ -135,6 +135,10 @@ pub async fn run_demo(
             });
         }
     }
+    // The demo area's routes and zones, unless the configuration names its own.
+    if settings.geo == crate::geo::GeoConfig::default() {
+        settings.geo.demo = true;
+    }
     let pattern = TopicPattern::parse(&settings.mqtt.topic)?;
     let app = App::start(settings).await?;
     println!(

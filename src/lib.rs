@@ -10,6 +10,7 @@ pub mod domain;
 pub mod geo;
 pub mod infra;
 pub mod ingest;
+pub mod pipeline;
 pub mod rules;
 pub mod sim;
 pub mod store;

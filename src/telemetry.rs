@@ -106,3 +106,9 @@ pub fn batch_committed(outcome: &BatchOutcome, records: usize, commit_s: f64) {
     metrics::counter!("fleetwatch_fixes_duplicate_total").increment(outcome.duplicates);
     metrics::counter!("fleetwatch_dead_letters_stored_total").increment(outcome.dead_letters);
 }
+
+/// The rules emitted an alert (open or closed) of `kind`.
+pub fn alert_emitted(kind: &'static str) {
+    stats().alerts.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("fleetwatch_alerts_total", "kind" => kind).increment(1);
+}

@@ -29,6 +29,8 @@ pub struct AppState {
     pub health: Arc<Health>,
     /// Renders the metrics.
     pub metrics: PrometheusHandle,
+    /// Reloads routes and zones (`POST /admin/reload-geo`).
+    pub reload_geo: Option<Arc<crate::app::GeoReloader>>,
 }
 
 /// The router; tests call it with `oneshot`, the app serves it.
@@ -37,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/admin/reload-geo", axum::routing::post(reload_geo))
         .with_state(state)
 }
 
@@ -61,4 +64,20 @@ fn up(b: bool) -> &'static str {
 
 async fn metrics(State(s): State<AppState>) -> String {
     s.metrics.render()
+}
+
+async fn reload_geo(State(s): State<AppState>) -> (StatusCode, String) {
+    let Some(r) = s.reload_geo else {
+        return (StatusCode::NOT_FOUND, "no reloadable geography\n".into());
+    };
+    match r.reload() {
+        Ok((routes, zones)) => (
+            StatusCode::OK,
+            format!("reloaded: {routes} routes, {zones} zones\n"),
+        ),
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("reload failed, keeping the current geography: {e}\n"),
+        ),
+    }
 }

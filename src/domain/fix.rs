@@ -166,14 +166,14 @@ impl Fix {
             }
         }
         let ahead = ts - received_at;
-        if ahead > Duration::seconds(limits.max_future_s) {
+        if ahead > Duration::try_seconds(limits.max_future_s).unwrap_or(Duration::MAX) {
             return Err(FixError::TimeInFuture {
                 ts,
                 ahead_s: ahead.num_seconds(),
                 max_s: limits.max_future_s,
             });
         }
-        if received_at - ts > Duration::seconds(limits.max_age_s) {
+        if received_at - ts > Duration::try_seconds(limits.max_age_s).unwrap_or(Duration::MAX) {
             return Err(FixError::TimeTooOld {
                 ts,
                 max_s: limits.max_age_s,

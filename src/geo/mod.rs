@@ -17,6 +17,7 @@ mod grid;
 mod gtfs;
 mod index;
 mod route;
+mod source;
 mod zone;
 
 pub use error::GeoError;
@@ -27,4 +28,5 @@ pub use geojson::{
 pub use gtfs::load_routes_gtfs;
 pub use index::GeoIndex;
 pub use route::{Route, RouteIndex, RouteLocation};
+pub use source::GeoConfig;
 pub use zone::{TimeRange, Zone, ZoneKey, ZoneKind};

@@ -122,6 +122,14 @@ pub struct VehicleState {
     pub(crate) drivers: Vec<(DriverId, DrivingState)>,
 }
 
+impl VehicleState {
+    /// Time of the newest fix this state has seen (buffered or released): fixes after
+    /// it are what a restart must replay.
+    pub fn newest_ts(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.core.newest.map(|m| super::alert::utc(m.ts_ms))
+    }
+}
+
 /// What a rule needs to emit records for the fix being processed.
 pub(crate) struct Ctx<'a> {
     pub p: &'a Params,

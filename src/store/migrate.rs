@@ -6,7 +6,10 @@ use tokio_postgres::Client;
 use super::StoreError;
 
 /// Ordered migrations: (version, SQL).
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_fixes.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_fixes.sql")),
+    (2, include_str!("migrations/0002_rules.sql")),
+];
 
 /// Storage-layout settings applied at migration time.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -1,6 +1,7 @@
 //! PostgreSQL storage: connection, embedded migrations, batched writes.
 
 pub mod migrate;
+pub mod outbox;
 pub mod writer;
 
 use std::time::Duration;

@@ -13,12 +13,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use super::{connect, fnv1a64, pg_text, StoreError};
 use crate::api::Health;
+use crate::domain::VehicleId;
 use crate::ingest::validate::{Record, Rejected};
+use crate::rules::{Alert, AlertKind, AlertStatus, Trip, VehicleState};
 
 /// Batching settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,15 +44,36 @@ impl Default for BatchConfig {
     }
 }
 
-/// One received message: its records and the token that acknowledges it.
+/// One received message (or a rules tick): what to store and the token that
+/// acknowledges it.
 #[derive(Debug)]
 pub struct Item<A> {
     /// One record per fix or element of the message.
     pub records: Vec<Record>,
+    /// What the rules derived.
+    pub derived: Derived,
     /// Acknowledges the message to the broker; `None` when there is nothing to ack.
     pub ack: Option<A>,
     /// When the message was received.
     pub received_at: DateTime<Utc>,
+}
+
+/// Rule output stored in the same transaction as the fixes it came from.
+#[derive(Debug, Default)]
+pub struct Derived {
+    /// Alerts opened or closed (data gaps go to `data_gaps`).
+    pub alerts: Vec<Alert>,
+    /// Completed trips.
+    pub trips: Vec<Trip>,
+    /// Rule state of every vehicle, reflecting all items before this one.
+    pub checkpoint: Vec<(VehicleId, VehicleState)>,
+}
+
+impl Derived {
+    /// Whether there is nothing to store.
+    pub fn is_empty(&self) -> bool {
+        self.alerts.is_empty() && self.trips.is_empty() && self.checkpoint.is_empty()
+    }
 }
 
 /// Sends acknowledgements after a commit.
@@ -70,6 +93,8 @@ pub struct BatchOutcome {
     pub duplicates: u64,
     /// New rows in `dead_letters`.
     pub dead_letters: u64,
+    /// Alerts inserted or changed (queued for publishing).
+    pub alerts_changed: u64,
 }
 
 const FIX_COLUMNS: &str = "vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, heading_deg, \
@@ -86,11 +111,12 @@ pub async fn prepare(client: &Client) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Writes records in one transaction. Safe to repeat: a repeated batch stores nothing new.
-pub async fn write_batch(
+/// Writes items in one transaction. Safe to repeat: a repeated batch stores nothing new.
+pub async fn write_batch<A>(
     client: &mut Client,
-    records: &[&Record],
+    items: &[Item<A>],
 ) -> Result<BatchOutcome, StoreError> {
+    let records: Vec<&Record> = items.iter().flat_map(|i| i.records.iter()).collect();
     let tx = client.transaction().await?;
     let mut outcome = BatchOutcome::default();
     let mut fixes = 0u64;
@@ -120,7 +146,7 @@ pub async fn write_batch(
     ];
     let writer = BinaryCopyInWriter::new(sink, &types);
     pin_mut!(writer);
-    for r in records {
+    for r in &records {
         match r {
             Record::Accepted(a) => {
                 let f = &a.fix;
@@ -210,8 +236,142 @@ pub async fn write_batch(
         )
         .await?;
     }
+    outcome.alerts_changed = write_derived(&tx, items).await?;
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// Alerts (upsert, never back from closed to open), data gaps, trips and the last
+/// checkpoint of each vehicle in the batch. Returns alerts inserted or changed.
+async fn write_derived<A>(tx: &Transaction<'_>, items: &[Item<A>]) -> Result<u64, StoreError> {
+    // The last version of each alert wins: one statement cannot update a row twice.
+    let mut alerts: Vec<&Alert> = Vec::new();
+    let mut gaps: Vec<&Alert> = Vec::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for a in items.iter().flat_map(|i| i.derived.alerts.iter()) {
+        if a.kind == AlertKind::DataGap {
+            gaps.push(a);
+            continue;
+        }
+        match seen.get(a.id.as_str()) {
+            Some(&i) => alerts[i] = a,
+            None => {
+                seen.insert(a.id.as_str(), alerts.len());
+                alerts.push(a);
+            }
+        }
+    }
+    let mut changed = 0;
+    if !alerts.is_empty() {
+        let col =
+            |f: &dyn Fn(&Alert) -> Option<String>| alerts.iter().map(|a| f(a)).collect::<Vec<_>>();
+        let ids = col(&|a| Some(a.id.to_string()));
+        let vehicles = col(&|a| Some(a.vehicle.to_string()));
+        let coops = col(&|a| a.cooperative.as_ref().map(|c| c.to_string()));
+        let drivers = col(&|a| a.driver.as_ref().map(|d| d.to_string()));
+        let kinds = col(&|a| Some(a.kind.as_str().to_string()));
+        let levels = col(&|a| Some(a.level.as_str().to_string()));
+        let statuses = col(&|a| Some(status_str(a.status).to_string()));
+        let severity: Vec<Option<i16>> = alerts.iter().map(|a| a.severity.map(i16::from)).collect();
+        let starts: Vec<DateTime<Utc>> = alerts.iter().map(|a| a.start).collect();
+        let ends: Vec<Option<DateTime<Utc>>> = alerts.iter().map(|a| a.end).collect();
+        let lats: Vec<f64> = alerts.iter().map(|a| a.lat).collect();
+        let lons: Vec<f64> = alerts.iter().map(|a| a.lon).collect();
+        let details: Vec<&serde_json::Value> = alerts.iter().map(|a| &a.details).collect();
+        changed = tx
+            .execute(
+                "INSERT INTO alerts (alert_id, vehicle_id, cooperative_id, driver_id, kind, level,
+                                     status, severity, start_ts, end_ts, lat, lon, details)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::text[], $7::text[], $8::int2[], $9::timestamptz[], $10::timestamptz[],
+                     $11::float8[], $12::float8[], $13::jsonb[])
+                 ON CONFLICT (alert_id) DO UPDATE SET
+                     status = EXCLUDED.status, end_ts = EXCLUDED.end_ts,
+                     severity = EXCLUDED.severity, details = EXCLUDED.details,
+                     driver_id = EXCLUDED.driver_id, updated_at = now(), published_at = NULL
+                 WHERE NOT (alerts.status = 'closed' AND EXCLUDED.status = 'open')
+                   AND (alerts.status, alerts.end_ts, alerts.severity, alerts.details)
+                       IS DISTINCT FROM
+                       (EXCLUDED.status, EXCLUDED.end_ts, EXCLUDED.severity, EXCLUDED.details)",
+                &[
+                    &ids, &vehicles, &coops, &drivers, &kinds, &levels, &statuses, &severity,
+                    &starts, &ends, &lats, &lons, &details,
+                ],
+            )
+            .await?;
+    }
+    if !gaps.is_empty() {
+        let vehicles: Vec<&str> = gaps.iter().map(|g| g.vehicle.as_str()).collect();
+        let starts: Vec<DateTime<Utc>> = gaps.iter().map(|g| g.start).collect();
+        let ends: Vec<DateTime<Utc>> = gaps.iter().map(|g| g.end.unwrap_or(g.start)).collect();
+        let coops: Vec<Option<&str>> = gaps
+            .iter()
+            .map(|g| g.cooperative.as_ref().map(|c| c.as_str()))
+            .collect();
+        let details: Vec<&serde_json::Value> = gaps.iter().map(|g| &g.details).collect();
+        tx.execute(
+            "INSERT INTO data_gaps (vehicle_id, start_ts, end_ts, cooperative_id, details)
+             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::jsonb[])
+             ON CONFLICT DO NOTHING",
+            &[&vehicles, &starts, &ends, &coops, &details],
+        )
+        .await?;
+    }
+    let trips: Vec<&Trip> = items.iter().flat_map(|i| i.derived.trips.iter()).collect();
+    if !trips.is_empty() {
+        let vehicles: Vec<&str> = trips.iter().map(|t| t.vehicle.as_str()).collect();
+        let starts: Vec<DateTime<Utc>> = trips.iter().map(|t| t.start).collect();
+        let ends: Vec<DateTime<Utc>> = trips.iter().map(|t| t.end).collect();
+        let coops: Vec<Option<&str>> = trips
+            .iter()
+            .map(|t| t.cooperative.as_ref().map(|c| c.as_str()))
+            .collect();
+        let drivers: Vec<Option<&str>> = trips
+            .iter()
+            .map(|t| t.driver.as_ref().map(|d| d.as_str()))
+            .collect();
+        let dist: Vec<f64> = trips.iter().map(|t| t.distance_m).collect();
+        let vmax: Vec<f64> = trips.iter().map(|t| t.max_speed_kmh).collect();
+        tx.execute(
+            "INSERT INTO trips (vehicle_id, start_ts, end_ts, cooperative_id, driver_id, distance_m, max_speed_kmh)
+             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[],
+                                  $5::text[], $6::float8[], $7::float8[])
+             ON CONFLICT DO NOTHING",
+            &[&vehicles, &starts, &ends, &coops, &drivers, &dist, &vmax],
+        )
+        .await?;
+    }
+    // Only the newest checkpoint in the batch matters.
+    if let Some(cp) = items
+        .iter()
+        .rev()
+        .map(|i| &i.derived.checkpoint)
+        .find(|c| !c.is_empty())
+    {
+        let ids: Vec<&str> = cp.iter().map(|(v, _)| v.as_str()).collect();
+        let states: Vec<serde_json::Value> = cp
+            .iter()
+            .map(|(_, s)| serde_json::to_value(s).unwrap_or(serde_json::Value::Null))
+            .collect();
+        let marks: Vec<Option<DateTime<Utc>>> = cp.iter().map(|(_, s)| s.newest_ts()).collect();
+        tx.execute(
+            "INSERT INTO rule_state (vehicle_id, state, watermark, updated_at)
+             SELECT v, s, w, now() FROM unnest($1::text[], $2::jsonb[], $3::timestamptz[]) AS u(v, s, w)
+             ON CONFLICT (vehicle_id) DO UPDATE SET state = EXCLUDED.state,
+                 watermark = EXCLUDED.watermark, updated_at = now()",
+            &[&ids, &states, &marks],
+        )
+        .await?;
+    }
+    Ok(changed)
+}
+
+/// Stored name of an alert status.
+pub fn status_str(s: AlertStatus) -> &'static str {
+    match s {
+        AlertStatus::Open => "open",
+        AlertStatus::Closed => "closed",
+    }
 }
 
 /// Runs the writer until `rx` closes (the consumer stopped) and every item in it is
@@ -224,6 +384,7 @@ pub async fn run<K: Acker>(
     acker: K,
     shutdown: CancellationToken,
     health: Arc<Health>,
+    alerts_ready: Arc<tokio::sync::Notify>,
 ) {
     let mut client: Option<Client> = None;
     let mut backoff = Duration::from_millis(100);
@@ -250,7 +411,7 @@ pub async fn run<K: Acker>(
         }
         // Commit, retrying on a fresh connection until it lands or we are told to stop
         // waiting for the database (then the unacked messages are redelivered later).
-        let records: Vec<&Record> = pending.iter().flat_map(|i| i.records.iter()).collect();
+        let n_records: usize = pending.iter().map(|i| i.records.len()).sum();
         let started = Instant::now();
         let outcome = loop {
             if client.as_ref().is_none_or(|c| c.is_closed()) {
@@ -269,7 +430,7 @@ pub async fn run<K: Acker>(
                 };
             }
             if let Some(c) = client.as_mut() {
-                match write_batch(c, &records).await {
+                match write_batch(c, &pending).await {
                     Ok(o) => {
                         health.database.store(true, Ordering::Relaxed);
                         break Some(o);
@@ -279,7 +440,7 @@ pub async fn run<K: Acker>(
                         metrics::counter!("fleetwatch_store_errors_total",
                             "kind" => if e.is_transient() { "transient" } else { "data" })
                         .increment(1);
-                        tracing::warn!(error = %e, records = records.len(), "batch commit failed; retrying");
+                        tracing::warn!(error = %e, records = n_records, "batch commit failed; retrying");
                         client = None;
                     }
                 }
@@ -304,7 +465,10 @@ pub async fn run<K: Acker>(
         backoff = Duration::from_millis(100);
         let elapsed = started.elapsed();
         let now = Utc::now();
-        crate::telemetry::batch_committed(&outcome, records.len(), elapsed.as_secs_f64());
+        crate::telemetry::batch_committed(&outcome, n_records, elapsed.as_secs_f64());
+        if outcome.alerts_changed > 0 {
+            alerts_ready.notify_one();
+        }
         let lag = metrics::histogram!("fleetwatch_ingest_lag_seconds");
         let mut tokens = Vec::with_capacity(pending.len());
         for item in pending.drain(..) {

@@ -38,26 +38,33 @@ CREATE INDEX IF NOT EXISTS reminder_log_alert_idx ON reminder_log (alert_id, at)
 
 -- Per-vehicle rule state, written in the same transaction as the fixes it reflects,
 -- so a restart resumes exactly where the committed data ends.
+-- watermark: newest fix time the state has seen; a restart replays stored fixes
+-- after it (less the reorder window) so nothing committed is missed by the rules.
 CREATE TABLE IF NOT EXISTS rule_state (
     vehicle_id  text        PRIMARY KEY,
     state       jsonb       NOT NULL,
+    watermark   timestamptz,
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
 -- Data completeness: gaps between consecutive fixes above the sending cadence.
 CREATE TABLE IF NOT EXISTS data_gaps (
-    vehicle_id  text        NOT NULL,
-    start_ts    timestamptz NOT NULL,
-    end_ts      timestamptz NOT NULL,
+    vehicle_id      text        NOT NULL,
+    start_ts        timestamptz NOT NULL,
+    end_ts          timestamptz NOT NULL,
+    cooperative_id  text,
+    details         jsonb       NOT NULL,
     PRIMARY KEY (vehicle_id, start_ts)
 );
 
 -- Trips between stops, for reports.
 CREATE TABLE IF NOT EXISTS trips (
-    vehicle_id  text             NOT NULL,
-    start_ts    timestamptz      NOT NULL,
-    end_ts      timestamptz      NOT NULL,
-    driver_id   text,
-    distance_m  double precision NOT NULL,
+    vehicle_id      text             NOT NULL,
+    start_ts        timestamptz      NOT NULL,
+    end_ts          timestamptz      NOT NULL,
+    cooperative_id  text,
+    driver_id       text,
+    distance_m      double precision NOT NULL,
+    max_speed_kmh   double precision NOT NULL,
     PRIMARY KEY (vehicle_id, start_ts)
 );

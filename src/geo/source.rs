@@ -1,0 +1,81 @@
+//! Where routes and zones come from, and building the geo index from there.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::geo::{self, GeoError, GeoIndex};
+
+/// Route and zone sources (reloaded on SIGHUP).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeoConfig {
+    /// GeoJSON files of LineString routes (`route_id`, `corridor_m`).
+    pub routes: Vec<PathBuf>,
+    /// GTFS feed directories (routes.txt, trips.txt, shapes.txt).
+    pub gtfs: Vec<PathBuf>,
+    /// GeoJSON files of zone polygons (kind, classes, banned hours, speed limit).
+    pub zones: Vec<PathBuf>,
+    /// Also load the demo area's routes and zones built into the binary.
+    pub demo: bool,
+}
+
+impl GeoConfig {
+    /// Loads every source into one index.
+    pub fn load(&self) -> Result<GeoIndex, GeoError> {
+        let mut routes = Vec::new();
+        let mut zones = Vec::new();
+        if self.demo {
+            routes.extend(geo::parse_routes_geojson(
+                crate::sim::DEMO_ROUTES_GEOJSON,
+                "built-in demo routes",
+            )?);
+            zones.extend(geo::parse_zones_geojson(
+                crate::sim::DEMO_ZONES_GEOJSON,
+                "built-in demo zones",
+            )?);
+        }
+        for p in &self.routes {
+            routes.extend(geo::load_routes_geojson(p)?);
+        }
+        for p in &self.gtfs {
+            routes.extend(geo::load_routes_gtfs(p)?);
+        }
+        for p in &self.zones {
+            zones.extend(geo::load_zones_geojson(p)?);
+        }
+        GeoIndex::new(routes, zones)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_geography_loads() {
+        let g = GeoConfig {
+            demo: true,
+            ..Default::default()
+        }
+        .load()
+        .unwrap();
+        assert_eq!(g.route_count(), 4);
+        assert_eq!(g.zone_count(), 8);
+    }
+
+    #[test]
+    fn shipped_files_load() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let g = GeoConfig {
+            routes: vec![root.join("fixtures/demo/routes.geojson")],
+            gtfs: vec![root.join("fixtures/gtfs")],
+            zones: vec![root.join("fixtures/demo/zones.geojson")],
+            demo: false,
+        }
+        .load()
+        .unwrap();
+        assert_eq!(g.route_count(), 6);
+        assert_eq!(g.zone_count(), 8);
+    }
+}
