@@ -3,4 +3,5 @@
 
 mod ingest;
 mod no_loss;
+mod rules;
 mod support;

@@ -1,0 +1,238 @@
+//! The rules end to end: fixes through the broker, alerts stored once, published once;
+//! rule state survives a restart.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use fleetwatch::domain::{CooperativeId, Vehicle, VehicleClass, VehicleId};
+use fleetwatch::infra::broker::EmbeddedBroker;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use crate::support::*;
+
+fn bus(id: &str) -> Vehicle {
+    Vehicle {
+        id: VehicleId::parse(id).unwrap(),
+        plate: None,
+        cooperative: CooperativeId::parse("HTX-R").unwrap(),
+        class: VehicleClass::Bus,
+        route: None,
+    }
+}
+
+/// A fix with a driver, heading east at `speed_kmh` (position advances with time).
+fn driven(vehicle: &str, ts: DateTime<Utc>, i: usize, speed_kmh: f64) -> Vec<u8> {
+    let ts = ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    format!(
+        r#"{{"vehicle":"{vehicle}","ts":"{ts}","lat":10.95,"lon":{:.6},"speed_kmh":{speed_kmh},"driver_id":"079000000001","ignition":true,"satellites":9,"hdop":0.9}}"#,
+        106.60 + i as f64 * 1e-4
+    )
+    .into_bytes()
+}
+
+/// Collects alert messages published by fleetwatch: alert_id → statuses seen.
+async fn alert_listener(url: &str) -> Arc<Mutex<HashMap<String, Vec<String>>>> {
+    let u = url::Url::parse(url).unwrap();
+    let mut o = MqttOptions::new("alert-listener", u.host_str().unwrap(), u.port().unwrap());
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut ev) = AsyncClient::new(o, 100);
+    client
+        .subscribe("fleet/+/+/alert", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = ev.poll().await.unwrap() {
+            break;
+        }
+    }
+    let seen: Arc<Mutex<HashMap<String, Vec<String>>>> = Arc::default();
+    let s = seen.clone();
+    tokio::spawn(async move {
+        let _client = client;
+        while let Ok(e) = ev.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = e {
+                let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                let id = v["alert_id"].as_str().unwrap().to_string();
+                let status = v["status"].as_str().unwrap().to_string();
+                s.lock().unwrap().entry(id).or_default().push(status);
+            }
+        }
+    });
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overspeed_alert_is_stored_once_and_published_once() {
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let mut s = settings(&db, &broker.url(), "fw-rules-overspeed");
+    s.vehicles = vec![bus("51B-900.01")];
+    let app = start_app(s).await;
+    let seen = alert_listener(&broker.url()).await;
+
+    // 60 s at 40, 30 s at 85 (bus limit 70: excess 15 → band 2), 60 s at 40.
+    let base = base_time();
+    let t = topic("HTX-R", "51B-900.01");
+    let speeds = (0..150).map(|i| if (60..90).contains(&i) { 85.0 } else { 40.0 });
+    let msgs: Vec<(String, Vec<u8>)> = speeds
+        .enumerate()
+        .map(|(i, v)| {
+            (
+                t.clone(),
+                driven(
+                    "51B-900.01",
+                    base + chrono::Duration::seconds(i as i64),
+                    i,
+                    v,
+                ),
+            )
+        })
+        .collect();
+    publish_all(&broker.url(), &msgs).await;
+    wait_until("overspeed closed and published", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move {
+            count(&db, "SELECT count(*) FROM alerts WHERE kind = 'overspeed' AND status = 'closed' AND published_at IS NOT NULL").await == 1
+        }
+    })
+    .await;
+    // Re-sending the same fixes (a device retry) changes nothing.
+    publish_all(&broker.url(), &msgs).await;
+    let marker = vec![(
+        t.clone(),
+        driven(
+            "51B-900.01",
+            base + chrono::Duration::seconds(200),
+            200,
+            40.0,
+        ),
+    )];
+    publish_all(&broker.url(), &marker).await;
+    wait_until("marker stored", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM fixes").await == 151 }
+    })
+    .await;
+
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT alert_id, severity, level, (details->>'max_speed_kmh')::float8, (details->>'limit_kmh')::float8,
+                    extract(epoch from end_ts - start_ts)::float8
+             FROM alerts WHERE kind = 'overspeed'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let id: String = row.get(0);
+    assert_eq!(
+        row.get::<_, Option<i16>>(1),
+        Some(2),
+        "excess 15 km/h is band 2"
+    );
+    assert_eq!(row.get::<_, String>(2), "violation");
+    assert_eq!(row.get::<_, f64>(3), 85.0);
+    assert_eq!(row.get::<_, f64>(4), 70.0);
+    assert!(
+        (28.0..=30.0).contains(&row.get::<_, f64>(5)),
+        "duration {}",
+        row.get::<_, f64>(5)
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM alerts WHERE kind = 'overspeed'").await,
+        1
+    );
+    // Every stored version was published exactly once, and logged.
+    wait_until(
+        "listener got the closed alert",
+        Duration::from_secs(10),
+        || {
+            let got = seen
+                .lock()
+                .unwrap()
+                .get(&id)
+                .is_some_and(|v| v.contains(&"closed".to_string()));
+            async move { got }
+        },
+    )
+    .await;
+    let statuses = seen.lock().unwrap().get(&id).cloned().unwrap();
+    let closed = statuses.iter().filter(|s| *s == "closed").count();
+    let open = statuses.iter().filter(|s| *s == "open").count();
+    assert_eq!((closed, open <= 1), (1, true), "published: {statuses:?}");
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT count(*) FROM reminder_log WHERE alert_id = '{id}'")
+        )
+        .await,
+        statuses.len() as i64
+    );
+    app.shutdown();
+    app.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_driving_survives_a_restart() {
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let mut s = settings(&db, &broker.url(), "fw-rules-restart");
+    s.vehicles = vec![bus("51B-900.02")];
+    let t = topic("HTX-R", "51B-900.02");
+    let start = Utc::now() - chrono::Duration::hours(6);
+    let at = |i: usize| start + chrono::Duration::seconds(20 * i as i64);
+    // 3 h 50 min of driving, one fix every 20 s.
+    let first: Vec<(String, Vec<u8>)> = (0..=690)
+        .map(|i| (t.clone(), driven("51B-900.02", at(i), i, 50.0)))
+        .collect();
+    let app = start_app(s.clone()).await;
+    publish_all(&broker.url(), &first).await;
+    wait_until("first part stored", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM fixes").await == 691 }
+    })
+    .await;
+    app.shutdown();
+    app.wait().await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM alerts WHERE kind = 'continuous_driving'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM rule_state").await,
+        1,
+        "checkpoint written at shutdown"
+    );
+
+    // A new process: 15 more minutes of driving crosses the 4 h limit only if the
+    // first 3 h 50 min were remembered.
+    let app = start_app(s).await;
+    let second: Vec<(String, Vec<u8>)> = (691..=735)
+        .map(|i| (t.clone(), driven("51B-900.02", at(i), i, 50.0)))
+        .collect();
+    publish_all(&broker.url(), &second).await;
+    wait_until("continuous driving violation", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move {
+            count(&db, "SELECT count(*) FROM alerts WHERE kind = 'continuous_driving' AND level = 'violation'").await == 1
+        }
+    })
+    .await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM alerts WHERE kind = 'continuous_driving' AND level = 'warning'"
+        )
+        .await,
+        1,
+        "one warning 5 minutes before the limit"
+    );
+    app.shutdown();
+    app.wait().await;
+}
