@@ -146,6 +146,7 @@ pub async fn run_demo(
         app.mqtt_url, app.http_addr
     );
     let publisher = Publisher::connect(&app.mqtt_url, "fleetwatch-demo-fleet")?;
+    let alerts = print_alerts(&app.mqtt_url)?;
     let deadline = opts
         .duration_s
         .map(|s| Instant::now() + Duration::from_secs(s));
@@ -194,6 +195,7 @@ pub async fn run_demo(
     publisher.finish(sent, Duration::from_secs(10)).await;
     app.shutdown();
     app.wait().await;
+    alerts.abort();
     let s = telemetry::stats();
     println!(
         "demo stopped: published {sent}, stored {}, rejected {}",
@@ -201,6 +203,64 @@ pub async fn run_demo(
         s.rejected().values().sum::<u64>()
     );
     Ok(())
+}
+
+/// Prints every alert fleetwatch publishes, as a cooperative's dispatcher would see it.
+fn print_alerts(url: &str) -> anyhow::Result<JoinHandle<()>> {
+    let cfg = crate::ingest::mqtt::MqttConfig {
+        client_id: "fleetwatch-demo-dispatcher".into(),
+        ..Default::default()
+    };
+    let mut o = crate::ingest::mqtt::options(&cfg, url)?;
+    o.set_clean_session(true).set_manual_acks(false);
+    let (client, mut ev) = AsyncClient::new(o, 100);
+    Ok(tokio::spawn(async move {
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe("fleet/+/+/alert", QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Ok(a) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                        println!("{}", alert_line(&a));
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }))
+}
+
+/// One line per alert: local time, level, kind, vehicle, and the facts that matter.
+fn alert_line(a: &serde_json::Value) -> String {
+    let local = chrono::FixedOffset::east_opt(7 * 3600).expect("valid offset");
+    let start = a["start"]
+        .as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&local).format("%H:%M:%S").to_string())
+        .unwrap_or_default();
+    let d = &a["details"];
+    let facts: Vec<String> = [
+        ("max_speed_kmh", "max km/h"),
+        ("limit_kmh", "limit"),
+        ("duration_s", "s"),
+        ("driving_s", "driving s"),
+        ("distance_m", "m off route"),
+        ("zone_id", "zone"),
+    ]
+    .iter()
+    .filter_map(|(k, label)| d.get(*k).map(|v| format!("{label} {v}")))
+    .collect();
+    format!(
+        "  ALERT {start} {:<9} {:<9} {:<19} {} ({}) {}",
+        a["status"].as_str().unwrap_or(""),
+        a["level"].as_str().unwrap_or(""),
+        a["kind"].as_str().unwrap_or(""),
+        a["vehicle"].as_str().unwrap_or(""),
+        a["driver_id"].as_str().unwrap_or("-"),
+        facts.join(", ")
+    )
 }
 
 /// Publishes a load fleet at a fixed rate, with a progress bar.

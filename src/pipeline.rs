@@ -46,6 +46,7 @@ impl Stage {
         for r in &mut records {
             match r {
                 Record::Accepted(a) => {
+                    self.engine.heard(a.fix.vehicle(), a.received_at);
                     // A jump is a bad position: keep it out of the rules.
                     if !a.flags.has(Flags::JUMP) {
                         let o = self.engine.push(&a.fix);
@@ -149,6 +150,7 @@ pub async fn restore(
         }
     }
     send_derived(tx, derived(out)).await;
+    stage.engine.heard_all(Utc::now());
     Ok((restored, replayed))
 }
 

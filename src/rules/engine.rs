@@ -249,7 +249,11 @@ impl Engine {
             let Some(newest) = slot.core.newest.filter(|_| slot.core.no_signal.is_none()) else {
                 continue;
             };
-            if now_ms - newest.ts_ms <= self.p.no_signal_ms {
+            // Silence is measured from when the device was last heard (receive time)
+            // when known: a device uploading a buffered backlog, or a replay of old
+            // fixes, is not silent. Without receive times, from the fix's own time.
+            let silent_ms = now_ms - slot.core.heard_ms.unwrap_or(newest.ts_ms);
+            if silent_ms <= self.p.no_signal_ms {
                 continue;
             }
             let mut ctx = Ctx {
@@ -259,10 +263,26 @@ impl Engine {
                 driver: slot.core.last.as_ref().and_then(|l| l.driver.as_ref()),
                 out: &mut out,
             };
-            slot.core.no_signal = no_signal::check(&mut ctx, newest, now_ms);
+            slot.core.no_signal = no_signal::check(&mut ctx, newest, silent_ms);
         }
         out.alerts.sort_by(|a, b| a.vehicle.cmp(&b.vehicle));
         out.alerts
+    }
+
+    /// Records that `vehicle` was heard from at processing time `at` (any fix,
+    /// even one the rules do not use): the no-signal clock.
+    pub fn heard(&mut self, vehicle: &VehicleId, at: DateTime<Utc>) {
+        let vi = self.slot_of(vehicle);
+        let core = &mut self.slots[vi].core;
+        core.heard_ms = Some(core.heard_ms.unwrap_or(i64::MIN).max(at.timestamp_millis()));
+    }
+
+    /// Marks every known vehicle heard at `at` (after a restore: silence is counted
+    /// from the restart, not from before it).
+    pub fn heard_all(&mut self, at: DateTime<Utc>) {
+        for slot in &mut self.slots {
+            slot.core.heard_ms = Some(at.timestamp_millis());
+        }
     }
 
     /// State of every vehicle (with the driving time of the drivers last seen on it),

@@ -104,6 +104,10 @@ pub(crate) struct VehicleCore {
     pub last: Option<Sample>,
     /// Open no-signal alert: the last fix before the silence.
     pub no_signal: Option<Mark>,
+    /// Processing time (ms) the device was last heard from, when the caller reports
+    /// it ([`super::Engine::heard`]). Wall-clock, so never checkpointed.
+    #[serde(skip)]
+    pub heard_ms: Option<i64>,
     pub overspeed: Option<Episode>,
     /// Driving time while no driver is logged in.
     pub driving: DrivingState,
