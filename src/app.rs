@@ -166,6 +166,7 @@ impl App {
             health: health.clone(),
             metrics,
             reload_geo: Some(reloader),
+            db: api::pool(&db_url)?,
         };
         let http_stop = shutdown.clone();
         let srv = tokio::spawn(async move {

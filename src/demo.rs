@@ -193,6 +193,13 @@ pub async fn run_demo(
     }
     println!("stopping: waiting for the last fixes to be stored");
     publisher.finish(sent, Duration::from_secs(10)).await;
+    // The embedded broker dies with this process: let the pipeline take in all it
+    // has before stopping (bounded), so the demo's own last fixes are not left behind.
+    let s = telemetry::stats();
+    let until = Instant::now() + Duration::from_secs(10);
+    while s.stored.load(Ordering::Relaxed) + s.duplicates.load(Ordering::Relaxed) < sent && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     app.shutdown();
     app.wait().await;
     alerts.abort();

@@ -31,6 +31,24 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Reloads routes and zones (`POST /admin/reload-geo`).
     pub reload_geo: Option<Arc<crate::app::GeoReloader>>,
+    /// Connections for queries.
+    pub db: deadpool_postgres::Pool,
+}
+
+/// A small pool of connections for the HTTP handlers.
+pub fn pool(db_url: &str) -> Result<deadpool_postgres::Pool, crate::store::StoreError> {
+    let cfg: tokio_postgres::Config = db_url.parse()?;
+    let mgr = deadpool_postgres::Manager::from_config(
+        cfg,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    Ok(deadpool_postgres::Pool::builder(mgr)
+        .max_size(8)
+        .build()
+        .expect("pool without a runtime-specific timeout builds"))
 }
 
 /// The router; tests call it with `oneshot`, the app serves it.
