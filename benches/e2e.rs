@@ -32,6 +32,7 @@ struct Args {
     publishers: usize,
     soak_s: u64,
     rate: f64,
+    no_rules: bool,
 }
 
 fn args() -> Args {
@@ -42,6 +43,7 @@ fn args() -> Args {
         publishers: 4,
         soak_s: 0,
         rate: 10_000.0,
+        no_rules: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -54,6 +56,11 @@ fn args() -> Args {
             "--publishers" => a.publishers = next().parse().expect("--publishers N"),
             "--soak-s" => a.soak_s = next().parse().expect("--soak-s S"),
             "--rate" => a.rate = next().parse().expect("--rate R"),
+            "--no-rules" => {
+                a.no_rules = true;
+                i += 1;
+                continue;
+            }
             _ => {
                 i += 1; // `--bench` and other harness flags
                 continue;
@@ -314,6 +321,7 @@ async fn main() {
     s.mqtt.url = url.clone();
     s.mqtt.client_id = format!("bench-fleetwatch-{}", std::process::id());
     s.http.listen = "127.0.0.1:0".parse().unwrap();
+    s.disable_rules = a.no_rules;
     let app = App::start(s).await.unwrap();
     while !app.health.subscribed.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -327,8 +335,8 @@ async fn main() {
     }
     let e2e = a.fixes as f64 / started.elapsed().as_secs_f64();
     let slower = broker_rate.min(copy_rate);
-    println!("pipeline end to end (acks after commit): {e2e:>10.0} fixes/s = {:.0} % of the slower raw limit ({slower:.0}/s)",
-        100.0 * e2e / slower);
+    println!("pipeline end to end, rules {} (acks after commit): {e2e:>10.0} fixes/s = {:.0} % of the slower raw limit ({slower:.0}/s)",
+        if a.no_rules { "off" } else { "on" }, 100.0 * e2e / slower);
     println!(
         "RSS after the run: {:.0} MiB (this process: app + broker if embedded + publishers)",
         rss_mib()

@@ -125,6 +125,7 @@ impl App {
             validator: Validator::new(pattern, settings.validation.clone(), &settings.vehicles),
             engine: Engine::new(settings.rules.clone(), geo_index, settings.vehicles.clone()),
             checkpoint_every: Duration::from_secs(settings.checkpoint.interval_s.max(1)),
+            rules: !settings.disable_rules,
         };
         let (restored, replayed) = pipeline::restore(
             &client,

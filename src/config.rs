@@ -93,6 +93,9 @@ pub struct Settings {
     pub geo: GeoConfig,
     /// Compliance rules (limits, durations, bands; domain.md defaults).
     pub rules: RulesConfig,
+    /// Ingest only: store fixes without running the rules (benchmarks, a second
+    /// ingest-only instance).
+    pub disable_rules: bool,
     /// Rule state checkpoints and restart replay.
     pub checkpoint: CheckpointConfig,
     /// Topic of published alerts (`{cooperative}`, `{vehicle}` placeholders).

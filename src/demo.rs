@@ -197,7 +197,9 @@ pub async fn run_demo(
     // has before stopping (bounded), so the demo's own last fixes are not left behind.
     let s = telemetry::stats();
     let until = Instant::now() + Duration::from_secs(10);
-    while s.stored.load(Ordering::Relaxed) + s.duplicates.load(Ordering::Relaxed) < sent && Instant::now() < until {
+    while s.stored.load(Ordering::Relaxed) + s.duplicates.load(Ordering::Relaxed) < sent
+        && Instant::now() < until
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     app.shutdown();

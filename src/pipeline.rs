@@ -20,9 +20,6 @@ use crate::store::writer::{Derived, Item};
 use crate::store::StoreError;
 use crate::telemetry;
 
-/// Flag on a fix older than one the rules already applied (beyond the reorder window).
-pub const LATE: i16 = 16;
-
 /// Validation and rules, owned by one task.
 pub struct Stage {
     /// Decoding and validation.
@@ -31,6 +28,8 @@ pub struct Stage {
     pub engine: Engine,
     /// Seconds between rule checkpoints.
     pub checkpoint_every: Duration,
+    /// Run the rules (off: ingest only).
+    pub rules: bool,
 }
 
 impl Stage {
@@ -45,20 +44,19 @@ impl Stage {
         let mut out = Output::default();
         for r in &mut records {
             match r {
-                Record::Accepted(a) => {
+                Record::Accepted(a) if self.rules => {
                     self.engine.heard(a.fix.vehicle(), a.received_at);
                     // A jump is a bad position: keep it out of the rules.
                     if !a.flags.has(Flags::JUMP) {
                         let o = self.engine.push(&a.fix);
                         if !o.late.is_empty() {
-                            a.flags.0 |= LATE;
+                            a.flags.0 |= Flags::LATE;
                         }
                         out.append(o);
                     }
-                    telemetry::fix_accepted(
-                        a.flags.names().chain(a.flags.has(LATE).then_some("late")),
-                    );
+                    telemetry::fix_accepted(a.flags.names());
                 }
+                Record::Accepted(a) => telemetry::fix_accepted(a.flags.names()),
                 Record::Rejected(r) => telemetry::fix_rejected(r.reason),
             }
         }
@@ -208,7 +206,7 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 let mut derived = stage.tick(Utc::now());
-                if last_checkpoint.elapsed() >= stage.checkpoint_every {
+                if stage.rules && last_checkpoint.elapsed() >= stage.checkpoint_every {
                     derived.checkpoint = stage.engine.checkpoint();
                     last_checkpoint = Instant::now();
                 }
@@ -232,6 +230,9 @@ pub async fn run(
         if tx.send(item).await.is_err() {
             return;
         }
+    }
+    if !stage.rules {
+        return;
     }
     // Last checkpoint after the last message, so a clean restart replays nothing.
     let derived = Derived {

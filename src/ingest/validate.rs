@@ -24,6 +24,9 @@ impl Flags {
     pub const UNREGISTERED: i16 = 4;
     /// Older than a fix already received for the same vehicle.
     pub const OUT_OF_ORDER: i16 = 8;
+    /// Older than a fix the rules already applied (beyond the reorder window): stored,
+    /// not used by the rules. Set by the rules stage.
+    pub const LATE: i16 = 16;
 
     /// Whether `flag` is set.
     pub fn has(self, flag: i16) -> bool {
@@ -36,6 +39,7 @@ impl Flags {
             (Self::POOR_ACCURACY, "poor_accuracy"),
             (Self::UNREGISTERED, "unregistered"),
             (Self::OUT_OF_ORDER, "out_of_order"),
+            (Self::LATE, "late"),
         ]
         .into_iter()
         .filter(move |(f, _)| self.has(*f))
