@@ -38,7 +38,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             max_records: 2_000,
-            max_wait_ms: 50,
+            max_wait_ms: 5,
             max_backoff_ms: 5_000,
         }
     }
