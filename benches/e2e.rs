@@ -322,6 +322,10 @@ async fn main() {
     s.mqtt.client_id = format!("bench-fleetwatch-{}", std::process::id());
     s.http.listen = "127.0.0.1:0".parse().unwrap();
     s.disable_rules = a.no_rules;
+    // What `fleetwatch demo` does on its embedded broker (100 in flight per connection).
+    if a.broker == "embedded" {
+        s.mqtt.connections = 4;
+    }
     let app = App::start(s).await.unwrap();
     while !app.health.subscribed.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(20)).await;

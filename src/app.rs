@@ -95,13 +95,32 @@ impl App {
         let http = bind_http(settings.http.listen).await?;
         let http_addr = http.local_addr()?;
 
-        let (mqtt_client, eventloop) = mqtt::client(&settings.mqtt, &mqtt_url)?;
-        let subs = vec![subscription(
-            &pattern.filter(),
-            settings.mqtt.share_group.as_deref(),
-        )];
+        let n_conn = match settings.mqtt.connections {
+            0 if settings.mqtt.url.is_empty() => 4,
+            0 => 1,
+            n => n,
+        };
+        // Several connections split the load through a shared subscription.
+        let group = settings
+            .mqtt
+            .share_group
+            .clone()
+            .or_else(|| (n_conn > 1).then(|| "fleetwatch".to_string()));
+        let subs = vec![subscription(&pattern.filter(), group.as_deref())];
+        let mut clients = Vec::with_capacity(n_conn);
+        let mut eventloops = Vec::with_capacity(n_conn);
+        for k in 0..n_conn {
+            let mut cfg = settings.mqtt.clone();
+            if k > 0 {
+                cfg.client_id = format!("{}-{k}", cfg.client_id);
+            }
+            let (c, e) = mqtt::client(&cfg, &mqtt_url)?;
+            clients.push(c);
+            eventloops.push(e);
+        }
+        let mqtt_client = clients[0].clone();
         let (dtx, drx) = mpsc::channel::<Delivery>(settings.mqtt.channel_capacity.max(1));
-        let (itx, irx) = mpsc::channel::<Item<Publish>>(1024);
+        let (itx, irx) = mpsc::channel::<Item<(usize, Publish)>>(1024);
         let disconnect = CancellationToken::new();
         let alerts_ready = Arc::new(tokio::sync::Notify::new());
 
@@ -110,7 +129,7 @@ impl App {
             db_url.clone(),
             settings.batch.clone(),
             irx,
-            MqttAcker(mqtt_client.clone()),
+            MqttAcker(clients.clone()),
             shutdown.clone(),
             health.clone(),
             alerts_ready.clone(),
@@ -137,18 +156,27 @@ impl App {
         .context("restoring rule state")?;
         tracing::info!(restored, replayed, "rule state restored");
 
-        let ev = tokio::spawn(mqtt::run_event_loop(
-            mqtt_client.clone(),
-            eventloop,
-            subs,
-            dtx,
-            mqtt::LoopControl {
-                stop_forwarding: shutdown.clone(),
-                disconnect: disconnect.clone(),
-                max_backoff: Duration::from_millis(settings.mqtt.max_backoff_ms),
-                health: health.clone(),
-            },
-        ));
+        let ev: Vec<_> = clients
+            .iter()
+            .zip(eventloops)
+            .enumerate()
+            .map(|(k, (c, e))| {
+                tokio::spawn(mqtt::run_event_loop(
+                    c.clone(),
+                    e,
+                    subs.clone(),
+                    dtx.clone(),
+                    k,
+                    mqtt::LoopControl {
+                        stop_forwarding: shutdown.clone(),
+                        disconnect: disconnect.clone(),
+                        max_backoff: Duration::from_millis(settings.mqtt.max_backoff_ms),
+                        health: health.clone(),
+                    },
+                ))
+            })
+            .collect();
+        drop(dtx);
         let pipe = tokio::spawn(pipeline::run(drx, itx, stage, geo_rx));
         let alert_topic = if settings.alert_topic.is_empty() {
             "fleet/{cooperative}/{vehicle}/alert"
@@ -203,7 +231,9 @@ impl App {
             disconnect.cancel();
             let _ = outbox.await;
             let _ = hup.await;
-            let _ = tokio::time::timeout(Duration::from_secs(5), ev).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(ev))
+                    .await;
             let _ = srv.await;
             if let Some(r) = retention {
                 let _ = r.await;

@@ -89,7 +89,7 @@ pub async fn restore(
     client: &Client,
     stage: &mut Stage,
     horizon_h: u32,
-    tx: &mpsc::Sender<Item<Publish>>,
+    tx: &mpsc::Sender<Item<(usize, Publish)>>,
 ) -> Result<(usize, u64), StoreError> {
     let rows = client
         .query("SELECT vehicle_id, state FROM rule_state", &[])
@@ -171,7 +171,7 @@ fn fix_from_row(row: &tokio_postgres::Row, limits: &FixLimits) -> Option<Fix> {
     Fix::validate(c, vehicle, limits, received_at).ok()
 }
 
-async fn send_derived(tx: &mpsc::Sender<Item<Publish>>, d: Derived) {
+async fn send_derived(tx: &mpsc::Sender<Item<(usize, Publish)>>, d: Derived) {
     if d.is_empty() {
         return;
     }
@@ -188,7 +188,7 @@ async fn send_derived(tx: &mpsc::Sender<Item<Publish>>, d: Derived) {
 /// Runs the stage until the event loop stops forwarding; then checkpoints once more.
 pub async fn run(
     mut rx: mpsc::Receiver<Delivery>,
-    tx: mpsc::Sender<Item<Publish>>,
+    tx: mpsc::Sender<Item<(usize, Publish)>>,
     mut stage: Stage,
     mut geo: watch::Receiver<Arc<GeoIndex>>,
 ) {
@@ -202,7 +202,7 @@ pub async fn run(
                 let Some(d) = d else { break };
                 telemetry::message_received();
                 let (records, derived) = stage.message(d.topic(), d.payload(), d.received_at);
-                Item { records, derived, ack: Some(d.publish), received_at: d.received_at }
+                Item { records, derived, ack: Some((d.conn, d.publish)), received_at: d.received_at }
             }
             _ = tick.tick() => {
                 let mut derived = stage.tick(Utc::now());

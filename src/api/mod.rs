@@ -1,4 +1,13 @@
-//! HTTP: health, readiness and Prometheus metrics (the API of issue 4 grows here).
+//! HTTP: health, readiness and Prometheus metrics, and the `/api/v1` of live
+//! positions, tracks, alerts and compliance reports behind bearer tokens.
+
+pub mod alerts;
+pub mod auth;
+pub mod error;
+pub mod openapi;
+pub mod reports;
+pub mod sha256;
+pub mod vehicles;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -58,6 +67,14 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/admin/reload-geo", axum::routing::post(reload_geo))
+        .route("/api/v1/openapi.json", get(openapi::serve))
+        .route("/api/v1/vehicles", get(vehicles::list))
+        .route("/api/v1/vehicles/{id}/track", get(vehicles::track))
+        .route("/api/v1/vehicles/{id}/trips", get(vehicles::trips))
+        .route("/api/v1/alerts", get(alerts::list))
+        .route("/api/v1/alerts/{id}/ack", axum::routing::post(alerts::ack))
+        .route("/api/v1/reports/compliance", get(reports::compliance))
+        .fallback(|| async { error::ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }
 

@@ -36,6 +36,10 @@ pub struct MqttConfig {
     pub topic: String,
     /// Shared-subscription group (`$share/{group}/...`) so instances split the load.
     pub share_group: Option<String>,
+    /// Consumer connections (a shared subscription among them). Each has its own
+    /// in-flight window, which bounds throughput when acks wait for commits; 0: auto
+    /// (4 on the embedded broker, whose window is fixed at 100; else 1).
+    pub connections: usize,
     /// Keep-alive interval, seconds.
     pub keep_alive_s: u64,
     /// Messages buffered between the event loop and the pipeline.
@@ -54,6 +58,7 @@ impl Default for MqttConfig {
             ca_file: None,
             topic: "fleet/{cooperative}/{vehicle}/fix".into(),
             share_group: None,
+            connections: 0,
             keep_alive_s: 30,
             channel_capacity: 20_000,
             max_backoff_ms: 10_000,
@@ -128,8 +133,10 @@ fn non_empty(s: &str) -> Option<String> {
 /// One message handed to the pipeline.
 #[derive(Debug)]
 pub struct Delivery {
-    /// The publish, kept whole: it is the ack token.
+    /// The publish, kept whole: with `conn`, it is the ack token.
     pub publish: Publish,
+    /// Which of the consumer's connections received it (acks go back on it).
+    pub conn: usize,
     /// When the event loop received it.
     pub received_at: DateTime<Utc>,
 }
@@ -145,15 +152,18 @@ impl Delivery {
     }
 }
 
-/// Acks publishes through the client after the writer commits.
+/// Acks publishes, on the connection that received each, after the writer commits.
 #[derive(Clone)]
-pub struct MqttAcker(pub AsyncClient);
+pub struct MqttAcker(pub Vec<AsyncClient>);
 
 impl Acker for MqttAcker {
-    type Token = Publish;
-    async fn ack_all(&self, tokens: Vec<Publish>) {
-        for p in tokens {
-            if let Err(e) = self.0.ack(&p).await {
+    type Token = (usize, Publish);
+    async fn ack_all(&self, tokens: Vec<(usize, Publish)>) {
+        for (conn, p) in tokens {
+            let Some(client) = self.0.get(conn) else {
+                continue;
+            };
+            if let Err(e) = client.ack(&p).await {
                 // Only when the event loop is gone; the broker redelivers, storage dedups.
                 tracing::warn!(error = %e, "ack not sent");
             }
@@ -192,6 +202,7 @@ pub async fn run_event_loop(
     mut eventloop: EventLoop,
     subscriptions: Vec<String>,
     tx: mpsc::Sender<Delivery>,
+    conn: usize,
     ctl: LoopControl,
 ) {
     let LoopControl {
@@ -223,6 +234,7 @@ pub async fn run_event_loop(
                 let Some(sender) = tx.as_ref() else { continue };
                 let d = Delivery {
                     publish,
+                    conn,
                     received_at: Utc::now(),
                 };
                 // Capacity exceeds the broker's in-flight window, so this waits only

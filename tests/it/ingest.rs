@@ -11,7 +11,10 @@ use crate::support::*;
 async fn fixes_land_exactly_once_through_the_embedded_broker() {
     let broker = EmbeddedBroker::start(0).unwrap();
     let db = fresh_db().await;
-    let app = start_app(settings(&db, &broker.url(), "fw-exactly-once")).await;
+    let mut s = settings(&db, &broker.url(), "fw-exactly-once");
+    // Several connections sharing the subscription, as on the embedded broker by default.
+    s.mqtt.connections = 3;
+    let app = start_app(s).await;
 
     let base = base_time();
     let mut msgs = track("HTX-A", 10, 500, base);

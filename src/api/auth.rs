@@ -1,0 +1,212 @@
+//! Bearer tokens and roles: who is calling, and which cooperative's data they may see.
+//!
+//! Tokens are 32 random bytes as 64 hex digits, shown once at creation; the database
+//! keeps only their SHA-256. A `cooperative` token sees its own cooperative only, a
+//! `regulator` token reads everything, an `admin` token can do everything.
+
+use std::fmt;
+use std::str::FromStr;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use tokio_postgres::GenericClient;
+
+use super::error::{ApiError, ApiResult};
+use super::sha256;
+use super::AppState;
+use crate::domain::{CooperativeId, VehicleId};
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// One cooperative's own vehicles, alerts and reports.
+    Cooperative,
+    /// Reads every cooperative's data.
+    Regulator,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// Stable name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cooperative => "cooperative",
+            Self::Regulator => "regulator",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cooperative" => Ok(Self::Cooperative),
+            "regulator" => Ok(Self::Regulator),
+            "admin" => Ok(Self::Admin),
+            other => Err(format!(
+                "unknown role {other:?}: expected cooperative, regulator or admin"
+            )),
+        }
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Its role.
+    pub role: Role,
+    /// For a cooperative token: the only cooperative it may see.
+    pub cooperative: Option<String>,
+    /// Free text given when the token was created.
+    pub label: Option<String>,
+}
+
+impl Caller {
+    /// The cooperative this caller is restricted to; `None` = every cooperative.
+    pub fn scope(&self) -> Option<&str> {
+        match self.role {
+            Role::Cooperative => self.cooperative.as_deref(),
+            Role::Regulator | Role::Admin => None,
+        }
+    }
+
+    /// The cooperative filter to apply for an explicitly requested cooperative: a
+    /// cooperative token asking for another one is refused (403).
+    pub fn cooperative_filter(&self, requested: Option<&str>) -> ApiResult<Option<String>> {
+        let requested = requested
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| {
+                CooperativeId::parse(s)
+                    .map(|c| c.as_str().to_string())
+                    .map_err(|e| ApiError::bad(format!("cooperative: {e}")))
+            })
+            .transpose()?;
+        match (self.scope(), requested) {
+            (Some(own), Some(r)) if r != own => Err(ApiError::Forbidden(format!(
+                "this token may only read cooperative {own}"
+            ))),
+            (Some(own), _) => Ok(Some(own.to_string())),
+            (None, r) => Ok(r),
+        }
+    }
+
+    /// Checks that the caller may see `vehicle`, whose registered cooperative is
+    /// `owner` (`None`: unknown vehicle → 404).
+    pub fn check_vehicle(&self, vehicle: &str, owner: Option<&str>) -> ApiResult<()> {
+        match (owner, self.scope()) {
+            (None, _) => Err(ApiError::NotFound(format!("no vehicle {vehicle}"))),
+            (Some(o), Some(own)) if o != own => Err(ApiError::Forbidden(format!(
+                "vehicle {vehicle} belongs to another cooperative"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Parses a vehicle id from a path or query (400 when malformed).
+pub fn vehicle_param(raw: &str) -> ApiResult<String> {
+    VehicleId::parse(raw)
+        .map(|v| v.as_str().to_string())
+        .map_err(|e| ApiError::bad(format!("vehicle: {e}")))
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| {
+                ApiError::Unauthorized("missing Authorization: Bearer <token> header".into())
+            })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::Unauthorized("Authorization header must be \"Bearer <token>\"".into())
+            })?;
+        if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::Unauthorized("invalid token".into()));
+        }
+        let digest = sha256::hex_digest(token.to_ascii_lowercase().as_bytes());
+        let db = state.db.get().await?;
+        let row = db
+            .query_opt(
+                "SELECT role, cooperative_id, label FROM api_tokens WHERE token_sha256 = $1",
+                &[&digest],
+            )
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("invalid token".into()))?;
+        let role: String = row.get(0);
+        Ok(Caller {
+            role: role.parse().map_err(ApiError::Internal)?,
+            cooperative: row.get(1),
+            label: row.get(2),
+        })
+    }
+}
+
+/// Errors creating a token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// A cooperative token needs its cooperative; other roles must not have one.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database refused.
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+/// Creates a token, stores its SHA-256 and returns the token (the only time it is seen).
+pub async fn create_token(
+    db: &impl GenericClient,
+    role: Role,
+    cooperative: Option<&str>,
+    label: Option<&str>,
+) -> Result<String, TokenError> {
+    let cooperative = match (role, cooperative) {
+        (Role::Cooperative, Some(c)) => Some(
+            CooperativeId::parse(c)
+                .map_err(|e| TokenError::Invalid(e.to_string()))?
+                .as_str()
+                .to_string(),
+        ),
+        (Role::Cooperative, None) => {
+            return Err(TokenError::Invalid(
+                "a cooperative token needs --cooperative".into(),
+            ))
+        }
+        (_, Some(_)) => {
+            return Err(TokenError::Invalid(format!(
+                "a {role} token is not bound to a cooperative; drop --cooperative"
+            )))
+        }
+        (_, None) => None,
+    };
+    let token = sha256::hex(&rand::random::<[u8; 32]>());
+    db.execute(
+        "INSERT INTO api_tokens (token_sha256, role, cooperative_id, label) VALUES ($1, $2, $3, $4)",
+        &[
+            &sha256::hex_digest(token.as_bytes()),
+            &role.as_str(),
+            &cooperative,
+            &label,
+        ],
+    )
+    .await?;
+    Ok(token)
+}

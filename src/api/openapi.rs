@@ -1,0 +1,204 @@
+//! The OpenAPI 3.1 description of `/api/v1`, written by hand.
+
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::alerts::{KINDS, LEVELS, MAX_LIMIT, STATUSES};
+
+fn q(name: &str, desc: &str, schema: Value) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "description": desc, "schema": schema })
+}
+
+fn time(name: &str, desc: &str) -> Value {
+    q(
+        name,
+        desc,
+        json!({ "type": "string", "format": "date-time" }),
+    )
+}
+
+fn errors(codes: &[&str]) -> Value {
+    let mut m = serde_json::Map::new();
+    for c in codes {
+        let desc = match *c {
+            "400" => "Invalid parameter or body, or range/row cap exceeded",
+            "401" => "Missing or invalid bearer token",
+            "403" => "The token's cooperative may not see this",
+            "404" => "Unknown (or invisible) resource",
+            _ => "Error",
+        };
+        m.insert(
+            c.to_string(),
+            json!({ "description": desc, "content": { "application/json": {
+                "schema": { "$ref": "#/components/schemas/Error" } } } }),
+        );
+    }
+    Value::Object(m)
+}
+
+fn with(ok: Value, codes: &[&str]) -> Value {
+    let mut r = errors(codes);
+    r["200"] = ok;
+    r
+}
+
+/// The document.
+pub fn document() -> Value {
+    let vehicle_path =
+        json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } });
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "fleetwatch API",
+            "version": "1",
+            "description": "Live positions, tracks, alerts and compliance reports of a fleet. \
+                Every time is RFC 3339. A `cooperative` token sees only its own cooperative \
+                (403 when asking for another one explicitly; lists are filtered); \
+                `regulator` and `admin` tokens see every cooperative."
+        },
+        "security": [{ "bearer": [] }],
+        "paths": {
+            "/api/v1/vehicles": { "get": {
+                "summary": "Visible vehicles with latest position, status and open alerts",
+                "description": "status: no_signal (open no_signal alert), off_route (open off_route alert), moving (> 3 km/h), stopped, or unknown (no fix).",
+                "responses": with(json!({ "description": "Vehicles", "content": { "application/json": {
+                    "schema": { "$ref": "#/components/schemas/VehicleList" } } } }), &["401"])
+            }},
+            "/api/v1/vehicles/{id}/track": { "get": {
+                "summary": "Fixes of a vehicle in a range (at most 31 days and 500,000 fixes)",
+                "parameters": [
+                    vehicle_path,
+                    time("from", "Start, inclusive (default: 24 h before `to`)"),
+                    time("to", "End, exclusive (default: now)"),
+                    q("format", "geojson: one Feature (LineString) with times, speeds and trips in properties; geojson_points: a FeatureCollection of points; gpx: GPX 1.1 trk; csv: a header and one row per fix",
+                      json!({ "type": "string", "enum": ["geojson", "geojson_points", "gpx", "csv"], "default": "geojson" })),
+                    q("simplify_m", "Douglas-Peucker tolerance in metres (0: every fix)", json!({ "type": "number", "minimum": 0 })),
+                ],
+                "responses": with(json!({ "description": "The track", "content": {
+                    "application/geo+json": { "schema": { "type": "object" } },
+                    "application/gpx+xml": { "schema": { "type": "string" } },
+                    "text/csv": { "schema": { "type": "string" } } } }), &["400", "401", "403", "404"])
+            }},
+            "/api/v1/vehicles/{id}/trips": { "get": {
+                "summary": "Trips of a vehicle starting in a range (at most 31 days)",
+                "parameters": [vehicle_path, time("from", "Start, inclusive"), time("to", "End, exclusive")],
+                "responses": with(json!({ "description": "Trips", "content": { "application/json": {
+                    "schema": { "type": "object", "properties": { "trips": { "type": "array", "items": { "$ref": "#/components/schemas/Trip" } } } } } } }),
+                    &["400", "401", "403", "404"])
+            }},
+            "/api/v1/alerts": { "get": {
+                "summary": "Alerts, newest first",
+                "parameters": [
+                    q("cooperative", "Cooperative id", json!({ "type": "string" })),
+                    q("vehicle", "Vehicle id", json!({ "type": "string" })),
+                    q("driver", "Driver licence number", json!({ "type": "string" })),
+                    q("kind", "Alert kind", json!({ "type": "string", "enum": KINDS })),
+                    q("level", "Level", json!({ "type": "string", "enum": LEVELS })),
+                    q("status", "Status", json!({ "type": "string", "enum": STATUSES })),
+                    time("from", "Alerts starting at or after"),
+                    time("to", "Alerts starting before"),
+                    q("limit", "At most this many", json!({ "type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100 })),
+                ],
+                "responses": with(json!({ "description": "Alerts", "content": { "application/json": {
+                    "schema": { "type": "object", "properties": {
+                        "count": { "type": "integer" },
+                        "alerts": { "type": "array", "items": { "$ref": "#/components/schemas/Alert" } } } } } } }),
+                    &["400", "401", "403"])
+            }},
+            "/api/v1/alerts/{id}/ack": { "post": {
+                "summary": "Acknowledge an alert: adds an entry to the cooperative's reminder log (channel api, status acknowledged)",
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["by"], "additionalProperties": false,
+                    "properties": { "by": { "type": "string", "maxLength": 200 }, "note": { "type": "string", "maxLength": 2000 } } } } } },
+                "responses": {
+                    "201": { "description": "The reminder log entry", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Reminder" } } } },
+                    "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "404": errors(&["404"])["404"]
+                }
+            }},
+            "/api/v1/reports/compliance": { "get": {
+                "summary": "Compliance statistics per vehicle, per driver and in total",
+                "description": "Counts are of alerts, trips and data gaps whose start is in the range. \
+                    Overspeed: only violations with excess over 5 km/h are counted (by severity band 1-4, Decree 168/2024); \
+                    overspeed_per_1000km = counted / distance_km * 1000; at_or_over_threshold when >= threshold_per_1000km (default 5, Decree 10/2020 art. 22); \
+                    near_threshold when >= near_per_1000km (default 4) and under the threshold.",
+                "parameters": [
+                    q("cooperative", "Cooperative id (a cooperative token: its own; others: every cooperative if absent)", json!({ "type": "string" })),
+                    q("month", "Local calendar month YYYY-MM (instead of from/to)", json!({ "type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$" })),
+                    time("from", "Start, inclusive (with to)"),
+                    time("to", "End, exclusive (with from; at most 366 days)"),
+                    q("utc_offset", "Offset of local time for month (default +07:00, Asia/Ho_Chi_Minh)", json!({ "type": "string", "default": "+07:00" })),
+                    q("format", "json or csv", json!({ "type": "string", "enum": ["json", "csv"], "default": "json" })),
+                    q("threshold_per_1000km", "Revocation threshold", json!({ "type": "number", "default": 5 })),
+                    q("near_per_1000km", "Near-threshold mark", json!({ "type": "number", "default": 4 })),
+                ],
+                "responses": with(json!({ "description": "The report", "content": {
+                    "application/json": { "schema": { "$ref": "#/components/schemas/Report" } },
+                    "text/csv": { "schema": { "type": "string" } } } }), &["400", "401", "403"])
+            }},
+            "/api/v1/openapi.json": { "get": {
+                "summary": "This document", "security": [],
+                "responses": { "200": { "description": "OpenAPI 3.1", "content": { "application/json": {} } } }
+            }}
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer",
+                "description": "Created with `fleetwatch token create --role cooperative|regulator|admin [--cooperative ID]`" } },
+            "schemas": {
+                "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
+                "Position": { "type": "object", "properties": {
+                    "ts": { "type": "string", "format": "date-time" }, "lat": { "type": "number" }, "lon": { "type": "number" },
+                    "speed_kmh": { "type": "number" }, "heading_deg": { "type": ["number", "null"] }, "driver_id": { "type": ["string", "null"] } } },
+                "VehicleList": { "type": "object", "properties": { "vehicles": { "type": "array", "items": { "type": "object", "properties": {
+                    "vehicle_id": { "type": "string" }, "cooperative_id": { "type": "string" }, "plate": { "type": ["string", "null"] },
+                    "class": { "type": ["string", "null"] }, "route_id": { "type": ["string", "null"] }, "registered": { "type": "boolean" },
+                    "last_seen": { "type": ["string", "null"], "format": "date-time" },
+                    "position": { "oneOf": [{ "$ref": "#/components/schemas/Position" }, { "type": "null" }] },
+                    "status": { "type": "string", "enum": ["no_signal", "off_route", "moving", "stopped", "unknown"] },
+                    "open_alerts": { "type": "array", "items": { "type": "object", "properties": {
+                        "id": { "type": "string" }, "kind": { "type": "string" }, "level": { "type": "string" },
+                        "start": { "type": "string", "format": "date-time" } } } } } } } } },
+                "Trip": { "type": "object", "properties": {
+                    "start": { "type": "string", "format": "date-time" }, "end": { "type": "string", "format": "date-time" },
+                    "driver_id": { "type": ["string", "null"] }, "distance_m": { "type": "number" }, "max_speed_kmh": { "type": "number" } } },
+                "Alert": { "type": "object", "properties": {
+                    "id": { "type": "string" }, "vehicle_id": { "type": "string" }, "cooperative_id": { "type": ["string", "null"] },
+                    "driver_id": { "type": ["string", "null"] }, "kind": { "type": "string", "enum": KINDS },
+                    "level": { "type": "string", "enum": LEVELS }, "status": { "type": "string", "enum": STATUSES },
+                    "severity": { "type": ["integer", "null"], "minimum": 1, "maximum": 4 },
+                    "start": { "type": "string", "format": "date-time" }, "end": { "type": ["string", "null"], "format": "date-time" },
+                    "lat": { "type": "number" }, "lon": { "type": "number" }, "details": { "type": "object" } } },
+                "Reminder": { "type": "object", "properties": {
+                    "id": { "type": "integer" }, "alert_id": { "type": "string" }, "at": { "type": "string", "format": "date-time" },
+                    "channel": { "type": "string" }, "status": { "type": "string" }, "actor": { "type": "string" }, "note": { "type": ["string", "null"] } } },
+                "Counts": { "type": "object", "properties": {
+                    "distance_km": { "type": "number" }, "trips": { "type": "integer" },
+                    "overspeed_counted": { "type": "integer" },
+                    "overspeed_by_band": { "type": "object", "properties": { "1": { "type": "integer" }, "2": { "type": "integer" }, "3": { "type": "integer" }, "4": { "type": "integer" } } },
+                    "overspeed_not_counted": { "type": "integer" }, "overspeed_per_1000km": { "type": ["number", "null"] },
+                    "at_or_over_threshold": { "type": "boolean" }, "near_threshold": { "type": "boolean" },
+                    "continuous_driving_violations": { "type": "integer" }, "daily_driving_violations": { "type": "integer" },
+                    "weekly_driving_violations": { "type": "integer" }, "off_route_violations": { "type": "integer" },
+                    "restricted_zone_violations": { "type": "integer" }, "no_signal": { "type": "integer" },
+                    "data_gaps": { "type": "integer" }, "data_gap_s": { "type": "number" } } },
+                "Report": { "type": "object", "properties": {
+                    "cooperative": { "type": ["string", "null"] }, "from": { "type": "string", "format": "date-time" },
+                    "to": { "type": "string", "format": "date-time" }, "month": { "type": ["string", "null"] },
+                    "threshold_per_1000km": { "type": "number" }, "near_per_1000km": { "type": "number" },
+                    "vehicles": { "type": "array", "items": { "allOf": [{ "$ref": "#/components/schemas/Counts" }, { "type": "object", "properties": {
+                        "vehicle_id": { "type": "string" }, "cooperative_id": { "type": "string" }, "plate": { "type": ["string", "null"] }, "class": { "type": ["string", "null"] } } }] } },
+                    "drivers": { "type": "array", "items": { "type": "object", "properties": {
+                        "driver_id": { "type": "string" }, "continuous_driving_violations": { "type": "integer" },
+                        "daily_driving_violations": { "type": "integer" }, "weekly_driving_violations": { "type": "integer" } } } },
+                    "totals": { "type": "object", "properties": {
+                        "vehicles": { "type": "integer" }, "vehicles_at_or_over_threshold": { "type": "integer" },
+                        "vehicles_near_threshold": { "type": "integer" }, "counts": { "$ref": "#/components/schemas/Counts" } } } } }
+            }
+        }
+    })
+}
+
+/// `GET /api/v1/openapi.json` (no token needed: it describes, it does not disclose).
+pub async fn serve() -> Json<Value> {
+    Json(document())
+}
