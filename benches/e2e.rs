@@ -155,9 +155,9 @@ async fn raw_broker(url: &str, msgs: &[(String, Vec<u8>)], publishers: usize) ->
 
 /// 2. Raw binary COPY of the same rows.
 async fn raw_copy(db: &str, rows: usize, with_key: bool) -> f64 {
+    use fleetwatch::store::writer::{FIX_COLUMNS, FIX_TYPES};
     use futures_util::pin_mut;
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
-    use tokio_postgres::types::Type;
     let client = fleetwatch::store::connect(db).await.unwrap();
     let like = if with_key {
         "INCLUDING ALL"
@@ -176,26 +176,12 @@ async fn raw_copy(db: &str, rows: usize, with_key: bool) -> f64 {
     while done < rows {
         let n = 2000.min(rows - done);
         let sink = client
-            .copy_in("COPY copy_bench (vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, heading_deg, driver_id, ignition, satellites, hdop, odometer_m, flags, received_at) FROM STDIN BINARY")
+            .copy_in(&format!(
+                "COPY copy_bench ({FIX_COLUMNS}) FROM STDIN BINARY"
+            ))
             .await
             .unwrap();
-        let types = [
-            Type::TEXT,
-            Type::TIMESTAMPTZ,
-            Type::TEXT,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT4,
-            Type::FLOAT4,
-            Type::TEXT,
-            Type::BOOL,
-            Type::INT2,
-            Type::FLOAT4,
-            Type::FLOAT8,
-            Type::INT2,
-            Type::TIMESTAMPTZ,
-        ];
-        let w = BinaryCopyInWriter::new(sink, &types);
+        let w = BinaryCopyInWriter::new(sink, &FIX_TYPES);
         pin_mut!(w);
         for i in done..done + n {
             let v = format!("61C-{:06}", i % 10_000);

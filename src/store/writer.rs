@@ -97,7 +97,26 @@ pub struct BatchOutcome {
     pub alerts_changed: u64,
 }
 
-const FIX_COLUMNS: &str = "vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, heading_deg, \
+/// Binary COPY types of [`FIX_COLUMNS`], in order.
+pub const FIX_TYPES: [Type; 14] = [
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT4,
+    Type::FLOAT4,
+    Type::TEXT,
+    Type::BOOL,
+    Type::INT2,
+    Type::FLOAT4,
+    Type::FLOAT8,
+    Type::INT2,
+    Type::TIMESTAMPTZ,
+];
+
+/// Columns of `fixes` written by the writer, in COPY order.
+pub const FIX_COLUMNS: &str = "vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, heading_deg, \
      driver_id, ignition, satellites, hdop, odometer_m, flags, received_at";
 
 /// Prepares a connection for [`write_batch`] (session-local staging table).
@@ -128,23 +147,7 @@ pub async fn write_batch<A>(
             "COPY fixes_stage ({FIX_COLUMNS}) FROM STDIN BINARY"
         ))
         .await?;
-    let types = [
-        Type::TEXT,
-        Type::TIMESTAMPTZ,
-        Type::TEXT,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::FLOAT4,
-        Type::FLOAT4,
-        Type::TEXT,
-        Type::BOOL,
-        Type::INT2,
-        Type::FLOAT4,
-        Type::FLOAT8,
-        Type::INT2,
-        Type::TIMESTAMPTZ,
-    ];
-    let writer = BinaryCopyInWriter::new(sink, &types);
+    let writer = BinaryCopyInWriter::new(sink, &FIX_TYPES);
     pin_mut!(writer);
     for r in &records {
         match r {
