@@ -1,9 +1,10 @@
-//! The `fleetwatch` command: run, demo, simulate, migrate.
+//! The `fleetwatch` command: run, demo, simulate, migrate, token.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use fleetwatch::api::auth::{self, Role};
 use fleetwatch::app::App;
 use fleetwatch::config::Settings;
 use fleetwatch::{demo, store, telemetry};
@@ -63,9 +64,33 @@ enum Command {
         #[arg(long, default_value = "fleet/{cooperative}/{vehicle}/fix")]
         topic: String,
     },
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Apply database migrations and exit.
     Migrate {
         /// TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once (only its SHA-256 is stored).
+    Create {
+        /// cooperative (one cooperative's data), regulator (reads all) or admin.
+        #[arg(long)]
+        role: Role,
+        /// The cooperative of a cooperative token.
+        #[arg(long)]
+        cooperative: Option<String>,
+        /// Free text to recognise the token by (who has it, what for).
+        #[arg(long)]
+        label: Option<String>,
+        /// TOML configuration file (for the database).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -115,6 +140,26 @@ async fn main() -> anyhow::Result<()> {
                 topic,
             };
             demo::run_simulate(opts, shutdown_signal()).await?;
+        }
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    role,
+                    cooperative,
+                    label,
+                    config,
+                },
+        } => {
+            let settings = Settings::load(config.as_deref())?;
+            let (url, pg) = fleetwatch::app::database(&settings).await?;
+            let mut client = store::connect(&url).await.context("connecting")?;
+            store::migrate::migrate(&mut client, &settings.database.layout).await?;
+            let token =
+                auth::create_token(&client, role, cooperative.as_deref(), label.as_deref()).await?;
+            eprintln!("token created ({role}); it is shown only this once:");
+            println!("{token}");
+            drop(client);
+            drop(pg);
         }
         Command::Migrate { config } => {
             let settings = Settings::load(config.as_deref())?;

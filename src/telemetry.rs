@@ -40,6 +40,8 @@ pub fn stats() -> &'static Stats {
 }
 
 /// Installs the Prometheus recorder once per process; later calls return the same handle.
+/// A thread drains histogram samples every 5 s (they pile up until then: without it
+/// memory grows with every observation when nobody scrapes `/metrics`).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -49,12 +51,21 @@ pub fn metrics_handle() -> PrometheusHandle {
                 10.0,
             ];
             let sizes = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0];
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), secs)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_records".into()), sizes))
                 .expect("static buckets are valid")
                 .install_recorder()
-                .expect("metrics recorder installed once")
+                .expect("metrics recorder installed once");
+            let h = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    h.run_upkeep();
+                })
+                .expect("spawn metrics upkeep thread");
+            handle
         })
         .clone()
 }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::{vehicle_param, Caller};
+use super::auth::{vehicle_param, Caller, Role};
 use super::error::{ApiError, ApiResult};
 use super::vehicles::rfc3339;
 use super::AppState;
@@ -149,13 +149,20 @@ pub struct Ack {
     pub note: Option<String>,
 }
 
-/// `POST /api/v1/alerts/{id}/ack`: adds an `acknowledged` entry to the reminder log.
+/// `POST /api/v1/alerts/{id}/ack`: adds an `acknowledged` entry to the reminder log
+/// (cooperative tokens for their own alerts, admin tokens for any).
 pub async fn ack(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     body: Result<Json<Ack>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
+    // The reminder log is the cooperative's: the regulator only reads it.
+    if caller.role == Role::Regulator {
+        return Err(ApiError::Forbidden(
+            "regulator tokens are read-only; the cooperative acknowledges its alerts".into(),
+        ));
+    }
     let Json(body) = body?;
     let by = body.by.trim();
     if by.is_empty() || by.chars().count() > 200 {

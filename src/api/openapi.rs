@@ -106,14 +106,15 @@ pub fn document() -> Value {
                     &["400", "401", "403"])
             }},
             "/api/v1/alerts/{id}/ack": { "post": {
-                "summary": "Acknowledge an alert: adds an entry to the cooperative's reminder log (channel api, status acknowledged)",
+                "summary": "Acknowledge an alert: adds an entry to the cooperative's reminder log (channel api, status acknowledged). Cooperative tokens (own alerts) and admin tokens; regulator tokens are read-only (403).",
                 "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
                 "requestBody": { "required": true, "content": { "application/json": { "schema": {
                     "type": "object", "required": ["by"], "additionalProperties": false,
                     "properties": { "by": { "type": "string", "maxLength": 200 }, "note": { "type": "string", "maxLength": 2000 } } } } } },
                 "responses": {
                     "201": { "description": "The reminder log entry", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Reminder" } } } },
-                    "400": errors(&["400"])["400"], "401": errors(&["401"])["401"], "404": errors(&["404"])["404"]
+                    "400": errors(&["400"])["400"], "401": errors(&["401"])["401"],
+                    "403": errors(&["403"])["403"], "404": errors(&["404"])["404"]
                 }
             }},
             "/api/v1/reports/compliance": { "get": {

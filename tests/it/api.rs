@@ -1,0 +1,898 @@
+//! The HTTP API over real HTTP against a real PostgreSQL: tokens and roles, tenant
+//! isolation on every endpoint, track formats, alert filters and acks, the monthly
+//! compliance report.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use fleetwatch::api::auth::{create_token, Role};
+use fleetwatch::app::App;
+use fleetwatch::infra::broker::EmbeddedBroker;
+use serde_json::Value;
+
+use crate::support::*;
+
+/// A response: status, raw headers, body.
+struct Resp {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Resp {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body.unwrap_or(""));
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").expect("a complete response");
+    let status = head[9..12].parse().unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Resp {
+        status,
+        headers: head.to_string(),
+        body,
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = s.split_once("\r\n").unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str, token: &str) -> Resp {
+    http(addr, "GET", path, Some(token), None).await
+}
+
+/// Two cooperatives' data and a token of each role.
+struct Env {
+    _broker: EmbeddedBroker,
+    app: App,
+    db: String,
+    coop_a: String,
+    coop_b: String,
+    regulator: String,
+    admin: String,
+    /// Start of the published tracks.
+    base: DateTime<Utc>,
+}
+
+impl Env {
+    fn addr(&self) -> SocketAddr {
+        self.app.http_addr
+    }
+
+    async fn stop(self) {
+        self.app.shutdown();
+        self.app.wait().await;
+    }
+}
+
+/// Number of fixes of A-1: 60 east, then 60 north (an L: simplifies to 3 points).
+const A_FIXES: usize = 120;
+const B_FIXES: usize = 20;
+
+// Every column of an alert: a table row reads best as one call.
+#[allow(clippy::too_many_arguments)]
+async fn insert_alert(
+    c: &tokio_postgres::Client,
+    id: &str,
+    vehicle: &str,
+    coop: &str,
+    (kind, level, status): (&str, &str, &str),
+    severity: Option<i16>,
+    start: DateTime<Utc>,
+    driver: Option<&str>,
+    details: Value,
+) {
+    c.execute(
+        "INSERT INTO alerts (alert_id, vehicle_id, cooperative_id, driver_id, kind, level, status,
+                             severity, start_ts, end_ts, lat, lon, details)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::timestamptz,
+                 CASE WHEN $7 = 'closed' THEN $9::timestamptz + interval '1 minute' END,
+                 10.9, 106.7, $10)",
+        &[
+            &id, &vehicle, &coop, &driver, &kind, &level, &status, &severity, &start, &details,
+        ],
+    )
+    .await
+    .unwrap();
+}
+
+async fn setup(client_id: &str) -> Env {
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let mut s = settings(&db, &broker.url(), client_id);
+    // The alerts are seeded below; the rules would only add noise.
+    s.disable_rules = true;
+    let app = start_app(s).await;
+    let base = base_time();
+    let mut msgs = Vec::new();
+    for i in 0..A_FIXES {
+        let (lat, lon) = if i < 60 {
+            (10.9, 106.7 + i as f64 * 1e-4)
+        } else {
+            (10.9 + (i - 59) as f64 * 1e-4, 106.7 + 59.0 * 1e-4)
+        };
+        let speed = if i + 1 == A_FIXES { 0.0 } else { 30.0 };
+        let ts = base + TimeDelta::seconds(i as i64);
+        msgs.push((topic("HTX-A", "A-1"), fix("A-1", ts, lat, lon, speed)));
+    }
+    for i in 0..B_FIXES {
+        let ts = base + TimeDelta::seconds(i as i64);
+        let lon = 106.8 + i as f64 * 1e-4;
+        msgs.push((topic("HTX-B", "B-1"), fix("B-1", ts, 10.95, lon, 40.0)));
+    }
+    publish_all(&broker.url(), &msgs).await;
+    wait_until("fixes stored", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM fixes").await == (A_FIXES + B_FIXES) as i64 }
+    })
+    .await;
+
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let os = |counted: bool| serde_json::json!({"max_speed_kmh": 85, "limit_kmh": 70, "duration_s": 30, "counted": counted});
+    insert_alert(
+        &c,
+        "a-open",
+        "A-1",
+        "HTX-A",
+        ("overspeed", "violation", "open"),
+        Some(2),
+        base + TimeDelta::seconds(30),
+        None,
+        os(true),
+    )
+    .await;
+    insert_alert(
+        &c,
+        "a-closed",
+        "A-1",
+        "HTX-A",
+        ("zone_enter", "info", "closed"),
+        None,
+        base + TimeDelta::seconds(10),
+        None,
+        serde_json::json!({"zone_id": "DEPOT"}),
+    )
+    .await;
+    insert_alert(
+        &c,
+        "b-open",
+        "B-1",
+        "HTX-B",
+        ("off_route", "violation", "open"),
+        None,
+        base + TimeDelta::seconds(5),
+        None,
+        serde_json::json!({}),
+    )
+    .await;
+    insert_alert(
+        &c,
+        "b-closed",
+        "B-1",
+        "HTX-B",
+        ("overspeed", "violation", "closed"),
+        Some(1),
+        base + TimeDelta::seconds(8),
+        None,
+        os(true),
+    )
+    .await;
+    for (v, coop) in [("A-1", "HTX-A"), ("B-1", "HTX-B")] {
+        c.execute(
+            "INSERT INTO trips (vehicle_id, start_ts, end_ts, cooperative_id, distance_m, max_speed_kmh)
+             VALUES ($1, $2, $3, $4, 1300, 30)",
+            &[&v, &base, &(base + TimeDelta::seconds(119)), &coop],
+        )
+        .await
+        .unwrap();
+    }
+    let coop_a = create_token(&c, Role::Cooperative, Some("htx-a"), Some("A office"))
+        .await
+        .unwrap();
+    let coop_b = create_token(&c, Role::Cooperative, Some("HTX-B"), None)
+        .await
+        .unwrap();
+    let regulator = create_token(&c, Role::Regulator, None, Some("CSGT"))
+        .await
+        .unwrap();
+    let admin = create_token(&c, Role::Admin, None, None).await.unwrap();
+    Env {
+        _broker: broker,
+        app,
+        db,
+        coop_a,
+        coop_b,
+        regulator,
+        admin,
+        base,
+    }
+}
+
+fn range_q(e: &Env) -> String {
+    let f = (e.base - TimeDelta::minutes(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let t = (e.base + TimeDelta::minutes(10)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    format!("from={f}&to={t}")
+}
+
+fn ids(v: &Value, list: &str, key: &str) -> Vec<String> {
+    v[list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x[key].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_requires_a_valid_token() {
+    let e = setup("fw-api-auth").await;
+    let a = e.addr();
+    let r = http(a, "GET", "/api/v1/vehicles", None, None).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.json()["error"].as_str().unwrap().contains("Bearer"));
+    assert!(r
+        .headers
+        .to_ascii_lowercase()
+        .contains("www-authenticate: bearer"));
+    assert_eq!(get(a, "/api/v1/vehicles", "garbage").await.status, 401);
+    let unknown = "ab".repeat(32);
+    let r = get(a, "/api/v1/alerts", &unknown).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "invalid token");
+    for p in [
+        "/api/v1/vehicles/A-1/track",
+        "/api/v1/reports/compliance?month=2026-10",
+    ] {
+        assert_eq!(http(a, "GET", p, None, None).await.status, 401, "{p}");
+    }
+    let r = http(
+        a,
+        "POST",
+        "/api/v1/alerts/a-open/ack",
+        None,
+        Some(r#"{"by":"x"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    // Only digests are stored.
+    let c = fleetwatch::store::connect(&e.db).await.unwrap();
+    let stored: Vec<String> = c
+        .query("SELECT token_sha256 FROM api_tokens", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stored.len(), 4);
+    assert!(!stored.contains(&e.admin));
+    assert!(stored.contains(&fleetwatch::api::sha256::hex_digest(e.admin.as_bytes())));
+    // The admin token works; the description is public.
+    assert_eq!(get(a, "/api/v1/vehicles", &e.admin).await.status, 200);
+    let doc = http(a, "GET", "/api/v1/openapi.json", None, None)
+        .await
+        .json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/api/v1/reports/compliance"].is_object());
+    let r = get(a, "/api/v1/nothing", &e.admin).await;
+    assert_eq!((r.status, r.json()["error"].is_string()), (404, true));
+    e.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooperative_token_never_sees_another_cooperatives_data() {
+    let e = setup("fw-api-tenants").await;
+    let a = e.addr();
+    let tok = &e.coop_a;
+    let rq = range_q(&e);
+
+    // Vehicles: own only, with position, status and open alerts.
+    let r = get(a, "/api/v1/vehicles", tok).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(ids(&v, "vehicles", "vehicle_id"), ["A-1"]);
+    assert!(
+        !r.body.contains("HTX-B") && !r.body.contains("B-1"),
+        "{}",
+        r.body
+    );
+    let a1 = &v["vehicles"][0];
+    assert_eq!(a1["status"], "stopped");
+    assert_eq!(a1["position"]["speed_kmh"], 0.0);
+    let last = e.base + TimeDelta::seconds(A_FIXES as i64 - 1);
+    assert_eq!(
+        a1["position"]["ts"],
+        last.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    );
+    assert_eq!(ids(a1, "open_alerts", "id"), ["a-open"]);
+
+    // Track and trips of the other cooperative's vehicle: 403; unknown vehicle: 404.
+    for p in [
+        format!("/api/v1/vehicles/B-1/track?{rq}"),
+        format!("/api/v1/vehicles/B-1/track?{rq}&format=csv"),
+        format!("/api/v1/vehicles/b-1/trips?{rq}"),
+    ] {
+        let r = get(a, &p, tok).await;
+        assert_eq!(r.status, 403, "{p}: {}", r.body);
+        assert!(!r.body.contains("10.95"), "{}", r.body);
+    }
+    assert_eq!(get(a, "/api/v1/vehicles/NOPE/track", tok).await.status, 404);
+
+    // Alerts: filtered list; asking for the other cooperative is refused.
+    let r = get(a, "/api/v1/alerts", tok).await;
+    assert_eq!(ids(&r.json(), "alerts", "id"), ["a-open", "a-closed"]);
+    assert!(!r.body.contains("HTX-B"), "{}", r.body);
+    assert_eq!(
+        get(a, "/api/v1/alerts?cooperative=HTX-B", tok).await.status,
+        403
+    );
+    let r = get(a, "/api/v1/alerts?vehicle=B-1", tok).await;
+    assert_eq!(r.json()["count"], 0);
+
+    // Ack of another cooperative's alert: 404 like an unknown one; nothing logged.
+    let r = http(
+        a,
+        "POST",
+        "/api/v1/alerts/b-open/ack",
+        Some(tok),
+        Some(r#"{"by":"A"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(count(&e.db, "SELECT count(*) FROM reminder_log").await, 0);
+
+    // Reports.
+    let r = get(
+        a,
+        "/api/v1/reports/compliance?cooperative=HTX-B&month=2026-10",
+        tok,
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let now = Utc::now();
+    let month = format!("{}", (now + TimeDelta::hours(7)).format("%Y-%m"));
+    let r = get(a, &format!("/api/v1/reports/compliance?month={month}"), tok).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(ids(&r.json(), "vehicles", "vehicle_id"), ["A-1"]);
+    let r = get(
+        a,
+        &format!("/api/v1/reports/compliance?{rq}&format=csv"),
+        tok,
+    )
+    .await;
+    assert!(
+        !r.body.contains("B-1") && r.body.contains("A-1"),
+        "{}",
+        r.body
+    );
+
+    // The other cooperative sees its own, the regulator both.
+    let r = get(a, "/api/v1/vehicles", &e.coop_b).await;
+    let v = r.json();
+    assert_eq!(ids(&v, "vehicles", "vehicle_id"), ["B-1"]);
+    assert_eq!(v["vehicles"][0]["status"], "off_route");
+    let r = get(a, "/api/v1/vehicles", &e.regulator).await;
+    assert_eq!(ids(&r.json(), "vehicles", "vehicle_id"), ["A-1", "B-1"]);
+    let r = get(a, "/api/v1/alerts", &e.regulator).await;
+    assert_eq!(r.json()["count"], 4);
+    let r = get(a, "/api/v1/alerts?cooperative=htx-b", &e.regulator).await;
+    assert_eq!(ids(&r.json(), "alerts", "id"), ["b-closed", "b-open"]);
+    let r = get(
+        a,
+        &format!("/api/v1/vehicles/B-1/track?{rq}&format=csv"),
+        &e.regulator,
+    )
+    .await;
+    assert_eq!(r.body.lines().count(), B_FIXES + 1);
+    let r = get(a, &format!("/api/v1/reports/compliance?{rq}"), &e.regulator).await;
+    let rep = r.json();
+    assert_eq!(ids(&rep, "vehicles", "vehicle_id"), ["A-1", "B-1"]);
+    assert_eq!(rep["totals"]["counts"]["overspeed_counted"], 2);
+    e.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_formats_and_simplification() {
+    let e = setup("fw-api-track").await;
+    let a = e.addr();
+    let tok = &e.coop_a;
+    let rq = range_q(&e);
+    let path = |extra: &str| format!("/api/v1/vehicles/A-1/track?{rq}{extra}");
+
+    let r = get(a, &path(""), tok).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.headers.contains("application/geo+json"));
+    let g = r.json();
+    assert_eq!(g["type"], "Feature");
+    assert_eq!(g["geometry"]["type"], "LineString");
+    let coords = g["geometry"]["coordinates"].as_array().unwrap();
+    assert_eq!(coords.len(), A_FIXES);
+    assert_eq!(coords[0][0], 106.7); // lon first
+    assert_eq!(coords[0][1], 10.9);
+    assert_eq!(g["properties"]["times"].as_array().unwrap().len(), A_FIXES);
+    assert_eq!(g["properties"]["speeds_kmh"][0], 30.0);
+    assert_eq!(g["properties"]["trips"][0]["distance_m"], 1300.0);
+
+    let r = get(a, &path("&format=geojson_points"), tok).await;
+    let fc = r.json();
+    assert_eq!(fc["type"], "FeatureCollection");
+    assert_eq!(fc["features"].as_array().unwrap().len(), A_FIXES);
+
+    let r = get(a, &path("&format=gpx"), tok).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("<gpx version=\"1.1\"") && r.body.contains("<trk>"));
+    assert_eq!(r.body.matches("<trkpt ").count(), A_FIXES);
+
+    let r = get(a, &path("&format=csv"), tok).await;
+    let lines: Vec<&str> = r.body.lines().collect();
+    assert_eq!(lines[0], "ts,lat,lon,speed_kmh,heading_deg,driver_id");
+    assert_eq!(lines.len(), A_FIXES + 1);
+
+    // An L of collinear fixes: Douglas-Peucker keeps its two ends and the corner.
+    let r = get(a, &path("&simplify_m=5"), tok).await;
+    let g = r.json();
+    assert_eq!(g["geometry"]["coordinates"].as_array().unwrap().len(), 3);
+    assert_eq!(g["properties"]["fixes"], A_FIXES);
+    assert_eq!(g["properties"]["times"].as_array().unwrap().len(), 3);
+    let r = get(a, &path("&simplify_m=5&format=gpx"), tok).await;
+    assert_eq!(r.body.matches("<trkpt ").count(), 3);
+
+    // Trips endpoint.
+    let r = get(a, &format!("/api/v1/vehicles/A-1/trips?{rq}"), tok).await;
+    assert_eq!(r.json()["trips"].as_array().unwrap().len(), 1);
+
+    // Caps and bad parameters: clear 400s.
+    for (p, msg) in [
+        (
+            "/api/v1/vehicles/A-1/track?from=2026-01-01T00:00:00Z&to=2026-03-01T00:00:00Z",
+            "range too long",
+        ),
+        ("/api/v1/vehicles/A-1/track?format=kml", "format"),
+        ("/api/v1/vehicles/A-1/track?simplify_m=-1", "simplify_m"),
+        ("/api/v1/vehicles/A-1/track?from=yesterday", "from"),
+    ] {
+        let r = get(a, p, tok).await;
+        assert_eq!(r.status, 400, "{p}: {}", r.body);
+        let err = r.json()["error"].as_str().unwrap().to_string();
+        assert!(err.contains(msg), "{p}: {err}");
+    }
+    e.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_filters_and_ack_write_the_reminder_log() {
+    let e = setup("fw-api-alerts").await;
+    let a = e.addr();
+    let reg = &e.regulator;
+
+    let r = get(a, "/api/v1/alerts", reg).await;
+    // Newest first.
+    assert_eq!(
+        ids(&r.json(), "alerts", "id"),
+        ["a-open", "a-closed", "b-closed", "b-open"]
+    );
+    let r = get(a, "/api/v1/alerts?kind=overspeed", reg).await;
+    assert_eq!(ids(&r.json(), "alerts", "id"), ["a-open", "b-closed"]);
+    let r = get(a, "/api/v1/alerts?kind=overspeed&status=open", reg).await;
+    let v = r.json();
+    assert_eq!(ids(&v, "alerts", "id"), ["a-open"]);
+    assert_eq!(v["alerts"][0]["severity"], 2);
+    assert_eq!(v["alerts"][0]["details"]["counted"], true);
+    let r = get(a, "/api/v1/alerts?level=info", reg).await;
+    assert_eq!(ids(&r.json(), "alerts", "id"), ["a-closed"]);
+    let r = get(a, "/api/v1/alerts?vehicle=b-1&limit=1", reg).await;
+    assert_eq!(ids(&r.json(), "alerts", "id"), ["b-closed"]);
+    let t = (e.base + TimeDelta::seconds(9)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let r = get(a, &format!("/api/v1/alerts?from={t}"), reg).await;
+    assert_eq!(ids(&r.json(), "alerts", "id"), ["a-open", "a-closed"]);
+    let r = get(a, &format!("/api/v1/alerts?to={t}"), reg).await;
+    assert_eq!(ids(&r.json(), "alerts", "id"), ["b-closed", "b-open"]);
+    for bad in [
+        "kind=speeding",
+        "level=high",
+        "limit=0",
+        "status=new",
+        "cooperative=a%20b",
+    ] {
+        let r = get(a, &format!("/api/v1/alerts?{bad}"), reg).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+
+    // Ack by the cooperative: one reminder log entry.
+    let r = http(
+        a,
+        "POST",
+        "/api/v1/alerts/a-open/ack",
+        Some(&e.coop_a),
+        Some(r#"{"by":"Nguyễn Văn A","note":"called the driver"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["alert_id"], "a-open");
+    assert_eq!(v["status"], "acknowledged");
+    let c = fleetwatch::store::connect(&e.db).await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT alert_id, channel, status, actor, note FROM reminder_log",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "a-open");
+    assert_eq!(row.get::<_, String>(1), "api");
+    assert_eq!(row.get::<_, String>(2), "acknowledged");
+    assert_eq!(row.get::<_, String>(3), "Nguyễn Văn A");
+    assert_eq!(row.get::<_, String>(4), "called the driver");
+    // The regulator reads only.
+    let r = http(
+        a,
+        "POST",
+        "/api/v1/alerts/a-open/ack",
+        Some(reg),
+        Some(r#"{"by":"x"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    // Unknown alert, missing `by`, not JSON.
+    let r = http(
+        a,
+        "POST",
+        "/api/v1/alerts/zzz/ack",
+        Some(&e.admin),
+        Some(r#"{"by":"x"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    let r = http(
+        a,
+        "POST",
+        "/api/v1/alerts/a-open/ack",
+        Some(&e.admin),
+        Some(r#"{"note":"x"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.json()["error"].as_str().unwrap().contains("by"));
+    let r = http(
+        a,
+        "POST",
+        "/api/v1/alerts/a-open/ack",
+        Some(&e.admin),
+        Some("{"),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(count(&e.db, "SELECT count(*) FROM reminder_log").await, 1);
+    e.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compliance_report_counts_violations_per_1000_km() {
+    let e = setup("fw-api-report").await;
+    let a = e.addr();
+    let c = fleetwatch::store::connect(&e.db).await.unwrap();
+    for (v, coop) in [("R-1", "HTX-A"), ("R-2", "HTX-A"), ("RB-1", "HTX-B")] {
+        c.execute(
+            "INSERT INTO vehicles (vehicle_id, cooperative_id, plate, class, registered)
+             VALUES ($1, $2, $1, 'bus', true)",
+            &[&v, &coop],
+        )
+        .await
+        .unwrap();
+    }
+    let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+    // October 2026, local time UTC+7: 2026-09-30T17:00Z .. 2026-10-31T17:00Z.
+    for (start, km) in [
+        ("2026-10-02T01:00:00Z", 500.0),
+        ("2026-10-15T01:00:00Z", 300.0),
+    ] {
+        c.execute(
+            "INSERT INTO trips (vehicle_id, start_ts, end_ts, cooperative_id, distance_m, max_speed_kmh)
+             VALUES ('R-1', $1::timestamptz, $1::timestamptz + interval '5 hours', 'HTX-A', $2, 90)",
+            &[&at(start), &(km * 1000.0)],
+        )
+        .await
+        .unwrap();
+    }
+    let os = |counted: bool| serde_json::json!({"max_speed_kmh": 80, "limit_kmh": 70, "duration_s": 40, "counted": counted});
+    let v = ("overspeed", "violation", "closed");
+    // Four counted in October (first and last local hours included), one not counted
+    // (excess of 5 km/h or less), one on 1 November local time (excluded).
+    insert_alert(
+        &c,
+        "o1",
+        "R-1",
+        "HTX-A",
+        v,
+        Some(1),
+        at("2026-09-30T17:30:00Z"),
+        None,
+        os(true),
+    )
+    .await;
+    insert_alert(
+        &c,
+        "o2",
+        "R-1",
+        "HTX-A",
+        v,
+        Some(2),
+        at("2026-10-10T03:00:00Z"),
+        None,
+        os(true),
+    )
+    .await;
+    insert_alert(
+        &c,
+        "o3",
+        "R-1",
+        "HTX-A",
+        v,
+        Some(4),
+        at("2026-10-20T03:00:00Z"),
+        None,
+        os(true),
+    )
+    .await;
+    insert_alert(
+        &c,
+        "o4",
+        "R-1",
+        "HTX-A",
+        v,
+        Some(3),
+        at("2026-10-31T16:00:00Z"),
+        None,
+        os(true),
+    )
+    .await;
+    insert_alert(
+        &c,
+        "o5",
+        "R-1",
+        "HTX-A",
+        v,
+        Some(1),
+        at("2026-10-12T03:00:00Z"),
+        None,
+        os(false),
+    )
+    .await;
+    insert_alert(
+        &c,
+        "o6",
+        "R-1",
+        "HTX-A",
+        v,
+        Some(4),
+        at("2026-10-31T18:00:00Z"),
+        None,
+        os(true),
+    )
+    .await;
+    let drv = Some("079000000001");
+    insert_alert(
+        &c,
+        "d1",
+        "R-1",
+        "HTX-A",
+        ("continuous_driving", "violation", "closed"),
+        None,
+        at("2026-10-05T05:00:00Z"),
+        drv,
+        serde_json::json!({}),
+    )
+    .await;
+    insert_alert(
+        &c,
+        "d2",
+        "R-1",
+        "HTX-A",
+        ("continuous_driving", "warning", "closed"),
+        None,
+        at("2026-10-05T04:55:00Z"),
+        drv,
+        serde_json::json!({}),
+    )
+    .await;
+    insert_alert(
+        &c,
+        "d3",
+        "R-2",
+        "HTX-A",
+        ("daily_driving", "violation", "closed"),
+        None,
+        at("2026-10-06T12:00:00Z"),
+        drv,
+        serde_json::json!({}),
+    )
+    .await;
+    insert_alert(
+        &c,
+        "n1",
+        "R-1",
+        "HTX-A",
+        ("no_signal", "violation", "closed"),
+        None,
+        at("2026-10-07T12:00:00Z"),
+        None,
+        serde_json::json!({}),
+    )
+    .await;
+    insert_alert(
+        &c,
+        "z1",
+        "R-2",
+        "HTX-A",
+        ("restricted_zone", "violation", "closed"),
+        None,
+        at("2026-10-08T12:00:00Z"),
+        None,
+        serde_json::json!({}),
+    )
+    .await;
+    insert_alert(
+        &c,
+        "x1",
+        "RB-1",
+        "HTX-B",
+        v,
+        Some(4),
+        at("2026-10-10T03:00:00Z"),
+        None,
+        os(true),
+    )
+    .await;
+    for (start, secs) in [("2026-10-03T00:00:00Z", 60), ("2026-10-04T00:00:00Z", 120)] {
+        c.execute(
+            "INSERT INTO data_gaps (vehicle_id, start_ts, end_ts, cooperative_id, details)
+             VALUES ('R-1', $1::timestamptz, $1::timestamptz + make_interval(secs => $2), 'HTX-A', '{}')",
+            &[&at(start), &f64::from(secs)],
+        )
+        .await
+        .unwrap();
+    }
+
+    let r = get(a, "/api/v1/reports/compliance?month=2026-10", &e.coop_a).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rep = r.json();
+    assert_eq!(rep["from"], "2026-09-30T17:00:00Z");
+    assert_eq!(rep["to"], "2026-10-31T17:00:00Z");
+    assert_eq!(rep["cooperative"], "HTX-A");
+    assert_eq!(ids(&rep, "vehicles", "vehicle_id"), ["A-1", "R-1", "R-2"]);
+    let r1 = &rep["vehicles"][1];
+    assert_eq!(r1["distance_km"], 800.0);
+    assert_eq!(r1["trips"], 2);
+    assert_eq!(r1["overspeed_counted"], 4);
+    assert_eq!(
+        r1["overspeed_by_band"],
+        serde_json::json!({"1": 1, "2": 1, "3": 1, "4": 1})
+    );
+    assert_eq!(r1["overspeed_not_counted"], 1);
+    assert_eq!(r1["overspeed_per_1000km"], 5.0);
+    assert_eq!(r1["at_or_over_threshold"], true);
+    assert_eq!(r1["near_threshold"], false);
+    assert_eq!(r1["continuous_driving_violations"], 1);
+    assert_eq!(r1["no_signal"], 1);
+    assert_eq!(r1["data_gaps"], 2);
+    assert_eq!(r1["data_gap_s"], 180.0);
+    let r2 = &rep["vehicles"][2];
+    assert_eq!(r2["daily_driving_violations"], 1);
+    assert_eq!(r2["restricted_zone_violations"], 1);
+    assert_eq!(r2["overspeed_per_1000km"], Value::Null);
+    assert_eq!(
+        rep["drivers"],
+        serde_json::json!([{"driver_id": "079000000001", "continuous_driving_violations": 1,
+                            "daily_driving_violations": 1, "weekly_driving_violations": 0}])
+    );
+    let t = &rep["totals"];
+    assert_eq!(t["vehicles"], 3);
+    assert_eq!(t["vehicles_at_or_over_threshold"], 1);
+    assert_eq!(t["counts"]["overspeed_counted"], 4);
+    assert_eq!(t["counts"]["distance_km"], 800.0);
+    assert!(!r.body.contains("RB-1"), "{}", r.body);
+
+    // The threshold is a parameter: at 6 per 1,000 km, 5.0 is "near".
+    let r = get(
+        a,
+        "/api/v1/reports/compliance?month=2026-10&threshold_per_1000km=6",
+        &e.coop_a,
+    )
+    .await;
+    let r1 = &r.json()["vehicles"][1];
+    assert_eq!(
+        (
+            r1["at_or_over_threshold"].clone(),
+            r1["near_threshold"].clone()
+        ),
+        (Value::Bool(false), Value::Bool(true))
+    );
+
+    // CSV: header, one row per vehicle, the total.
+    let r = get(
+        a,
+        "/api/v1/reports/compliance?month=2026-10&format=csv",
+        &e.coop_a,
+    )
+    .await;
+    let lines: Vec<&str> = r.body.lines().collect();
+    assert_eq!(lines.len(), 5, "{}", r.body);
+    assert!(lines[0].starts_with("vehicle_id,cooperative_id,plate,distance_km"));
+    assert!(
+        lines[2].starts_with("R-1,HTX-A,R-1,800.000,2,4,1,1,1,1,1,5.000,true,false,"),
+        "{}",
+        lines[2]
+    );
+    assert!(lines[4].starts_with("TOTAL,"));
+
+    // The regulator: one cooperative or all.
+    let r = get(
+        a,
+        "/api/v1/reports/compliance?month=2026-10&cooperative=HTX-B",
+        &e.regulator,
+    )
+    .await;
+    let rep = r.json();
+    assert_eq!(ids(&rep, "vehicles", "vehicle_id"), ["B-1", "RB-1"]);
+    assert_eq!(rep["vehicles"][1]["overspeed_counted"], 1);
+    for bad in [
+        "month=2026-13",
+        "month=2026-10&from=2026-10-01T00:00:00Z",
+        "",
+        "from=2024-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "month=2026-10&near_per_1000km=9",
+    ] {
+        let r = get(
+            a,
+            &format!("/api/v1/reports/compliance?{bad}"),
+            &e.regulator,
+        )
+        .await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+    e.stop().await;
+}
