@@ -319,10 +319,27 @@ async fn main() {
     let stats = fleetwatch::telemetry::stats();
     let stored0 = stats.stored.load(Ordering::Relaxed);
     let started = Instant::now();
+    let h = app.health.clone();
+    let progress = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            eprintln!(
+                "  progress: received {} processed {} stored {}",
+                h.messages.load(Ordering::Relaxed),
+                stats.messages.load(Ordering::Relaxed),
+                stats.stored.load(Ordering::Relaxed)
+            );
+        }
+    });
     publish_parallel(&url, &msgs, a.publishers).await;
+    eprintln!(
+        "  published all after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     while stats.stored.load(Ordering::Relaxed) - stored0 < a.fixes as u64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    progress.abort();
     let e2e = a.fixes as f64 / started.elapsed().as_secs_f64();
     let slower = broker_rate.min(copy_rate);
     println!("pipeline end to end, rules {} (acks after commit): {e2e:>10.0} fixes/s = {:.0} % of the slower raw limit ({slower:.0}/s)",

@@ -107,6 +107,9 @@ impl App {
             .clone()
             .or_else(|| (n_conn > 1).then(|| "fleetwatch".to_string()));
         let subs = vec![subscription(&pattern.filter(), group.as_deref())];
+        const ITEM_QUEUE: usize = 1024;
+        let ack_room =
+            settings.mqtt.channel_capacity + ITEM_QUEUE + 2 * settings.batch.max_records + 1024;
         let mut clients = Vec::with_capacity(n_conn);
         let mut eventloops = Vec::with_capacity(n_conn);
         for k in 0..n_conn {
@@ -114,13 +117,13 @@ impl App {
             if k > 0 {
                 cfg.client_id = format!("{}-{k}", cfg.client_id);
             }
-            let (c, e) = mqtt::client(&cfg, &mqtt_url)?;
+            let (c, e) = mqtt::client(&cfg, &mqtt_url, ack_room)?;
             clients.push(c);
             eventloops.push(e);
         }
         let mqtt_client = clients[0].clone();
         let (dtx, drx) = mpsc::channel::<Delivery>(settings.mqtt.channel_capacity.max(1));
-        let (itx, irx) = mpsc::channel::<Item<(usize, Publish)>>(1024);
+        let (itx, irx) = mpsc::channel::<Item<(usize, Publish)>>(ITEM_QUEUE);
         let disconnect = CancellationToken::new();
         let alerts_ready = Arc::new(tokio::sync::Notify::new());
 

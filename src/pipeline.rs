@@ -202,7 +202,7 @@ pub async fn run(
                 let Some(d) = d else { break };
                 telemetry::message_received();
                 let (records, derived) = stage.message(d.topic(), d.payload(), d.received_at);
-                Item { records, derived, ack: Some((d.conn, d.publish)), received_at: d.received_at }
+                Item { records, derived, ack: Some((d.conn, crate::ingest::mqtt::ack_token(&d.publish))), received_at: d.received_at }
             }
             _ = tick.tick() => {
                 let mut derived = stage.tick(Utc::now());

@@ -158,24 +158,47 @@ pub struct MqttAcker(pub Vec<AsyncClient>);
 
 impl Acker for MqttAcker {
     type Token = (usize, Publish);
-    async fn ack_all(&self, tokens: Vec<(usize, Publish)>) {
-        for (conn, p) in tokens {
-            let Some(client) = self.0.get(conn) else {
-                continue;
-            };
+
+    fn try_ack(&self, (conn, p): (usize, Publish)) -> Result<(), (usize, Publish)> {
+        let Some(client) = self.0.get(conn) else {
+            return Ok(());
+        };
+        // No room (or the event loop is gone, which the error does not tell apart):
+        // keep it for later. Unsent acks only mean redelivery, which storage dedups.
+        client.try_ack(&p).map_err(|_| (conn, p))
+    }
+
+    async fn ack(&self, (conn, p): (usize, Publish)) {
+        if let Some(client) = self.0.get(conn) {
             if let Err(e) = client.ack(&p).await {
-                // Only when the event loop is gone; the broker redelivers, storage dedups.
                 tracing::warn!(error = %e, "ack not sent");
             }
         }
     }
 }
 
+/// The part of a publish an ack needs (packet id, QoS): the writer keeps these, not
+/// the payloads, while acks wait for room.
+pub fn ack_token(p: &Publish) -> Publish {
+    let mut t = Publish::new("", p.qos, Vec::new());
+    t.pkid = p.pkid;
+    t
+}
+
 /// Starts the client; returns it (for acks and publishing) and the event loop to
 /// hand to [`run_event_loop`].
-pub fn client(cfg: &MqttConfig, url: &str) -> Result<(AsyncClient, EventLoop), MqttError> {
+///
+/// `requests` must exceed the number of messages that can be inside fleetwatch at
+/// once (pipeline channel + writer queue + a batch): acks then never wait for room,
+/// so the writer never waits on the event loop while the event loop waits on the
+/// pipeline — whatever in-flight window the broker really applies.
+pub fn client(
+    cfg: &MqttConfig,
+    url: &str,
+    requests: usize,
+) -> Result<(AsyncClient, EventLoop), MqttError> {
     let o = options(cfg, url)?;
-    Ok(AsyncClient::new(o, 10_000))
+    Ok(AsyncClient::new(o, requests))
 }
 
 /// How the event loop is stopped and observed.

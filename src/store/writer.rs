@@ -2,7 +2,7 @@
 //! conflict-ignoring insert (idempotent on redelivery); dead letters and the vehicle
 //! list in the same transaction. Acks go out only after the commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,11 +77,17 @@ impl Derived {
 }
 
 /// Sends acknowledgements after a commit.
+///
+/// The writer never waits for room to ack while it has work: the MQTT event loop may
+/// itself be waiting for the pipeline, which waits for the writer. So acks are tried
+/// without waiting, and those that find no room are kept and retried.
 pub trait Acker: Send + Sync {
     /// The token type carried by [`Item`].
     type Token: Send;
-    /// Acknowledges every token, in order.
-    fn ack_all(&self, tokens: Vec<Self::Token>) -> impl std::future::Future<Output = ()> + Send;
+    /// Queues one ack without waiting; gives the token back when there is no room.
+    fn try_ack(&self, token: Self::Token) -> Result<(), Self::Token>;
+    /// Queues one ack, waiting for room (shutdown: the event loop is still running).
+    fn ack(&self, token: Self::Token) -> impl std::future::Future<Output = ()> + Send;
 }
 
 /// What one committed batch did.
@@ -392,12 +398,24 @@ pub async fn run<K: Acker>(
     let mut backoff = Duration::from_millis(100);
     let max_wait = Duration::from_millis(cfg.max_wait_ms);
     let mut pending: Vec<Item<K::Token>> = Vec::new();
+    let mut unacked: VecDeque<K::Token> = VecDeque::new();
     loop {
-        // Gather a batch: block for the first item, then take more until full or late.
-        if pending.is_empty() {
-            match rx.recv().await {
-                Some(item) => pending.push(item),
-                None => return,
+        // Gather a batch: wait for the first item (retrying leftover acks meanwhile),
+        // then take more until full or late.
+        while pending.is_empty() {
+            flush_acks(&acker, &mut unacked);
+            let retry = tokio::time::sleep(Duration::from_millis(2));
+            tokio::select! {
+                item = rx.recv() => match item {
+                    Some(item) => pending.push(item),
+                    None => {
+                        for t in unacked.drain(..) {
+                            acker.ack(t).await;
+                        }
+                        return;
+                    }
+                },
+                _ = retry, if !unacked.is_empty() => {}
             }
         }
         let deadline = tokio::time::Instant::now() + max_wait;
@@ -472,14 +490,25 @@ pub async fn run<K: Acker>(
             alerts_ready.notify_one();
         }
         let lag = metrics::histogram!("fleetwatch_ingest_lag_seconds");
-        let mut tokens = Vec::with_capacity(pending.len());
         for item in pending.drain(..) {
             lag.record((now - item.received_at).num_microseconds().unwrap_or(0) as f64 / 1e6);
-            tokens.extend(item.ack);
+            unacked.extend(item.ack);
         }
         fault::after_commit();
-        acker.ack_all(tokens).await;
+        flush_acks(&acker, &mut unacked);
     }
+}
+
+/// Queues as many kept acks as there is room for, in order.
+fn flush_acks<K: Acker>(acker: &K, unacked: &mut VecDeque<K::Token>) {
+    while let Some(t) = unacked.pop_front() {
+        if let Err(t) = acker.try_ack(t) {
+            unacked.push_front(t);
+            metrics::gauge!("fleetwatch_acks_waiting").set(unacked.len() as f64);
+            return;
+        }
+    }
+    metrics::gauge!("fleetwatch_acks_waiting").set(0.0);
 }
 
 /// Fault injection for the no-loss tests: `FLEETWATCH_FAULT_ABORT_AFTER_COMMITS=N`
