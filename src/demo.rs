@@ -20,30 +20,40 @@ use crate::sim::{SimFix, Simulator};
 use crate::telemetry;
 
 /// Options of `fleetwatch demo`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct DemoOptions {
-    /// Simulated time per real time while catching up with the clock.
+    /// Simulated minutes per real minute until the fleet catches up with the clock.
+    #[arg(long, default_value_t = 60.0)]
     pub speed: f64,
-    /// Hours of history the simulation starts with.
+    /// How many hours of history the simulation starts with (replayed at --speed),
+    /// long enough for the scripted 4-hour drive without a break.
+    #[arg(long, default_value_t = 6.0)]
     pub history_h: f64,
-    /// Stop after this many seconds.
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
     pub duration_s: Option<u64>,
 }
 
 /// Options of `fleetwatch simulate`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct SimulateOptions {
     /// Broker URL.
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
     pub broker: String,
-    /// Vehicles.
+    /// Number of vehicles.
+    #[arg(long, default_value_t = 1000)]
     pub vehicles: usize,
     /// Total fixes per second.
+    #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
-    /// Stop after this many fixes.
+    /// Stop after this many fixes (default: until Ctrl-C or --duration-s).
+    #[arg(long)]
     pub count: Option<u64>,
     /// Stop after this many seconds.
+    #[arg(long)]
     pub duration_s: Option<u64>,
     /// Topic pattern.
+    #[arg(long, default_value = "fleet/{cooperative}/{vehicle}/fix")]
     pub topic: String,
 }
 

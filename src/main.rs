@@ -32,38 +32,11 @@ enum Command {
         /// TOML configuration file (optional; the demo fleet is added to its registry).
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Simulated minutes per real minute until the fleet catches up with the clock.
-        #[arg(long, default_value_t = 60.0)]
-        speed: f64,
-        /// How many hours of history the simulation starts with (replayed at --speed),
-        /// long enough for the scripted 4-hour drive without a break.
-        #[arg(long, default_value_t = 6.0)]
-        history_h: f64,
-        /// Stop after this many seconds (default: until Ctrl-C).
-        #[arg(long)]
-        duration_s: Option<u64>,
+        #[command(flatten)]
+        opts: demo::DemoOptions,
     },
     /// Publish a simulated load to any broker (for demos and benchmarks).
-    Simulate {
-        /// Broker URL.
-        #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
-        broker: String,
-        /// Number of vehicles.
-        #[arg(long, default_value_t = 1000)]
-        vehicles: usize,
-        /// Total fixes per second.
-        #[arg(long, default_value_t = 1000.0)]
-        rate: f64,
-        /// Stop after this many fixes (default: until Ctrl-C or --duration-s).
-        #[arg(long)]
-        count: Option<u64>,
-        /// Stop after this many seconds.
-        #[arg(long)]
-        duration_s: Option<u64>,
-        /// Topic pattern.
-        #[arg(long, default_value = "fleet/{cooperative}/{vehicle}/fix")]
-        topic: String,
-    },
+    Simulate(demo::SimulateOptions),
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -109,38 +82,11 @@ async fn main() -> anyhow::Result<()> {
             app.shutdown();
             app.wait().await;
         }
-        Command::Demo {
-            config,
-            speed,
-            history_h,
-            duration_s,
-        } => {
+        Command::Demo { config, opts } => {
             let settings = Settings::load(config.as_deref())?;
-            let opts = demo::DemoOptions {
-                speed,
-                history_h,
-                duration_s,
-            };
             demo::run_demo(settings, opts, shutdown_signal()).await?;
         }
-        Command::Simulate {
-            broker,
-            vehicles,
-            rate,
-            count,
-            duration_s,
-            topic,
-        } => {
-            let opts = demo::SimulateOptions {
-                broker,
-                vehicles,
-                rate,
-                count,
-                duration_s,
-                topic,
-            };
-            demo::run_simulate(opts, shutdown_signal()).await?;
-        }
+        Command::Simulate(opts) => demo::run_simulate(opts, shutdown_signal()).await?,
         Command::Token {
             command:
                 TokenCommand::Create {
