@@ -176,16 +176,16 @@ impl Validator {
         };
         let mut out = Vec::with_capacity(elements.len());
         for el in elements {
-            let candidate = match el {
+            // A dead letter keeps the element's own bytes: two bad elements of one
+            // batch are two dead letters, not one batch payload stored once.
+            let element_bytes = || payload.slice_ref(el.bytes);
+            let candidate = match el.result {
                 Ok(c) => c,
-                Err((bytes, e)) => {
-                    out.push(reject(payload.slice_ref(bytes), e.label(), e.to_string()));
+                Err(e) => {
+                    out.push(reject(element_bytes(), e.label(), e.to_string()));
                     continue;
                 }
             };
-            // Keep the element's own bytes for the dead letter: for a single object
-            // that is the whole payload.
-            let element_bytes = || payload.clone();
             if let Some(v) = candidate.vehicle.as_deref() {
                 match VehicleId::parse(v) {
                     Ok(id) if id == vehicle => {}
@@ -367,6 +367,28 @@ mod tests {
             unreachable!()
         };
         assert_eq!(&r.payload[..], br#"{"lat":1}"#);
+    }
+
+    #[test]
+    fn each_invalid_batch_element_keeps_its_own_bytes() {
+        let mut v = validator();
+        let a = fix_json("61B-024.17", -5, 0.0, 0.0);
+        let b = fix_json("61B-024.17", -4, 0.0, 0.0);
+        let payload = Bytes::from(format!(
+            "[{},{}]",
+            std::str::from_utf8(&a).unwrap(),
+            std::str::from_utf8(&b).unwrap()
+        ));
+        let out = v.process(T, &payload, now());
+        assert_eq!(reasons(&out), ["null_island", "null_island"]);
+        let bytes: Vec<&[u8]> = out
+            .iter()
+            .map(|r| match r {
+                Record::Rejected(r) => &r.payload[..],
+                Record::Accepted(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(bytes, [&a[..], &b[..]]);
     }
 
     #[test]

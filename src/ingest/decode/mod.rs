@@ -53,8 +53,15 @@ pub trait Format: Send + Sync {
     fn decode_object(&self, object: &[u8]) -> Result<FixCandidate, DecodeError>;
 }
 
-/// One element of a decoded message: the candidate, or the element's bytes and error.
-pub type Element<'a> = Result<FixCandidate, (&'a [u8], DecodeError)>;
+/// One element of a decoded message: its own bytes (kept for a dead letter, whatever
+/// later stage rejects it) and the candidate or the error.
+#[derive(Debug)]
+pub struct Element<'a> {
+    /// The element's bytes: the whole payload for a single object.
+    pub bytes: &'a [u8],
+    /// The decoded candidate, or why it could not be decoded.
+    pub result: Result<FixCandidate, DecodeError>,
+}
 
 /// Decodes payloads of any registered format; a payload is one object or an array of them.
 pub struct Decoder {
@@ -102,11 +109,17 @@ impl Decoder {
                         let bytes = raw.get().as_bytes();
                         // RawValue borrows from `payload`, so the slice lives as long.
                         let bytes: &'a [u8] = subslice(payload, bytes);
-                        self.decode_object(bytes).map_err(|e| (bytes, e))
+                        Element {
+                            bytes,
+                            result: self.decode_object(bytes),
+                        }
                     })
                     .collect())
             }
-            Some(b'{') => Ok(vec![self.decode_object(payload).map_err(|e| (payload, e))]),
+            Some(b'{') => Ok(vec![Element {
+                bytes: payload,
+                result: self.decode_object(payload),
+            }]),
             _ => Err(DecodeError::Malformed(
                 "expected a JSON object or array".into(),
             )),
@@ -146,10 +159,9 @@ mod tests {
                            {"vehicle":"A1","ts":1795914000000,"lat":10.9,"lon":106.7,"speed_kmh":11}]"#;
         let out = d.decode(payload).unwrap();
         assert_eq!(out.len(), 3);
-        assert!(out[0].is_ok() && out[2].is_ok());
-        let (bytes, err) = out[1].as_ref().unwrap_err();
-        assert_eq!(*bytes, br#"{"vehicle":"A1","lat":"x"}"#);
-        assert_eq!(err.label(), "malformed");
+        assert!(out[0].result.is_ok() && out[2].result.is_ok());
+        assert_eq!(out[1].bytes, br#"{"vehicle":"A1","lat":"x"}"#);
+        assert_eq!(out[1].result.as_ref().unwrap_err().label(), "malformed");
     }
 
     #[test]
@@ -172,7 +184,7 @@ mod tests {
         let out = d
             .decode(br#"{"_type":"location","tst":1795914000,"lat":10.9,"lon":106.7,"vel":30}"#)
             .unwrap();
-        let c = out[0].as_ref().unwrap();
+        let c = out[0].result.as_ref().unwrap();
         assert_eq!(c.speed_kmh, 30.0);
         assert_eq!(c.vehicle, None);
     }
