@@ -126,6 +126,16 @@ pub enum AlertStatus {
     Closed,
 }
 
+impl AlertStatus {
+    /// Stable snake_case name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Closed => "closed",
+        }
+    }
+}
+
 /// One alert. An episode is emitted as `Open` when it qualifies, then again with the
 /// same `id` as `Closed`; one-off events (geofence, data gap) come `Closed` at once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

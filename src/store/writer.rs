@@ -20,7 +20,7 @@ use super::{connect, fnv1a64, pg_text, StoreError};
 use crate::api::Health;
 use crate::domain::VehicleId;
 use crate::ingest::validate::{Record, Rejected};
-use crate::rules::{Alert, AlertKind, AlertStatus, Trip, VehicleState};
+use crate::rules::{Alert, AlertKind, Trip, VehicleState};
 
 /// Batching settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -280,7 +280,7 @@ async fn write_derived<A>(tx: &Transaction<'_>, items: &[Item<A>]) -> Result<u64
         let drivers = col(&|a| a.driver.as_ref().map(|d| d.to_string()));
         let kinds = col(&|a| Some(a.kind.as_str().to_string()));
         let levels = col(&|a| Some(a.level.as_str().to_string()));
-        let statuses = col(&|a| Some(status_str(a.status).to_string()));
+        let statuses = col(&|a| Some(a.status.as_str().to_string()));
         let severity: Vec<Option<i16>> = alerts.iter().map(|a| a.severity.map(i16::from)).collect();
         let starts: Vec<DateTime<Utc>> = alerts.iter().map(|a| a.start).collect();
         let ends: Vec<Option<DateTime<Utc>>> = alerts.iter().map(|a| a.end).collect();
@@ -372,14 +372,6 @@ async fn write_derived<A>(tx: &Transaction<'_>, items: &[Item<A>]) -> Result<u64
         .await?;
     }
     Ok(changed)
-}
-
-/// Stored name of an alert status.
-pub fn status_str(s: AlertStatus) -> &'static str {
-    match s {
-        AlertStatus::Open => "open",
-        AlertStatus::Closed => "closed",
-    }
 }
 
 /// Runs the writer until `rx` closes (the consumer stopped) and every item in it is
