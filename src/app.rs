@@ -139,6 +139,7 @@ impl App {
         ));
         let geo_index = Arc::new(settings.geo.load().context("loading routes and zones")?);
         let (geo_tx, geo_rx) = watch::channel(geo_index.clone());
+        let geo_view = geo_rx.clone();
         let reloader = Arc::new(GeoReloader {
             cfg: settings.geo.clone(),
             tx: geo_tx,
@@ -199,6 +200,8 @@ impl App {
             metrics,
             reload_geo: Some(reloader),
             db: api::pool(&db_url)?,
+            settings: Arc::new(settings.clone()),
+            geo: geo_view,
         };
         let http_stop = shutdown.clone();
         let srv = tokio::spawn(async move {

@@ -60,12 +60,15 @@ impl Default for EmbeddedBrokerConfig {
 pub struct HttpConfig {
     /// Listen address; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Longest time range of one track or trips request, days.
+    pub max_track_days: u32,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_track_days: 31,
         }
     }
 }

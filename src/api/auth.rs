@@ -70,6 +70,14 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Refuses (403) anyone but an admin.
+    pub fn require_admin(&self) -> ApiResult<()> {
+        match self.role {
+            Role::Admin => Ok(()),
+            _ => Err(ApiError::Forbidden("this needs an admin token".into())),
+        }
+    }
+
     /// The cooperative this caller is restricted to; `None` = every cooperative.
     pub fn scope(&self) -> Option<&str> {
         match self.role {

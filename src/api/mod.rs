@@ -42,6 +42,10 @@ pub struct AppState {
     pub reload_geo: Option<Arc<crate::app::GeoReloader>>,
     /// Connections for queries.
     pub db: deadpool_postgres::Pool,
+    /// The settings the service runs with (local time offset, limits of the API).
+    pub settings: Arc<crate::config::Settings>,
+    /// The routes and zones in use (replaced on reload).
+    pub geo: tokio::sync::watch::Receiver<Arc<crate::geo::GeoIndex>>,
 }
 
 /// A small pool of connections for the HTTP handlers.
@@ -101,8 +105,17 @@ async fn metrics(State(s): State<AppState>) -> String {
     s.metrics.render()
 }
 
-async fn reload_geo(State(s): State<AppState>) -> (StatusCode, String) {
-    let Some(r) = s.reload_geo else {
+/// `POST /admin/reload-geo` (admin token).
+async fn reload_geo(
+    State(s): State<AppState>,
+    caller: auth::Caller,
+) -> Result<(StatusCode, String), error::ApiError> {
+    caller.require_admin()?;
+    Ok(reload_geo_now(&s))
+}
+
+fn reload_geo_now(s: &AppState) -> (StatusCode, String) {
+    let Some(r) = &s.reload_geo else {
         return (StatusCode::NOT_FOUND, "no reloadable geography\n".into());
     };
     match r.reload() {

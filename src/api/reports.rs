@@ -17,7 +17,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::vehicles::rfc3339;
 use super::AppState;
-use crate::rules::{RulesConfig, UtcOffset};
+use crate::rules::UtcOffset;
 
 /// Longest report range.
 pub const MAX_REPORT_RANGE: TimeDelta = TimeDelta::days(366);
@@ -203,7 +203,7 @@ pub async fn compliance(
     }
     let offset = match &q.utc_offset {
         Some(o) => UtcOffset::try_from(o.clone()).map_err(|e| ApiError::bad(e.to_string()))?,
-        None => RulesConfig::default().utc_offset,
+        None => s.settings.rules.utc_offset,
     };
     let (from, to) = match (&q.month, q.from, q.to) {
         (Some(m), None, None) => month_range(m, offset.seconds())?,

@@ -15,8 +15,6 @@ use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::geo::LocalFrame;
 
-/// Longest track range one request may ask for.
-pub const MAX_TRACK_RANGE: TimeDelta = TimeDelta::days(31);
 /// Most fixes one track request may return (before simplification).
 pub const MAX_TRACK_FIXES: i64 = 500_000;
 /// Above this speed a vehicle is `moving`, km/h (GPS noise keeps parked ones above 0).
@@ -123,6 +121,11 @@ pub struct TrackQuery {
     pub simplify_m: Option<f64>,
 }
 
+/// Longest track range one request may ask for (`http.max_track_days`).
+fn max_track_range(s: &AppState) -> TimeDelta {
+    TimeDelta::days(i64::from(s.settings.http.max_track_days.max(1)))
+}
+
 /// A range checked against the cap.
 fn range(
     from: Option<DateTime<Utc>>,
@@ -208,7 +211,7 @@ pub async fn track(
             "simplify_m must be a distance in metres >= 0",
         ));
     }
-    let (from, to) = range(q.from, q.to, MAX_TRACK_RANGE)?;
+    let (from, to) = range(q.from, q.to, max_track_range(&s))?;
     let db = s.db.get().await?;
     let id = visible_vehicle(&db, &caller, &raw).await?;
     // A cooperative sees only the fixes it sent (a vehicle may have changed hands).
@@ -425,7 +428,7 @@ pub async fn trips(
     q: Result<Query<RangeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let Query(q) = q?;
-    let (from, to) = range(q.from, q.to, MAX_TRACK_RANGE)?;
+    let (from, to) = range(q.from, q.to, max_track_range(&s))?;
     let db = s.db.get().await?;
     let id = visible_vehicle(&db, &caller, &raw).await?;
     let trips = trips_json(&db, &id, from, to, caller.scope()).await?;
