@@ -319,6 +319,15 @@ async fn api_requires_a_valid_token() {
     assert!(doc["paths"]["/api/v1/reports/compliance"].is_object());
     let r = get(a, "/api/v1/nothing", &e.admin).await;
     assert_eq!((r.status, r.json()["error"].is_string()), (404, true));
+    // Reloading the geography is an admin's act.
+    let reload = "/admin/reload-geo";
+    assert_eq!(http(a, "POST", reload, None, None).await.status, 401);
+    for t in [&e.regulator, &e.coop_a] {
+        assert_eq!(http(a, "POST", reload, Some(t), None).await.status, 403);
+    }
+    let r = http(a, "POST", reload, Some(&e.admin), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.starts_with("reloaded:"), "{}", r.body);
     e.stop().await;
 }
 
