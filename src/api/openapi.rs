@@ -65,7 +65,8 @@ pub fn document() -> Value {
                     "schema": { "$ref": "#/components/schemas/VehicleList" } } } }), &["401"])
             }},
             "/api/v1/vehicles/{id}/track": { "get": {
-                "summary": "Fixes of a vehicle in a range (at most 31 days and 500,000 fixes)",
+                "summary": "Fixes of a vehicle in a range (at most http.max_track_days, default 31), in pages of at most 500,000 fixes",
+                "description": "When the range holds more fixes than `limit`, the answer is the first page: the `X-Next-From` header (and `next_from` in GeoJSON properties) gives the `from` of the next page.",
                 "parameters": [
                     vehicle_path,
                     time("from", "Start, inclusive (default: 24 h before `to`)"),
@@ -73,6 +74,7 @@ pub fn document() -> Value {
                     q("format", "geojson: one Feature (LineString) with times, speeds and trips in properties; geojson_points: a FeatureCollection of points; gpx: GPX 1.1 trk; csv: a header and one row per fix",
                       json!({ "type": "string", "enum": ["geojson", "geojson_points", "gpx", "csv"], "default": "geojson" })),
                     q("simplify_m", "Douglas-Peucker tolerance in metres (0: every fix)", json!({ "type": "number", "minimum": 0 })),
+                    q("limit", "Most fixes in this page", json!({ "type": "integer", "minimum": 1, "maximum": 500000, "default": 500000 })),
                 ],
                 "responses": with(json!({ "description": "The track", "content": {
                     "application/geo+json": { "schema": { "type": "object" } },

@@ -1,13 +1,14 @@
 //! Live positions, tracks (GeoJSON, GPX, CSV; optionally simplified) and trips.
 
-use std::fmt::Write;
+use std::collections::HashMap;
+use std::io::Write;
 
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::auth::{vehicle_param, Caller};
@@ -15,7 +16,7 @@ use super::error::{ApiError, ApiResult};
 use super::AppState;
 use crate::geo::LocalFrame;
 
-/// Most fixes one track request may return (before simplification).
+/// Most fixes one track page may hold (before simplification).
 pub const MAX_TRACK_FIXES: i64 = 500_000;
 /// Above this speed a vehicle is `moving`, km/h (GPS noise keeps parked ones above 0).
 pub const MOVING_KMH: f32 = 3.0;
@@ -27,18 +28,19 @@ pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// `GET /api/v1/vehicles`: every visible vehicle, its latest position, status and
 /// open alerts.
-pub async fn list(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+pub async fn list(State(s): State<AppState>, caller: Caller) -> ApiResult<Response> {
     let db = s.db.get().await?;
     let scope = caller.scope();
-    // The latest fix is found through the primary key (vehicle_id, last_fix_ts).
+    // One row per vehicle: the writer keeps the latest position in `vehicles`. Byte
+    // order (COLLATE "C") sorts ids without the cost of a linguistic collation.
     let rows = db
         .query(
-            "SELECT v.vehicle_id, v.cooperative_id, v.plate, v.class, v.route_id, v.registered,
-                    v.last_seen, f.ts, f.lat, f.lon, f.speed_kmh, f.heading_deg, f.driver_id
-             FROM vehicles v
-             LEFT JOIN fixes f ON f.vehicle_id = v.vehicle_id AND f.ts = v.last_fix_ts
-             WHERE ($1::text IS NULL OR v.cooperative_id = $1)
-             ORDER BY v.vehicle_id",
+            "SELECT vehicle_id, cooperative_id, plate, class, route_id, registered, last_seen,
+                    last_fix_ts, last_lat, last_lon, last_speed_kmh, last_heading_deg,
+                    last_driver_id
+             FROM vehicles
+             WHERE ($1::text IS NULL OR cooperative_id = $1)
+             ORDER BY vehicle_id COLLATE \"C\"",
             &[&scope],
         )
         .await?;
@@ -47,64 +49,117 @@ pub async fn list(State(s): State<AppState>, caller: Caller) -> ApiResult<Json<V
             "SELECT a.vehicle_id, a.alert_id, a.kind, a.level, a.start_ts
              FROM alerts a JOIN vehicles v ON v.vehicle_id = a.vehicle_id
              WHERE a.status = 'open' AND ($1::text IS NULL OR v.cooperative_id = $1)
-             ORDER BY a.vehicle_id, a.start_ts",
+             ORDER BY a.start_ts",
             &[&scope],
         )
         .await?;
-    let mut by_vehicle: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    let mut by_vehicle: HashMap<String, Vec<OpenAlert>> = HashMap::new();
     for r in &open {
-        let start: DateTime<Utc> = r.get(4);
-        by_vehicle.entry(r.get(0)).or_default().push(json!({
-            "id": r.get::<_, String>(1),
-            "kind": r.get::<_, String>(2),
-            "level": r.get::<_, String>(3),
-            "start": rfc3339(start),
-        }));
+        by_vehicle.entry(r.get(0)).or_default().push(OpenAlert {
+            id: r.get(1),
+            kind: r.get(2),
+            level: r.get(3),
+            start: Rfc3339(r.get(4)),
+        });
     }
-    let vehicles: Vec<Value> = rows
+    let vehicles: Vec<LiveVehicle> = rows
         .iter()
         .map(|r| {
             let id: String = r.get(0);
-            let alerts = by_vehicle.remove(&id).unwrap_or_default();
+            let open_alerts = by_vehicle.remove(&id).unwrap_or_default();
             let ts: Option<DateTime<Utc>> = r.get(7);
-            let speed: Option<f32> = r.get(10);
-            let has = |k: &str| alerts.iter().any(|a| a["kind"] == k);
+            let speed_kmh: Option<f32> = r.get(10);
+            let has = |k: &str| open_alerts.iter().any(|a| a.kind == k);
             let status = if has("no_signal") {
                 "no_signal"
             } else if has("off_route") {
                 "off_route"
             } else {
-                match speed {
+                match speed_kmh {
                     Some(v) if v > MOVING_KMH => "moving",
                     Some(_) => "stopped",
                     None => "unknown",
                 }
             };
-            let position = ts.map(|ts| {
-                json!({
-                    "ts": rfc3339(ts),
-                    "lat": r.get::<_, f64>(8),
-                    "lon": r.get::<_, f64>(9),
-                    "speed_kmh": speed,
-                    "heading_deg": r.get::<_, Option<f32>>(11),
-                    "driver_id": r.get::<_, Option<String>>(12),
-                })
-            });
-            json!({
-                "vehicle_id": id,
-                "cooperative_id": r.get::<_, String>(1),
-                "plate": r.get::<_, Option<String>>(2),
-                "class": r.get::<_, Option<String>>(3),
-                "route_id": r.get::<_, Option<String>>(4),
-                "registered": r.get::<_, bool>(5),
-                "last_seen": r.get::<_, Option<DateTime<Utc>>>(6).map(rfc3339),
-                "position": position,
-                "status": status,
-                "open_alerts": alerts,
-            })
+            let position = match (ts, r.get::<_, Option<f64>>(8), r.get::<_, Option<f64>>(9)) {
+                (Some(ts), Some(lat), Some(lon)) => Some(Position {
+                    ts: Rfc3339(ts),
+                    lat,
+                    lon,
+                    speed_kmh,
+                    heading_deg: r.get(11),
+                    driver_id: r.get(12),
+                }),
+                _ => None,
+            };
+            LiveVehicle {
+                vehicle_id: id,
+                cooperative_id: r.get(1),
+                plate: r.get(2),
+                class: r.get(3),
+                route_id: r.get(4),
+                registered: r.get(5),
+                last_seen: r.get::<_, Option<DateTime<Utc>>>(6).map(Rfc3339),
+                position,
+                status,
+                open_alerts,
+            }
         })
         .collect();
-    Ok(Json(json!({ "vehicles": vehicles })))
+    // Serialised straight from the structs: a fleet of 10,000 is megabytes of JSON.
+    let body = serde_json::to_vec(&LiveList { vehicles })
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The live list.
+#[derive(Serialize)]
+struct LiveList {
+    vehicles: Vec<LiveVehicle>,
+}
+
+/// One vehicle of the live list.
+#[derive(Serialize)]
+struct LiveVehicle {
+    vehicle_id: String,
+    cooperative_id: String,
+    plate: Option<String>,
+    class: Option<String>,
+    route_id: Option<String>,
+    registered: bool,
+    last_seen: Option<Rfc3339>,
+    position: Option<Position>,
+    status: &'static str,
+    open_alerts: Vec<OpenAlert>,
+}
+
+/// The latest position of a vehicle.
+#[derive(Serialize)]
+struct Position {
+    ts: Rfc3339,
+    lat: f64,
+    lon: f64,
+    speed_kmh: Option<f32>,
+    heading_deg: Option<f32>,
+    driver_id: Option<String>,
+}
+
+/// An open alert in the live list.
+#[derive(Serialize)]
+struct OpenAlert {
+    id: String,
+    kind: String,
+    level: String,
+    start: Rfc3339,
+}
+
+/// A time serialised as [`rfc3339`].
+struct Rfc3339(DateTime<Utc>);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&rfc3339(self.0))
+    }
 }
 
 /// Query of a track.
@@ -119,6 +174,9 @@ pub struct TrackQuery {
     pub format: Option<String>,
     /// Douglas-Peucker tolerance in metres; none or 0 = every fix.
     pub simplify_m: Option<f64>,
+    /// Most fixes in this page (default and maximum [`MAX_TRACK_FIXES`]); when the range
+    /// holds more, the answer says where the next page starts (`next_from`).
+    pub limit: Option<i64>,
 }
 
 /// Longest track range one request may ask for (`http.max_track_days`).
@@ -211,123 +269,270 @@ pub async fn track(
             "simplify_m must be a distance in metres >= 0",
         ));
     }
+    let limit = q.limit.unwrap_or(MAX_TRACK_FIXES);
+    if !(1..=MAX_TRACK_FIXES).contains(&limit) {
+        return Err(ApiError::bad(format!(
+            "limit must be between 1 and {MAX_TRACK_FIXES}"
+        )));
+    }
     let (from, to) = range(q.from, q.to, max_track_range(&s))?;
     let db = s.db.get().await?;
     let id = visible_vehicle(&db, &caller, &raw).await?;
-    // A cooperative sees only the fixes it sent (a vehicle may have changed hands).
-    let rows = db
-        .query(
-            "SELECT ts, lat, lon, speed_kmh, heading_deg, driver_id FROM fixes
-             WHERE vehicle_id = $1 AND ts >= $2 AND ts < $3
-               AND ($4::text IS NULL OR cooperative_id = $4)
-             ORDER BY ts LIMIT $5",
-            &[&id, &from, &to, &caller.scope(), &(MAX_TRACK_FIXES + 1)],
-        )
-        .await?;
-    if rows.len() as i64 > MAX_TRACK_FIXES {
-        return Err(ApiError::bad(format!(
-            "more than {MAX_TRACK_FIXES} fixes in the range: ask for a shorter range"
-        )));
-    }
-    let all: Vec<Point> = rows
-        .iter()
-        .map(|r| Point {
-            ts: r.get(0),
-            lat: r.get(1),
-            lon: r.get(2),
-            speed_kmh: r.get(3),
-            heading_deg: r.get(4),
-            driver_id: r.get(5),
-        })
-        .collect();
+    let (all, next_from) = track_points(&db, &id, from, to, caller.scope(), limit).await?;
     let total = all.len();
     let points: Vec<&Point> = if tol > 0.0 && all.len() > 2 {
         simplify(&all, tol).into_iter().map(|i| &all[i]).collect()
     } else {
         all.iter().collect()
     };
-    match format {
-        "gpx" => Ok(gpx(&id, &points)),
-        "csv" => Ok(csv(&points)),
+    let (content_type, body) = match format {
+        "gpx" => ("application/gpx+xml", gpx(&id, &points)),
+        "csv" => ("text/csv; charset=utf-8", csv(&points)),
         _ => {
             let trips = trips_json(&db, &id, from, to, caller.scope()).await?;
-            let body = if format == "geojson_points" {
-                geojson_points(&id, &points, from, to, total, trips)
-            } else {
-                geojson_line(&id, &points, from, to, total, trips)
+            let page = Page {
+                id: &id,
+                from,
+                to,
+                total,
+                next_from,
+                trips: &trips,
             };
-            Ok((
-                [(header::CONTENT_TYPE, "application/geo+json")],
-                body.to_string(),
-            )
-                .into_response())
+            let body = if format == "geojson_points" {
+                geojson_points(&page, &points)
+            } else {
+                geojson_line(&page, &points)
+            };
+            ("application/geo+json", body)
         }
+    };
+    let mut resp = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    if let Some(next) = next_from {
+        // Every format says where the next page starts; GeoJSON also in its properties.
+        if let Ok(v) = header::HeaderValue::from_str(&rfc3339(next)) {
+            resp.headers_mut().insert("x-next-from", v);
+        }
+    }
+    Ok(resp)
+}
+
+/// The fixes of a page, in time order, and the time of the first fix after the page.
+async fn track_points(
+    db: &deadpool_postgres::Object,
+    id: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    scope: Option<&str>,
+    limit: i64,
+) -> ApiResult<(Vec<Point>, Option<DateTime<Utc>>)> {
+    use futures_util::TryStreamExt;
+    // A cooperative sees only the fixes it sent (a vehicle may have changed hands).
+    let stmt = db
+        .prepare_cached(
+            "SELECT ts, lat, lon, speed_kmh, heading_deg, driver_id FROM fixes
+             WHERE vehicle_id = $1 AND ts >= $2 AND ts < $3
+               AND ($4::text IS NULL OR cooperative_id = $4)
+             ORDER BY ts LIMIT $5",
+        )
+        .await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&id, &from, &to, &scope, &(limit + 1)];
+    let rows = db.query_raw(&stmt, params).await?;
+    futures_util::pin_mut!(rows);
+    let mut points = Vec::new();
+    // Rows are converted as they arrive rather than after the whole result.
+    while let Some(r) = rows.try_next().await? {
+        points.push(Point {
+            ts: r.get(0),
+            lat: r.get(1),
+            lon: r.get(2),
+            speed_kmh: r.get(3),
+            heading_deg: r.get(4),
+            driver_id: r.get(5),
+        });
+    }
+    let next = if points.len() as i64 > limit {
+        points.pop().map(|p| p.ts)
+    } else {
+        None
+    };
+    Ok((points, next))
+}
+
+/// What a GeoJSON track says about itself.
+struct Page<'a> {
+    id: &'a str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    /// Fixes in the page before simplification.
+    total: usize,
+    next_from: Option<DateTime<Utc>>,
+    trips: &'a Value,
+}
+
+impl Page<'_> {
+    /// `"vehicle_id":…,"from":…,"to":…,"fixes":…,"next_from":…` (no braces).
+    fn write_fields(&self, out: &mut Vec<u8>, points: usize) {
+        out.extend_from_slice(b"\"vehicle_id\":");
+        json_str(out, self.id);
+        out.extend_from_slice(b",\"from\":");
+        json_time(out, self.from);
+        out.extend_from_slice(b",\"to\":");
+        json_time(out, self.to);
+        let _ = write!(
+            out,
+            ",\"fixes\":{},\"points\":{points},\"next_from\":",
+            self.total
+        );
+        match self.next_from {
+            Some(t) => json_time(out, t),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"trips\":");
+        let _ = serde_json::to_writer(&mut *out, self.trips);
     }
 }
 
-fn geojson_line(
-    id: &str,
-    points: &[&Point],
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    total: usize,
-    trips: Value,
-) -> Value {
-    let coords: Vec<[f64; 2]> = points.iter().map(|p| [p.lon, p.lat]).collect();
-    // A LineString needs two positions: one fix is a Point, none no geometry.
-    let geometry = match coords.len() {
-        0 => Value::Null,
-        1 => json!({ "type": "Point", "coordinates": coords[0] }),
-        _ => json!({ "type": "LineString", "coordinates": coords }),
-    };
-    json!({
-        "type": "Feature",
-        "geometry": geometry,
-        "properties": {
-            "vehicle_id": id,
-            "from": rfc3339(from),
-            "to": rfc3339(to),
-            "fixes": total,
-            "points": points.len(),
-            "times": points.iter().map(|p| rfc3339(p.ts)).collect::<Vec<_>>(),
-            "speeds_kmh": points.iter().map(|p| p.speed_kmh).collect::<Vec<_>>(),
-            "headings_deg": points.iter().map(|p| p.heading_deg).collect::<Vec<_>>(),
-            "trips": trips,
-        }
-    })
+// The track writers format straight into bytes: a day at 1 Hz is 86,400 points, and a
+// tree of `serde_json::Value`s costs several times the output.
+
+/// A JSON string.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(out, s);
 }
 
-fn geojson_points(
-    id: &str,
-    points: &[&Point],
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    total: usize,
-    trips: Value,
-) -> Value {
-    let features: Vec<Value> = points
-        .iter()
-        .map(|p| {
-            json!({
-                "type": "Feature",
-                "geometry": { "type": "Point", "coordinates": [p.lon, p.lat] },
-                "properties": {
-                    "ts": rfc3339(p.ts),
-                    "speed_kmh": p.speed_kmh,
-                    "heading_deg": p.heading_deg,
-                    "driver_id": p.driver_id,
-                }
-            })
-        })
-        .collect();
-    json!({
-        "type": "FeatureCollection",
-        "features": features,
-        "properties": {
-            "vehicle_id": id, "from": rfc3339(from), "to": rfc3339(to),
-            "fixes": total, "points": points.len(), "trips": trips,
+/// A time as a JSON string in [`rfc3339`] form.
+fn json_time(out: &mut Vec<u8>, t: DateTime<Utc>) {
+    out.push(b'"');
+    push_rfc3339(out, t);
+    out.push(b'"');
+}
+
+/// Appends `t` exactly as [`rfc3339`] writes it, without its allocations.
+fn push_rfc3339(out: &mut Vec<u8>, t: DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    let n = t.naive_utc();
+    let ns = n.nanosecond();
+    if !(0..=9999).contains(&n.year()) || ns >= 1_000_000_000 {
+        // Years chrono writes with a sign, and leap seconds: rare, take the slow path.
+        out.extend_from_slice(rfc3339(t).as_bytes());
+        return;
+    }
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        n.year(),
+        n.month(),
+        n.day(),
+        n.hour(),
+        n.minute(),
+        n.second()
+    );
+    if ns == 0 {
+    } else if ns.is_multiple_of(1_000_000) {
+        let _ = write!(out, ".{:03}", ns / 1_000_000);
+    } else if ns.is_multiple_of(1_000) {
+        let _ = write!(out, ".{:06}", ns / 1_000);
+    } else {
+        let _ = write!(out, ".{ns:09}");
+    }
+    out.push(b'Z');
+}
+
+/// A JSON number in its shortest form, with `.0` on whole numbers as serde_json
+/// writes them (typed clients see a float either way).
+fn json_num(out: &mut Vec<u8>, v: impl Into<f64> + std::fmt::Display + Copy) {
+    let _ = write!(out, "{v}");
+    if v.into().fract() == 0.0 {
+        out.extend_from_slice(b".0");
+    }
+}
+
+/// A JSON number or `null`.
+fn json_opt_f32(out: &mut Vec<u8>, v: Option<f32>) {
+    match v {
+        Some(v) => json_num(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// `[lon,lat]`.
+fn json_lonlat(out: &mut Vec<u8>, p: &Point) {
+    out.push(b'[');
+    json_num(out, p.lon);
+    out.push(b',');
+    json_num(out, p.lat);
+    out.push(b']');
+}
+
+/// Writes `items` as a JSON array with `each` writing one element.
+fn json_array<T>(out: &mut Vec<u8>, items: &[T], mut each: impl FnMut(&mut Vec<u8>, &T)) {
+    out.push(b'[');
+    for (i, x) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-    })
+        each(out, x);
+    }
+    out.push(b']');
+}
+
+/// One Feature: a LineString of the points, with their times, speeds and headings as
+/// parallel arrays in its properties (a Point for one fix, no geometry for none).
+fn geojson_line(page: &Page, points: &[&Point]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024 + points.len() * 80);
+    out.extend_from_slice(b"{\"type\":\"Feature\",\"geometry\":");
+    match points {
+        [] => out.extend_from_slice(b"null"),
+        [p] => {
+            out.extend_from_slice(b"{\"type\":\"Point\",\"coordinates\":");
+            json_lonlat(&mut out, p);
+            out.push(b'}');
+        }
+        _ => {
+            out.extend_from_slice(b"{\"type\":\"LineString\",\"coordinates\":");
+            json_array(&mut out, points, |o, p| json_lonlat(o, p));
+            out.push(b'}');
+        }
+    }
+    out.extend_from_slice(b",\"properties\":{");
+    page.write_fields(&mut out, points.len());
+    out.extend_from_slice(b",\"times\":");
+    json_array(&mut out, points, |o, p| json_time(o, p.ts));
+    out.extend_from_slice(b",\"speeds_kmh\":");
+    json_array(&mut out, points, |o, p| json_opt_f32(o, Some(p.speed_kmh)));
+    out.extend_from_slice(b",\"headings_deg\":");
+    json_array(&mut out, points, |o, p| json_opt_f32(o, p.heading_deg));
+    out.extend_from_slice(b"}}");
+    out
+}
+
+/// A FeatureCollection of one Point per fix.
+fn geojson_points(page: &Page, points: &[&Point]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024 + points.len() * 200);
+    out.extend_from_slice(b"{\"type\":\"FeatureCollection\",\"features\":");
+    json_array(&mut out, points, |o, p| {
+        o.extend_from_slice(
+            b"{\"type\":\"Feature\",\"geometry\":{\"type\":\"Point\",\"coordinates\":",
+        );
+        json_lonlat(o, p);
+        o.extend_from_slice(b"},\"properties\":{\"ts\":");
+        json_time(o, p.ts);
+        o.extend_from_slice(b",\"speed_kmh\":");
+        json_num(o, p.speed_kmh);
+        o.extend_from_slice(b",\"heading_deg\":");
+        json_opt_f32(o, p.heading_deg);
+        o.extend_from_slice(b",\"driver_id\":");
+        match &p.driver_id {
+            Some(d) => json_str(o, d),
+            None => o.extend_from_slice(b"null"),
+        }
+        o.extend_from_slice(b"}}");
+    });
+    out.extend_from_slice(b",\"properties\":{");
+    page.write_fields(&mut out, points.len());
+    out.extend_from_slice(b"}}");
+    out
 }
 
 fn xml_escape(s: &str) -> String {
@@ -337,45 +542,44 @@ fn xml_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn gpx(id: &str, points: &[&Point]) -> Response {
-    let mut out = String::with_capacity(200 + points.len() * 160);
-    out.push_str(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+fn gpx(id: &str, points: &[&Point]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(200 + points.len() * 160);
+    out.extend_from_slice(
+        b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
          <gpx version=\"1.1\" creator=\"fleetwatch\" xmlns=\"http://www.topografix.com/GPX/1/1\" \
          xmlns:fw=\"urn:fleetwatch:gpx:1\">\n",
     );
     let _ = writeln!(out, "<trk><name>{}</name><trkseg>", xml_escape(id));
     for p in points {
+        let _ = write!(
+            out,
+            "<trkpt lat=\"{:.7}\" lon=\"{:.7}\"><time>",
+            p.lat, p.lon
+        );
+        push_rfc3339(&mut out, p.ts);
         let _ = writeln!(
             out,
-            "<trkpt lat=\"{:.7}\" lon=\"{:.7}\"><time>{}</time><extensions><fw:speed_kmh>{:.1}</fw:speed_kmh></extensions></trkpt>",
-            p.lat,
-            p.lon,
-            rfc3339(p.ts),
+            "</time><extensions><fw:speed_kmh>{:.1}</fw:speed_kmh></extensions></trkpt>",
             p.speed_kmh
         );
     }
-    out.push_str("</trkseg></trk>\n</gpx>\n");
-    ([(header::CONTENT_TYPE, "application/gpx+xml")], out).into_response()
+    out.extend_from_slice(b"</trkseg></trk>\n</gpx>\n");
+    out
 }
 
-fn csv(points: &[&Point]) -> Response {
-    let mut out = String::with_capacity(64 + points.len() * 80);
-    out.push_str("ts,lat,lon,speed_kmh,heading_deg,driver_id\n");
+fn csv(points: &[&Point]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + points.len() * 80);
+    out.extend_from_slice(b"ts,lat,lon,speed_kmh,heading_deg,driver_id\n");
     for p in points {
-        let _ = writeln!(
-            out,
-            "{},{:.7},{:.7},{:.1},{},{}",
-            rfc3339(p.ts),
-            p.lat,
-            p.lon,
-            p.speed_kmh,
-            p.heading_deg.map(|h| format!("{h:.0}")).unwrap_or_default(),
-            // Driver ids are [A-Za-z0-9-_.]: nothing to quote.
-            p.driver_id.as_deref().unwrap_or("")
-        );
+        push_rfc3339(&mut out, p.ts);
+        let _ = write!(out, ",{:.7},{:.7},{:.1},", p.lat, p.lon, p.speed_kmh);
+        if let Some(h) = p.heading_deg {
+            let _ = write!(out, "{h:.0}");
+        }
+        // Driver ids are [A-Za-z0-9-_.]: nothing to quote.
+        let _ = writeln!(out, ",{}", p.driver_id.as_deref().unwrap_or(""));
     }
-    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response()
+    out
 }
 
 /// The trips starting in the range, as JSON.
@@ -435,4 +639,74 @@ pub async fn trips(
     Ok(Json(json!({
         "vehicle_id": id, "from": rfc3339(from), "to": rfc3339(to), "trips": trips,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn fast_rfc3339_writes_what_chrono_writes(
+            secs in -62_000_000_000i64..300_000_000_000,
+            ns in prop_oneof![
+                Just(0u32),
+                (0u32..1000).prop_map(|m| m * 1_000_000),
+                (0u32..1_000_000).prop_map(|u| u * 1000),
+                0u32..1_000_000_000,
+            ],
+        ) {
+            let t = DateTime::from_timestamp(secs, ns).unwrap();
+            let mut out = Vec::new();
+            push_rfc3339(&mut out, t);
+            prop_assert_eq!(String::from_utf8(out).unwrap(), rfc3339(t));
+        }
+    }
+
+    fn point(i: i64) -> Point {
+        Point {
+            ts: DateTime::from_timestamp(1_790_000_000 + i, 0).unwrap(),
+            lat: 10.9 + i as f64 * 1e-4,
+            lon: 106.7,
+            speed_kmh: 40.3,
+            heading_deg: if i == 0 { None } else { Some(90.0) },
+            driver_id: Some("D-\"1".into()),
+        }
+    }
+
+    #[test]
+    fn geojson_writers_produce_valid_geojson() {
+        let pts: Vec<Point> = (0..3).map(point).collect();
+        let refs: Vec<&Point> = pts.iter().collect();
+        let trips = json!([{ "distance_m": 12.5 }]);
+        let page = Page {
+            id: "V-1",
+            from: pts[0].ts,
+            to: pts[2].ts,
+            total: 3,
+            next_from: Some(pts[2].ts),
+            trips: &trips,
+        };
+        let line: Value = serde_json::from_slice(&geojson_line(&page, &refs)).unwrap();
+        assert_eq!(line["geometry"]["type"], "LineString");
+        assert_eq!(line["geometry"]["coordinates"][1], json!([106.7, 10.9001]));
+        assert_eq!(line["properties"]["times"][0], rfc3339(pts[0].ts));
+        // Shortest form of the f32, as a person wrote it.
+        assert_eq!(line["properties"]["speeds_kmh"][2], json!(40.3));
+        assert_eq!(
+            line["properties"]["headings_deg"],
+            json!([null, 90.0, 90.0])
+        );
+        assert_eq!(line["properties"]["next_from"], rfc3339(pts[2].ts));
+        assert_eq!(line["properties"]["trips"], trips);
+        let one: Value = serde_json::from_slice(&geojson_line(&page, &refs[..1])).unwrap();
+        assert_eq!(one["geometry"]["type"], "Point");
+        let none: Value = serde_json::from_slice(&geojson_line(&page, &[])).unwrap();
+        assert!(none["geometry"].is_null());
+        let fc: Value = serde_json::from_slice(&geojson_points(&page, &refs)).unwrap();
+        assert_eq!(fc["features"].as_array().unwrap().len(), 3);
+        assert_eq!(fc["features"][1]["properties"]["driver_id"], "D-\"1");
+        assert_eq!(fc["properties"]["fixes"], 3);
+    }
 }

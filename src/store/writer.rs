@@ -8,11 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+
 use futures_util::pin_mut;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, Type};
+
+use crate::domain::Fix;
 use tokio_postgres::{Client, Transaction};
 use tokio_util::sync::CancellationToken;
 
@@ -145,7 +148,7 @@ pub async fn write_batch<A>(
     let tx = client.transaction().await?;
     let mut outcome = BatchOutcome::default();
     let mut fixes = 0u64;
-    let mut vehicles: HashMap<&str, (&str, DateTime<Utc>, DateTime<Utc>)> = HashMap::new();
+    let mut vehicles: HashMap<&str, (&str, DateTime<Utc>, &Fix)> = HashMap::new();
     let mut dead: Vec<&Rejected> = Vec::new();
 
     let sink = tx
@@ -183,10 +186,12 @@ pub async fn write_batch<A>(
                 let e = vehicles.entry(f.vehicle().as_str()).or_insert((
                     a.cooperative.as_str(),
                     a.received_at,
-                    f.ts(),
+                    f,
                 ));
                 e.1 = e.1.max(a.received_at);
-                e.2 = e.2.max(f.ts());
+                if f.ts() > e.2.ts() {
+                    e.2 = f;
+                }
             }
             Record::Rejected(r) => dead.push(r),
         }
@@ -225,23 +230,36 @@ pub async fn write_batch<A>(
             .await?;
     }
     if !vehicles.is_empty() {
-        let mut ids = Vec::with_capacity(vehicles.len());
-        let (mut coops, mut seen, mut last_ts) = (Vec::new(), Vec::new(), Vec::new());
-        for (id, (coop, at, ts)) in &vehicles {
+        let n = vehicles.len();
+        let (mut ids, mut coops, mut seen, mut last_ts) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut lat, mut lon, mut speed, mut heading, mut driver) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (id, (coop, at, f)) in &vehicles {
             ids.push(*id);
             coops.push(*coop);
             seen.push(*at);
-            last_ts.push(*ts);
+            last_ts.push(f.ts());
+            lat.push(f.lat());
+            lon.push(f.lon());
+            speed.push(f.speed_kmh());
+            heading.push(f.heading_deg());
+            driver.push(f.driver().map(|d| d.as_str()));
         }
         tx.execute(
-            "INSERT INTO vehicles (vehicle_id, cooperative_id, first_seen, last_seen, last_fix_ts)
-             SELECT v, c, s, s, t FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
-                 AS u(v, c, s, t)
-             ON CONFLICT (vehicle_id) DO UPDATE SET
-                 first_seen = COALESCE(vehicles.first_seen, EXCLUDED.first_seen),
-                 last_seen = GREATEST(vehicles.last_seen, EXCLUDED.last_seen),
-                 last_fix_ts = GREATEST(vehicles.last_fix_ts, EXCLUDED.last_fix_ts)",
-            &[&ids, &coops, &seen, &last_ts],
+            VEHICLES_UPSERT.as_str(),
+            &[
+                &ids, &coops, &seen, &last_ts, &lat, &lon, &speed, &heading, &driver,
+            ],
         )
         .await?;
     }
@@ -249,6 +267,39 @@ pub async fn write_batch<A>(
     tx.commit().await?;
     Ok(outcome)
 }
+
+/// The vehicle list upsert: first/last seen, and the latest position, which moves only
+/// forward in event time (a late fix is stored but does not become the live position).
+static VEHICLES_UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let position = [
+        "last_lat",
+        "last_lon",
+        "last_speed_kmh",
+        "last_heading_deg",
+        "last_driver_id",
+    ]
+    .map(|c| {
+        format!(
+            "{c} = CASE WHEN vehicles.last_fix_ts IS NULL
+                              OR EXCLUDED.last_fix_ts >= vehicles.last_fix_ts
+                         THEN EXCLUDED.{c} ELSE vehicles.{c} END"
+        )
+    })
+    .join(",\n");
+    format!(
+        "INSERT INTO vehicles (vehicle_id, cooperative_id, first_seen, last_seen, last_fix_ts,
+                               last_lat, last_lon, last_speed_kmh, last_heading_deg,
+                               last_driver_id)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $3::timestamptz[],
+                              $4::timestamptz[], $5::float8[], $6::float8[], $7::float4[],
+                              $8::float4[], $9::text[])
+         ON CONFLICT (vehicle_id) DO UPDATE SET
+             first_seen = COALESCE(vehicles.first_seen, EXCLUDED.first_seen),
+             last_seen = GREATEST(vehicles.last_seen, EXCLUDED.last_seen),
+             last_fix_ts = GREATEST(vehicles.last_fix_ts, EXCLUDED.last_fix_ts),
+             {position}"
+    )
+});
 
 /// Alerts (upsert, never back from closed to open), data gaps, trips and the last
 /// checkpoint of each vehicle in the batch. Returns alerts inserted or changed.

@@ -489,6 +489,31 @@ async fn track_formats_and_simplification() {
     let r = get(a, &path("&simplify_m=5&format=gpx"), tok).await;
     assert_eq!(r.body.matches("<trkpt ").count(), 3);
 
+    // Paging: a page of 50, then the rest from where it says.
+    let r = get(a, &path("&limit=50"), tok).await;
+    let g = r.json();
+    assert_eq!(g["geometry"]["coordinates"].as_array().unwrap().len(), 50);
+    let next = g["properties"]["next_from"].as_str().unwrap().to_string();
+    assert_eq!(
+        next,
+        (e.base + TimeDelta::seconds(50)).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    );
+    assert!(r
+        .headers
+        .to_ascii_lowercase()
+        .contains(&format!("x-next-from: {}", next.to_ascii_lowercase())));
+    let to = g["properties"]["to"].as_str().unwrap();
+    let r = get(
+        a,
+        &format!("/api/v1/vehicles/A-1/track?from={next}&to={to}&format=csv"),
+        tok,
+    )
+    .await;
+    assert_eq!(r.body.lines().count(), A_FIXES - 50 + 1);
+    assert!(!r.headers.to_ascii_lowercase().contains("x-next-from"));
+    let r = get(a, &path("&limit=0"), tok).await;
+    assert_eq!(r.status, 400);
+
     // Trips endpoint.
     let r = get(a, &format!("/api/v1/vehicles/A-1/trips?{rq}"), tok).await;
     assert_eq!(r.json()["trips"].as_array().unwrap().len(), 1);
@@ -508,6 +533,26 @@ async fn track_formats_and_simplification() {
         let err = r.json()["error"].as_str().unwrap().to_string();
         assert!(err.contains(msg), "{p}: {err}");
     }
+    // A late fix (older than the latest) is stored but does not move the live position.
+    let late = e.base - TimeDelta::minutes(5);
+    publish_all(
+        &e._broker.url(),
+        &[(topic("HTX-A", "A-1"), fix("A-1", late, 11.5, 106.0, 50.0))],
+    )
+    .await;
+    let sql = "SELECT count(*) FROM fixes WHERE vehicle_id = 'A-1'";
+    wait_until("the late fix stored", Duration::from_secs(20), || async {
+        count(&e.db, sql).await == A_FIXES as i64 + 1
+    })
+    .await;
+    let v = get(a, "/api/v1/vehicles", tok).await.json();
+    let pos = &v["vehicles"][0]["position"];
+    let last = e.base + TimeDelta::seconds(A_FIXES as i64 - 1);
+    assert_eq!(
+        pos["ts"],
+        last.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    );
+    assert_ne!(pos["lat"], 11.5);
     e.stop().await;
 }
 

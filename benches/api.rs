@@ -1,0 +1,198 @@
+//! API response times, measured end to end over loopback HTTP against a private
+//! PostgreSQL: one day of 1 Hz track as GeoJSON (and GPX, CSV, simplified), and the
+//! live positions of a large fleet.
+//!
+//! `cargo bench --bench api -- [--track-fixes 86400] [--vehicles 10000] [--runs 15]`
+//!
+//! The time is from sending the request to the last byte of the body, so it bounds
+//! the server-side time from above.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetwatch::api::auth::{create_token, Role};
+use fleetwatch::api::{self, AppState, Health};
+use fleetwatch::config::Settings;
+use fleetwatch::geo::GeoIndex;
+use fleetwatch::infra::postgres::{EmbeddedPostgres, PgOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Args {
+    track_fixes: i64,
+    vehicles: i64,
+    runs: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        track_fixes: 86_400,
+        vehicles: 10_000,
+        runs: 15,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut val = || it.next().expect("a value after the option");
+        match k.as_str() {
+            "--track-fixes" => a.track_fixes = val().parse().expect("a number"),
+            "--vehicles" => a.vehicles = val().parse().expect("a number"),
+            "--runs" => a.runs = val().parse().expect("a number"),
+            // cargo bench passes --bench.
+            _ => {}
+        }
+    }
+    a
+}
+
+/// Status, body bytes and time to the last byte of one GET (one connection each).
+async fn get(addr: SocketAddr, path: &str, token: &str) -> (u16, usize, Duration) {
+    let t0 = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::with_capacity(1 << 20);
+    s.read_to_end(&mut raw).await.unwrap();
+    let dt = t0.elapsed();
+    let status = std::str::from_utf8(&raw[9..12]).unwrap().parse().unwrap();
+    (status, raw.len(), dt)
+}
+
+/// Runs `path` `runs` times after one warm-up; prints min, median and p90.
+async fn measure(addr: SocketAddr, token: &str, what: &str, path: &str, runs: usize) {
+    let (status, _, _) = get(addr, path, token).await;
+    assert_eq!(status, 200, "{path}");
+    let mut times = Vec::with_capacity(runs);
+    let mut bytes = 0;
+    for _ in 0..runs {
+        let (status, n, dt) = get(addr, path, token).await;
+        assert_eq!(status, 200);
+        bytes = n;
+        times.push(dt.as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let p = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "{what:<40} min {:>7.1} ms  median {:>7.1} ms  p90 {:>7.1} ms  ({:.1} MB)",
+        p(0.0),
+        p(0.5),
+        p(0.9),
+        bytes as f64 / 1e6
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let dir = std::env::temp_dir().join(format!("fw-bench-api-{}", std::process::id()));
+    let pg = EmbeddedPostgres::start(&PgOptions {
+        data_dir: dir.clone(),
+        fast_unsafe: true,
+    })
+    .unwrap();
+    pg.ensure_database("bench").await.unwrap();
+    let db = pg.url("bench");
+    let mut c = fleetwatch::store::connect(&db).await.unwrap();
+    fleetwatch::store::migrate::migrate(&mut c, &Default::default())
+        .await
+        .unwrap();
+
+    let t0 = Instant::now();
+    // One vehicle, one day at 1 Hz: a slow loop around Thu Dau Mot.
+    c.batch_execute(&format!(
+        "INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, heading_deg,
+                            driver_id, received_at)
+         SELECT 'TRACK-1', '2026-11-01T00:00:00Z'::timestamptz + make_interval(secs => i),
+                'HTX-A', 10.98 + 0.05 * sin(i / 5000.0), 106.65 + 0.05 * cos(i / 5000.0),
+                40 + 20 * sin(i / 300.0), (i % 360)::real, 'D-1',
+                '2026-11-01T00:00:00Z'::timestamptz + make_interval(secs => i)
+         FROM generate_series(0, {} - 1) i;
+         INSERT INTO vehicles (vehicle_id, cooperative_id, registered, last_seen, last_fix_ts)
+         VALUES ('TRACK-1', 'HTX-A', true, now(), '2026-11-01T23:59:59Z');",
+        a.track_fixes
+    ))
+    .await
+    .unwrap();
+    // A fleet with 10 fixes each (the latest is joined through the primary key) and an
+    // open alert on every 20th vehicle.
+    c.batch_execute(&format!(
+        "INSERT INTO vehicles (vehicle_id, cooperative_id, plate, class, registered,
+                               last_seen, last_fix_ts)
+         SELECT 'V-' || v, 'HTX-' || (v % 20), '61B-' || v, 'bus', true, now(),
+                '2026-11-02T00:00:09Z'
+         FROM generate_series(1, {n}) v;
+         INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, heading_deg,
+                            received_at)
+         SELECT 'V-' || v, '2026-11-02T00:00:00Z'::timestamptz + make_interval(secs => k),
+                'HTX-' || (v % 20), 10.9 + v * 1e-5, 106.6 + k * 1e-4, 35, 90, now()
+         FROM generate_series(1, {n}) v, generate_series(0, 9) k;
+         INSERT INTO alerts (alert_id, vehicle_id, cooperative_id, kind, level, status,
+                             start_ts, lat, lon, details)
+         SELECT 'al-' || v, 'V-' || v, 'HTX-' || (v % 20), 'overspeed', 'violation', 'open',
+                '2026-11-02T00:00:05Z', 10.9, 106.6, '{{}}'
+         FROM generate_series(20, {n}, 20) v;
+         ANALYZE;",
+        n = a.vehicles
+    ))
+    .await
+    .unwrap();
+    println!(
+        "seeded {} track fixes and {} vehicles in {:.1} s",
+        a.track_fixes,
+        a.vehicles,
+        t0.elapsed().as_secs_f64()
+    );
+    let token = create_token(&c, Role::Regulator, None, Some("bench"))
+        .await
+        .unwrap();
+
+    let (_geo_tx, geo) = tokio::sync::watch::channel(Arc::new(GeoIndex::empty()));
+    let state = AppState {
+        health: Arc::new(Health::default()),
+        metrics: fleetwatch::telemetry::metrics_handle(),
+        reload_geo: None,
+        db: api::pool(&db).unwrap(),
+        settings: Arc::new(Settings::default()),
+        geo,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+
+    println!(
+        "machine: {} cores; PostgreSQL private (fsync off); {} runs each",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        a.runs
+    );
+    let day = "from=2026-11-01T00:00:00Z&to=2026-11-02T00:00:00Z";
+    let track = format!("/api/v1/vehicles/TRACK-1/track?{day}");
+    let n = a.track_fixes;
+    measure(
+        addr,
+        &token,
+        &format!("track {n} fixes, GeoJSON line"),
+        &track,
+        a.runs,
+    )
+    .await;
+    for (what, q) in [
+        ("track, GeoJSON points", "&format=geojson_points"),
+        ("track, GPX", "&format=gpx"),
+        ("track, CSV", "&format=csv"),
+        ("track, GeoJSON simplified 10 m", "&simplify_m=10"),
+    ] {
+        measure(addr, &token, what, &format!("{track}{q}"), a.runs).await;
+    }
+    measure(
+        addr,
+        &token,
+        &format!("live positions, {} vehicles", a.vehicles),
+        "/api/v1/vehicles",
+        a.runs,
+    )
+    .await;
+    drop(c);
+    drop(pg);
+    let _ = std::fs::remove_dir_all(dir);
+}
