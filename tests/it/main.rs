@@ -6,3 +6,4 @@ mod ingest;
 mod no_loss;
 mod rules;
 mod support;
+mod tls;

@@ -182,12 +182,19 @@ pub struct Mosquitto {
     child: Child,
     /// `mqtt://127.0.0.1:PORT`.
     pub url: String,
-    dir: PathBuf,
+    /// Working directory (configuration, persistence, test credentials).
+    pub dir: PathBuf,
 }
 
 impl Mosquitto {
     /// Starts Mosquitto (the binary must be installed: `apt-get install mosquitto`).
     pub fn start() -> Mosquitto {
+        Self::start_with("", |_| String::new())
+    }
+
+    /// Starts Mosquitto with `head` before the shipped configuration and more after the
+    /// anonymous listener on `url`; `extra` gets the broker's working directory.
+    pub fn start_with(head: &str, extra: impl FnOnce(&std::path::Path) -> String) -> Mosquitto {
         let port = free_port().unwrap();
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -201,9 +208,10 @@ impl Mosquitto {
         )
         .unwrap();
         let conf = format!(
-            "{shipped}\nlistener {port} 127.0.0.1\nallow_anonymous true\n\
-             persistence_location {}/\nuser root\nlog_dest stderr\nlog_type error\n",
-            dir.display()
+            "{head}\n{shipped}\npersistence_location {}/\nuser root\nlog_dest stderr\nlog_type error\n\
+             listener {port} 127.0.0.1\nallow_anonymous true\n{}",
+            dir.display(),
+            extra(&dir)
         );
         let conf_path = dir.join("mosquitto.conf");
         std::fs::write(&conf_path, conf).unwrap();
