@@ -121,7 +121,6 @@ impl App {
             clients.push(c);
             eventloops.push(e);
         }
-        let mqtt_client = clients[0].clone();
         let (dtx, drx) = mpsc::channel::<Delivery>(settings.mqtt.channel_capacity.max(1));
         let (itx, irx) = mpsc::channel::<Item<(usize, Publish)>>(ITEM_QUEUE);
         let disconnect = CancellationToken::new();
@@ -187,9 +186,17 @@ impl App {
         } else {
             settings.alert_topic.as_str()
         };
+        // Alerts go out on their own connection, so waiting for their acknowledgements
+        // never competes with the consumers' acks.
+        let mut pub_cfg = settings.mqtt.clone();
+        pub_cfg.client_id = format!("{}-alerts", settings.mqtt.client_id);
+        let (pub_client, pub_loop) = mqtt::client(&pub_cfg, &mqtt_url, 1024)?;
         let outbox = tokio::spawn(outbox::run(
             db_url.clone(),
-            mqtt_client.clone(),
+            outbox::Publisher {
+                client: pub_client,
+                eventloop: pub_loop,
+            },
             TopicPattern::parse(alert_topic)?,
             alerts_ready,
             disconnect.clone(),
