@@ -256,6 +256,18 @@ mod tests {
         assert_eq!(round_trip(&fix), fix);
     }
 
+    #[test]
+    fn seventeen_digit_coordinates_round_trip() {
+        // Needs serde_json's float_roundtrip: the default parser is one ulp off here.
+        let fix = validated(FixCandidate {
+            ts: Some(DateTime::from_timestamp(1_795_914_000, 0).unwrap()),
+            lat: 10.901_234_567_891_234,
+            lon: 122.913_318_327_151_39,
+            ..FixCandidate::default()
+        });
+        assert_eq!(round_trip(&fix), fix);
+    }
+
     proptest::proptest! {
         #[test]
         fn every_valid_fix_round_trips(
