@@ -4,5 +4,6 @@
 mod api;
 mod ingest;
 mod no_loss;
+mod replay;
 mod rules;
 mod support;
