@@ -87,7 +87,7 @@ pub enum ReplayError {
         to: DateTime<Utc>,
     },
     /// A speed that is neither a positive factor, `0` nor `max`.
-    #[error("speed {0:?}: expected a positive factor, 0 or max")]
+    #[error("speed {0:?}: expected a factor of at least 0.001, 0 or max")]
     BadSpeed(String),
     /// An invalid vehicle id.
     #[error("vehicle: {0}")]
@@ -133,7 +133,7 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 /// How fast event time runs during a replay.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Speed {
-    /// Event-time spacing divided by this factor (> 0).
+    /// Event-time spacing divided by this factor (at least 0.001).
     Factor(f64),
     /// No waiting: as fast as the broker acknowledges.
     Max,
@@ -146,7 +146,8 @@ impl std::str::FromStr for Speed {
             "max" | "0" => Ok(Speed::Max),
             t => match t.parse::<f64>() {
                 Ok(0.0) => Ok(Speed::Max),
-                Ok(k) if k.is_finite() && k > 0.0 => Ok(Speed::Factor(k)),
+                // Below 0.001 a pause would outlast any replay worth running.
+                Ok(k) if k.is_finite() && k >= 0.001 => Ok(Speed::Factor(k)),
                 _ => Err(ReplayError::BadSpeed(s.to_string())),
             },
         }
@@ -440,7 +441,10 @@ pub async fn publish_track(
         let first = span.map_or(ts, |s| s.0);
         if let Speed::Factor(k) = target.speed {
             let offset_s = (ts - first).num_microseconds().unwrap_or(0) as f64 / 1e6 / k;
-            let due = started + Duration::from_secs_f64(offset_s.max(0.0));
+            let due = Duration::try_from_secs_f64(offset_s.max(0.0))
+                .ok()
+                .and_then(|d| started.checked_add(d))
+                .unwrap_or(started + Duration::from_secs(100 * 365 * 86_400));
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => {}
                 _ = &mut stop => { interrupted = true; break; }
@@ -1155,7 +1159,7 @@ mod tests {
         assert_eq!("0.0".parse::<Speed>().unwrap(), Speed::Max);
         assert_eq!("10".parse::<Speed>().unwrap(), Speed::Factor(10.0));
         assert_eq!("0.5".parse::<Speed>().unwrap(), Speed::Factor(0.5));
-        for bad in ["-1", "fast", "inf", "NaN", ""] {
+        for bad in ["-1", "fast", "inf", "NaN", "", "1e-300"] {
             assert!(bad.parse::<Speed>().is_err(), "{bad:?}");
         }
     }
