@@ -72,7 +72,15 @@ impl Publisher {
             client_id: client_id.to_string(),
             ..Default::default()
         };
-        let mut o: MqttOptions = crate::ingest::mqtt::options(&cfg, url)?;
+        Ok(Self::connect_with(&cfg, url)?)
+    }
+
+    /// Connects to `url` with the client id, credentials and CA file of `cfg`.
+    pub fn connect_with(
+        cfg: &crate::ingest::mqtt::MqttConfig,
+        url: &str,
+    ) -> Result<Publisher, crate::ingest::mqtt::MqttError> {
+        let mut o: MqttOptions = crate::ingest::mqtt::options(cfg, url)?;
         // A publisher needs no session and acks automatically.
         o.set_clean_session(true)
             .set_manual_acks(false)

@@ -11,6 +11,7 @@ pub mod geo;
 pub mod infra;
 pub mod ingest;
 pub mod pipeline;
+pub mod replay;
 pub mod rules;
 pub mod sim;
 pub mod store;

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use fleetwatch::api::auth::{self, Role};
 use fleetwatch::app::App;
 use fleetwatch::config::Settings;
-use fleetwatch::{demo, store, telemetry};
+use fleetwatch::{demo, replay, store, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +37,8 @@ enum Command {
     },
     /// Publish a simulated load to any broker (for demos and benchmarks).
     Simulate(demo::SimulateOptions),
+    /// Re-publish a stored track to MQTT, or (--rules) check its alerts offline.
+    Replay(replay::ReplayOptions),
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -87,6 +89,11 @@ async fn main() -> anyhow::Result<()> {
             demo::run_demo(settings, opts, shutdown_signal()).await?;
         }
         Command::Simulate(opts) => demo::run_simulate(opts, shutdown_signal()).await?,
+        Command::Replay(opts) => {
+            if !replay::run(opts, shutdown_signal()).await? {
+                std::process::exit(1);
+            }
+        }
         Command::Token {
             command:
                 TokenCommand::Create {

@@ -20,6 +20,12 @@ use crate::store::writer::{Derived, Item};
 use crate::store::StoreError;
 use crate::telemetry;
 
+/// Flags of stored fixes the rules did not apply: jumps (bad positions, kept out) and
+/// late fixes (older than what the rules had already applied). Anything that feeds
+/// stored fixes to the rules again (restart replay, `fleetwatch replay --rules`)
+/// skips them, or it would compute what the live service never did.
+pub const SKIPPED_BY_RULES: i16 = Flags::JUMP | Flags::LATE;
+
 /// Validation and rules, owned by one task.
 pub struct Stage {
     /// Decoding and validation.
@@ -121,22 +127,19 @@ pub async fn restore(
              FROM fixes f LEFT JOIN rule_state s USING (vehicle_id)
              WHERE f.ts > COALESCE(s.watermark - make_interval(secs => $1),
                                    now() - make_interval(secs => $2))
-               AND f.flags & 1 = 0
+               AND f.flags & $3 = 0
              ORDER BY f.ts, f.vehicle_id",
             [
                 &window_s as &(dyn tokio_postgres::types::ToSql + Sync),
                 &horizon_s,
+                &SKIPPED_BY_RULES,
             ],
         )
         .await?;
     pin_mut!(stream);
     let mut replayed = 0u64;
     let mut out = Output::default();
-    let limits = FixLimits {
-        // Stored fixes passed validation when received; only their shape matters now.
-        max_age_s: 100 * 365 * 86_400,
-        ..FixLimits::default()
-    };
+    let limits = stored_fix_limits();
     while let Some(row) = stream.try_next().await? {
         let Some(fix) = fix_from_row(&row, &limits) else {
             continue;
@@ -152,7 +155,19 @@ pub async fn restore(
     Ok((restored, replayed))
 }
 
-fn fix_from_row(row: &tokio_postgres::Row, limits: &FixLimits) -> Option<Fix> {
+/// Limits for reading stored fixes back: they passed validation (under whatever
+/// limits were configured then) when received; only their shape matters now.
+pub(crate) fn stored_fix_limits() -> FixLimits {
+    FixLimits {
+        max_speed_kmh: f64::INFINITY,
+        max_future_s: i64::MAX,
+        max_age_s: i64::MAX,
+    }
+}
+
+/// A stored fix from a row of `vehicle_id, ts, lat, lon, speed_kmh, heading_deg,
+/// driver_id, ignition, satellites, hdop, odometer_m, received_at` (in that order).
+pub(crate) fn fix_from_row(row: &tokio_postgres::Row, limits: &FixLimits) -> Option<Fix> {
     let vehicle = VehicleId::parse(row.get::<_, &str>(0)).ok()?;
     let received_at: DateTime<Utc> = row.get(11);
     let c = FixCandidate {

@@ -52,6 +52,8 @@ pub struct EmbeddedPostgres {
     run_as: Option<(Uid, Gid)>,
     log: PathBuf,
     running: bool,
+    /// Already running when started: another process (e.g. the service) uses it.
+    reused: bool,
 }
 
 const SUPERUSER: &str = "fleetwatch";
@@ -178,6 +180,7 @@ impl EmbeddedPostgres {
             run_as,
             log,
             running: false,
+            reused: false,
         };
         if !pg.data.join("PG_VERSION").exists() {
             pg.initdb()?;
@@ -186,6 +189,7 @@ impl EmbeddedPostgres {
             tracing::info!(port, "reusing the private PostgreSQL already running");
             pg.port = port;
             pg.running = true;
+            pg.reused = true;
             return Ok(pg);
         }
         pg.port = crate::infra::broker::free_port().map_err(io("finding a free port"))?;
@@ -268,6 +272,16 @@ impl EmbeddedPostgres {
     /// TCP port the server listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Whether the server was already running when [`EmbeddedPostgres::start`] found it.
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Lets go of the server without stopping it (another process is using it).
+    pub fn detach(mut self) {
+        self.running = false;
     }
 
     /// Stops the server (fast shutdown: aborts open transactions, flushes WAL).

@@ -60,6 +60,27 @@ impl DrivingState {
     pub(crate) fn last_activity_ms(&self) -> i64 {
         self.last_drive_end_ms.unwrap_or(i64::MIN)
     }
+
+    /// Starts (ms) of what is in progress: the continuous run when `runs` (the
+    /// state is the vehicle's own or its current driver's), and the open alerts that
+    /// were opened on `vehicle`.
+    pub(crate) fn pending_ms(&self, vehicle: &VehicleId, runs: bool, out: &mut Vec<i64>) {
+        if runs {
+            out.extend(self.cont_start.map(|m| m.ts_ms));
+        }
+        let open = [
+            &self.cont_warning,
+            &self.cont_violation,
+            &self.day_alert,
+            &self.week_alert,
+        ];
+        out.extend(
+            open.into_iter()
+                .flatten()
+                .filter(|op| op.vehicle == *vehicle)
+                .map(|op| op.start.ts_ms),
+        );
+    }
 }
 
 /// Accounts the interval from `p` to `s` (consecutive fixes of one vehicle) for

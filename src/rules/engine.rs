@@ -285,6 +285,32 @@ impl Engine {
         }
     }
 
+    /// Event times at which something still in progress for `vehicle` began: its
+    /// buffered fixes, the last fix released to the rules (the interval to the next one
+    /// is not accounted yet), an overspeed or off-route episode, a restricted-zone
+    /// violation, the continuous driving of the vehicle and of the drivers last seen
+    /// on it, and open driving-time alerts opened on it. Once none of these is before
+    /// `t`, every alert about `vehicle` starting before `t` is final (no-signal aside:
+    /// it runs on processing time). Sorted; empty for an unknown vehicle.
+    pub fn pending_since(&self, vehicle: &VehicleId) -> Vec<DateTime<Utc>> {
+        let Some(&vi) = self.index.get(vehicle) else {
+            return Vec::new();
+        };
+        let core = &self.slots[vi as usize].core;
+        let mut ms: Vec<i64> = core.buffer.iter().map(|b| b.ts_ms).collect();
+        ms.extend(core.last.as_ref().map(|l| l.ts_ms));
+        ms.extend(core.overspeed.as_ref().map(|e| e.start_ms()));
+        ms.extend(core.off_route.since_ms());
+        ms.extend(core.zones.iter().filter_map(|z| z.violation_ms()));
+        core.driving.pending_ms(vehicle, true, &mut ms);
+        for d in &self.drivers.slots {
+            d.state.pending_ms(vehicle, d.owner == vi, &mut ms);
+        }
+        ms.sort_unstable();
+        ms.dedup();
+        ms.into_iter().map(super::alert::utc).collect()
+    }
+
     /// State of every vehicle (with the driving time of the drivers last seen on it),
     /// sorted by vehicle id, for a checkpoint.
     pub fn checkpoint(&self) -> Vec<(VehicleId, VehicleState)> {

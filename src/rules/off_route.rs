@@ -27,6 +27,13 @@ pub(crate) struct OffRouteState {
     open: bool,
 }
 
+impl OffRouteState {
+    /// First fix of the current outside run (the open alert's start), ms.
+    pub(crate) fn since_ms(&self) -> Option<i64> {
+        self.outside_since.map(|m| m.ts_ms)
+    }
+}
+
 /// Feeds fix `s` located at `loc` relative to `route`; `on_route_anyway` (in a depot
 /// or terminal) counts as inside whatever the distance.
 pub(crate) fn update(

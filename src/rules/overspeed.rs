@@ -25,6 +25,13 @@ pub(crate) struct Episode {
     open: bool,
 }
 
+impl Episode {
+    /// First fix of the episode, ms.
+    pub(crate) fn start_ms(&self) -> i64 {
+        self.start.ts_ms
+    }
+}
+
 /// Feeds fix `s` with its limit (`None`: no limit applies).
 pub(crate) fn update(
     ctx: &mut Ctx<'_>,

@@ -20,6 +20,13 @@ pub(crate) struct Stay {
     violation: Option<Mark>,
 }
 
+impl Stay {
+    /// Start (ms) of the stay's open restricted-zone violation.
+    pub(crate) fn violation_ms(&self) -> Option<i64> {
+        self.violation.map(|m| m.ts_ms)
+    }
+}
+
 /// Feeds fix `s`; `here` are the zones containing it that concern the vehicle's class
 /// and have events or bans, sorted by key.
 pub(crate) fn update(

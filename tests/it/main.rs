@@ -4,6 +4,7 @@
 mod api;
 mod ingest;
 mod no_loss;
+mod replay;
 mod rules;
 mod support;
 mod tls;
