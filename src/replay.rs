@@ -1034,11 +1034,8 @@ pub async fn run(opts: ReplayOptions, stop: impl Future<Output = ()>) -> anyhow:
         }
     };
     drop(client);
-    match pg {
-        // A server the service is running on is left running.
-        Some(pg) if pg.reused() => pg.detach(),
-        other => drop(other),
-    }
+    // A private server the service is running on is left running (see its Drop).
+    drop(pg);
     Ok(ok)
 }
 

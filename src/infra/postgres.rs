@@ -43,7 +43,7 @@ pub struct PgOptions {
     pub fast_unsafe: bool,
 }
 
-/// A running private server; stopped on drop.
+/// A running private server; stopped on drop unless it was found already running.
 #[derive(Debug)]
 pub struct EmbeddedPostgres {
     bin: PathBuf,
@@ -279,11 +279,6 @@ impl EmbeddedPostgres {
         self.reused
     }
 
-    /// Lets go of the server without stopping it (another process is using it).
-    pub fn detach(mut self) {
-        self.running = false;
-    }
-
     /// Stops the server (fast shutdown: aborts open transactions, flushes WAL).
     pub fn stop(&mut self) {
         if !self.running {
@@ -319,7 +314,11 @@ impl EmbeddedPostgres {
 
 impl Drop for EmbeddedPostgres {
     fn drop(&mut self) {
-        self.stop();
+        // A server found running belongs to the process that started it (e.g. a demo
+        // while `fleetwatch token create` runs beside it): leave it running.
+        if !self.reused {
+            self.stop();
+        }
     }
 }
 

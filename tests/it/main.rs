@@ -2,6 +2,7 @@
 //! so the private PostgreSQL starts once).
 
 mod api;
+mod infra;
 mod ingest;
 mod no_loss;
 mod replay;

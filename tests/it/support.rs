@@ -22,12 +22,16 @@ struct Cluster {
 static CLUSTER: OnceCell<Cluster> = OnceCell::const_new();
 const TEMPLATE: &str = "fleetwatch_template";
 
+/// Data directory (option) of this test process's private PostgreSQL.
+pub fn cluster_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("fleetwatch-test-pg-{}", std::process::id()))
+}
+
 async fn cluster() -> &'static Cluster {
     CLUSTER
         .get_or_init(|| async {
             fleetwatch::telemetry::init_logs();
-            let dir =
-                std::env::temp_dir().join(format!("fleetwatch-test-pg-{}", std::process::id()));
+            let dir = cluster_dir();
             let _ = std::fs::remove_dir_all(&dir);
             let opts = PgOptions {
                 data_dir: dir.clone(),
