@@ -80,5 +80,19 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// The load simulator must outrun any broker it feeds: one second of a 100,000-vehicle
+/// fleet (about 20,000 fixes with their payloads).
+fn simulator(c: &mut Criterion) {
+    let start = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 24, 1, 0, 0).unwrap();
+    let mut sim = fleetwatch::sim::Simulator::load(100_000, 1, start);
+    let per_s = sim.advance(chrono::Duration::seconds(1)).len() as u64;
+    let mut g = c.benchmark_group("simulator");
+    g.throughput(Throughput::Elements(per_s));
+    g.bench_function("one second of a 100k-vehicle load", |b| {
+        b.iter(|| black_box(sim.advance(chrono::Duration::seconds(1))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, simulator);
 criterion_main!(benches);
