@@ -3,6 +3,7 @@
 
 mod api;
 mod ingest;
+mod map;
 mod no_loss;
 mod rules;
 mod support;
