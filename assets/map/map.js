@@ -250,8 +250,13 @@
     fitted = true;
   }
 
+  /** How long the last vehicle poll took: request and JSON, then the page's update, ms. */
+  const timings = { fetchMs: 0, updateMs: 0 };
+
   async function pollVehicles() {
+    const t0 = performance.now();
     const { vehicles: list } = await api('/api/v1/vehicles');
+    const t1 = performance.now();
     const seen = new Set();
     for (const v of list) {
       seen.add(v.vehicle_id);
@@ -268,6 +273,8 @@
     updateVehicleIds();
     if (selectedId) showVehicle();
     $('updated').textContent = `updated ${fmtTime(new Date().toISOString()).slice(11)}`;
+    timings.fetchMs = t1 - t0;
+    timings.updateMs = performance.now() - t1;
   }
 
   /** Touches the map only where a vehicle changed (position, status, label). */
@@ -583,6 +590,7 @@
     vehicleIds: () => [...vehicles.keys()],
     geoFeatureCount: () => geoLayer.getLayers().length,
     selected: () => selectedId,
+    timings: () => ({ ...timings }),
     /** Page coordinates (CSS px) of a vehicle's marker, for clicking it. */
     vehiclePoint(id) {
       const e = vehicles.get(id);
