@@ -352,8 +352,9 @@ impl Browser {
         for (bin, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
             assert!(
                 Path::new(bin).exists(),
-                "{bin} is missing: install the Debian packages chromium and chromium-driver \
-                 (apt-get install -y chromium chromium-driver; scripts/test does) — {package}"
+                "{bin} is missing (Debian package {package}): the map test needs the \
+                 Debian packages chromium and chromium-driver \
+                 (apt-get install -y chromium chromium-driver; scripts/test installs them)"
             );
         }
         let port = free_port().unwrap();
