@@ -62,6 +62,11 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Longest time range of one track or trips request, days.
     pub max_track_days: u32,
+    /// Tile URL template of the map page (`{z}`, `{x}`, `{y}`, optional `{s}`);
+    /// empty: no background tiles (routes and zones are still drawn).
+    pub map_tile_url: String,
+    /// Attribution shown under the tiles (HTML, as the tile provider requires).
+    pub map_tile_attribution: String,
 }
 
 impl Default for HttpConfig {
@@ -69,6 +74,8 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_track_days: 31,
+            map_tile_url: "https://tile.openstreetmap.org/{z}/{x}/{y}.png".into(),
+            map_tile_attribution: "&copy; <a href=\"https://www.openstreetmap.org/copyright\">OpenStreetMap</a> contributors".into(),
         }
     }
 }

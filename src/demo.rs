@@ -163,6 +163,7 @@ pub async fn run_demo(
         "fleetwatch demo: broker {}  |  metrics http://{}/metrics  |  Ctrl-C to stop",
         app.mqtt_url, app.http_addr
     );
+    println!("map: {}", map_url(&app).await?);
     let publisher = Publisher::connect(&app.mqtt_url, "fleetwatch-demo-fleet")?;
     let alerts = print_alerts(&app.mqtt_url)?;
     let deadline = opts
@@ -230,6 +231,27 @@ pub async fn run_demo(
         s.rejected().values().sum::<u64>()
     );
     Ok(())
+}
+
+/// The map page's URL with a fresh regulator token (read-only, every cooperative) in
+/// its fragment, which the browser keeps to itself.
+async fn map_url(app: &App) -> anyhow::Result<String> {
+    let client = crate::store::connect(&app.db_url)
+        .await
+        .context("connecting for the demo's map token")?;
+    let token = crate::api::auth::create_token(
+        &client,
+        crate::api::auth::Role::Regulator,
+        None,
+        Some("demo map"),
+    )
+    .await?;
+    let mut addr = app.http_addr;
+    // A wildcard listen address is not something a browser can open.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(format!("http://{addr}/map#token={token}"))
 }
 
 /// Prints every alert fleetwatch publishes, as a cooperative's dispatcher would see it.

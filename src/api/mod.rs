@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod error;
+pub mod map;
 pub mod openapi;
 pub mod reports;
 pub mod sha256;
@@ -78,6 +79,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/alerts", get(alerts::list))
         .route("/api/v1/alerts/{id}/ack", axum::routing::post(alerts::ack))
         .route("/api/v1/reports/compliance", get(reports::compliance))
+        .route("/api/v1/geo", get(map::geo))
+        .route("/map", get(map::page))
+        .route("/map/config.json", get(map::config))
+        .route("/map/static/{*file}", get(map::static_file))
         .fallback(|| async { error::ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }

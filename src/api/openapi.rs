@@ -139,6 +139,14 @@ pub fn document() -> Value {
                     "application/json": { "schema": { "$ref": "#/components/schemas/Report" } },
                     "text/csv": { "schema": { "type": "string" } } } }), &["400", "401", "403"])
             }},
+            "/api/v1/geo": { "get": {
+                "summary": "Routes and zones in use, as GeoJSON (lon/lat degrees)",
+                "description": "One FeatureCollection: routes (LineString or MultiLineString; properties layer = route, route_id, name, corridor_m, length_m) \
+                    sorted by id, then zones (Polygon or MultiPolygon; properties layer = zone, zone_id, name, kind, classes, banned_hours as local \"HH:MM-HH:MM\", speed_limit_kmh). \
+                    Every token sees every zone; a cooperative token sees only the routes registered to its own vehicles. Reflects reloads (SIGHUP, /admin/reload-geo).",
+                "responses": with(json!({ "description": "Routes and zones", "content": {
+                    "application/geo+json": { "schema": { "type": "object" } } } }), &["401"])
+            }},
             "/api/v1/openapi.json": { "get": {
                 "summary": "This document", "security": [],
                 "responses": { "200": { "description": "OpenAPI 3.1", "content": { "application/json": {} } } }

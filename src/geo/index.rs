@@ -154,6 +154,16 @@ impl GeoIndex {
         self.by_key.get(&key).map(|&i| &self.zones[i as usize])
     }
 
+    /// Every route, in no particular order.
+    pub fn routes(&self) -> impl Iterator<Item = &RouteIndex> + '_ {
+        self.routes.values()
+    }
+
+    /// Every zone, in index order (lon/lat degrees).
+    pub fn zones(&self) -> &[Zone] {
+        &self.zones
+    }
+
     /// Number of routes.
     pub fn route_count(&self) -> usize {
         self.routes.len()

@@ -52,6 +52,8 @@ pub struct RouteIndex {
     id: String,
     name: Option<String>,
     corridor_m: Option<f64>,
+    /// The source line in lon/lat degrees, kept for display (maps, exports) only.
+    parts: Vec<LineString<f64>>,
     frame: LocalFrame,
     /// Segments as `[ax, ay, bx, by]`, plane metres.
     segs: Vec<[f64; 4]>,
@@ -123,6 +125,7 @@ impl RouteIndex {
             id: route.id,
             name: route.name,
             corridor_m: route.corridor_m,
+            parts: route.parts,
             frame,
             segs,
             seg_start_m,
@@ -147,6 +150,11 @@ impl RouteIndex {
     /// The route's own corridor half-width, metres, if it sets one.
     pub fn corridor_m(&self) -> Option<f64> {
         self.corridor_m
+    }
+
+    /// The route's line as loaded, x = lon and y = lat in degrees (one entry per part).
+    pub fn parts(&self) -> &[LineString<f64>] {
+        &self.parts
     }
 
     /// Total length, metres.

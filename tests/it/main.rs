@@ -4,6 +4,7 @@
 mod api;
 mod infra;
 mod ingest;
+mod map;
 mod no_loss;
 mod replay;
 mod rules;
