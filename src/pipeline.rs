@@ -222,7 +222,7 @@ pub async fn run(
             _ = tick.tick() => {
                 let mut derived = stage.tick(Utc::now());
                 if stage.rules && last_checkpoint.elapsed() >= stage.checkpoint_every {
-                    derived.checkpoint = stage.engine.checkpoint();
+                    derived.checkpoint = stage.engine.checkpoint_changed();
                     last_checkpoint = Instant::now();
                 }
                 if derived.is_empty() {
@@ -251,7 +251,7 @@ pub async fn run(
     }
     // Last checkpoint after the last message, so a clean restart replays nothing.
     let derived = Derived {
-        checkpoint: stage.engine.checkpoint(),
+        checkpoint: stage.engine.checkpoint_changed(),
         ..Derived::default()
     };
     send_derived(&tx, derived).await;

@@ -102,6 +102,8 @@ struct Slot {
     id: VehicleId,
     reg: Option<Arc<Vehicle>>,
     core: VehicleCore,
+    /// Changed since the last [`Engine::checkpoint_changed`].
+    dirty: bool,
 }
 
 /// A driver's driving time and the vehicle (slot) they were last seen on: the
@@ -117,6 +119,9 @@ struct DriverSlot {
 struct Drivers {
     index: HashMap<DriverId, u32>,
     slots: Vec<DriverSlot>,
+    /// Vehicle slots a driver left since the last checkpoint: their checkpoints still
+    /// carry the driver and must be written again without them.
+    left: Vec<u32>,
 }
 
 /// The compliance rules over a stream of validated fixes: pure, synchronous and
@@ -184,6 +189,7 @@ impl Engine {
         let mut out = Output::default();
         let vi = self.slot_of(fix.vehicle());
         let slot = &mut self.slots[vi];
+        slot.dirty = true;
         let vid = &slot.id;
         let s = Sample::from_fix(fix);
         // Any fix, even a late one, shows the device is heard again.
@@ -264,6 +270,7 @@ impl Engine {
                 out: &mut out,
             };
             slot.core.no_signal = no_signal::check(&mut ctx, newest, silent_ms);
+            slot.dirty = true;
         }
         out.alerts.sort_by(|a, b| a.vehicle.cmp(&b.vehicle));
         out.alerts
@@ -314,14 +321,36 @@ impl Engine {
     /// State of every vehicle (with the driving time of the drivers last seen on it),
     /// sorted by vehicle id, for a checkpoint.
     pub fn checkpoint(&self) -> Vec<(VehicleId, VehicleState)> {
+        self.states(|_| true)
+    }
+
+    /// The states of the vehicles that changed since the last call (those a driver
+    /// left included), sorted by vehicle: what a periodic checkpoint must write, the
+    /// rest being stored already. Clears the marks.
+    pub fn checkpoint_changed(&mut self) -> Vec<(VehicleId, VehicleState)> {
+        for vi in std::mem::take(&mut self.drivers.left) {
+            self.slots[vi as usize].dirty = true;
+        }
+        let out = self.states(|s| s.dirty);
+        for slot in &mut self.slots {
+            slot.dirty = false;
+        }
+        out
+    }
+
+    /// The states of the vehicles `pick` selects, each with the drivers last seen on it.
+    fn states(&self, pick: impl Fn(&Slot) -> bool) -> Vec<(VehicleId, VehicleState)> {
         let mut by_owner: Vec<Vec<(DriverId, DrivingState)>> = vec![Vec::new(); self.slots.len()];
         for d in &self.drivers.slots {
-            by_owner[d.owner as usize].push((d.id.clone(), d.state.clone()));
+            if pick(&self.slots[d.owner as usize]) {
+                by_owner[d.owner as usize].push((d.id.clone(), d.state.clone()));
+            }
         }
         let mut out: Vec<(VehicleId, VehicleState)> = self
             .slots
             .iter()
             .zip(by_owner)
+            .filter(|(slot, _)| pick(slot))
             .map(|(slot, mut drivers)| {
                 drivers.sort_by(|a, b| a.0.cmp(&b.0));
                 (
@@ -367,6 +396,7 @@ impl Engine {
             id: vid.clone(),
             reg: self.registry.get(vid).cloned(),
             core: VehicleCore::default(),
+            dirty: true,
         });
         i
     }
@@ -394,6 +424,7 @@ impl Engine {
     fn release(&mut self, vi: usize, upto_ms: i64, out: &mut Output) {
         let slot = &mut self.slots[vi];
         while slot.core.buffer.first().is_some_and(|b| b.ts_ms <= upto_ms) {
+            slot.dirty = true;
             let s = slot.core.buffer.remove(0);
             process(&self.p, &self.geo, &mut self.drivers, vi, slot, s, out);
         }
@@ -430,7 +461,10 @@ fn driving_state<'a>(
     };
     let di = drivers.slot_of(d, vi);
     let slot = &mut drivers.slots[di];
-    slot.owner = vi as u32;
+    if slot.owner != vi as u32 {
+        drivers.left.push(slot.owner);
+        slot.owner = vi as u32;
+    }
     &mut slot.state
 }
 
@@ -444,7 +478,9 @@ fn process(
     s: Sample,
     out: &mut Output,
 ) {
-    let Slot { id: vid, reg, core } = slot;
+    let Slot {
+        id: vid, reg, core, ..
+    } = slot;
     let reg = reg.as_deref();
     let class = reg.map(|v| v.class);
     let (lon, lat) = (s.pos.lon(), s.pos.lat());

@@ -1067,3 +1067,83 @@ proptest! {
         prop_assert_eq!(all, split);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Periodic checkpoints write only what changed; stored as rows per vehicle (as
+    /// the writer upserts them), they always equal a full checkpoint, drivers moving
+    /// between vehicles included.
+    #[test]
+    fn changed_only_checkpoints_add_up_to_the_full_state(
+        steps in proptest::collection::vec(step(), 1..400),
+        every in 1..50usize,
+        tick_at in proptest::option::of(0.0..1.0f64),
+    ) {
+        let fixes = fixes_of(&steps);
+        let tick = tick_at.map(|x| ((fixes.len() as f64) * x) as usize);
+        let mut e = Engine::new(small_cfg(), test_geo(), registry());
+        let mut rows: std::collections::BTreeMap<String, String> = Default::default();
+        let mut store = |cp: Vec<(VehicleId, VehicleState)>| {
+            for (v, st) in cp {
+                rows.insert(v.as_str().to_string(), serde_json::to_string(&st).unwrap());
+            }
+        };
+        let mut written = 0;
+        for (i, f) in fixes.iter().enumerate() {
+            if Some(i) == tick {
+                e.tick(f.ts() + Duration::seconds(3600));
+            }
+            e.push(f);
+            if i % every == every - 1 {
+                let cp = e.checkpoint_changed();
+                written += cp.len();
+                store(cp);
+                // Nothing changed since: nothing to write.
+                prop_assert!(e.checkpoint_changed().is_empty());
+            }
+        }
+        e.flush();
+        store(e.checkpoint_changed());
+        let full: std::collections::BTreeMap<String, String> = e
+            .checkpoint()
+            .into_iter()
+            .map(|(v, st)| (v.as_str().to_string(), serde_json::to_string(&st).unwrap()))
+            .collect();
+        prop_assert_eq!(rows, full);
+        // A tick or a driver leaving may add vehicles, but never more than all of them
+        // at each checkpoint.
+        prop_assert!(written <= 3 * (fixes.len() / every + 1));
+    }
+}
+
+/// A driver who moves to another vehicle is written out of the old vehicle's
+/// checkpoint, even when the old vehicle sends nothing more.
+#[test]
+fn a_driver_leaving_a_vehicle_rewrites_its_checkpoint() {
+    let t0 = local(8, 0, 0);
+    let mut e = engine();
+    run(
+        &mut e,
+        &Track::new("BUS-1", t0, ROUTE_LAT, 106.66)
+            .driver("A111")
+            .drive(300, 10, 40.0)
+            .end(0.0),
+    );
+    let cp = e.checkpoint_changed();
+    assert_eq!(cp.len(), 1);
+    assert_eq!(cp[0].1.drivers.len(), 1, "A111 is on BUS-1");
+    let later = t0 + Duration::seconds(400);
+    run(
+        &mut e,
+        &Track::new("CAR-1", later, 10.98, 106.71)
+            .driver("A111")
+            .drive(60, 10, 40.0)
+            .end(0.0),
+    );
+    let cp = e.checkpoint_changed();
+    let ids: Vec<&str> = cp.iter().map(|(v, _)| v.as_str()).collect();
+    assert_eq!(ids, ["BUS-1", "CAR-1"]);
+    assert!(cp[0].1.drivers.is_empty(), "A111 left BUS-1");
+    assert_eq!(cp[1].1.drivers.len(), 1);
+}
