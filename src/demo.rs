@@ -239,6 +239,11 @@ async fn map_url(app: &App) -> anyhow::Result<String> {
     let client = crate::store::connect(&app.db_url)
         .await
         .context("connecting for the demo's map token")?;
+    // One demo token at a time: the previous run's goes.
+    client
+        .execute("DELETE FROM api_tokens WHERE label = 'demo map'", &[])
+        .await
+        .context("replacing the demo's map token")?;
     let token = crate::api::auth::create_token(
         &client,
         crate::api::auth::Role::Regulator,

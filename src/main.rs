@@ -69,6 +69,20 @@ enum TokenCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// List the stored tokens (id, role, cooperative, label, created).
+    List {
+        /// TOML configuration file (for the database).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Revoke a token by the id `token list` shows.
+    Revoke {
+        /// The token's id (at least 8 hex digits of its SHA-256).
+        id: String,
+        /// TOML configuration file (for the database).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -103,14 +117,43 @@ async fn main() -> anyhow::Result<()> {
                     config,
                 },
         } => {
-            let settings = Settings::load(config.as_deref())?;
-            let (url, pg) = fleetwatch::app::database(&settings).await?;
-            let mut client = store::connect(&url).await.context("connecting")?;
-            store::migrate::migrate(&mut client, &settings.database.layout).await?;
+            let (client, pg) = token_db(config).await?;
             let token =
                 auth::create_token(&client, role, cooperative.as_deref(), label.as_deref()).await?;
             eprintln!("token created ({role}); it is shown only this once:");
             println!("{token}");
+            drop(client);
+            drop(pg);
+        }
+        Command::Token {
+            command: TokenCommand::List { config },
+        } => {
+            let (client, pg) = token_db(config).await?;
+            println!("id            role         cooperative        created                label");
+            for t in auth::list_tokens(&client).await? {
+                println!(
+                    "{:<13} {:<12} {:<18} {} {}",
+                    t.id,
+                    t.role,
+                    t.cooperative.as_deref().unwrap_or("-"),
+                    t.created_at.format("%Y-%m-%d %H:%M UTC"),
+                    t.label.as_deref().unwrap_or("")
+                );
+            }
+            drop(client);
+            drop(pg);
+        }
+        Command::Token {
+            command: TokenCommand::Revoke { id, config },
+        } => {
+            let (client, pg) = token_db(config).await?;
+            let t = auth::revoke_token(&client, &id).await?;
+            println!(
+                "revoked {} ({}{})",
+                t.id,
+                t.role,
+                t.label.map(|l| format!(", {l}")).unwrap_or_default()
+            );
             drop(client);
             drop(pg);
         }
@@ -124,6 +167,20 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The database of the token commands, migrated.
+async fn token_db(
+    config: Option<PathBuf>,
+) -> anyhow::Result<(
+    tokio_postgres::Client,
+    Option<fleetwatch::infra::postgres::EmbeddedPostgres>,
+)> {
+    let settings = Settings::load(config.as_deref())?;
+    let (url, pg) = fleetwatch::app::database(&settings).await?;
+    let mut client = store::connect(&url).await.context("connecting")?;
+    store::migrate::migrate(&mut client, &settings.database.layout).await?;
+    Ok((client, pg))
 }
 
 /// Ctrl-C or SIGTERM.

@@ -218,3 +218,78 @@ pub async fn create_token(
     .await?;
     Ok(token)
 }
+
+/// A stored token as `fleetwatch token list` shows it (never the token itself).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenInfo {
+    /// First 12 hex digits of the token's SHA-256: what `revoke` takes.
+    pub id: String,
+    /// Its role.
+    pub role: String,
+    /// The cooperative of a cooperative token.
+    pub cooperative: Option<String>,
+    /// Free text given at creation.
+    pub label: Option<String>,
+    /// When it was created.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Every stored token, oldest first.
+pub async fn list_tokens(db: &impl GenericClient) -> Result<Vec<TokenInfo>, TokenError> {
+    let rows = db
+        .query(
+            "SELECT left(token_sha256, 12), role, cooperative_id, label, created_at
+             FROM api_tokens ORDER BY created_at, token_sha256",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| TokenInfo {
+            id: r.get(0),
+            role: r.get(1),
+            cooperative: r.get(2),
+            label: r.get(3),
+            created_at: r.get(4),
+        })
+        .collect())
+}
+
+/// Revokes the one token whose SHA-256 starts with `id` (at least 8 hex digits, as
+/// `list_tokens` shows them); refuses an unknown or ambiguous prefix.
+pub async fn revoke_token(db: &impl GenericClient, id: &str) -> Result<TokenInfo, TokenError> {
+    let id = id.to_ascii_lowercase();
+    if id.len() < 8 || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(TokenError::Invalid(
+            "give the token's id: 8 to 64 hex digits, as `fleetwatch token list` shows".into(),
+        ));
+    }
+    let rows = db
+        .query(
+            "SELECT token_sha256, left(token_sha256, 12), role, cooperative_id, label, created_at
+             FROM api_tokens WHERE token_sha256 LIKE $1",
+            &[&format!("{id}%")],
+        )
+        .await?;
+    match rows.as_slice() {
+        [r] => {
+            db.execute(
+                "DELETE FROM api_tokens WHERE token_sha256 = $1",
+                &[&r.get::<_, &str>(0)],
+            )
+            .await?;
+            Ok(TokenInfo {
+                id: r.get(1),
+                role: r.get(2),
+                cooperative: r.get(3),
+                label: r.get(4),
+                created_at: r.get(5),
+            })
+        }
+        [] => Err(TokenError::Invalid(format!("no token with id {id}"))),
+        _ => Err(TokenError::Invalid(format!(
+            "{} tokens start with {id}: give more digits",
+            rows.len()
+        ))),
+    }
+}

@@ -319,6 +319,29 @@ async fn api_requires_a_valid_token() {
     assert!(doc["paths"]["/api/v1/reports/compliance"].is_object());
     let r = get(a, "/api/v1/nothing", &e.admin).await;
     assert_eq!((r.status, r.json()["error"].is_string()), (404, true));
+    // Tokens are listed by id (a digest prefix) and revoked by it.
+    let listed = fleetwatch::api::auth::list_tokens(&c).await.unwrap();
+    assert_eq!(listed.len(), 4);
+    let b_id = &fleetwatch::api::sha256::hex_digest(e.coop_b.as_bytes())[..12];
+    let b = listed
+        .iter()
+        .find(|t| t.id == b_id)
+        .expect("B's token listed");
+    assert_eq!(b.cooperative.as_deref(), Some("HTX-B"));
+    assert!(fleetwatch::api::auth::revoke_token(&c, "abc")
+        .await
+        .is_err());
+    assert!(fleetwatch::api::auth::revoke_token(&c, "00000000")
+        .await
+        .is_err());
+    assert_eq!(get(a, "/api/v1/vehicles", &e.coop_b).await.status, 200);
+    let revoked = fleetwatch::api::auth::revoke_token(&c, b_id).await.unwrap();
+    assert_eq!(&revoked, b);
+    assert_eq!(get(a, "/api/v1/vehicles", &e.coop_b).await.status, 401);
+    assert_eq!(
+        fleetwatch::api::auth::list_tokens(&c).await.unwrap().len(),
+        3
+    );
     // Reloading the geography is an admin's act.
     let reload = "/admin/reload-geo";
     assert_eq!(http(a, "POST", reload, None, None).await.status, 401);
