@@ -124,7 +124,8 @@ impl Publisher {
         while self.acked.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let _ = self.client.disconnect().await;
+        // Never wait for room in the queue: the broker may be gone.
+        let _ = self.client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
     }
 }
@@ -350,9 +351,10 @@ pub async fn run_simulate(
     let mut sent = 0u64;
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_millis(5));
-    loop {
+    let mut stopped = false;
+    'run: loop {
         tokio::select! {
-            _ = &mut stop => break,
+            _ = &mut stop => { stopped = true; break }
             _ = tick.tick() => {}
         }
         if deadline.is_some_and(|d| Instant::now() >= d) || opts.count.is_some_and(|c| sent >= c) {
@@ -366,14 +368,21 @@ pub async fn run_simulate(
                 continue;
             }
             let f = buffer.pop_front().expect("not empty");
-            publisher.publish(topic_of(&pattern, &f), f.payload).await?;
+            // A publish waits while the client's queue is full (a slow or gone broker):
+            // a stop must still get through.
+            tokio::select! {
+                r = publisher.publish(topic_of(&pattern, &f), f.payload) => r?,
+                _ = &mut stop => { stopped = true; break 'run }
+            }
             sent += 1;
         }
         pb.set_position(sent);
         pb.set_message(format!("acked {}", publisher.acked.load(Ordering::Relaxed)));
     }
     let acked = publisher.acked.clone();
-    publisher.finish(sent, Duration::from_secs(30)).await;
+    // Asked to stop: a short wait for the acks, not the full one.
+    let wait = if stopped { 2 } else { 30 };
+    publisher.finish(sent, Duration::from_secs(wait)).await;
     pb.finish_with_message(format!("acked {}", acked.load(Ordering::Relaxed)));
     let secs = started.elapsed().as_secs_f64();
     println!(
