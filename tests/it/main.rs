@@ -4,5 +4,6 @@
 mod api;
 mod ingest;
 mod no_loss;
+mod reports;
 mod rules;
 mod support;
