@@ -3,11 +3,12 @@
 -- A report reads these for the whole local days of its range and the raw tables only
 -- for partial days at its edges.
 
--- Local calendar day of `ts` at a fixed offset east of UTC (seconds): plain arithmetic,
--- so it does not depend on the session's TimeZone.
+-- Local calendar day of `ts` at a fixed offset east of UTC (seconds), whatever the
+-- session's TimeZone. Built of immutable operators only, so the planner inlines it (a
+-- function call per fix would cost the writer).
 CREATE OR REPLACE FUNCTION fw_local_day(ts timestamptz, offset_s integer) RETURNS date
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    AS $$ SELECT date '1970-01-01' + floor((extract(epoch FROM ts) + offset_s) / 86400)::integer $$;
+    AS $$ SELECT ((ts AT TIME ZONE 'UTC') + make_interval(secs => offset_s))::date $$;
 
 CREATE TABLE IF NOT EXISTS rollup_daily (
     vehicle_id                    text             NOT NULL,
