@@ -235,6 +235,13 @@ pub struct Counts {
     pub active_s: f64,
     /// Share 0..1 of `active_s` not inside a data gap ([`DATA_COMPLETENESS`]).
     pub data_completeness: Option<f64>,
+    /// Distance in whole millimetres: sums of integers do not depend on their order,
+    /// so roll-ups and raw tables give the same figures.
+    #[serde(skip)]
+    distance_mm: i64,
+    /// Data gaps in whole microseconds (same reason).
+    #[serde(skip)]
+    data_gap_us: i64,
 }
 
 impl Counts {
@@ -265,7 +272,7 @@ impl Counts {
     }
 
     fn add(&mut self, o: &Counts) {
-        self.distance_km += o.distance_km;
+        self.distance_mm += o.distance_mm;
         self.trips += o.trips;
         self.overspeed_counted += o.overspeed_counted;
         for (b, n) in &o.overspeed_by_band {
@@ -279,19 +286,19 @@ impl Counts {
         self.restricted_zone_violations += o.restricted_zone_violations;
         self.no_signal += o.no_signal;
         self.data_gaps += o.data_gaps;
-        self.data_gap_s += o.data_gap_s;
+        self.data_gap_us += o.data_gap_us;
         self.fixes += o.fixes;
         self.active_s += o.active_s;
     }
 
-    /// Rounds the sums (metres, milliseconds: the same whichever order they were
-    /// added in) and derives the rates and flags.
+    /// Derives distance (to the metre), gap time (to the millisecond), rates, flags
+    /// and completeness from the sums.
     fn rate(&mut self, threshold: f64, near: f64) {
         for b in ["1", "2", "3", "4"] {
             self.overspeed_by_band.entry(b.into()).or_default();
         }
-        self.distance_km = (self.distance_km * 1000.0).round() / 1000.0;
-        self.data_gap_s = (self.data_gap_s * 1000.0).round() / 1000.0;
+        self.distance_km = (self.distance_mm as f64 / 1000.0).round() / 1000.0;
+        self.data_gap_s = (self.data_gap_us as f64 / 1000.0).round() / 1000.0;
         self.active_s = (self.active_s * 1000.0).round() / 1000.0;
         self.overspeed_per_1000km = (self.distance_km > 0.0).then(|| {
             let r = self.overspeed_counted as f64 * 1000.0 / self.distance_km;
@@ -602,14 +609,14 @@ async fn add_rollup(
     let params: [&(dyn ToSql + Sync); 3] = [coop, &d0, &d1];
     for r in db
         .query(
-            "SELECT r.vehicle_id, sum(r.trips)::int8, sum(r.distance_m)::float8,
+            "SELECT r.vehicle_id, sum(r.trips)::int8, sum(r.distance_mm)::int8,
                     sum(r.overspeed_counted)::int8, sum(r.overspeed_band1)::int8,
                     sum(r.overspeed_band2)::int8, sum(r.overspeed_band3)::int8,
                     sum(r.overspeed_band4)::int8, sum(r.overspeed_not_counted)::int8,
                     sum(r.continuous_driving_violations)::int8, sum(r.daily_driving_violations)::int8,
                     sum(r.weekly_driving_violations)::int8, sum(r.off_route_violations)::int8,
                     sum(r.restricted_zone_violations)::int8, sum(r.no_signal)::int8,
-                    sum(r.data_gaps)::int8, sum(r.data_gap_s)::float8, max(r.last_gap_end_ts)
+                    sum(r.data_gaps)::int8, sum(r.data_gap_us)::int8, max(r.last_gap_end_ts)
              FROM rollup_daily r JOIN vehicles v ON v.vehicle_id = r.vehicle_id
              WHERE ($1::text IS NULL OR v.cooperative_id = $1) AND r.day >= $2 AND r.day < $3
              GROUP BY r.vehicle_id",
@@ -622,7 +629,7 @@ async fn add_rollup(
         };
         let c = &mut v.counts;
         c.trips += r.get::<_, i64>(1);
-        c.distance_km += r.get::<_, f64>(2) / 1000.0;
+        c.distance_mm += r.get::<_, i64>(2);
         c.overspeed_counted += r.get::<_, i64>(3);
         for (i, band) in ["1", "2", "3", "4"].iter().enumerate() {
             c.add_band(band, r.get(4 + i));
@@ -635,7 +642,7 @@ async fn add_rollup(
         c.restricted_zone_violations += r.get::<_, i64>(13);
         c.no_signal += r.get::<_, i64>(14);
         c.data_gaps += r.get::<_, i64>(15);
-        c.data_gap_s += r.get::<_, f64>(16);
+        c.data_gap_us += r.get::<_, i64>(16);
         v.span(None, None, r.get(17));
     }
     for r in db
@@ -685,17 +692,20 @@ async fn add_raw(
     let params: [&(dyn ToSql + Sync); 3] = [coop, &from, &to];
     for r in db
         .query(
-            "SELECT t.vehicle_id, sum(t.distance_m)::float8, count(*)
-             FROM trips t JOIN vehicles v ON v.vehicle_id = t.vehicle_id
-             WHERE ($1::text IS NULL OR v.cooperative_id = $1)
-               AND t.start_ts >= $2 AND t.start_ts < $3
-             GROUP BY t.vehicle_id",
+            &format!(
+                "SELECT t.vehicle_id, sum({})::int8, count(*)
+                 FROM trips t JOIN vehicles v ON v.vehicle_id = t.vehicle_id
+                 WHERE ($1::text IS NULL OR v.cooperative_id = $1)
+                   AND t.start_ts >= $2 AND t.start_ts < $3
+                 GROUP BY t.vehicle_id",
+                rollup::TRIP_MM
+            ),
             &params,
         )
         .await?
     {
         if let Some(v) = rows.get_mut(r.get::<_, &str>(0)) {
-            v.counts.distance_km += r.get::<_, f64>(1) / 1000.0;
+            v.counts.distance_mm += r.get::<_, i64>(1);
             v.counts.trips += r.get::<_, i64>(2);
         }
     }
@@ -718,20 +728,21 @@ async fn add_raw(
     }
     for r in db
         .query(
-            "SELECT g.vehicle_id, count(*),
-                    COALESCE(sum(extract(epoch FROM g.end_ts - g.start_ts)), 0)::float8,
-                    max(g.end_ts)
-             FROM data_gaps g JOIN vehicles v ON v.vehicle_id = g.vehicle_id
-             WHERE ($1::text IS NULL OR v.cooperative_id = $1)
-               AND g.start_ts >= $2 AND g.start_ts < $3
-             GROUP BY g.vehicle_id",
+            &format!(
+                "SELECT g.vehicle_id, count(*), sum({})::int8, max(g.end_ts)
+                 FROM data_gaps g JOIN vehicles v ON v.vehicle_id = g.vehicle_id
+                 WHERE ($1::text IS NULL OR v.cooperative_id = $1)
+                   AND g.start_ts >= $2 AND g.start_ts < $3
+                 GROUP BY g.vehicle_id",
+                rollup::GAP_US
+            ),
             &params,
         )
         .await?
     {
         if let Some(v) = rows.get_mut(r.get::<_, &str>(0)) {
             v.counts.data_gaps += r.get::<_, i64>(1);
-            v.counts.data_gap_s += r.get::<_, f64>(2);
+            v.counts.data_gap_us += r.get::<_, i64>(2);
             v.span(None, None, r.get(3));
         }
     }
@@ -882,7 +893,7 @@ mod tests {
     #[test]
     fn rate_flags() {
         let mut c = Counts {
-            distance_km: 1000.0,
+            distance_mm: 1_000_000_000,
             overspeed_counted: 5,
             ..Default::default()
         };
@@ -897,7 +908,7 @@ mod tests {
     #[test]
     fn completeness_is_the_share_of_active_time_outside_gaps() {
         let mut c = Counts {
-            data_gap_s: 900.0,
+            data_gap_us: 900_000_000,
             active_s: 3600.0,
             ..Default::default()
         };

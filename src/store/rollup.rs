@@ -158,6 +158,11 @@ static FIXES_FROM_FIXES: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// A trip's distance in whole millimetres (SQL over a row of `trips`).
+pub const TRIP_MM: &str = "round(distance_m * 1000)::int8";
+/// A data gap's duration in whole microseconds (SQL over a row of `data_gaps`).
+pub const GAP_US: &str = "(extract(epoch FROM end_ts - start_ts) * 1000000)::int8";
+
 /// Adds the fixes of CTE `src` (vehicle_id, cooperative_id, ts) to the roll-up;
 /// `off` is the placeholder of the offset in seconds.
 pub(crate) fn fixes_sql(src: &str, off: &str) -> String {
@@ -176,12 +181,13 @@ pub(crate) fn fixes_sql(src: &str, off: &str) -> String {
 /// Adds the trips of CTE `src` (vehicle_id, cooperative_id, start_ts, distance_m).
 pub(crate) fn trips_sql(src: &str, off: &str) -> String {
     format!(
-        "INSERT INTO rollup_daily AS r (vehicle_id, day, cooperative_id, trips, distance_m)
-         SELECT vehicle_id, fw_local_day(start_ts, {off}::int4), min(cooperative_id), count(*), sum(distance_m)
+        "INSERT INTO rollup_daily AS r (vehicle_id, day, cooperative_id, trips, distance_mm)
+         SELECT vehicle_id, fw_local_day(start_ts, {off}::int4), min(cooperative_id), count(*),
+                sum({TRIP_MM})::int8
          FROM {src} GROUP BY 1, 2 ORDER BY 1, 2
          ON CONFLICT (vehicle_id, day) DO UPDATE SET
              trips = r.trips + EXCLUDED.trips,
-             distance_m = r.distance_m + EXCLUDED.distance_m,
+             distance_mm = r.distance_mm + EXCLUDED.distance_mm,
              cooperative_id = COALESCE(r.cooperative_id, EXCLUDED.cooperative_id)"
     )
 }
@@ -189,13 +195,13 @@ pub(crate) fn trips_sql(src: &str, off: &str) -> String {
 /// Adds the data gaps of CTE `src` (vehicle_id, cooperative_id, start_ts, end_ts).
 pub(crate) fn gaps_sql(src: &str, off: &str) -> String {
     format!(
-        "INSERT INTO rollup_daily AS r (vehicle_id, day, cooperative_id, data_gaps, data_gap_s, last_gap_end_ts)
+        "INSERT INTO rollup_daily AS r (vehicle_id, day, cooperative_id, data_gaps, data_gap_us, last_gap_end_ts)
          SELECT vehicle_id, fw_local_day(start_ts, {off}::int4), min(cooperative_id), count(*),
-                sum(extract(epoch FROM end_ts - start_ts))::float8, max(end_ts)
+                sum({GAP_US})::int8, max(end_ts)
          FROM {src} GROUP BY 1, 2 ORDER BY 1, 2
          ON CONFLICT (vehicle_id, day) DO UPDATE SET
              data_gaps = r.data_gaps + EXCLUDED.data_gaps,
-             data_gap_s = r.data_gap_s + EXCLUDED.data_gap_s,
+             data_gap_us = r.data_gap_us + EXCLUDED.data_gap_us,
              last_gap_end_ts = GREATEST(r.last_gap_end_ts, EXCLUDED.last_gap_end_ts),
              cooperative_id = COALESCE(r.cooperative_id, EXCLUDED.cooperative_id)"
     )

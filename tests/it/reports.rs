@@ -294,16 +294,16 @@ fn item(
     }
 }
 
-/// The roll-up tables as text, in key order (sums rounded as reports round them).
+/// The roll-up tables as text, in key order.
 async fn snapshot(c: &tokio_postgres::Client) -> Vec<String> {
     let mut rows: Vec<String> = c
         .query(
             "SELECT (vehicle_id, day, cooperative_id, fixes, first_fix_ts, last_fix_ts, trips,
-                     round(distance_m::numeric, 3), overspeed_counted, overspeed_band1,
+                     distance_mm, overspeed_counted, overspeed_band1,
                      overspeed_band2, overspeed_band3, overspeed_band4, overspeed_not_counted,
                      continuous_driving_violations, daily_driving_violations,
                      weekly_driving_violations, off_route_violations, restricted_zone_violations,
-                     no_signal, data_gaps, round(data_gap_s::numeric, 3), last_gap_end_ts)::text
+                     no_signal, data_gaps, data_gap_us, last_gap_end_ts)::text
              FROM rollup_daily ORDER BY vehicle_id, day",
             &[],
         )

@@ -21,9 +21,10 @@ CREATE TABLE IF NOT EXISTS rollup_daily (
     fixes                         bigint           NOT NULL DEFAULT 0,
     first_fix_ts                  timestamptz,
     last_fix_ts                   timestamptz,
-    -- Trips starting in the day, their distance in metres.
+    -- Trips starting in the day, their distance in millimetres (integers: sums are
+    -- exact in any order, so roll-ups and raw tables give the same report).
     trips                         bigint           NOT NULL DEFAULT 0,
-    distance_m                    double precision NOT NULL DEFAULT 0,
+    distance_mm                   bigint           NOT NULL DEFAULT 0,
     -- Alerts starting in the day, by what reports count (recomputed from `alerts`
     -- whenever one of them changes: severity, `counted` and end change until closed).
     overspeed_counted             bigint           NOT NULL DEFAULT 0,
@@ -38,10 +39,10 @@ CREATE TABLE IF NOT EXISTS rollup_daily (
     off_route_violations          bigint           NOT NULL DEFAULT 0,
     restricted_zone_violations    bigint           NOT NULL DEFAULT 0,
     no_signal                     bigint           NOT NULL DEFAULT 0,
-    -- Data gaps starting in the day: count, total seconds, latest end (for the active
-    -- time of data completeness, which runs to the end of the last gap).
+    -- Data gaps starting in the day: count, total duration in microseconds, latest
+    -- end (for the active time of data completeness, which runs to the end of the last gap).
     data_gaps                     bigint           NOT NULL DEFAULT 0,
-    data_gap_s                    double precision NOT NULL DEFAULT 0,
+    data_gap_us                   bigint           NOT NULL DEFAULT 0,
     last_gap_end_ts               timestamptz,
     PRIMARY KEY (vehicle_id, day)
 -- Every batch updates today's row of each vehicle in it: room on the page keeps those
