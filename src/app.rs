@@ -84,6 +84,7 @@ impl App {
             .await
             .with_context(|| format!("connecting to {}", redact(&db_url)))?;
         let layout = migrate::migrate(&mut client, &settings.database.layout).await?;
+        store::rollup::ensure(&mut client, settings.rules.utc_offset, layout).await?;
         sync_registry(&client, &settings).await?;
         let mqtt_url = broker(&settings)?;
 

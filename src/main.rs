@@ -1,4 +1,4 @@
-//! The `fleetwatch` command: run, demo, simulate, migrate, token.
+//! The `fleetwatch` command: run, demo, simulate, migrate, token, report.
 
 use std::path::PathBuf;
 
@@ -50,6 +50,43 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Print a compliance report (as `GET /api/v1/reports/compliance`) without the server.
+    Report(ReportArgs),
+}
+
+/// Options of `fleetwatch report`.
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// Cooperative (every cooperative when absent).
+    #[arg(long)]
+    cooperative: Option<String>,
+    /// Local calendar month, YYYY-MM (local time: rules.utc_offset or --utc-offset).
+    #[arg(long, required_unless_present = "from", conflicts_with_all = ["from", "to"])]
+    month: Option<String>,
+    /// Start, inclusive (RFC 3339, e.g. 2026-11-01T00:00:00+07:00).
+    #[arg(long, requires = "to")]
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    /// End, exclusive (RFC 3339).
+    #[arg(long, requires = "from")]
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Offset of local time for --month, +HH:MM (default: rules.utc_offset).
+    #[arg(long, allow_hyphen_values = true)]
+    utc_offset: Option<String>,
+    /// json or csv.
+    #[arg(long, default_value = "json")]
+    format: String,
+    /// Counted overspeed violations per 1,000 km at or over which a vehicle is flagged.
+    #[arg(long)]
+    threshold_per_1000km: Option<f64>,
+    /// Violations per 1,000 km at or over which a vehicle is "near" the threshold.
+    #[arg(long)]
+    near_per_1000km: Option<f64>,
+    /// Compute everything from the raw tables, not the daily roll-ups (slow; a check).
+    #[arg(long)]
+    raw: bool,
+    /// TOML configuration file (database, rules.utc_offset).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -162,9 +199,11 @@ async fn main() -> anyhow::Result<()> {
             let (url, pg) = fleetwatch::app::database(&settings).await?;
             let mut client = store::connect(&url).await.context("connecting")?;
             let layout = store::migrate::migrate(&mut client, &settings.database.layout).await?;
+            store::rollup::ensure(&mut client, settings.rules.utc_offset, layout).await?;
             println!("migrated ({layout:?} layout)");
             drop(pg);
         }
+        Command::Report(args) => report(args).await?,
     }
     Ok(())
 }
@@ -181,6 +220,45 @@ async fn token_db(
     let mut client = store::connect(&url).await.context("connecting")?;
     store::migrate::migrate(&mut client, &settings.database.layout).await?;
     Ok((client, pg))
+}
+
+/// `fleetwatch report`: the report on stdout.
+async fn report(args: ReportArgs) -> anyhow::Result<()> {
+    use fleetwatch::api::reports::{self, Format, ReportParams, ReportQuery, Source};
+    let settings = Settings::load(args.config.as_deref())?;
+    let format = Format::parse(Some(&args.format))?;
+    let cooperative = args
+        .cooperative
+        .as_deref()
+        .map(|c| fleetwatch::domain::CooperativeId::parse(c).map(|c| c.as_str().to_string()))
+        .transpose()
+        .context("--cooperative")?;
+    let q = ReportQuery {
+        month: args.month,
+        from: args.from,
+        to: args.to,
+        utc_offset: args.utc_offset,
+        threshold_per_1000km: args.threshold_per_1000km,
+        near_per_1000km: args.near_per_1000km,
+        ..ReportQuery::default()
+    };
+    let mut params = ReportParams::from_query(&q, cooperative, settings.rules.utc_offset)?;
+    if args.raw {
+        params.source = Source::Raw;
+    }
+    let (url, pg) = fleetwatch::app::database(&settings).await?;
+    let mut client = store::connect(&url).await.context("connecting")?;
+    // Idempotent; a private database may never have been migrated.
+    let layout = store::migrate::migrate(&mut client, &settings.database.layout).await?;
+    store::rollup::ensure(&mut client, settings.rules.utc_offset, layout).await?;
+    let report = reports::build(&client, &params).await?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Csv => print!("{}", report.csv()),
+    }
+    drop(client);
+    drop(pg);
+    Ok(())
 }
 
 /// Ctrl-C or SIGTERM.

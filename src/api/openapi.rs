@@ -46,6 +46,12 @@ fn with(ok: Value, codes: &[&str]) -> Value {
 pub fn document() -> Value {
     let vehicle_path =
         json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } });
+    // Apart: the document is too deep for one `json!` within the default recursion limit.
+    let computed_from = json!({ "type": "object", "properties": {
+                        "roll_up_days": { "type": ["object", "null"], "properties": { "from": { "type": "string", "format": "date" }, "to": { "type": "string", "format": "date" } } },
+                        "roll_up_utc_offset": { "type": ["string", "null"] },
+                        "raw": { "type": "array", "items": { "type": "object", "properties": {
+                            "from": { "type": "string", "format": "date-time" }, "to": { "type": "string", "format": "date-time" } } } } } });
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -124,7 +130,14 @@ pub fn document() -> Value {
                 "description": "Counts are of alerts, trips and data gaps whose start is in the range. \
                     Overspeed: only violations with excess over 5 km/h are counted (by severity band 1-4, Decree 168/2024); \
                     overspeed_per_1000km = counted / distance_km * 1000; at_or_over_threshold when >= threshold_per_1000km (default 5, Decree 10/2020 art. 22); \
-                    near_threshold when >= near_per_1000km (default 4) and under the threshold.",
+                    near_threshold when >= near_per_1000km (default 4) and under the threshold. \
+                    fixes: fixes stored with their time in the range. \
+                    data_completeness = 1 - data_gap_s / active_s, where a data gap is the time between two consecutive fixes \
+                    further apart than the sending cadence (30 s when both are moving, 900 s otherwise; Circular 09/2015), \
+                    data_gap_s sums the gaps starting in the range, and active_s runs from the vehicle's first fix in the range \
+                    to its last fix or the end of the last gap starting in the range, whichever is later; null when active_s is 0. \
+                    Totals: 1 - sum(data_gap_s) / sum(active_s). \
+                    Whole local days come from daily roll-ups and partial days from the raw data (computed_from says which); both give the same figures.",
                 "parameters": [
                     q("cooperative", "Cooperative id (a cooperative token: its own; others: every cooperative if absent)", json!({ "type": "string" })),
                     q("month", "Local calendar month YYYY-MM (instead of from/to)", json!({ "type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$" })),
@@ -191,7 +204,9 @@ pub fn document() -> Value {
                     "continuous_driving_violations": { "type": "integer" }, "daily_driving_violations": { "type": "integer" },
                     "weekly_driving_violations": { "type": "integer" }, "off_route_violations": { "type": "integer" },
                     "restricted_zone_violations": { "type": "integer" }, "no_signal": { "type": "integer" },
-                    "data_gaps": { "type": "integer" }, "data_gap_s": { "type": "number" } } },
+                    "data_gaps": { "type": "integer" }, "data_gap_s": { "type": "number" },
+                    "fixes": { "type": "integer" }, "active_s": { "type": "number" },
+                    "data_completeness": { "type": ["number", "null"], "minimum": 0, "maximum": 1 } } },
                 "Report": { "type": "object", "properties": {
                     "cooperative": { "type": ["string", "null"] }, "from": { "type": "string", "format": "date-time" },
                     "to": { "type": "string", "format": "date-time" }, "month": { "type": ["string", "null"] },
@@ -203,7 +218,9 @@ pub fn document() -> Value {
                         "daily_driving_violations": { "type": "integer" }, "weekly_driving_violations": { "type": "integer" } } } },
                     "totals": { "type": "object", "properties": {
                         "vehicles": { "type": "integer" }, "vehicles_at_or_over_threshold": { "type": "integer" },
-                        "vehicles_near_threshold": { "type": "integer" }, "counts": { "$ref": "#/components/schemas/Counts" } } } } }
+                        "vehicles_near_threshold": { "type": "integer" }, "counts": { "$ref": "#/components/schemas/Counts" } } },
+                    "computed_from": computed_from,
+                    "definitions": { "type": "object", "properties": { "data_completeness": { "type": "string" } } } } }
             }
         }
     })

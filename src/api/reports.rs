@@ -1,6 +1,10 @@
 //! Compliance report (Circular 12/2020 art. 5: violation statistics, including data
 //! interruptions) per vehicle, per driver and per cooperative, for a range or a local
 //! month.
+//!
+//! [`build`] makes the report without axum (the HTTP handler and `fleetwatch report`
+//! both call it): whole local days of the range come from the daily roll-ups
+//! ([`crate::store::rollup`]), partial days at its edges from the raw tables.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -11,13 +15,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, TimeDelta, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::vehicles::rfc3339;
 use super::AppState;
 use crate::rules::UtcOffset;
+use crate::store::rollup;
 
 /// Longest report range.
 pub const MAX_REPORT_RANGE: TimeDelta = TimeDelta::days(366);
@@ -26,9 +32,46 @@ pub const MAX_REPORT_RANGE: TimeDelta = TimeDelta::days(366);
 pub const DEFAULT_THRESHOLD_PER_1000KM: f64 = 5.0;
 /// Default "near the threshold" mark; override with `near_per_1000km`.
 pub const DEFAULT_NEAR_PER_1000KM: f64 = 4.0;
+/// What `data_completeness` means, as written into every JSON report.
+pub const DATA_COMPLETENESS: &str = "data_completeness = 1 - data_gap_s / active_s. \
+    A data gap is the time between two consecutive fixes of a vehicle that are further apart \
+    than the sending cadence (30 s when both fixes are moving, 900 s otherwise; Circular 09/2015; \
+    rules.gaps); data_gap_s sums the gaps starting in the range. active_s runs from the vehicle's \
+    first fix in the range to its last fix in the range or the end of the last gap starting in \
+    the range, whichever is later. null when active_s is 0 (fewer than two fixes). Totals: \
+    1 - sum(data_gap_s) / sum(active_s) over the vehicles.";
+
+/// Errors making a report.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// A parameter the caller must fix.
+    #[error("{0}")]
+    Invalid(String),
+    /// A query failed.
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// Reading the roll-ups' plan failed.
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl ReportError {
+    fn invalid(msg: impl Into<String>) -> Self {
+        Self::Invalid(msg.into())
+    }
+}
+
+impl From<ReportError> for ApiError {
+    fn from(e: ReportError) -> Self {
+        match e {
+            ReportError::Invalid(m) => ApiError::BadRequest(m),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
 
 /// Query of a report.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportQuery {
     /// Cooperative (a cooperative token: its own, the default; others: all if absent).
@@ -49,8 +92,110 @@ pub struct ReportQuery {
     pub near_per_1000km: Option<f64>,
 }
 
+/// Output format of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON document.
+    Json,
+    /// One row per vehicle, then the total.
+    Csv,
+}
+
+impl Format {
+    /// `json` (also when absent) or `csv`.
+    pub fn parse(s: Option<&str>) -> Result<Self, ReportError> {
+        match s.unwrap_or("json") {
+            "json" => Ok(Self::Json),
+            "csv" => Ok(Self::Csv),
+            _ => Err(ReportError::invalid("format must be json or csv")),
+        }
+    }
+}
+
+/// Where the whole days of a report come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Source {
+    /// The daily roll-ups for whole local days, raw tables for partial days.
+    #[default]
+    RollUp,
+    /// The raw tables for the whole range (slow; checks the roll-ups).
+    Raw,
+}
+
+/// A checked report request.
+#[derive(Debug, Clone)]
+pub struct ReportParams {
+    /// Cooperative, or every cooperative.
+    pub cooperative: Option<String>,
+    /// Start, inclusive.
+    pub from: DateTime<Utc>,
+    /// End, exclusive.
+    pub to: DateTime<Utc>,
+    /// The local month asked for, if any (echoed in the report).
+    pub month: Option<String>,
+    /// Revocation threshold, violations per 1,000 km.
+    pub threshold_per_1000km: f64,
+    /// Near-threshold mark, violations per 1,000 km.
+    pub near_per_1000km: f64,
+    /// Roll-ups or raw tables.
+    pub source: Source,
+}
+
+impl ReportParams {
+    /// Checks `q` (range, offset, thresholds) for `cooperative` (already authorised);
+    /// `default_offset` makes `month` local when `q.utc_offset` is absent.
+    pub fn from_query(
+        q: &ReportQuery,
+        cooperative: Option<String>,
+        default_offset: UtcOffset,
+    ) -> Result<Self, ReportError> {
+        let offset = match &q.utc_offset {
+            Some(o) => {
+                UtcOffset::try_from(o.clone()).map_err(|e| ReportError::invalid(e.to_string()))?
+            }
+            None => default_offset,
+        };
+        let (from, to) = match (&q.month, q.from, q.to) {
+            (Some(m), None, None) => month_range(m, offset.seconds())?,
+            (None, Some(f), Some(t)) => (f, t),
+            _ => {
+                return Err(ReportError::invalid(
+                    "give either month=YYYY-MM or both from and to (RFC 3339)",
+                ))
+            }
+        };
+        if from >= to {
+            return Err(ReportError::invalid("from must be before to"));
+        }
+        if to - from > MAX_REPORT_RANGE {
+            return Err(ReportError::invalid(format!(
+                "range too long: at most {} days per report",
+                MAX_REPORT_RANGE.num_days()
+            )));
+        }
+        let threshold = q
+            .threshold_per_1000km
+            .unwrap_or(DEFAULT_THRESHOLD_PER_1000KM);
+        let near = q.near_per_1000km.unwrap_or(DEFAULT_NEAR_PER_1000KM);
+        if !(threshold.is_finite() && near.is_finite() && 0.0 <= near && near <= threshold) {
+            return Err(ReportError::invalid(
+                "need 0 <= near_per_1000km <= threshold_per_1000km",
+            ));
+        }
+        Ok(Self {
+            cooperative,
+            from,
+            to,
+            month: q.month.clone(),
+            threshold_per_1000km: threshold,
+            near_per_1000km: near,
+            source: Source::RollUp,
+        })
+    }
+}
+
 /// Counts of one vehicle (or of the totals).
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
 pub struct Counts {
     /// Distance driven, km (sum of the trips starting in the range).
     pub distance_km: f64,
@@ -82,8 +227,21 @@ pub struct Counts {
     pub no_signal: i64,
     /// Data gaps (between consecutive fixes, above the sending cadence).
     pub data_gaps: i64,
-    /// Total duration of the data gaps, seconds.
+    /// Total duration of the data gaps, seconds (to the millisecond).
     pub data_gap_s: f64,
+    /// Fixes stored with their time in the range.
+    pub fixes: i64,
+    /// Time the data completeness is measured over, seconds ([`DATA_COMPLETENESS`]).
+    pub active_s: f64,
+    /// Share 0..1 of `active_s` not inside a data gap ([`DATA_COMPLETENESS`]).
+    pub data_completeness: Option<f64>,
+    /// Distance in whole millimetres: sums of integers do not depend on their order,
+    /// so roll-ups and raw tables give the same figures.
+    #[serde(skip)]
+    distance_mm: i64,
+    /// Data gaps in whole microseconds (same reason).
+    #[serde(skip)]
+    data_gap_us: i64,
 }
 
 impl Counts {
@@ -93,7 +251,7 @@ impl Counts {
             "overspeed" if violation && counted => {
                 self.overspeed_counted += n;
                 if let Some(b) = severity.filter(|b| (1..=4).contains(b)) {
-                    *self.overspeed_by_band.entry(b.to_string()).or_default() += n;
+                    self.add_band(&b.to_string(), n);
                 }
             }
             "overspeed" if violation => self.overspeed_not_counted += n,
@@ -107,12 +265,18 @@ impl Counts {
         }
     }
 
+    fn add_band(&mut self, band: &str, n: i64) {
+        if n != 0 {
+            *self.overspeed_by_band.entry(band.to_string()).or_default() += n;
+        }
+    }
+
     fn add(&mut self, o: &Counts) {
-        self.distance_km += o.distance_km;
+        self.distance_mm += o.distance_mm;
         self.trips += o.trips;
         self.overspeed_counted += o.overspeed_counted;
         for (b, n) in &o.overspeed_by_band {
-            *self.overspeed_by_band.entry(b.clone()).or_default() += n;
+            self.add_band(b, *n);
         }
         self.overspeed_not_counted += o.overspeed_not_counted;
         self.continuous_driving_violations += o.continuous_driving_violations;
@@ -122,14 +286,20 @@ impl Counts {
         self.restricted_zone_violations += o.restricted_zone_violations;
         self.no_signal += o.no_signal;
         self.data_gaps += o.data_gaps;
-        self.data_gap_s += o.data_gap_s;
+        self.data_gap_us += o.data_gap_us;
+        self.fixes += o.fixes;
+        self.active_s += o.active_s;
     }
 
+    /// Derives distance (to the metre), gap time (to the millisecond), rates, flags
+    /// and completeness from the sums.
     fn rate(&mut self, threshold: f64, near: f64) {
         for b in ["1", "2", "3", "4"] {
             self.overspeed_by_band.entry(b.into()).or_default();
         }
-        self.distance_km = (self.distance_km * 1000.0).round() / 1000.0;
+        self.distance_km = (self.distance_mm as f64 / 1000.0).round() / 1000.0;
+        self.data_gap_s = (self.data_gap_us as f64 / 1000.0).round() / 1000.0;
+        self.active_s = (self.active_s * 1000.0).round() / 1000.0;
         self.overspeed_per_1000km = (self.distance_km > 0.0).then(|| {
             let r = self.overspeed_counted as f64 * 1000.0 / self.distance_km;
             (r * 1000.0).round() / 1000.0
@@ -137,6 +307,10 @@ impl Counts {
         let r = self.overspeed_per_1000km.unwrap_or(0.0);
         self.at_or_over_threshold = r >= threshold;
         self.near_threshold = !self.at_or_over_threshold && r >= near;
+        self.data_completeness = (self.active_s > 0.0).then(|| {
+            let c = (1.0 - self.data_gap_s / self.active_s).clamp(0.0, 1.0);
+            (c * 1e6).round() / 1e6
+        });
     }
 }
 
@@ -154,10 +328,49 @@ pub struct VehicleRow {
     /// Its counts.
     #[serde(flatten)]
     pub counts: Counts,
+    /// First fix in the range.
+    #[serde(skip)]
+    first_fix: Option<DateTime<Utc>>,
+    /// Last fix in the range.
+    #[serde(skip)]
+    last_fix: Option<DateTime<Utc>>,
+    /// End of the last data gap starting in the range.
+    #[serde(skip)]
+    last_gap_end: Option<DateTime<Utc>>,
+}
+
+impl VehicleRow {
+    fn span(
+        &mut self,
+        first: Option<DateTime<Utc>>,
+        last: Option<DateTime<Utc>>,
+        gap_end: Option<DateTime<Utc>>,
+    ) {
+        fn min(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+            a.into_iter().chain(b).min()
+        }
+        fn max(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+            a.into_iter().chain(b).max()
+        }
+        self.first_fix = min(self.first_fix, first);
+        self.last_fix = max(self.last_fix, last);
+        self.last_gap_end = max(self.last_gap_end, gap_end);
+    }
+
+    fn active_s(&self) -> f64 {
+        match (self.first_fix, max_opt(self.last_fix, self.last_gap_end)) {
+            (Some(f), Some(e)) if e > f => (e - f).num_microseconds().unwrap_or(0) as f64 / 1e6,
+            _ => 0.0,
+        }
+    }
+}
+
+fn max_opt(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    a.into_iter().chain(b).max()
 }
 
 /// Driving-time breaches of one driver.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, PartialEq, Serialize)]
 pub struct DriverRow {
     /// Driver licence number.
     pub driver_id: String,
@@ -169,9 +382,79 @@ pub struct DriverRow {
     pub weekly_driving_violations: i64,
 }
 
+/// Totals over the vehicles.
+#[derive(Debug, Serialize)]
+pub struct Totals {
+    /// Vehicles in the report.
+    pub vehicles: usize,
+    /// Vehicles at or over the threshold.
+    pub vehicles_at_or_over_threshold: usize,
+    /// Vehicles near the threshold.
+    pub vehicles_near_threshold: usize,
+    /// Summed counts.
+    pub counts: Counts,
+}
+
+/// A time range, `from` inclusive, `to` exclusive.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Span {
+    /// Start (RFC 3339).
+    pub from: String,
+    /// End (RFC 3339).
+    pub to: String,
+}
+
+/// Which parts of the range came from the roll-ups and which from the raw tables.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComputedFrom {
+    /// Local days `[from, to)` read from the daily roll-ups, if any.
+    pub roll_up_days: Option<Span>,
+    /// Offset of the roll-ups' local days.
+    pub roll_up_utc_offset: Option<String>,
+    /// Ranges computed from the raw tables.
+    pub raw: Vec<Span>,
+}
+
+/// Definitions of derived figures.
+#[derive(Debug, Serialize)]
+pub struct Definitions {
+    /// How `data_completeness` is computed.
+    pub data_completeness: &'static str,
+}
+
+/// A compliance report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Cooperative, or `null` for all.
+    pub cooperative: Option<String>,
+    /// Start, inclusive (RFC 3339).
+    pub from: String,
+    /// End, exclusive (RFC 3339).
+    pub to: String,
+    /// The local month asked for.
+    pub month: Option<String>,
+    /// Revocation threshold, violations per 1,000 km.
+    pub threshold_per_1000km: f64,
+    /// Near-threshold mark.
+    pub near_per_1000km: f64,
+    /// One row per visible vehicle, by id.
+    pub vehicles: Vec<VehicleRow>,
+    /// Drivers with driving-time violations, by id.
+    pub drivers: Vec<DriverRow>,
+    /// Totals.
+    pub totals: Totals,
+    /// Roll-ups and raw ranges used.
+    pub computed_from: ComputedFrom,
+    /// Definitions of derived figures.
+    pub definitions: Definitions,
+}
+
 /// Start and end of local month `YYYY-MM` at `offset`, as UTC.
-pub fn month_range(month: &str, offset_s: i32) -> ApiResult<(DateTime<Utc>, DateTime<Utc>)> {
-    let bad = || ApiError::bad(format!("month must look like 2026-11, got {month:?}"));
+pub fn month_range(
+    month: &str,
+    offset_s: i32,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), ReportError> {
+    let bad = || ReportError::invalid(format!("month must look like 2026-11, got {month:?}"));
     let first = NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d").map_err(|_| bad())?;
     let next = if first.month() == 12 {
         NaiveDate::from_ymd_opt(first.year() + 1, 1, 1)
@@ -189,56 +472,29 @@ pub fn month_range(month: &str, offset_s: i32) -> ApiResult<(DateTime<Utc>, Date
     Ok((at(first)?, at(next)?))
 }
 
-/// `GET /api/v1/reports/compliance`.
-pub async fn compliance(
-    State(s): State<AppState>,
-    caller: Caller,
-    q: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Response> {
-    let Query(q) = q?;
-    let coop = caller.cooperative_filter(q.cooperative.as_deref())?;
-    let format = q.format.as_deref().unwrap_or("json");
-    if !matches!(format, "json" | "csv") {
-        return Err(ApiError::bad("format must be json or csv"));
+/// The whole local days `[d0, d1)` inside `[from, to)` at `offset_s`, if any.
+pub fn whole_days(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    offset_s: i32,
+) -> Option<(NaiveDate, NaiveDate)> {
+    let mut d0 = rollup::local_day(from, offset_s);
+    if rollup::day_start(d0, offset_s) < from {
+        d0 = d0.succ_opt()?;
     }
-    let offset = match &q.utc_offset {
-        Some(o) => UtcOffset::try_from(o.clone()).map_err(|e| ApiError::bad(e.to_string()))?,
-        None => s.settings.rules.utc_offset,
-    };
-    let (from, to) = match (&q.month, q.from, q.to) {
-        (Some(m), None, None) => month_range(m, offset.seconds())?,
-        (None, Some(f), Some(t)) => (f, t),
-        _ => {
-            return Err(ApiError::bad(
-                "give either month=YYYY-MM or both from and to (RFC 3339)",
-            ))
-        }
-    };
-    if from >= to {
-        return Err(ApiError::bad("from must be before to"));
-    }
-    if to - from > MAX_REPORT_RANGE {
-        return Err(ApiError::bad(format!(
-            "range too long: at most {} days per report",
-            MAX_REPORT_RANGE.num_days()
-        )));
-    }
-    let threshold = q
-        .threshold_per_1000km
-        .unwrap_or(DEFAULT_THRESHOLD_PER_1000KM);
-    let near = q.near_per_1000km.unwrap_or(DEFAULT_NEAR_PER_1000KM);
-    if !(threshold.is_finite() && near.is_finite() && 0.0 <= near && near <= threshold) {
-        return Err(ApiError::bad(
-            "need 0 <= near_per_1000km <= threshold_per_1000km",
-        ));
-    }
+    let d1 = rollup::local_day(to, offset_s);
+    (d0 < d1).then_some((d0, d1))
+}
 
-    let db = s.db.get().await?;
+/// Builds the report of `p`: vehicles of the registry (of the cooperative), their
+/// trips, alerts, data gaps and fixes starting in the range.
+pub async fn build(db: &Client, p: &ReportParams) -> Result<Report, ReportError> {
+    let coop = &p.cooperative;
     let mut rows: BTreeMap<String, VehicleRow> = db
         .query(
             "SELECT vehicle_id, cooperative_id, plate, class FROM vehicles
              WHERE ($1::text IS NULL OR cooperative_id = $1) ORDER BY vehicle_id",
-            &[&coop],
+            &[coop],
         )
         .await?
         .iter()
@@ -250,27 +506,207 @@ pub async fn compliance(
                 plate: r.get(2),
                 class: r.get(3),
                 counts: Counts::default(),
+                first_fix: None,
+                last_fix: None,
+                last_gap_end: None,
             };
             (id, row)
         })
         .collect();
+    let mut drivers: BTreeMap<String, DriverRow> = BTreeMap::new();
 
-    // Every aggregate is over the visible vehicles, by the event time of its start.
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&coop, &from, &to];
+    let plan = match p.source {
+        Source::RollUp => rollup::plan(db).await?,
+        Source::Raw => None,
+    };
+    let days = plan.and_then(|pl| whole_days(p.from, p.to, pl.offset_s).map(|d| (pl, d)));
+    let mut computed = ComputedFrom {
+        roll_up_days: None,
+        roll_up_utc_offset: None,
+        raw: Vec::new(),
+    };
+    let mut raw_ranges = Vec::new();
+    match days {
+        Some((pl, (d0, d1))) => {
+            add_rollup(db, coop, d0, d1, &mut rows, &mut drivers).await?;
+            computed.roll_up_days = Some(Span {
+                from: d0.to_string(),
+                to: d1.to_string(),
+            });
+            computed.roll_up_utc_offset = Some(UtcOffset::from_seconds(pl.offset_s).to_string());
+            let (t0, t1) = (
+                rollup::day_start(d0, pl.offset_s),
+                rollup::day_start(d1, pl.offset_s),
+            );
+            if p.from < t0 {
+                raw_ranges.push((p.from, t0));
+            }
+            if t1 < p.to {
+                raw_ranges.push((t1, p.to));
+            }
+        }
+        None => raw_ranges.push((p.from, p.to)),
+    }
+    for (a, b) in raw_ranges {
+        add_raw(db, coop, a, b, &mut rows, &mut drivers).await?;
+        computed.raw.push(Span {
+            from: rfc3339(a),
+            to: rfc3339(b),
+        });
+    }
+
+    let (threshold, near) = (p.threshold_per_1000km, p.near_per_1000km);
+    let mut total = Counts::default();
+    for v in rows.values_mut() {
+        v.counts.active_s = v.active_s();
+        total.add(&v.counts);
+        v.counts.rate(threshold, near);
+    }
+    total.rate(threshold, near);
+    let vehicles: Vec<VehicleRow> = rows.into_values().collect();
+    let totals = Totals {
+        vehicles: vehicles.len(),
+        vehicles_at_or_over_threshold: vehicles
+            .iter()
+            .filter(|v| v.counts.at_or_over_threshold)
+            .count(),
+        vehicles_near_threshold: vehicles.iter().filter(|v| v.counts.near_threshold).count(),
+        counts: total,
+    };
+    Ok(Report {
+        cooperative: p.cooperative.clone(),
+        from: rfc3339(p.from),
+        to: rfc3339(p.to),
+        month: p.month.clone(),
+        threshold_per_1000km: threshold,
+        near_per_1000km: near,
+        vehicles,
+        drivers: drivers.into_values().collect(),
+        totals,
+        computed_from: computed,
+        definitions: Definitions {
+            data_completeness: DATA_COMPLETENESS,
+        },
+    })
+}
+
+fn driver(drivers: &mut BTreeMap<String, DriverRow>, id: String) -> &mut DriverRow {
+    drivers.entry(id.clone()).or_insert_with(|| DriverRow {
+        driver_id: id,
+        ..Default::default()
+    })
+}
+
+/// Adds the local days `[d0, d1)` from the roll-ups.
+async fn add_rollup(
+    db: &Client,
+    coop: &Option<String>,
+    d0: NaiveDate,
+    d1: NaiveDate,
+    rows: &mut BTreeMap<String, VehicleRow>,
+    drivers: &mut BTreeMap<String, DriverRow>,
+) -> Result<(), ReportError> {
+    let params: [&(dyn ToSql + Sync); 3] = [coop, &d0, &d1];
     for r in db
         .query(
-            "SELECT t.vehicle_id, sum(t.distance_m)::float8, count(*)
-             FROM trips t JOIN vehicles v ON v.vehicle_id = t.vehicle_id
-             WHERE ($1::text IS NULL OR v.cooperative_id = $1)
-               AND t.start_ts >= $2 AND t.start_ts < $3
-             GROUP BY t.vehicle_id",
+            "SELECT r.vehicle_id, sum(r.trips)::int8, sum(r.distance_mm)::int8,
+                    sum(r.overspeed_counted)::int8, sum(r.overspeed_band1)::int8,
+                    sum(r.overspeed_band2)::int8, sum(r.overspeed_band3)::int8,
+                    sum(r.overspeed_band4)::int8, sum(r.overspeed_not_counted)::int8,
+                    sum(r.continuous_driving_violations)::int8, sum(r.daily_driving_violations)::int8,
+                    sum(r.weekly_driving_violations)::int8, sum(r.off_route_violations)::int8,
+                    sum(r.restricted_zone_violations)::int8, sum(r.no_signal)::int8,
+                    sum(r.data_gaps)::int8, sum(r.data_gap_us)::int8, max(r.last_gap_end_ts)
+             FROM rollup_daily r JOIN vehicles v ON v.vehicle_id = r.vehicle_id
+             WHERE ($1::text IS NULL OR v.cooperative_id = $1) AND r.day >= $2 AND r.day < $3
+             GROUP BY r.vehicle_id",
+            &params,
+        )
+        .await?
+    {
+        let Some(v) = rows.get_mut(r.get::<_, &str>(0)) else {
+            continue;
+        };
+        let c = &mut v.counts;
+        c.trips += r.get::<_, i64>(1);
+        c.distance_mm += r.get::<_, i64>(2);
+        c.overspeed_counted += r.get::<_, i64>(3);
+        for (i, band) in ["1", "2", "3", "4"].iter().enumerate() {
+            c.add_band(band, r.get(4 + i));
+        }
+        c.overspeed_not_counted += r.get::<_, i64>(8);
+        c.continuous_driving_violations += r.get::<_, i64>(9);
+        c.daily_driving_violations += r.get::<_, i64>(10);
+        c.weekly_driving_violations += r.get::<_, i64>(11);
+        c.off_route_violations += r.get::<_, i64>(12);
+        c.restricted_zone_violations += r.get::<_, i64>(13);
+        c.no_signal += r.get::<_, i64>(14);
+        c.data_gaps += r.get::<_, i64>(15);
+        c.data_gap_us += r.get::<_, i64>(16);
+        v.span(None, None, r.get(17));
+    }
+    for r in db
+        .query(
+            "SELECT f.vehicle_id, sum(f.fixes)::int8, min(f.first_fix_ts), max(f.last_fix_ts)
+             FROM rollup_fixes_daily f JOIN vehicles v ON v.vehicle_id = f.vehicle_id
+             WHERE ($1::text IS NULL OR v.cooperative_id = $1) AND f.day >= $2 AND f.day < $3
+             GROUP BY f.vehicle_id",
             &params,
         )
         .await?
     {
         if let Some(v) = rows.get_mut(r.get::<_, &str>(0)) {
-            v.counts.distance_km = r.get::<_, f64>(1) / 1000.0;
-            v.counts.trips = r.get(2);
+            v.counts.fixes += r.get::<_, i64>(1);
+            v.span(r.get(2), r.get(3), None);
+        }
+    }
+    for r in db
+        .query(
+            "SELECT d.driver_id, sum(d.continuous_driving_violations)::int8,
+                    sum(d.daily_driving_violations)::int8, sum(d.weekly_driving_violations)::int8
+             FROM rollup_daily_driver d JOIN vehicles v ON v.vehicle_id = d.vehicle_id
+             WHERE ($1::text IS NULL OR v.cooperative_id = $1) AND d.day >= $2 AND d.day < $3
+             GROUP BY d.driver_id",
+            &params,
+        )
+        .await?
+    {
+        let d = driver(drivers, r.get(0));
+        d.continuous_driving_violations += r.get::<_, i64>(1);
+        d.daily_driving_violations += r.get::<_, i64>(2);
+        d.weekly_driving_violations += r.get::<_, i64>(3);
+    }
+    Ok(())
+}
+
+/// Adds `[from, to)` from the raw tables. Every aggregate is over the visible
+/// vehicles, by the event time of its start.
+async fn add_raw(
+    db: &Client,
+    coop: &Option<String>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    rows: &mut BTreeMap<String, VehicleRow>,
+    drivers: &mut BTreeMap<String, DriverRow>,
+) -> Result<(), ReportError> {
+    let params: [&(dyn ToSql + Sync); 3] = [coop, &from, &to];
+    for r in db
+        .query(
+            &format!(
+                "SELECT t.vehicle_id, sum({})::int8, count(*)
+                 FROM trips t JOIN vehicles v ON v.vehicle_id = t.vehicle_id
+                 WHERE ($1::text IS NULL OR v.cooperative_id = $1)
+                   AND t.start_ts >= $2 AND t.start_ts < $3
+                 GROUP BY t.vehicle_id",
+                rollup::TRIP_MM
+            ),
+            &params,
+        )
+        .await?
+    {
+        if let Some(v) = rows.get_mut(r.get::<_, &str>(0)) {
+            v.counts.distance_mm += r.get::<_, i64>(1);
+            v.counts.trips += r.get::<_, i64>(2);
         }
     }
     for r in db
@@ -292,22 +728,40 @@ pub async fn compliance(
     }
     for r in db
         .query(
-            "SELECT g.vehicle_id, count(*),
-                    COALESCE(sum(extract(epoch FROM g.end_ts - g.start_ts)), 0)::float8
-             FROM data_gaps g JOIN vehicles v ON v.vehicle_id = g.vehicle_id
-             WHERE ($1::text IS NULL OR v.cooperative_id = $1)
-               AND g.start_ts >= $2 AND g.start_ts < $3
-             GROUP BY g.vehicle_id",
+            &format!(
+                "SELECT g.vehicle_id, count(*), sum({})::int8, max(g.end_ts)
+                 FROM data_gaps g JOIN vehicles v ON v.vehicle_id = g.vehicle_id
+                 WHERE ($1::text IS NULL OR v.cooperative_id = $1)
+                   AND g.start_ts >= $2 AND g.start_ts < $3
+                 GROUP BY g.vehicle_id",
+                rollup::GAP_US
+            ),
             &params,
         )
         .await?
     {
         if let Some(v) = rows.get_mut(r.get::<_, &str>(0)) {
-            v.counts.data_gaps = r.get(1);
-            v.counts.data_gap_s = r.get(2);
+            v.counts.data_gaps += r.get::<_, i64>(1);
+            v.counts.data_gap_us += r.get::<_, i64>(2);
+            v.span(None, None, r.get(3));
         }
     }
-    let mut drivers: BTreeMap<String, DriverRow> = BTreeMap::new();
+    for r in db
+        .query(
+            "SELECT f.vehicle_id, count(*), min(f.ts), max(f.ts)
+             FROM fixes f JOIN vehicles v ON v.vehicle_id = f.vehicle_id
+             WHERE ($1::text IS NULL OR v.cooperative_id = $1)
+               AND f.ts >= $2 AND f.ts < $3
+             GROUP BY f.vehicle_id",
+            &params,
+        )
+        .await?
+    {
+        if let Some(v) = rows.get_mut(r.get::<_, &str>(0)) {
+            v.counts.fixes += r.get::<_, i64>(1);
+            v.span(r.get(2), r.get(3), None);
+        }
+    }
     for r in db
         .query(
             "SELECT a.driver_id, a.kind, count(*)
@@ -321,11 +775,7 @@ pub async fn compliance(
         )
         .await?
     {
-        let id: String = r.get(0);
-        let d = drivers.entry(id.clone()).or_insert_with(|| DriverRow {
-            driver_id: id,
-            ..Default::default()
-        });
+        let d = driver(drivers, r.get(0));
         let n: i64 = r.get(2);
         match r.get::<_, &str>(1) {
             "continuous_driving" => d.continuous_driving_violations += n,
@@ -333,87 +783,88 @@ pub async fn compliance(
             _ => d.weekly_driving_violations += n,
         }
     }
-
-    let mut total = Counts::default();
-    for v in rows.values_mut() {
-        total.add(&v.counts);
-        v.counts.rate(threshold, near);
-    }
-    total.rate(threshold, near);
-    let vehicles: Vec<VehicleRow> = rows.into_values().collect();
-    let at_or_over = vehicles
-        .iter()
-        .filter(|v| v.counts.at_or_over_threshold)
-        .count();
-    let near_n = vehicles.iter().filter(|v| v.counts.near_threshold).count();
-    if format == "csv" {
-        return Ok(csv(&vehicles, &total));
-    }
-    Ok(Json(json!({
-        "cooperative": coop,
-        "from": rfc3339(from),
-        "to": rfc3339(to),
-        "month": q.month,
-        "threshold_per_1000km": threshold,
-        "near_per_1000km": near,
-        "vehicles": vehicles,
-        "drivers": drivers.into_values().collect::<Vec<_>>(),
-        "totals": {
-            "vehicles": vehicles.len(),
-            "vehicles_at_or_over_threshold": at_or_over,
-            "vehicles_near_threshold": near_n,
-            "counts": total,
-        },
-    }))
-    .into_response())
+    Ok(())
 }
 
-fn csv(vehicles: &[VehicleRow], total: &Counts) -> Response {
-    let mut out = String::from(
-        "vehicle_id,cooperative_id,plate,distance_km,trips,overspeed_counted,band_1,band_2,band_3,band_4,\
-         overspeed_not_counted,overspeed_per_1000km,at_or_over_threshold,near_threshold,\
-         continuous_driving_violations,daily_driving_violations,weekly_driving_violations,\
-         off_route_violations,restricted_zone_violations,no_signal,data_gaps,data_gap_s\n",
-    );
-    let mut line = |id: &str, coop: &str, plate: &str, c: &Counts| {
-        let band = |b: &str| c.overspeed_by_band.get(b).copied().unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "{id},{coop},{},{:.3},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.0}",
-            csv_field(plate),
-            c.distance_km,
-            c.trips,
-            c.overspeed_counted,
-            band("1"),
-            band("2"),
-            band("3"),
-            band("4"),
-            c.overspeed_not_counted,
-            c.overspeed_per_1000km
-                .map(|r| format!("{r:.3}"))
-                .unwrap_or_default(),
-            c.at_or_over_threshold,
-            c.near_threshold,
-            c.continuous_driving_violations,
-            c.daily_driving_violations,
-            c.weekly_driving_violations,
-            c.off_route_violations,
-            c.restricted_zone_violations,
-            c.no_signal,
-            c.data_gaps,
-            c.data_gap_s,
+/// `GET /api/v1/reports/compliance`.
+pub async fn compliance(
+    State(s): State<AppState>,
+    caller: Caller,
+    q: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q?;
+    let coop = caller.cooperative_filter(q.cooperative.as_deref())?;
+    let format = Format::parse(q.format.as_deref())?;
+    let params = ReportParams::from_query(&q, coop, s.settings.rules.utc_offset)?;
+    let db = s.db.get().await?;
+    let report = build(&db, &params).await?;
+    Ok(match format {
+        Format::Csv => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            report.csv(),
+        )
+            .into_response(),
+        Format::Json => Json(report).into_response(),
+    })
+}
+
+impl Report {
+    /// One CSV row per vehicle, then `TOTAL`.
+    pub fn csv(&self) -> String {
+        let mut out = String::from(
+            "vehicle_id,cooperative_id,plate,distance_km,trips,overspeed_counted,band_1,band_2,band_3,band_4,\
+             overspeed_not_counted,overspeed_per_1000km,at_or_over_threshold,near_threshold,\
+             continuous_driving_violations,daily_driving_violations,weekly_driving_violations,\
+             off_route_violations,restricted_zone_violations,no_signal,data_gaps,data_gap_s,\
+             fixes,active_s,data_completeness\n",
         );
-    };
-    for v in vehicles {
-        line(
-            &v.vehicle_id,
-            &v.cooperative_id,
-            v.plate.as_deref().unwrap_or(""),
-            &v.counts,
-        );
+        let mut line = |id: &str, coop: &str, plate: &str, c: &Counts| {
+            let band = |b: &str| c.overspeed_by_band.get(b).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.0},{},{:.0},{}",
+                csv_field(id),
+                csv_field(coop),
+                csv_field(plate),
+                c.distance_km,
+                c.trips,
+                c.overspeed_counted,
+                band("1"),
+                band("2"),
+                band("3"),
+                band("4"),
+                c.overspeed_not_counted,
+                c.overspeed_per_1000km
+                    .map(|r| format!("{r:.3}"))
+                    .unwrap_or_default(),
+                c.at_or_over_threshold,
+                c.near_threshold,
+                c.continuous_driving_violations,
+                c.daily_driving_violations,
+                c.weekly_driving_violations,
+                c.off_route_violations,
+                c.restricted_zone_violations,
+                c.no_signal,
+                c.data_gaps,
+                c.data_gap_s,
+                c.fixes,
+                c.active_s,
+                c.data_completeness
+                    .map(|r| format!("{r:.6}"))
+                    .unwrap_or_default(),
+            );
+        };
+        for v in &self.vehicles {
+            line(
+                &v.vehicle_id,
+                &v.cooperative_id,
+                v.plate.as_deref().unwrap_or(""),
+                &v.counts,
+            );
+        }
+        line("TOTAL", "", "", &self.totals.counts);
+        out
     }
-    line("TOTAL", "", "", total);
-    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response()
 }
 
 /// Quotes a free-text CSV field when needed (RFC 4180).
@@ -442,7 +893,7 @@ mod tests {
     #[test]
     fn rate_flags() {
         let mut c = Counts {
-            distance_km: 1000.0,
+            distance_mm: 1_000_000_000,
             overspeed_counted: 5,
             ..Default::default()
         };
@@ -452,5 +903,42 @@ mod tests {
         c.overspeed_counted = 4;
         c.rate(5.0, 4.0);
         assert!(!c.at_or_over_threshold && c.near_threshold);
+    }
+
+    #[test]
+    fn completeness_is_the_share_of_active_time_outside_gaps() {
+        let mut c = Counts {
+            data_gap_us: 900_000_000,
+            active_s: 3600.0,
+            ..Default::default()
+        };
+        c.rate(5.0, 4.0);
+        assert_eq!(c.data_completeness, Some(0.75));
+        c.active_s = 0.0;
+        c.rate(5.0, 4.0);
+        assert_eq!(c.data_completeness, None);
+    }
+
+    #[test]
+    fn whole_days_of_a_range() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let d = |m, d| NaiveDate::from_ymd_opt(2026, m, d).unwrap();
+        let off = 7 * 3600;
+        // A local month is whole days.
+        let (f, t) = month_range("2026-11", off).unwrap();
+        assert_eq!(whole_days(f, t, off), Some((d(11, 1), d(12, 1))));
+        // Partial first and last days are left out.
+        assert_eq!(
+            whole_days(at("2026-11-01T00:00:00Z"), at("2026-11-04T12:00:00Z"), off),
+            Some((d(11, 2), d(11, 4)))
+        );
+        // Less than one whole day: none.
+        assert_eq!(
+            whole_days(at("2026-11-01T18:00:00Z"), at("2026-11-02T16:00:00Z"), off),
+            None
+        );
+        // A month at another offset than the roll-ups': an hour at each edge is partial.
+        let (f, t) = month_range("2026-11", 8 * 3600).unwrap();
+        assert_eq!(whole_days(f, t, off), Some((d(11, 1), d(11, 30))));
     }
 }

@@ -10,6 +10,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_fixes.sql")),
     (2, include_str!("migrations/0002_rules.sql")),
     (3, include_str!("migrations/0003_api.sql")),
+    (4, include_str!("migrations/0004_rollup.sql")),
     (5, include_str!("migrations/0005_live.sql")),
 ];
 

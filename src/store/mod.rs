@@ -1,7 +1,8 @@
-//! PostgreSQL storage: connection, embedded migrations, batched writes.
+//! PostgreSQL storage: connection, embedded migrations, batched writes, daily roll-ups.
 
 pub mod migrate;
 pub mod outbox;
+pub mod rollup;
 pub mod writer;
 
 use std::time::Duration;

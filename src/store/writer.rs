@@ -1,10 +1,11 @@
 //! Batched writer: accepted fixes by binary COPY into a staging table, then one
 //! conflict-ignoring insert (idempotent on redelivery); dead letters and the vehicle
-//! list in the same transaction. Acks go out only after the commit.
+//! list in the same transaction. Acks go out only after the commit. The daily
+//! roll-ups of reports are kept in the same transaction too (see [`super::rollup`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -19,6 +20,7 @@ use crate::domain::Fix;
 use tokio_postgres::{Client, Transaction};
 use tokio_util::sync::CancellationToken;
 
+use super::rollup::{self, Plan};
 use super::{connect, fnv1a64, pg_text, StoreError};
 use crate::api::Health;
 use crate::domain::VehicleId;
@@ -128,20 +130,23 @@ pub const FIX_TYPES: [Type; 14] = [
 pub const FIX_COLUMNS: &str = "vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, heading_deg, \
      driver_id, ignition, satellites, hdop, odometer_m, flags, received_at";
 
-/// Prepares a connection for [`write_batch`] (session-local staging table).
-pub async fn prepare(client: &Client) -> Result<(), StoreError> {
+/// Prepares a connection for [`write_batch`] (session-local staging table) and reads
+/// how the daily roll-ups are kept (`None`: never built, not kept).
+pub async fn prepare(client: &Client) -> Result<Option<Plan>, StoreError> {
     client
         .batch_execute(
             "CREATE TEMP TABLE IF NOT EXISTS fixes_stage
                  (LIKE fixes INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
         )
         .await?;
-    Ok(())
+    rollup::plan(client).await
 }
 
-/// Writes items in one transaction. Safe to repeat: a repeated batch stores nothing new.
+/// Writes items in one transaction, with the roll-ups of `plan`. Safe to repeat: a
+/// repeated batch stores nothing new and counts nothing twice.
 pub async fn write_batch<A>(
     client: &mut Client,
+    plan: Option<&Plan>,
     items: &[Item<A>],
 ) -> Result<BatchOutcome, StoreError> {
     let records: Vec<&Record> = items.iter().flat_map(|i| i.records.iter()).collect();
@@ -198,15 +203,26 @@ pub async fn write_batch<A>(
     }
     writer.finish().await?;
     if fixes > 0 {
-        outcome.stored = tx
-            .execute(
-                &format!(
-                    "INSERT INTO fixes ({FIX_COLUMNS}) SELECT {FIX_COLUMNS} FROM fixes_stage
-                     ON CONFLICT DO NOTHING"
-                ),
-                &[],
-            )
-            .await?;
+        outcome.stored = match plan {
+            // Only the rows really inserted reach the roll-up: redelivery adds nothing.
+            Some(p) if p.fixes => {
+                let n: i64 = tx
+                    .query_one(&*FIXES_WITH_ROLLUP, &[&p.offset_s])
+                    .await?
+                    .get(0);
+                n as u64
+            }
+            _ => {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO fixes ({FIX_COLUMNS}) SELECT {FIX_COLUMNS} FROM fixes_stage
+                         ON CONFLICT DO NOTHING"
+                    ),
+                    &[],
+                )
+                .await?
+            }
+        };
         outcome.duplicates = fixes - outcome.stored;
     }
     if !dead.is_empty() {
@@ -263,14 +279,14 @@ pub async fn write_batch<A>(
         )
         .await?;
     }
-    outcome.alerts_changed = write_derived(&tx, items).await?;
+    outcome.alerts_changed = write_derived(&tx, plan, items).await?;
     tx.commit().await?;
     Ok(outcome)
 }
 
 /// The vehicle list upsert: first/last seen, and the latest position, which moves only
 /// forward in event time (a late fix is stored but does not become the live position).
-static VEHICLES_UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+static VEHICLES_UPSERT: LazyLock<String> = LazyLock::new(|| {
     let position = [
         "last_lat",
         "last_lon",
@@ -301,9 +317,27 @@ static VEHICLES_UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|
     )
 });
 
+/// The fix insert returning what it inserted into the roll-up ($1: offset, s); one
+/// row: fixes inserted.
+static FIXES_WITH_ROLLUP: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH ins AS (
+             INSERT INTO fixes ({FIX_COLUMNS}) SELECT {FIX_COLUMNS} FROM fixes_stage
+             ON CONFLICT DO NOTHING RETURNING vehicle_id, cooperative_id, ts),
+         up AS ({})
+         SELECT count(*) FROM ins",
+        rollup::fixes_sql("ins", "$1")
+    )
+});
+
 /// Alerts (upsert, never back from closed to open), data gaps, trips and the last
-/// checkpoint of each vehicle in the batch. Returns alerts inserted or changed.
-async fn write_derived<A>(tx: &Transaction<'_>, items: &[Item<A>]) -> Result<u64, StoreError> {
+/// checkpoint of each vehicle in the batch, with their roll-ups. Returns alerts
+/// inserted or changed.
+async fn write_derived<A>(
+    tx: &Transaction<'_>,
+    plan: Option<&Plan>,
+    items: &[Item<A>],
+) -> Result<u64, StoreError> {
     // The last version of each alert wins: one statement cannot update a row twice.
     let mut alerts: Vec<&Alert> = Vec::new();
     let mut gaps: Vec<&Alert> = Vec::new();
@@ -338,8 +372,8 @@ async fn write_derived<A>(tx: &Transaction<'_>, items: &[Item<A>]) -> Result<u64
         let lats: Vec<f64> = alerts.iter().map(|a| a.lat).collect();
         let lons: Vec<f64> = alerts.iter().map(|a| a.lon).collect();
         let details: Vec<&serde_json::Value> = alerts.iter().map(|a| &a.details).collect();
-        changed = tx
-            .execute(
+        let upserted = tx
+            .query(
                 "INSERT INTO alerts (alert_id, vehicle_id, cooperative_id, driver_id, kind, level,
                                      status, severity, start_ts, end_ts, lat, lon, details)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
@@ -352,13 +386,32 @@ async fn write_derived<A>(tx: &Transaction<'_>, items: &[Item<A>]) -> Result<u64
                  WHERE NOT (alerts.status = 'closed' AND EXCLUDED.status = 'open')
                    AND (alerts.status, alerts.end_ts, alerts.severity, alerts.details)
                        IS DISTINCT FROM
-                       (EXCLUDED.status, EXCLUDED.end_ts, EXCLUDED.severity, EXCLUDED.details)",
+                       (EXCLUDED.status, EXCLUDED.end_ts, EXCLUDED.severity, EXCLUDED.details)
+                 RETURNING vehicle_id, start_ts, kind",
                 &[
                     &ids, &vehicles, &coops, &drivers, &kinds, &levels, &statuses, &severity,
                     &starts, &ends, &lats, &lons, &details,
                 ],
             )
             .await?;
+        changed = upserted.len() as u64;
+        if let Some(p) = plan {
+            // The stored row's vehicle and start (an update keeps them): the days whose
+            // counts may have changed are recomputed from `alerts`.
+            let mut keys: Vec<(String, chrono::NaiveDate)> = Vec::with_capacity(upserted.len());
+            let mut drivers = false;
+            for r in &upserted {
+                keys.push((r.get(0), rollup::local_day(r.get(1), p.offset_s)));
+                drivers |= matches!(
+                    r.get::<_, &str>(2),
+                    "continuous_driving" | "daily_driving" | "weekly_driving"
+                );
+            }
+            keys.sort_unstable();
+            keys.dedup();
+            let (vehicles, days): (Vec<String>, Vec<chrono::NaiveDate>) = keys.into_iter().unzip();
+            rollup::refresh_alert_days(tx, p.offset_s, &vehicles, &days, drivers).await?;
+        }
     }
     if !gaps.is_empty() {
         let vehicles: Vec<&str> = gaps.iter().map(|g| g.vehicle.as_str()).collect();
@@ -369,13 +422,26 @@ async fn write_derived<A>(tx: &Transaction<'_>, items: &[Item<A>]) -> Result<u64
             .map(|g| g.cooperative.as_ref().map(|c| c.as_str()))
             .collect();
         let details: Vec<&serde_json::Value> = gaps.iter().map(|g| &g.details).collect();
-        tx.execute(
-            "INSERT INTO data_gaps (vehicle_id, start_ts, end_ts, cooperative_id, details)
+        let insert = "INSERT INTO data_gaps (vehicle_id, start_ts, end_ts, cooperative_id, details)
              SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::jsonb[])
-             ON CONFLICT DO NOTHING",
-            &[&vehicles, &starts, &ends, &coops, &details],
-        )
-        .await?;
+             ON CONFLICT DO NOTHING";
+        match plan {
+            Some(p) => {
+                let sql = format!(
+                    "WITH ins AS ({insert} RETURNING vehicle_id, cooperative_id, start_ts, end_ts) {}",
+                    rollup::gaps_sql("ins", "$6")
+                );
+                tx.execute(
+                    &sql,
+                    &[&vehicles, &starts, &ends, &coops, &details, &p.offset_s],
+                )
+                .await?
+            }
+            None => {
+                tx.execute(insert, &[&vehicles, &starts, &ends, &coops, &details])
+                    .await?
+            }
+        };
     }
     let trips: Vec<&Trip> = items.iter().flat_map(|i| i.derived.trips.iter()).collect();
     if !trips.is_empty() {
@@ -392,14 +458,39 @@ async fn write_derived<A>(tx: &Transaction<'_>, items: &[Item<A>]) -> Result<u64
             .collect();
         let dist: Vec<f64> = trips.iter().map(|t| t.distance_m).collect();
         let vmax: Vec<f64> = trips.iter().map(|t| t.max_speed_kmh).collect();
-        tx.execute(
-            "INSERT INTO trips (vehicle_id, start_ts, end_ts, cooperative_id, driver_id, distance_m, max_speed_kmh)
+        let insert = "INSERT INTO trips (vehicle_id, start_ts, end_ts, cooperative_id, driver_id, distance_m, max_speed_kmh)
              SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[],
                                   $5::text[], $6::float8[], $7::float8[])
-             ON CONFLICT DO NOTHING",
-            &[&vehicles, &starts, &ends, &coops, &drivers, &dist, &vmax],
-        )
-        .await?;
+             ON CONFLICT DO NOTHING";
+        match plan {
+            Some(p) => {
+                let sql = format!(
+                    "WITH ins AS ({insert} RETURNING vehicle_id, cooperative_id, start_ts, distance_m) {}",
+                    rollup::trips_sql("ins", "$8")
+                );
+                tx.execute(
+                    &sql,
+                    &[
+                        &vehicles,
+                        &starts,
+                        &ends,
+                        &coops,
+                        &drivers,
+                        &dist,
+                        &vmax,
+                        &p.offset_s,
+                    ],
+                )
+                .await?
+            }
+            None => {
+                tx.execute(
+                    insert,
+                    &[&vehicles, &starts, &ends, &coops, &drivers, &dist, &vmax],
+                )
+                .await?
+            }
+        };
     }
     // Only the newest checkpoint in the batch matters.
     if let Some(cp) = items
@@ -438,6 +529,7 @@ pub async fn run<K: Acker>(
     alerts_ready: Arc<tokio::sync::Notify>,
 ) {
     let mut client: Option<Client> = None;
+    let mut plan: Option<Plan> = None;
     let mut backoff = Duration::from_millis(100);
     let max_wait = Duration::from_millis(cfg.max_wait_ms);
     let mut pending: Vec<Item<K::Token>> = Vec::new();
@@ -480,7 +572,10 @@ pub async fn run<K: Acker>(
             if client.as_ref().is_none_or(|c| c.is_closed()) {
                 client = match connect(&url).await {
                     Ok(c) => match prepare(&c).await {
-                        Ok(()) => Some(c),
+                        Ok(p) => {
+                            plan = p;
+                            Some(c)
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "preparing writer connection failed");
                             None
@@ -493,7 +588,7 @@ pub async fn run<K: Acker>(
                 };
             }
             if let Some(c) = client.as_mut() {
-                match write_batch(c, &pending).await {
+                match write_batch(c, plan.as_ref(), &pending).await {
                     Ok(o) => {
                         health.database.store(true, Ordering::Relaxed);
                         break Some(o);

@@ -7,6 +7,7 @@ mod ingest;
 mod map;
 mod no_loss;
 mod replay;
+mod reports;
 mod rules;
 mod support;
 mod tls;

@@ -1,0 +1,366 @@
+//! Daily roll-ups for compliance reports: one `rollup_daily` row per (vehicle, local
+//! day) and `rollup_daily_driver` rows per driver, kept by the writer in the same
+//! transaction as the rows they summarise.
+//!
+//! Idempotent under redelivery: fixes, trips and data gaps are insert-only, so only
+//! the rows an insert really adds (`RETURNING`) are added to the roll-up; alerts are
+//! upserted and change until they close (end, severity band, `counted`), so the days
+//! an upsert touched are recomputed from `alerts`.
+//!
+//! The local day is taken at a fixed offset (`rules.utc_offset`) recorded in
+//! `rollup_meta` by [`ensure`]; the writer and the reports read it from there, so they
+//! always agree with the rows that exist. A changed offset rebuilds everything.
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use tokio_postgres::{Client, GenericClient, Transaction};
+
+use super::migrate::Layout;
+use super::StoreError;
+use crate::rules::UtcOffset;
+
+/// How the roll-ups are kept, as recorded in `rollup_meta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// Offset of the local day from UTC, seconds east.
+    pub offset_s: i32,
+    /// The writer keeps the fix columns of `rollup_daily` (false: a TimescaleDB
+    /// continuous aggregate does).
+    pub fixes: bool,
+}
+
+/// The roll-ups' plan, or `None` when they were never built (reports then read the
+/// raw tables, the writer leaves the roll-ups alone).
+pub async fn plan(client: &impl GenericClient) -> Result<Option<Plan>, StoreError> {
+    let row = client
+        .query_opt("SELECT utc_offset_s, fixes_source FROM rollup_meta", &[])
+        .await?;
+    Ok(row.map(|r| Plan {
+        offset_s: r.get(0),
+        fixes: r.get::<_, &str>(1) == "table",
+    }))
+}
+
+/// Local calendar day of `ts` at `offset_s` seconds east of UTC.
+pub fn local_day(ts: DateTime<Utc>, offset_s: i32) -> NaiveDate {
+    (ts + TimeDelta::seconds(i64::from(offset_s))).date_naive()
+}
+
+/// The instant local day `day` starts at `offset_s` seconds east of UTC.
+pub fn day_start(day: NaiveDate, offset_s: i32) -> DateTime<Utc> {
+    day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc()
+        - TimeDelta::seconds(i64::from(offset_s))
+}
+
+/// Builds the roll-ups if they were never built, or rebuilds them when the offset
+/// or the layout changed; returns whether it (re)built. Call after migrating and
+/// before the writer starts.
+pub async fn ensure(
+    client: &mut Client,
+    offset: UtcOffset,
+    layout: Layout,
+) -> Result<bool, StoreError> {
+    let mut cagg = layout == Layout::Timescale;
+    let current = plan(&*client).await?;
+    if current
+        == Some(Plan {
+            offset_s: offset.seconds(),
+            fixes: !cagg,
+        })
+    {
+        return Ok(false);
+    }
+    if cagg {
+        if let Err(e) = timescale_cagg(client, offset).await {
+            tracing::warn!(error = %e, "TimescaleDB continuous aggregate unusable; the writer keeps the fix roll-ups");
+            cagg = false;
+        }
+    }
+    tracing::info!(utc_offset = %offset, ?current, "building the daily roll-ups from the stored data");
+    let started = std::time::Instant::now();
+    rebuild(client, offset, !cagg).await?;
+    tracing::info!(
+        elapsed_s = started.elapsed().as_secs_f64(),
+        "daily roll-ups built"
+    );
+    Ok(true)
+}
+
+/// Recomputes every roll-up from the raw tables in one transaction and records the
+/// plan. For a changed offset, and for rows written to the raw tables by anything
+/// but the writer. Fix counts of days whose fixes retention already deleted are lost.
+pub async fn rebuild(
+    client: &mut Client,
+    offset: UtcOffset,
+    fixes_in_table: bool,
+) -> Result<(), StoreError> {
+    let off = offset.seconds();
+    let tx = client.transaction().await?;
+    // Writers wait for the rebuild instead of adding to rows it is about to replace.
+    tx.batch_execute(
+        "LOCK TABLE rollup_daily, rollup_daily_driver IN EXCLUSIVE MODE;
+         DELETE FROM rollup_daily; DELETE FROM rollup_daily_driver;",
+    )
+    .await?;
+    if fixes_in_table {
+        tx.execute(&*FIXES_FROM_FIXES, &[&off]).await?;
+        tx.batch_execute(
+            "CREATE OR REPLACE VIEW rollup_fixes_daily AS
+                 SELECT vehicle_id, day, fixes, first_fix_ts, last_fix_ts FROM rollup_daily",
+        )
+        .await?;
+    }
+    tx.execute(
+        &format!(
+            "{} {}",
+            "WITH src AS (SELECT * FROM trips)",
+            trips_sql("src", "$1")
+        ),
+        &[&off],
+    )
+    .await?;
+    tx.execute(
+        &format!(
+            "{} {}",
+            "WITH src AS (SELECT * FROM data_gaps)",
+            gaps_sql("src", "$1")
+        ),
+        &[&off],
+    )
+    .await?;
+    let keys = tx
+        .query(
+            "SELECT DISTINCT vehicle_id, fw_local_day(start_ts, $1) FROM alerts",
+            &[&off],
+        )
+        .await?;
+    let vehicles: Vec<String> = keys.iter().map(|r| r.get(0)).collect();
+    let days: Vec<NaiveDate> = keys.iter().map(|r| r.get(1)).collect();
+    refresh_alert_days(&tx, off, &vehicles, &days, true).await?;
+    tx.execute(
+        "INSERT INTO rollup_meta (singleton, utc_offset_s, fixes_source, built_at)
+         VALUES (true, $1, $2, now())
+         ON CONFLICT (singleton) DO UPDATE SET utc_offset_s = EXCLUDED.utc_offset_s,
+             fixes_source = EXCLUDED.fixes_source, built_at = now()",
+        &[&off, &if fixes_in_table { "table" } else { "cagg" }],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Fix columns of `rollup_daily` from the whole `fixes` table ($1: offset, s).
+static FIXES_FROM_FIXES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH src AS (SELECT vehicle_id, cooperative_id, ts FROM fixes) {}",
+        fixes_sql("src", "$1")
+    )
+});
+
+/// A trip's distance in whole millimetres (SQL over a row of `trips`).
+pub const TRIP_MM: &str = "round(distance_m * 1000)::int8";
+/// A data gap's duration in whole microseconds (SQL over a row of `data_gaps`).
+pub const GAP_US: &str = "(extract(epoch FROM end_ts - start_ts) * 1000000)::int8";
+
+/// Adds the fixes of CTE `src` (vehicle_id, cooperative_id, ts) to the roll-up;
+/// `off` is the placeholder of the offset in seconds.
+pub(crate) fn fixes_sql(src: &str, off: &str) -> String {
+    format!(
+        "INSERT INTO rollup_daily AS r (vehicle_id, day, cooperative_id, fixes, first_fix_ts, last_fix_ts)
+         SELECT vehicle_id, fw_local_day(ts, {off}::int4), min(cooperative_id), count(*), min(ts), max(ts)
+         FROM {src} GROUP BY 1, 2 ORDER BY 1, 2
+         ON CONFLICT (vehicle_id, day) DO UPDATE SET
+             fixes = r.fixes + EXCLUDED.fixes,
+             first_fix_ts = LEAST(r.first_fix_ts, EXCLUDED.first_fix_ts),
+             last_fix_ts = GREATEST(r.last_fix_ts, EXCLUDED.last_fix_ts),
+             cooperative_id = COALESCE(r.cooperative_id, EXCLUDED.cooperative_id)"
+    )
+}
+
+/// Adds the trips of CTE `src` (vehicle_id, cooperative_id, start_ts, distance_m).
+pub(crate) fn trips_sql(src: &str, off: &str) -> String {
+    format!(
+        "INSERT INTO rollup_daily AS r (vehicle_id, day, cooperative_id, trips, distance_mm)
+         SELECT vehicle_id, fw_local_day(start_ts, {off}::int4), min(cooperative_id), count(*),
+                sum({TRIP_MM})::int8
+         FROM {src} GROUP BY 1, 2 ORDER BY 1, 2
+         ON CONFLICT (vehicle_id, day) DO UPDATE SET
+             trips = r.trips + EXCLUDED.trips,
+             distance_mm = r.distance_mm + EXCLUDED.distance_mm,
+             cooperative_id = COALESCE(r.cooperative_id, EXCLUDED.cooperative_id)"
+    )
+}
+
+/// Adds the data gaps of CTE `src` (vehicle_id, cooperative_id, start_ts, end_ts).
+pub(crate) fn gaps_sql(src: &str, off: &str) -> String {
+    format!(
+        "INSERT INTO rollup_daily AS r (vehicle_id, day, cooperative_id, data_gaps, data_gap_us, last_gap_end_ts)
+         SELECT vehicle_id, fw_local_day(start_ts, {off}::int4), min(cooperative_id), count(*),
+                sum({GAP_US})::int8, max(end_ts)
+         FROM {src} GROUP BY 1, 2 ORDER BY 1, 2
+         ON CONFLICT (vehicle_id, day) DO UPDATE SET
+             data_gaps = r.data_gaps + EXCLUDED.data_gaps,
+             data_gap_us = r.data_gap_us + EXCLUDED.data_gap_us,
+             last_gap_end_ts = GREATEST(r.last_gap_end_ts, EXCLUDED.last_gap_end_ts),
+             cooperative_id = COALESCE(r.cooperative_id, EXCLUDED.cooperative_id)"
+    )
+}
+
+/// Recomputes the alert counts of the given (vehicle, local day) keys from `alerts`,
+/// and with `drivers` their per-driver driving-time rows.
+pub(crate) async fn refresh_alert_days(
+    tx: &Transaction<'_>,
+    offset_s: i32,
+    vehicles: &[String],
+    days: &[NaiveDate],
+    drivers: bool,
+) -> Result<(), StoreError> {
+    if vehicles.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "WITH k AS (SELECT * FROM unnest($1::text[], $2::date[]) AS k(vehicle_id, day)),
+         a AS (
+           SELECT k.vehicle_id, k.day,
+             count(*) FILTER (WHERE x.kind = 'overspeed' AND x.level = 'violation' AND x.counted) AS os,
+             count(*) FILTER (WHERE x.kind = 'overspeed' AND x.level = 'violation' AND x.counted AND x.severity = 1) AS b1,
+             count(*) FILTER (WHERE x.kind = 'overspeed' AND x.level = 'violation' AND x.counted AND x.severity = 2) AS b2,
+             count(*) FILTER (WHERE x.kind = 'overspeed' AND x.level = 'violation' AND x.counted AND x.severity = 3) AS b3,
+             count(*) FILTER (WHERE x.kind = 'overspeed' AND x.level = 'violation' AND x.counted AND x.severity = 4) AS b4,
+             count(*) FILTER (WHERE x.kind = 'overspeed' AND x.level = 'violation' AND NOT x.counted) AS os_not,
+             count(*) FILTER (WHERE x.kind = 'continuous_driving' AND x.level = 'violation') AS cont,
+             count(*) FILTER (WHERE x.kind = 'daily_driving' AND x.level = 'violation') AS daily,
+             count(*) FILTER (WHERE x.kind = 'weekly_driving' AND x.level = 'violation') AS weekly,
+             count(*) FILTER (WHERE x.kind = 'off_route' AND x.level = 'violation') AS off_route,
+             count(*) FILTER (WHERE x.kind = 'restricted_zone' AND x.level = 'violation') AS zone,
+             count(*) FILTER (WHERE x.kind = 'no_signal') AS no_signal
+           FROM k LEFT JOIN LATERAL (
+             SELECT kind, level, severity, COALESCE((details->>'counted')::boolean, true) AS counted
+             FROM alerts
+             WHERE vehicle_id = k.vehicle_id
+               AND start_ts >= to_timestamp(((k.day - date '1970-01-01') * 86400 - $3::int4)::float8)
+               AND start_ts < to_timestamp(((k.day - date '1970-01-01' + 1) * 86400 - $3::int4)::float8)
+           ) x ON true
+           GROUP BY k.vehicle_id, k.day)
+         INSERT INTO rollup_daily AS r (vehicle_id, day, cooperative_id, overspeed_counted,
+             overspeed_band1, overspeed_band2, overspeed_band3, overspeed_band4,
+             overspeed_not_counted, continuous_driving_violations, daily_driving_violations,
+             weekly_driving_violations, off_route_violations, restricted_zone_violations, no_signal)
+         SELECT a.vehicle_id, a.day, v.cooperative_id, os, b1, b2, b3, b4, os_not, cont, daily,
+                weekly, off_route, zone, no_signal
+         FROM a LEFT JOIN vehicles v USING (vehicle_id) ORDER BY 1, 2
+         ON CONFLICT (vehicle_id, day) DO UPDATE SET
+             overspeed_counted = EXCLUDED.overspeed_counted,
+             overspeed_band1 = EXCLUDED.overspeed_band1, overspeed_band2 = EXCLUDED.overspeed_band2,
+             overspeed_band3 = EXCLUDED.overspeed_band3, overspeed_band4 = EXCLUDED.overspeed_band4,
+             overspeed_not_counted = EXCLUDED.overspeed_not_counted,
+             continuous_driving_violations = EXCLUDED.continuous_driving_violations,
+             daily_driving_violations = EXCLUDED.daily_driving_violations,
+             weekly_driving_violations = EXCLUDED.weekly_driving_violations,
+             off_route_violations = EXCLUDED.off_route_violations,
+             restricted_zone_violations = EXCLUDED.restricted_zone_violations,
+             no_signal = EXCLUDED.no_signal,
+             cooperative_id = COALESCE(r.cooperative_id, EXCLUDED.cooperative_id)",
+        &[&vehicles, &days, &offset_s],
+    )
+    .await?;
+    if !drivers {
+        return Ok(());
+    }
+    tx.execute(
+        "DELETE FROM rollup_daily_driver d USING unnest($1::text[], $2::date[]) AS k(vehicle_id, day)
+         WHERE d.vehicle_id = k.vehicle_id AND d.day = k.day",
+        &[&vehicles, &days],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO rollup_daily_driver (vehicle_id, day, driver_id, continuous_driving_violations,
+             daily_driving_violations, weekly_driving_violations)
+         SELECT k.vehicle_id, k.day, x.driver_id,
+             count(*) FILTER (WHERE x.kind = 'continuous_driving'),
+             count(*) FILTER (WHERE x.kind = 'daily_driving'),
+             count(*) FILTER (WHERE x.kind = 'weekly_driving')
+         FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::date[]) AS u(vehicle_id, day)) k
+         JOIN alerts x ON x.vehicle_id = k.vehicle_id
+             AND x.start_ts >= to_timestamp(((k.day - date '1970-01-01') * 86400 - $3::int4)::float8)
+             AND x.start_ts < to_timestamp(((k.day - date '1970-01-01' + 1) * 86400 - $3::int4)::float8)
+         WHERE x.driver_id IS NOT NULL AND x.level = 'violation'
+           AND x.kind IN ('continuous_driving', 'daily_driving', 'weekly_driving')
+         GROUP BY 1, 2, 3",
+        &[&vehicles, &days, &offset_s],
+    )
+    .await?;
+    Ok(())
+}
+
+/// TimescaleDB: the fix columns as a continuous aggregate over the `fixes` hypertable
+/// (real-time, so the newest fixes count before they are materialised), and
+/// `rollup_fixes_daily` as a view over it. Alerts, trips and gaps stay in
+/// `rollup_daily`: those tables are small, not hypertables, and alerts change.
+///
+/// UNTESTED HERE: TimescaleDB is not installed on the development machine (no Debian
+/// package); this path follows the TimescaleDB 2.x documentation and is guarded like
+/// the hypertable layout (any failure falls back to the writer-kept table).
+async fn timescale_cagg(client: &mut Client, offset: UtcOffset) -> Result<(), StoreError> {
+    let off = offset.seconds();
+    // The aggregate's buckets are fixed when it is made: a new offset needs a new one.
+    client
+        .batch_execute("DROP MATERIALIZED VIEW IF EXISTS fixes_daily_cagg CASCADE")
+        .await?;
+    // Buckets start at local midnight: UTC midnight shifted by minus the offset.
+    client
+        .batch_execute(&format!(
+            "CREATE MATERIALIZED VIEW fixes_daily_cagg
+                 WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
+             SELECT vehicle_id,
+                    time_bucket(interval '1 day', ts, \"offset\" => make_interval(secs => {neg})) AS day_start,
+                    count(*) AS fixes, min(ts) AS first_fix_ts, max(ts) AS last_fix_ts
+             FROM fixes GROUP BY vehicle_id, day_start
+             WITH NO DATA",
+            neg = -off
+        ))
+        .await?;
+    // Devices upload buffered fixes up to 30 days late (validation.limits.max_age_s).
+    client
+        .batch_execute(
+            "SELECT add_continuous_aggregate_policy('fixes_daily_cagg',
+                 start_offset => interval '40 days', end_offset => interval '1 hour',
+                 schedule_interval => interval '1 hour', if_not_exists => true)",
+        )
+        .await?;
+    client
+        .batch_execute(&format!(
+            "CREATE OR REPLACE VIEW rollup_fixes_daily AS
+                 SELECT vehicle_id, fw_local_day(day_start, {off}) AS day, fixes, first_fix_ts, last_fix_ts
+                 FROM fixes_daily_cagg"
+        ))
+        .await?;
+    // Materialise the history once (not inside a transaction, as TimescaleDB requires).
+    client
+        .batch_execute("CALL refresh_continuous_aggregate('fixes_daily_cagg', NULL, NULL)")
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_days_at_utc_plus_7() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let off = 7 * 3600;
+        assert_eq!(
+            local_day(at("2026-10-31T16:59:59Z"), off),
+            NaiveDate::from_ymd_opt(2026, 10, 31).unwrap()
+        );
+        assert_eq!(
+            local_day(at("2026-10-31T17:00:00Z"), off),
+            NaiveDate::from_ymd_opt(2026, 11, 1).unwrap()
+        );
+        let d = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        assert_eq!(day_start(d, off), at("2026-10-31T17:00:00Z"));
+        assert_eq!(day_start(d, -3600), at("2026-11-01T01:00:00Z"));
+    }
+}
