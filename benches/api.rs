@@ -114,13 +114,14 @@ async fn main() {
     ))
     .await
     .unwrap();
-    // A fleet with 10 fixes each (the latest is joined through the primary key) and an
-    // open alert on every 20th vehicle.
+    // A fleet with 10 fixes each, its latest position in `vehicles` as the writer keeps
+    // it, and an open alert on every 20th vehicle.
     c.batch_execute(&format!(
         "INSERT INTO vehicles (vehicle_id, cooperative_id, plate, class, registered,
-                               last_seen, last_fix_ts)
+                               last_seen, last_fix_ts, last_lat, last_lon, last_speed_kmh,
+                               last_heading_deg, last_driver_id)
          SELECT 'V-' || v, 'HTX-' || (v % 20), '61B-' || v, 'bus', true, now(),
-                '2026-11-02T00:00:09Z'
+                '2026-11-02T00:00:09Z', 10.9 + v * 1e-5, 106.6009, 35, 90, 'D-' || v
          FROM generate_series(1, {n}) v;
          INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, heading_deg,
                             received_at)
