@@ -156,6 +156,7 @@ async fn main() {
         db: api::pool(&db).unwrap(),
         settings: Arc::new(Settings::default()),
         geo,
+        registry: Arc::new(tokio::sync::watch::channel(Arc::new(Vec::new())).0),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -85,7 +85,10 @@ impl App {
             .with_context(|| format!("connecting to {}", redact(&db_url)))?;
         let layout = migrate::migrate(&mut client, &settings.database.layout).await?;
         store::rollup::ensure(&mut client, settings.rules.utc_offset, layout).await?;
-        sync_registry(&client, &settings).await?;
+        // The configuration's vehicles, then every registered one (admin changes too).
+        store::registry::register(&client, &settings.vehicles).await?;
+        let registry = store::registry::load(&client).await?;
+        let (registry_tx, registry_rx) = watch::channel(Arc::new(registry.clone()));
         let mqtt_url = broker(&settings)?;
 
         let shutdown = CancellationToken::new();
@@ -145,8 +148,8 @@ impl App {
             tx: geo_tx,
         });
         let mut stage = Stage {
-            validator: Validator::new(pattern, settings.validation.clone(), &settings.vehicles),
-            engine: Engine::new(settings.rules.clone(), geo_index, settings.vehicles.clone()),
+            validator: Validator::new(pattern, settings.validation.clone(), &registry),
+            engine: Engine::new(settings.rules.clone(), geo_index, registry),
             checkpoint_every: Duration::from_secs(settings.checkpoint.interval_s.max(1)),
             rules: !settings.disable_rules,
         };
@@ -181,7 +184,7 @@ impl App {
             })
             .collect();
         drop(dtx);
-        let pipe = tokio::spawn(pipeline::run(drx, itx, stage, geo_rx));
+        let pipe = tokio::spawn(pipeline::run(drx, itx, stage, geo_rx, registry_rx));
         let alert_topic = if settings.alert_topic.is_empty() {
             "fleet/{cooperative}/{vehicle}/alert"
         } else {
@@ -210,6 +213,7 @@ impl App {
             db: api::pool(&db_url)?,
             settings: Arc::new(settings.clone()),
             geo: geo_view,
+            registry: Arc::new(registry_tx),
         };
         let http_stop = shutdown.clone();
         let srv = tokio::spawn(async move {
@@ -293,28 +297,6 @@ async fn bind_http(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> 
 }
 
 /// Writes the configured registry into `vehicles` (registered = true).
-async fn sync_registry(client: &tokio_postgres::Client, s: &Settings) -> anyhow::Result<()> {
-    for v in &s.vehicles {
-        client
-            .execute(
-                "INSERT INTO vehicles (vehicle_id, cooperative_id, plate, class, route_id, registered)
-                 VALUES ($1, $2, $3, $4, $5, true)
-                 ON CONFLICT (vehicle_id) DO UPDATE SET cooperative_id = EXCLUDED.cooperative_id,
-                     plate = EXCLUDED.plate, class = EXCLUDED.class,
-                     route_id = EXCLUDED.route_id, registered = true",
-                &[
-                    &v.id.as_str(),
-                    &v.cooperative.as_str(),
-                    &v.plate,
-                    &v.class.as_str(),
-                    &v.route,
-                ],
-            )
-            .await?;
-    }
-    Ok(())
-}
-
 async fn retention_loop(client: tokio_postgres::Client, days: u32, stop: CancellationToken) {
     loop {
         match migrate::enforce_retention(&client, days).await {

@@ -11,7 +11,7 @@ use rumqttc::Publish;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 
-use crate::domain::{Fix, FixCandidate, FixLimits, VehicleId};
+use crate::domain::{Fix, FixCandidate, FixLimits, Vehicle, VehicleId};
 use crate::geo::GeoIndex;
 use crate::ingest::mqtt::Delivery;
 use crate::ingest::validate::{Flags, Record, Validator};
@@ -206,11 +206,13 @@ pub async fn run(
     tx: mpsc::Sender<Item<(usize, Publish)>>,
     mut stage: Stage,
     mut geo: watch::Receiver<Arc<GeoIndex>>,
+    mut registry: watch::Receiver<Arc<Vec<Vehicle>>>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_checkpoint = Instant::now();
     let mut geo_open = true;
+    let mut registry_open = true;
     loop {
         let item = tokio::select! {
             d = rx.recv() => {
@@ -238,6 +240,18 @@ pub async fn run(
                         stage.engine.set_geo(g);
                     }
                     Err(_) => geo_open = false,
+                }
+                continue;
+            }
+            changed = registry.changed(), if registry_open => {
+                match changed {
+                    Ok(()) => {
+                        let r = registry.borrow_and_update().clone();
+                        tracing::info!(vehicles = r.len(), "vehicle registry changed");
+                        stage.validator.set_registry(&r);
+                        stage.engine.set_registry(r.to_vec());
+                    }
+                    Err(_) => registry_open = false,
                 }
                 continue;
             }

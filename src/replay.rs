@@ -770,7 +770,10 @@ pub async fn check_rules_from(
     read_from: DateTime<Utc>,
 ) -> Result<RulesCheck, ReplayError> {
     let geo = Arc::new(settings.geo.load()?);
-    let engine = Engine::new(settings.rules.clone(), geo, settings.vehicles.clone());
+    // The service's registry: the configuration's vehicles and the admin's.
+    crate::store::registry::register(client, &settings.vehicles).await?;
+    let registry = crate::store::registry::load(client).await?;
+    let engine = Engine::new(settings.rules.clone(), geo, registry);
     let vehicles = track_vehicles(client, &range.vehicle, read_from, range.to).await?;
     let mut merged = Merged {
         pagers: vehicles

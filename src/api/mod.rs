@@ -47,6 +47,8 @@ pub struct AppState {
     pub settings: Arc<crate::config::Settings>,
     /// The routes and zones in use (replaced on reload).
     pub geo: tokio::sync::watch::Receiver<Arc<crate::geo::GeoIndex>>,
+    /// The registry the pipeline uses: the admin API sends it changes.
+    pub registry: Arc<tokio::sync::watch::Sender<Arc<Vec<crate::domain::Vehicle>>>>,
 }
 
 /// A small pool of connections for the HTTP handlers.
@@ -74,6 +76,10 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/reload-geo", axum::routing::post(reload_geo))
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/api/v1/vehicles", get(vehicles::list))
+        .route(
+            "/api/v1/vehicles/{id}",
+            axum::routing::put(vehicles::put).delete(vehicles::delete),
+        )
         .route("/api/v1/vehicles/{id}/track", get(vehicles::track))
         .route("/api/v1/vehicles/{id}/trips", get(vehicles::trips))
         .route("/api/v1/alerts", get(alerts::list))

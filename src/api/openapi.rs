@@ -70,6 +70,26 @@ pub fn document() -> Value {
                 "responses": with(json!({ "description": "Vehicles", "content": { "application/json": {
                     "schema": { "$ref": "#/components/schemas/VehicleList" } } } }), &["401"])
             }},
+            "/api/v1/vehicles/{id}": {
+                "put": {
+                    "summary": "Register or change a vehicle (admin); the running pipeline uses it from the next fix",
+                    "parameters": [vehicle_path],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                        "type": "object", "required": ["cooperative_id", "class"], "additionalProperties": false,
+                        "properties": {
+                            "cooperative_id": { "type": "string" },
+                            "class": { "type": "string", "enum": ["bus", "coach", "container", "tractor", "light_truck", "car"] },
+                            "plate": { "type": "string" },
+                            "route_id": { "type": "string", "description": "A route id of the loaded routes" } } } } } },
+                    "responses": with(json!({ "description": "The vehicle as registered" }), &["400", "401", "403"])
+                },
+                "delete": {
+                    "summary": "Take a vehicle off the registry (admin); its data stays, its new fixes are flagged unregistered",
+                    "parameters": [vehicle_path],
+                    "responses": { "204": { "description": "Deregistered" }, "401": { "description": "No valid token" },
+                                   "403": { "description": "Not an admin" }, "404": { "description": "Not registered" } }
+                }
+            },
             "/api/v1/vehicles/{id}/track": { "get": {
                 "summary": "Fixes of a vehicle in a range (at most http.max_track_days, default 31), in pages of at most 500,000 fixes",
                 "description": "When the range holds more fixes than `limit`, the answer is the first page: the `X-Next-From` header (and `next_from` in GeoJSON properties) gives the `from` of the next page.",

@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 use super::auth::{vehicle_param, Caller};
 use super::error::{ApiError, ApiResult};
 use super::AppState;
+use crate::domain::{CooperativeId, Vehicle, VehicleId};
 use crate::geo::LocalFrame;
+use crate::store::registry;
 
 /// Most fixes one track page may hold (before simplification).
 pub const MAX_TRACK_FIXES: i64 = 500_000;
@@ -160,6 +162,82 @@ impl Serialize for Rfc3339 {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&rfc3339(self.0))
     }
+}
+
+/// Body of `PUT /api/v1/vehicles/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VehicleBody {
+    /// Cooperative that operates it.
+    pub cooperative_id: String,
+    /// Regulatory class (`bus`, `coach`, `container`, `tractor`, `light_truck`, `car`).
+    pub class: String,
+    /// Registration plate as printed.
+    pub plate: Option<String>,
+    /// Registered route (fixed-route buses): a route id of the loaded routes.
+    pub route_id: Option<String>,
+}
+
+/// `PUT /api/v1/vehicles/{id}` (admin): registers or changes a vehicle; the running
+/// pipeline uses it from the next fix on.
+pub async fn put(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    body: Result<Json<VehicleBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    caller.require_admin()?;
+    let Json(b) = body?;
+    let vehicle = Vehicle {
+        id: VehicleId::parse(&raw).map_err(|e| ApiError::bad(format!("vehicle: {e}")))?,
+        cooperative: CooperativeId::parse(&b.cooperative_id)
+            .map_err(|e| ApiError::bad(format!("cooperative_id: {e}")))?,
+        class: b.class.parse().map_err(ApiError::bad)?,
+        plate: b.plate,
+        route: b.route_id,
+    };
+    if let Some(r) = &vehicle.route {
+        if s.geo.borrow().route(r).is_none() {
+            return Err(ApiError::bad(format!(
+                "route_id: no route {r:?} among the loaded routes"
+            )));
+        }
+    }
+    let db = s.db.get().await?;
+    registry::register(&**db, std::slice::from_ref(&vehicle)).await?;
+    reload_registry(&s, &db).await?;
+    Ok(Json(json!({
+        "vehicle_id": vehicle.id.as_str(),
+        "cooperative_id": vehicle.cooperative.as_str(),
+        "class": vehicle.class.as_str(),
+        "plate": vehicle.plate,
+        "route_id": vehicle.route,
+        "registered": true,
+    })))
+}
+
+/// `DELETE /api/v1/vehicles/{id}` (admin): takes a vehicle off the registry (its data
+/// stays; its fixes are flagged unregistered from then on).
+pub async fn delete(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> ApiResult<axum::http::StatusCode> {
+    caller.require_admin()?;
+    let id = VehicleId::parse(&raw).map_err(|e| ApiError::bad(format!("vehicle: {e}")))?;
+    let db = s.db.get().await?;
+    if !registry::deregister(&**db, &id).await? {
+        return Err(ApiError::NotFound(format!("no registered vehicle {id}")));
+    }
+    reload_registry(&s, &db).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Hands the stored registry to the pipeline.
+async fn reload_registry(s: &AppState, db: &deadpool_postgres::Object) -> ApiResult<()> {
+    let r = registry::load(&***db).await?;
+    s.registry.send_replace(std::sync::Arc::new(r));
+    Ok(())
 }
 
 /// Query of a track.

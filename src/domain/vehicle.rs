@@ -34,9 +34,34 @@ impl VehicleClass {
             VehicleClass::Car => "car",
         }
     }
+
+    /// Every class, in declaration order.
+    pub const ALL: [VehicleClass; 6] = [
+        VehicleClass::Bus,
+        VehicleClass::Coach,
+        VehicleClass::Container,
+        VehicleClass::Tractor,
+        VehicleClass::LightTruck,
+        VehicleClass::Car,
+    ];
 }
 
-/// A vehicle in the registry (from configuration).
+impl std::str::FromStr for VehicleClass {
+    type Err = String;
+
+    /// The name [`VehicleClass::as_str`] gives.
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|c| c.as_str()).collect();
+                format!("unknown vehicle class {s:?}: one of {}", names.join(", "))
+            })
+    }
+}
+
+/// A vehicle in the registry (from configuration or the admin API).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vehicle {

@@ -141,6 +141,11 @@ impl Validator {
         }
     }
 
+    /// Replaces the registry (a vehicle added or removed while running).
+    pub fn set_registry(&mut self, registry: &[Vehicle]) {
+        self.registry = registry.iter().map(|v| (v.id.clone(), v.clone())).collect();
+    }
+
     /// Validates one MQTT message; every fix or element yields exactly one record.
     pub fn process(
         &mut self,

@@ -983,3 +983,94 @@ async fn compliance_report_counts_violations_per_1000_km() {
     }
     e.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_registers_and_removes_vehicles_while_running() {
+    let e = setup("fw-api-admin").await;
+    let a = e.addr();
+    let body = r#"{"cooperative_id": "HTX-A", "class": "container", "plate": "61C-999.01"}"#;
+    let put = |tok: &str, b: &'static str| {
+        let tok = tok.to_string();
+        async move { http(a, "PUT", "/api/v1/vehicles/NEW-1", Some(&tok), Some(b)).await }
+    };
+    assert_eq!(put(&e.coop_a, body).await.status, 403);
+    assert_eq!(put(&e.regulator, body).await.status, 403);
+    let r = put(
+        &e.admin,
+        r#"{"cooperative_id": "HTX-A", "class": "spaceship"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("container"),
+        "{}",
+        r.body
+    );
+    let r = put(
+        &e.admin,
+        r#"{"cooperative_id": "HTX-A", "class": "bus", "route_id": "NOWHERE"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("NOWHERE"), "{}", r.body);
+    let r = put(&e.admin, body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["class"], "container");
+
+    // The running pipeline knows it from now on: its fixes are not flagged unregistered.
+    let url = e._broker.url();
+    let t0 = e.base + TimeDelta::hours(1);
+    publish_all(
+        &url,
+        &[(
+            topic("HTX-A", "NEW-1"),
+            fix("NEW-1", t0, 10.95, 106.7, 20.0),
+        )],
+    )
+    .await;
+    let flags = |ts: DateTime<Utc>| {
+        let db = e.db.clone();
+        async move {
+            let c = fleetwatch::store::connect(&db).await.unwrap();
+            let mut flags = None;
+            for _ in 0..400 {
+                if let Some(r) = c
+                    .query_opt(
+                        "SELECT flags FROM fixes WHERE vehicle_id = 'NEW-1' AND ts = $1",
+                        &[&ts],
+                    )
+                    .await
+                    .unwrap()
+                {
+                    flags = Some(r.get::<_, i16>(0));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            flags.expect("the fix is stored")
+        }
+    };
+    assert_eq!(flags(t0).await & 4, 0, "registered: no unregistered flag");
+    let v = get(a, "/api/v1/vehicles", &e.coop_a).await.json();
+    assert!(ids(&v, "vehicles", "vehicle_id").contains(&"NEW-1".to_string()));
+
+    // Taken off the registry: its data stays, new fixes are flagged.
+    let del = |tok: &str| {
+        let tok = tok.to_string();
+        async move { http(a, "DELETE", "/api/v1/vehicles/NEW-1", Some(&tok), None).await }
+    };
+    assert_eq!(del(&e.coop_a).await.status, 403);
+    assert_eq!(del(&e.admin).await.status, 204);
+    assert_eq!(del(&e.admin).await.status, 404);
+    let t1 = t0 + TimeDelta::seconds(10);
+    publish_all(
+        &url,
+        &[(
+            topic("HTX-A", "NEW-1"),
+            fix("NEW-1", t1, 10.95, 106.7, 20.0),
+        )],
+    )
+    .await;
+    assert_eq!(flags(t1).await & 4, 4, "no longer registered");
+    e.stop().await;
+}
