@@ -108,7 +108,7 @@ pub fn document() -> Value {
                     "text/csv": { "schema": { "type": "string" } } } }), &["400", "401", "403", "404"])
             }},
             "/api/v1/vehicles/{id}/trips": { "get": {
-                "summary": "Trips of a vehicle starting in a range (at most 31 days)",
+                "summary": "Trips of a vehicle starting in a range (at most http.max_track_days), and the stops between consecutive trips (start, end, duration_s, lat, lon where the trip before ended)",
                 "parameters": [vehicle_path, time("from", "Start, inclusive"), time("to", "End, exclusive")],
                 "responses": with(json!({ "description": "Trips", "content": { "application/json": {
                     "schema": { "type": "object", "properties": { "trips": { "type": "array", "items": { "$ref": "#/components/schemas/Trip" } } } } } } }),

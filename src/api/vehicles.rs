@@ -367,14 +367,15 @@ pub async fn track(
         "gpx" => ("application/gpx+xml", gpx(&id, &points)),
         "csv" => ("text/csv; charset=utf-8", csv(&points)),
         _ => {
-            let trips = trips_json(&db, &id, from, to, caller.scope()).await?;
+            let t = trips_json(&db, &id, from, to, caller.scope()).await?;
             let page = Page {
                 id: &id,
                 from,
                 to,
                 total,
                 next_from,
-                trips: &trips,
+                trips: &t.trips,
+                stops: &t.stops,
             };
             let body = if format == "geojson_points" {
                 geojson_points(&page, &points)
@@ -446,6 +447,7 @@ struct Page<'a> {
     total: usize,
     next_from: Option<DateTime<Utc>>,
     trips: &'a Value,
+    stops: &'a Value,
 }
 
 impl Page<'_> {
@@ -468,6 +470,8 @@ impl Page<'_> {
         }
         out.extend_from_slice(b",\"trips\":");
         let _ = serde_json::to_writer(&mut *out, self.trips);
+        out.extend_from_slice(b",\"stops\":");
+        let _ = serde_json::to_writer(&mut *out, self.stops);
     }
 }
 
@@ -660,36 +664,61 @@ fn csv(points: &[&Point]) -> Vec<u8> {
     out
 }
 
-/// The trips starting in the range, as JSON.
+/// The trips starting in the range, and the stops between them, as JSON.
 async fn trips_json(
     db: &deadpool_postgres::Object,
     id: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     scope: Option<&str>,
-) -> ApiResult<Value> {
+) -> ApiResult<TripsAndStops> {
+    // Where a trip ended is where the stop after it is: the fix at its end.
     let rows = db
         .query(
-            "SELECT start_ts, end_ts, driver_id, distance_m, max_speed_kmh FROM trips
-             WHERE vehicle_id = $1 AND start_ts >= $2 AND start_ts < $3
-               AND ($4::text IS NULL OR cooperative_id IS NULL OR cooperative_id = $4)
-             ORDER BY start_ts",
+            "SELECT t.start_ts, t.end_ts, t.driver_id, t.distance_m, t.max_speed_kmh, f.lat, f.lon
+             FROM trips t
+             LEFT JOIN fixes f ON f.vehicle_id = t.vehicle_id AND f.ts = t.end_ts
+             WHERE t.vehicle_id = $1 AND t.start_ts >= $2 AND t.start_ts < $3
+               AND ($4::text IS NULL OR t.cooperative_id IS NULL OR t.cooperative_id = $4)
+             ORDER BY t.start_ts",
             &[&id, &from, &to, &scope],
         )
         .await?;
-    Ok(Value::Array(
-        rows.iter()
-            .map(|r| {
-                json!({
-                    "start": rfc3339(r.get(0)),
-                    "end": rfc3339(r.get(1)),
-                    "driver_id": r.get::<_, Option<String>>(2),
-                    "distance_m": r.get::<_, f64>(3),
-                    "max_speed_kmh": r.get::<_, f64>(4),
-                })
+    let trips = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "start": rfc3339(r.get(0)),
+                "end": rfc3339(r.get(1)),
+                "driver_id": r.get::<_, Option<String>>(2),
+                "distance_m": r.get::<_, f64>(3),
+                "max_speed_kmh": r.get::<_, f64>(4),
             })
-            .collect(),
-    ))
+        })
+        .collect();
+    let stops = rows
+        .windows(2)
+        .map(|w| {
+            let (start, end): (DateTime<Utc>, DateTime<Utc>) = (w[0].get(1), w[1].get(0));
+            json!({
+                "start": rfc3339(start),
+                "end": rfc3339(end),
+                "duration_s": (end - start).num_milliseconds() as f64 / 1000.0,
+                "lat": w[0].get::<_, Option<f64>>(5),
+                "lon": w[0].get::<_, Option<f64>>(6),
+            })
+        })
+        .collect();
+    Ok(TripsAndStops {
+        trips: Value::Array(trips),
+        stops: Value::Array(stops),
+    })
+}
+
+/// Trips of a range and the stops between consecutive ones.
+struct TripsAndStops {
+    trips: Value,
+    stops: Value,
 }
 
 /// Query of a trip list.
@@ -713,9 +742,10 @@ pub async fn trips(
     let (from, to) = range(q.from, q.to, max_track_range(&s))?;
     let db = s.db.get().await?;
     let id = visible_vehicle(&db, &caller, &raw).await?;
-    let trips = trips_json(&db, &id, from, to, caller.scope()).await?;
+    let t = trips_json(&db, &id, from, to, caller.scope()).await?;
     Ok(Json(json!({
-        "vehicle_id": id, "from": rfc3339(from), "to": rfc3339(to), "trips": trips,
+        "vehicle_id": id, "from": rfc3339(from), "to": rfc3339(to),
+        "trips": t.trips, "stops": t.stops,
     })))
 }
 
@@ -765,6 +795,7 @@ mod tests {
             total: 3,
             next_from: Some(pts[2].ts),
             trips: &trips,
+            stops: &json!([]),
         };
         let line: Value = serde_json::from_slice(&geojson_line(&page, &refs)).unwrap();
         assert_eq!(line["geometry"]["type"], "LineString");

@@ -540,6 +540,25 @@ async fn track_formats_and_simplification() {
     // Trips endpoint.
     let r = get(a, &format!("/api/v1/vehicles/A-1/trips?{rq}"), tok).await;
     assert_eq!(r.json()["trips"].as_array().unwrap().len(), 1);
+    assert_eq!(r.json()["stops"], serde_json::json!([]));
+    // A second trip after a 5-minute stop at the end of the first one.
+    let c = fleetwatch::store::connect(&e.db).await.unwrap();
+    let second = e.base + TimeDelta::seconds(119 + 300);
+    c.execute(
+        "INSERT INTO trips (vehicle_id, start_ts, end_ts, cooperative_id, distance_m, max_speed_kmh)
+         VALUES ('A-1', $1, $2, 'HTX-A', 500, 25)",
+        &[&second, &(second + TimeDelta::seconds(60))],
+    )
+    .await
+    .unwrap();
+    let r = get(a, &format!("/api/v1/vehicles/A-1/trips?{rq}"), tok).await;
+    let stops = r.json()["stops"].clone();
+    assert_eq!(stops.as_array().unwrap().len(), 1, "{stops}");
+    assert_eq!(stops[0]["duration_s"], 300.0);
+    // Where the first trip ended: the corner's 60 m north of it (fix 119).
+    assert_eq!(stops[0]["lon"], 106.7 + 59.0 * 1e-4);
+    let g = get(a, &path(""), tok).await.json();
+    assert_eq!(g["properties"]["stops"], stops);
 
     // Caps and bad parameters: clear 400s.
     for (p, msg) in [
