@@ -50,6 +50,9 @@ pub struct AlertQuery {
     pub level: Option<String>,
     /// `open` or `closed`.
     pub status: Option<String>,
+    /// Overspeed severity band (Decree 168/2024 art. 6): alerts of this band or higher,
+    /// 1..4.
+    pub min_severity: Option<i16>,
     /// Alerts starting at or after.
     pub from: Option<DateTime<Utc>>,
     /// Alerts starting before.
@@ -107,6 +110,9 @@ pub async fn list(
     let kind = one_of("kind", q.kind, KINDS)?;
     let level = one_of("level", q.level, LEVELS)?;
     let status = one_of("status", q.status, STATUSES)?;
+    if q.min_severity.is_some_and(|b| !(1..=4).contains(&b)) {
+        return Err(ApiError::bad("min_severity must be a band from 1 to 4"));
+    }
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::bad(format!(
@@ -124,6 +130,7 @@ pub async fn list(
            AND ($6::text IS NULL OR a.status = $6)
            AND ($7::timestamptz IS NULL OR a.start_ts >= $7)
            AND ($8::timestamptz IS NULL OR a.start_ts < $8)
+           AND ($10::int2 IS NULL OR a.severity >= $10)
          ORDER BY a.start_ts DESC, a.alert_id
          LIMIT $9"
     );
@@ -131,7 +138,16 @@ pub async fn list(
         .query(
             &sql,
             &[
-                &coop, &vehicle, &q.driver, &kind, &level, &status, &q.from, &q.to, &limit,
+                &coop,
+                &vehicle,
+                &q.driver,
+                &kind,
+                &level,
+                &status,
+                &q.from,
+                &q.to,
+                &limit,
+                &q.min_severity,
             ],
         )
         .await?;

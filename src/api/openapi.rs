@@ -123,6 +123,7 @@ pub fn document() -> Value {
                     q("kind", "Alert kind", json!({ "type": "string", "enum": KINDS })),
                     q("level", "Level", json!({ "type": "string", "enum": LEVELS })),
                     q("status", "Status", json!({ "type": "string", "enum": STATUSES })),
+                    q("min_severity", "Overspeed severity band (Decree 168/2024 art. 6) or higher", json!({ "type": "integer", "minimum": 1, "maximum": 4 })),
                     time("from", "Alerts starting at or after"),
                     time("to", "Alerts starting before"),
                     q("limit", "At most this many", json!({ "type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100 })),

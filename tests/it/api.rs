@@ -619,6 +619,14 @@ async fn alert_filters_and_ack_write_the_reminder_log() {
     assert_eq!(v["alerts"][0]["details"]["counted"], true);
     let r = get(a, "/api/v1/alerts?level=info", reg).await;
     assert_eq!(ids(&r.json(), "alerts", "id"), ["a-closed"]);
+    let r = get(a, "/api/v1/alerts?min_severity=1", reg).await;
+    assert_eq!(ids(&r.json(), "alerts", "id"), ["a-open", "b-closed"]);
+    let r = get(a, "/api/v1/alerts?min_severity=2", reg).await;
+    assert_eq!(ids(&r.json(), "alerts", "id"), ["a-open"]);
+    assert_eq!(
+        get(a, "/api/v1/alerts?min_severity=5", reg).await.status,
+        400
+    );
     let r = get(a, "/api/v1/alerts?vehicle=b-1&limit=1", reg).await;
     assert_eq!(ids(&r.json(), "alerts", "id"), ["b-closed"]);
     let t = (e.base + TimeDelta::seconds(9)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
