@@ -15,8 +15,9 @@ use fleetwatch::api::auth::{create_token, Role};
 use fleetwatch::api::{self, AppState, Health};
 use fleetwatch::config::Settings;
 use fleetwatch::geo::GeoIndex;
-use fleetwatch::infra::postgres::{EmbeddedPostgres, PgOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod support;
 
 struct Args {
     track_fixes: i64,
@@ -86,17 +87,7 @@ async fn measure(addr: SocketAddr, token: &str, what: &str, path: &str, runs: us
 async fn main() {
     let a = args();
     let dir = std::env::temp_dir().join(format!("fw-bench-api-{}", std::process::id()));
-    let pg = EmbeddedPostgres::start(&PgOptions {
-        data_dir: dir.clone(),
-        fast_unsafe: true,
-    })
-    .unwrap();
-    pg.ensure_database("bench").await.unwrap();
-    let db = pg.url("bench");
-    let mut c = fleetwatch::store::connect(&db).await.unwrap();
-    fleetwatch::store::migrate::migrate(&mut c, &Default::default())
-        .await
-        .unwrap();
+    let (pg, db, c, _) = support::private_db(&dir, true, "bench").await;
 
     let t0 = Instant::now();
     // One vehicle, one day at 1 Hz: a slow loop around Thu Dau Mot.

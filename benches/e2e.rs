@@ -20,10 +20,12 @@ use fleetwatch::app::App;
 use fleetwatch::config::Settings;
 use fleetwatch::demo::Publisher;
 use fleetwatch::infra::broker::{free_port, EmbeddedBroker};
-use fleetwatch::infra::postgres::{EmbeddedPostgres, PgOptions};
+
 use fleetwatch::ingest::topic::TopicPattern;
 use fleetwatch::sim::Simulator;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+mod support;
 
 struct Args {
     broker: String,
@@ -273,17 +275,7 @@ async fn main() {
         other => other.to_string(),
     };
     let dir = std::env::temp_dir().join(format!("fw-bench-pg-{}", std::process::id()));
-    let pg = EmbeddedPostgres::start(&PgOptions {
-        data_dir: dir.clone(),
-        fast_unsafe: false,
-    })
-    .unwrap();
-    pg.ensure_database("bench").await.unwrap();
-    let db = pg.url("bench");
-    let mut c = fleetwatch::store::connect(&db).await.unwrap();
-    fleetwatch::store::migrate::migrate(&mut c, &Default::default())
-        .await
-        .unwrap();
+    let (pg, db, _, _) = support::private_db(&dir, false, "bench").await;
 
     println!(
         "machine: {} cores; broker {} ({url}); {} fixes, {} vehicles, {} publishers",

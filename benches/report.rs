@@ -21,7 +21,7 @@ use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use fleetwatch::api::reports::{self, ReportParams, ReportQuery, Source};
 use fleetwatch::domain::Vehicle;
 use fleetwatch::geo::GeoIndex;
-use fleetwatch::infra::postgres::{EmbeddedPostgres, PgOptions};
+
 use fleetwatch::ingest::topic::TopicPattern;
 use fleetwatch::ingest::validate::Validator;
 use fleetwatch::pipeline::Stage;
@@ -30,6 +30,8 @@ use fleetwatch::store::rollup;
 use fleetwatch::store::writer::{self, Item};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+
+mod support;
 
 const COOP: &str = "HTX-BENCH";
 const MONTH: &str = "2026-10";
@@ -427,18 +429,8 @@ async fn main() {
             false,
         ),
     };
-    let mut pg = EmbeddedPostgres::start(&PgOptions {
-        data_dir: dir.clone(),
-        // Seeding speed only; the timed reports only read.
-        fast_unsafe: true,
-    })
-    .unwrap();
-    pg.ensure_database("bench_report").await.unwrap();
-    let db = pg.url("bench_report");
-    let mut c = fleetwatch::store::connect(&db).await.unwrap();
-    let layout = fleetwatch::store::migrate::migrate(&mut c, &Default::default())
-        .await
-        .unwrap();
+    // Durability off: seeding speed only; the timed reports only read.
+    let (mut pg, db, mut c, layout) = support::private_db(&dir, true, "bench_report").await;
     rollup::ensure(&mut c, RulesConfig::default().utc_offset, layout)
         .await
         .unwrap();
