@@ -41,6 +41,19 @@ impl Resp {
 
 /// One HTTP/1.1 request per connection (the API and chromedriver both speak it);
 /// panics after a minute rather than hang the suite.
+/// The live list as the page gets it (`auth`: the Authorization header's value).
+async fn vehicles(addr: SocketAddr, auth: &str) -> Value {
+    request(
+        addr,
+        "GET",
+        "/api/v1/vehicles",
+        &[("Authorization", auth)],
+        None,
+    )
+    .await
+    .json()
+}
+
 async fn request(
     addr: SocketAddr,
     method: &str,
@@ -622,15 +635,7 @@ async fn map_page_in_headless_chromium_shows_the_demo_fleet_and_replays_a_track(
     wait_until("the demo caught up", Duration::from_secs(90), || {
         let auth = auth.clone();
         async move {
-            let list = request(
-                page_addr,
-                "GET",
-                "/api/v1/vehicles",
-                &[("Authorization", &auth)],
-                None,
-            )
-            .await
-            .json();
+            let list = vehicles(page_addr, &auth).await;
             let recent = chrono::Utc::now() - chrono::TimeDelta::minutes(3);
             let vehicles = list["vehicles"].as_array().unwrap();
             vehicles.len() == 8
@@ -697,15 +702,7 @@ async fn map_page_in_headless_chromium_shows_the_demo_fleet_and_replays_a_track(
         }
         return best;";
     // Which vehicles are moving: from the API, as the page sees it.
-    let list = request(
-        page_addr,
-        "GET",
-        "/api/v1/vehicles",
-        &[("Authorization", &auth)],
-        None,
-    )
-    .await
-    .json();
+    let list = vehicles(page_addr, &auth).await;
     let moving: Vec<&str> = list["vehicles"]
         .as_array()
         .unwrap()
