@@ -195,12 +195,9 @@ async fn main() -> anyhow::Result<()> {
             drop(pg);
         }
         Command::Migrate { config } => {
-            let settings = Settings::load(config.as_deref())?;
-            let (url, pg) = fleetwatch::app::database(&settings).await?;
-            let mut client = store::connect(&url).await.context("connecting")?;
-            let layout = store::migrate::migrate(&mut client, &settings.database.layout).await?;
-            store::rollup::ensure(&mut client, settings.rules.utc_offset, layout).await?;
+            let (client, pg, layout) = open_db(&Settings::load(config.as_deref())?).await?;
             println!("migrated ({layout:?} layout)");
+            drop(client);
             drop(pg);
         }
         Command::Report(args) => report(args).await?,
@@ -208,17 +205,31 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The database of the token commands, migrated.
+/// The database a command works on (the configured one or the private server),
+/// migrated and with its roll-ups current; the server and the layout in use.
+async fn open_db(
+    settings: &Settings,
+) -> anyhow::Result<(
+    tokio_postgres::Client,
+    Option<fleetwatch::infra::postgres::EmbeddedPostgres>,
+    store::migrate::Layout,
+)> {
+    let (url, pg) = fleetwatch::app::database(settings).await?;
+    let mut client = store::connect(&url).await.context("connecting")?;
+    // Idempotent; a private database may never have been migrated.
+    let layout = store::migrate::migrate(&mut client, &settings.database.layout).await?;
+    store::rollup::ensure(&mut client, settings.rules.utc_offset, layout).await?;
+    Ok((client, pg, layout))
+}
+
+/// [`open_db`] for the token commands.
 async fn token_db(
     config: Option<PathBuf>,
 ) -> anyhow::Result<(
     tokio_postgres::Client,
     Option<fleetwatch::infra::postgres::EmbeddedPostgres>,
 )> {
-    let settings = Settings::load(config.as_deref())?;
-    let (url, pg) = fleetwatch::app::database(&settings).await?;
-    let mut client = store::connect(&url).await.context("connecting")?;
-    store::migrate::migrate(&mut client, &settings.database.layout).await?;
+    let (client, pg, _) = open_db(&Settings::load(config.as_deref())?).await?;
     Ok((client, pg))
 }
 
@@ -246,11 +257,7 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
     if args.raw {
         params.source = Source::Raw;
     }
-    let (url, pg) = fleetwatch::app::database(&settings).await?;
-    let mut client = store::connect(&url).await.context("connecting")?;
-    // Idempotent; a private database may never have been migrated.
-    let layout = store::migrate::migrate(&mut client, &settings.database.layout).await?;
-    store::rollup::ensure(&mut client, settings.rules.utc_offset, layout).await?;
+    let (client, pg, _) = open_db(&settings).await?;
     let report = reports::build(&client, &params).await?;
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),

@@ -121,9 +121,12 @@ impl Caller {
 
 /// Parses a vehicle id from a path or query (400 when malformed).
 pub fn vehicle_param(raw: &str) -> ApiResult<String> {
-    VehicleId::parse(raw)
-        .map(|v| v.as_str().to_string())
-        .map_err(|e| ApiError::bad(format!("vehicle: {e}")))
+    vehicle_id_param(raw).map(|v| v.as_str().to_string())
+}
+
+/// [`vehicle_param`] as a [`VehicleId`].
+pub fn vehicle_id_param(raw: &str) -> ApiResult<VehicleId> {
+    VehicleId::parse(raw).map_err(|e| ApiError::bad(format!("vehicle: {e}")))
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -11,10 +11,10 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::auth::{vehicle_param, Caller};
+use super::auth::{vehicle_id_param, vehicle_param, Caller};
 use super::error::{ApiError, ApiResult};
 use super::AppState;
-use crate::domain::{CooperativeId, Vehicle, VehicleId};
+use crate::domain::{CooperativeId, Vehicle};
 use crate::geo::LocalFrame;
 use crate::store::registry;
 
@@ -189,7 +189,7 @@ pub async fn put(
     caller.require_admin()?;
     let Json(b) = body?;
     let vehicle = Vehicle {
-        id: VehicleId::parse(&raw).map_err(|e| ApiError::bad(format!("vehicle: {e}")))?,
+        id: vehicle_id_param(&raw)?,
         cooperative: CooperativeId::parse(&b.cooperative_id)
             .map_err(|e| ApiError::bad(format!("cooperative_id: {e}")))?,
         class: b.class.parse().map_err(ApiError::bad)?,
@@ -224,7 +224,7 @@ pub async fn delete(
     Path(raw): Path<String>,
 ) -> ApiResult<axum::http::StatusCode> {
     caller.require_admin()?;
-    let id = VehicleId::parse(&raw).map_err(|e| ApiError::bad(format!("vehicle: {e}")))?;
+    let id = vehicle_id_param(&raw)?;
     let db = s.db.get().await?;
     if !registry::deregister(&**db, &id).await? {
         return Err(ApiError::NotFound(format!("no registered vehicle {id}")));
