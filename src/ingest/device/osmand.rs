@@ -1,0 +1,257 @@
+//! The OsmAnd / Traccar Client HTTP protocol, spoken by drivers' phones: a position as
+//! query (or form) parameters `id, timestamp, lat, lon, speed (knots), bearing,
+//! altitude, accuracy, hdop, batt, driverUniqueId, ignition`, or, from newer Traccar
+//! Client versions, a JSON body `{device_id, location: {timestamp, coords: {latitude,
+//! longitude, speed (m/s), heading, accuracy, altitude}, odometer}}`. The answer is
+//! HTTP 200 once the position is stored; the client keeps and resends the position
+//! until it gets it.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::Deserialize;
+
+use crate::domain::FixCandidate;
+
+/// Knots to km/h.
+const KMH_PER_KNOT: f64 = 1.852;
+
+/// Why a request does not carry a position.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OsmandError {
+    /// A required parameter is missing.
+    #[error("missing parameter {0}")]
+    Missing(&'static str),
+    /// A parameter is not what it should be.
+    #[error("bad parameter {name}: {value:?}")]
+    Bad {
+        /// Parameter name.
+        name: &'static str,
+        /// What was sent (cut to 64 characters).
+        value: String,
+    },
+    /// A JSON body that does not parse.
+    #[error("malformed JSON body: {0}")]
+    Json(String),
+}
+
+impl OsmandError {
+    /// Low-cardinality reason label for metrics and dead letters.
+    pub fn label(&self) -> &'static str {
+        "malformed"
+    }
+}
+
+/// A phone's position, with the device id it reported it under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The device id configured in the app (mapped to a vehicle like any device id).
+    pub device_id: String,
+    /// The fix.
+    pub fix: FixCandidate,
+    /// Horizontal accuracy, metres, if the phone said.
+    pub accuracy_m: Option<f64>,
+}
+
+/// Decodes query-string or form parameters (`a=1&b=2`, percent-encoded).
+pub fn decode_params(query: &[u8]) -> Result<Report, OsmandError> {
+    let mut p = std::collections::HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(query) {
+        p.insert(k.into_owned(), v.into_owned());
+    }
+    let get = |names: &[&'static str]| {
+        names
+            .iter()
+            .find_map(|n| p.get(*n).map(|v| (*n, v.as_str())))
+    };
+    let num = |names: &[&'static str]| -> Result<Option<f64>, OsmandError> {
+        match get(names) {
+            None => Ok(None),
+            Some((_, "")) => Ok(None),
+            Some((name, v)) => v.parse::<f64>().map(Some).map_err(|_| bad(name, v)),
+        }
+    };
+    let device_id = get(&["id", "deviceid"])
+        .ok_or(OsmandError::Missing("id"))?
+        .1
+        .to_string();
+    let (lat, lon) = match (num(&["lat"])?, num(&["lon"])?) {
+        (Some(lat), Some(lon)) => (lat, lon),
+        _ => match get(&["location"]) {
+            Some((_, v)) => {
+                let (a, b) = v.split_once(',').ok_or_else(|| bad("location", v))?;
+                (
+                    a.trim().parse().map_err(|_| bad("location", v))?,
+                    b.trim().parse().map_err(|_| bad("location", v))?,
+                )
+            }
+            None => return Err(OsmandError::Missing("lat")),
+        },
+    };
+    let ts = match get(&["timestamp"]) {
+        None => return Err(OsmandError::Missing("timestamp")),
+        Some((_, v)) => Some(timestamp(v).ok_or_else(|| bad("timestamp", v))?),
+    };
+    let ignition = get(&["ignition"]).map(|(_, v)| matches!(v, "true" | "1"));
+    let accuracy_m = num(&["accuracy"])?;
+    Ok(Report {
+        device_id,
+        accuracy_m,
+        fix: FixCandidate {
+            vehicle: None,
+            ts,
+            lat,
+            lon,
+            speed_kmh: num(&["speed"])?.unwrap_or(0.0) * KMH_PER_KNOT,
+            heading_deg: num(&["bearing", "heading"])?,
+            driver: get(&["driverUniqueId"]).map(|(_, v)| v.to_string()),
+            ignition,
+            satellites: None,
+            hdop: num(&["hdop"])?,
+            odometer_m: None,
+        },
+    })
+}
+
+#[derive(Deserialize)]
+struct Body {
+    device_id: String,
+    location: Location,
+}
+
+#[derive(Deserialize)]
+struct Location {
+    timestamp: String,
+    coords: Coords,
+    odometer: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct Coords {
+    latitude: f64,
+    longitude: f64,
+    /// m/s; negative when unknown.
+    speed: Option<f64>,
+    /// degrees; negative when unknown.
+    heading: Option<f64>,
+    accuracy: Option<f64>,
+}
+
+/// Decodes a JSON body of newer Traccar Client versions.
+pub fn decode_json(body: &[u8]) -> Result<Report, OsmandError> {
+    let b: Body = serde_json::from_slice(body).map_err(|e| OsmandError::Json(e.to_string()))?;
+    let ts =
+        timestamp(&b.location.timestamp).ok_or_else(|| bad("timestamp", &b.location.timestamp))?;
+    let c = b.location.coords;
+    Ok(Report {
+        device_id: b.device_id,
+        accuracy_m: c.accuracy,
+        fix: FixCandidate {
+            vehicle: None,
+            ts: Some(ts),
+            lat: c.latitude,
+            lon: c.longitude,
+            speed_kmh: c.speed.filter(|s| *s >= 0.0).unwrap_or(0.0) * 3.6,
+            heading_deg: c.heading.filter(|h| *h >= 0.0),
+            driver: None,
+            ignition: None,
+            satellites: None,
+            hdop: None,
+            odometer_m: b.location.odometer,
+        },
+    })
+}
+
+/// Unix seconds (or milliseconds, as some clients send), RFC 3339, or
+/// `yyyy-MM-dd HH:mm:ss` in UTC.
+fn timestamp(v: &str) -> Option<DateTime<Utc>> {
+    if let Ok(n) = v.parse::<i64>() {
+        return if n > 100_000_000_000 {
+            DateTime::from_timestamp_millis(n)
+        } else {
+            DateTime::from_timestamp(n, 0)
+        };
+    }
+    if let Ok(f) = v.parse::<f64>() {
+        return DateTime::from_timestamp_millis((f * 1000.0).round() as i64);
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(v) {
+        return Some(t.with_timezone(&Utc));
+    }
+    NaiveDateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+fn bad(name: &'static str, v: &str) -> OsmandError {
+    OsmandError::Bad {
+        name,
+        value: v.chars().take(64).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traccar_client_query() {
+        let r = decode_params(b"id=123456&timestamp=1733112000&lat=10.9804&lon=106.6519&speed=27.0&bearing=91.5&altitude=12&accuracy=8.5&batt=87&driverUniqueId=079123456789").unwrap();
+        assert_eq!(r.device_id, "123456");
+        assert_eq!(r.fix.ts.unwrap().to_rfc3339(), "2024-12-02T04:00:00+00:00");
+        assert_eq!((r.fix.lat, r.fix.lon), (10.9804, 106.6519));
+        assert!((r.fix.speed_kmh - 50.004).abs() < 1e-9, "knots to km/h");
+        assert_eq!(r.fix.heading_deg, Some(91.5));
+        assert_eq!(r.accuracy_m, Some(8.5));
+        assert_eq!(r.fix.driver.as_deref(), Some("079123456789"));
+    }
+
+    #[test]
+    fn timestamps_in_every_form_clients_send() {
+        for (v, want) in [
+            ("1733112000", "2024-12-02T04:00:00+00:00"),
+            ("1733112000000", "2024-12-02T04:00:00+00:00"),
+            ("1733112000.5", "2024-12-02T04:00:00.500+00:00"),
+            ("2024-12-02T11:00:00%2B07:00", "2024-12-02T04:00:00+00:00"),
+            ("2024-12-02%2004:00:00", "2024-12-02T04:00:00+00:00"),
+        ] {
+            let q = format!("id=1&lat=1&lon=2&timestamp={v}");
+            let r = decode_params(q.as_bytes()).unwrap();
+            assert_eq!(r.fix.ts.unwrap().to_rfc3339(), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn location_pair_and_missing_or_bad_values() {
+        let r = decode_params(b"deviceid=7&location=10.5,106.25&timestamp=1733112000").unwrap();
+        assert_eq!((r.fix.lat, r.fix.lon, r.fix.speed_kmh), (10.5, 106.25, 0.0));
+        assert_eq!(
+            decode_params(b"lat=1&lon=2&timestamp=1"),
+            Err(OsmandError::Missing("id"))
+        );
+        assert_eq!(
+            decode_params(b"id=1&lat=1&lon=2"),
+            Err(OsmandError::Missing("timestamp"))
+        );
+        assert!(matches!(
+            decode_params(b"id=1&lat=north&lon=2&timestamp=1"),
+            Err(OsmandError::Bad { name: "lat", .. })
+        ));
+        assert!(matches!(
+            decode_params(b"id=1&lat=1&lon=2&timestamp=yesterday"),
+            Err(OsmandError::Bad {
+                name: "timestamp",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn json_body_of_newer_clients() {
+        let body = br#"{"location":{"timestamp":"2024-12-02T04:00:00.000Z","coords":{"latitude":10.98,"longitude":106.65,"accuracy":5,"speed":10,"heading":-1,"altitude":3},"is_moving":true,"odometer":1234.5,"battery":{"level":0.5}},"device_id":"phone-7"}"#;
+        let r = decode_json(body).unwrap();
+        assert_eq!(r.device_id, "phone-7");
+        assert_eq!(r.fix.speed_kmh, 36.0, "m/s to km/h");
+        assert_eq!(r.fix.heading_deg, None, "-1 is unknown");
+        assert_eq!(r.fix.odometer_m, Some(1234.5));
+        assert!(decode_json(b"{\"device_id\":1}").is_err());
+    }
+}
