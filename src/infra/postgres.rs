@@ -310,18 +310,29 @@ impl EmbeddedPostgres {
         if opts.fast_unsafe {
             o.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
         }
+        let start = |o: &str| {
+            pg.tool("pg_ctl")
+                .args(["start", "-w", "-t", "60", "-D"])
+                .arg(&pg.data)
+                .arg("-l")
+                .arg(&pg.log)
+                .args(["-o", o])
+                .run(&pg.log)
+        };
         if opts.timescaledb && pg.timescaledb_installed() {
-            o.push_str(
-                " -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off",
+            let preload = format!(
+                "{o} -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
             );
+            if let Err(e) = start(&preload) {
+                // E.g. a TimescaleDB build for another PostgreSQL release: its library
+                // does not load, and a preload failure stops the server from starting.
+                tracing::warn!(error = %e, log = %pg.log.display(),
+                    "TimescaleDB is installed but this PostgreSQL cannot load it; starting without it (plain layout)");
+                start(&o)?;
+            }
+        } else {
+            start(&o)?;
         }
-        pg.tool("pg_ctl")
-            .args(["start", "-w", "-t", "60", "-D"])
-            .arg(&pg.data)
-            .arg("-l")
-            .arg(&pg.log)
-            .args(["-o", &o])
-            .run(&pg.log)?;
         pg.running = true;
         pg.write_owner()?;
         tracing::info!(port = pg.port, data = %pg.data.display(), "private PostgreSQL started");
