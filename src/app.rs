@@ -287,7 +287,8 @@ impl App {
     /// Waits until every stage has stopped; then stops the private database.
     pub async fn wait(mut self) {
         let _ = (&mut self.tasks).await;
-        if let Some(mut pg) = self.pg.take() {
+        // A server another live process started stays running for it.
+        if let Some(mut pg) = self.pg.take().filter(|pg| !pg.reused()) {
             let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
         }
     }
