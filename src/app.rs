@@ -53,6 +53,7 @@ pub async fn database(settings: &Settings) -> anyhow::Result<(String, Option<Emb
     let opts = PgOptions {
         data_dir: settings.database.data_dir.join("postgres"),
         fast_unsafe: false,
+        timescaledb: true,
     };
     let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts))
         .await
@@ -206,11 +207,18 @@ impl App {
             disconnect.clone(),
         ));
         let hup = tokio::spawn(reload_on_sighup(reloader.clone(), shutdown.clone()));
+        let probe = tokio::spawn(store::probe::run(
+            db_url.clone(),
+            Duration::from_millis(settings.database.probe_interval_ms.max(10)),
+            Duration::from_millis(settings.database.probe_timeout_ms.max(10)),
+            health.clone(),
+            shutdown.clone(),
+        ));
         let state = AppState {
             health: health.clone(),
             metrics,
             reload_geo: Some(reloader),
-            db: api::pool(&db_url)?,
+            db: api::pool_with(&db_url, &settings.database)?,
             settings: Arc::new(settings.clone()),
             geo: geo_view,
             registry: Arc::new(registry_tx),
@@ -249,6 +257,7 @@ impl App {
             disconnect.cancel();
             let _ = outbox.await;
             let _ = hup.await;
+            let _ = probe.await;
             let _ =
                 tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(ev))
                     .await;
@@ -278,22 +287,18 @@ impl App {
     /// Waits until every stage has stopped; then stops the private database.
     pub async fn wait(mut self) {
         let _ = (&mut self.tasks).await;
-        if let Some(mut pg) = self.pg.take() {
+        // A server another live process started stays running for it.
+        if let Some(mut pg) = self.pg.take().filter(|pg| !pg.reused()) {
             let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
         }
     }
 }
 
+/// Binds `http.listen`; a taken address is an error naming it (port 0: any free port).
 async fn bind_http(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => Ok(l),
-        Err(e) if addr.port() != 0 => {
-            tracing::warn!(%addr, error = %e, "HTTP port taken; using a free port");
-            let any = SocketAddr::new(addr.ip(), 0);
-            Ok(tokio::net::TcpListener::bind(any).await?)
-        }
-        Err(e) => Err(e.into()),
-    }
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on http.listen = {addr} (in use by another process?); free it or set another address (port 0: any free port)")
+    })
 }
 
 /// Writes the configured registry into `vehicles` (registered = true).

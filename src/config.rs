@@ -27,6 +27,16 @@ pub struct DatabaseConfig {
     pub name: String,
     /// Storage layout (TimescaleDB, retention).
     pub layout: LayoutConfig,
+    /// Milliseconds between database probes (`SELECT 1`) that feed `/readyz`.
+    pub probe_interval_ms: u64,
+    /// A probe not answered within this many milliseconds marks the database down.
+    pub probe_timeout_ms: u64,
+    /// API: longest wait for a pooled connection, or to open a new one, milliseconds.
+    pub api_wait_timeout_ms: u64,
+    /// API: `statement_timeout` of its queries, milliseconds. A request still waiting
+    /// for the database this long plus the wait timeout after it started gets a 503
+    /// (a hung server cannot enforce its own timeout).
+    pub api_statement_timeout_ms: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -36,6 +46,10 @@ impl Default for DatabaseConfig {
             data_dir: PathBuf::from("data"),
             name: "fleetwatch".into(),
             layout: LayoutConfig::default(),
+            probe_interval_ms: 2_000,
+            probe_timeout_ms: 2_000,
+            api_wait_timeout_ms: 2_000,
+            api_statement_timeout_ms: 30_000,
         }
     }
 }

@@ -15,6 +15,7 @@ pub async fn private_db(
     let pg = EmbeddedPostgres::start(&PgOptions {
         data_dir: dir.to_path_buf(),
         fast_unsafe,
+        timescaledb: true,
     })
     .expect("private PostgreSQL starts");
     pg.ensure_database(name).await.unwrap();

@@ -28,7 +28,7 @@ pub struct Health {
     pub subscribed: AtomicBool,
     /// Messages this instance received from the broker.
     pub messages: AtomicU64,
-    /// The writer holds a working database connection.
+    /// The database answers: the last probe (`SELECT 1`) or commit succeeded.
     pub database: AtomicBool,
 }
 
@@ -51,9 +51,29 @@ pub struct AppState {
     pub registry: Arc<tokio::sync::watch::Sender<Arc<Vec<crate::domain::Vehicle>>>>,
 }
 
-/// A small pool of connections for the HTTP handlers.
+/// A small pool of connections for the HTTP handlers, with the default timeouts.
 pub fn pool(db_url: &str) -> Result<deadpool_postgres::Pool, crate::store::StoreError> {
-    let cfg: tokio_postgres::Config = db_url.parse()?;
+    pool_with(db_url, &crate::config::DatabaseConfig::default())
+}
+
+/// A small pool of connections for the HTTP handlers: waiting for a connection,
+/// opening and recycling one are bounded by `api_wait_timeout_ms` (then 503), every
+/// statement by `api_statement_timeout_ms`.
+pub fn pool_with(
+    db_url: &str,
+    db: &crate::config::DatabaseConfig,
+) -> Result<deadpool_postgres::Pool, crate::store::StoreError> {
+    let mut cfg: tokio_postgres::Config = db_url.parse()?;
+    cfg.options(format!(
+        "-c statement_timeout={}",
+        db.api_statement_timeout_ms
+    ));
+    cfg.connect_timeout(std::time::Duration::from_millis(
+        db.api_wait_timeout_ms.max(1),
+    ));
+    let wait = Some(std::time::Duration::from_millis(
+        db.api_wait_timeout_ms.max(1),
+    ));
     let mgr = deadpool_postgres::Manager::from_config(
         cfg,
         tokio_postgres::NoTls,
@@ -63,8 +83,33 @@ pub fn pool(db_url: &str) -> Result<deadpool_postgres::Pool, crate::store::Store
     );
     Ok(deadpool_postgres::Pool::builder(mgr)
         .max_size(8)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(wait)
+        .create_timeout(wait)
+        .recycle_timeout(wait)
         .build()
-        .expect("pool without a runtime-specific timeout builds"))
+        .expect("pool with the tokio runtime builds"))
+}
+
+/// Bounds every request: one still waiting (for a database that stopped answering)
+/// after the statement and wait timeouts gets a 503 instead of hanging.
+async fn bounded(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let limit = std::time::Duration::from_millis(
+        s.settings.database.api_statement_timeout_ms + s.settings.database.api_wait_timeout_ms,
+    );
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => error::ApiError::Unavailable(format!(
+            "no answer from the database within {} ms",
+            limit.as_millis()
+        ))
+        .into_response(),
+    }
 }
 
 /// The router; tests call it with `oneshot`, the app serves it.
@@ -90,6 +135,7 @@ pub fn router(state: AppState) -> Router {
         .route("/map/config.json", get(map::config))
         .route("/map/static/{*file}", get(map::static_file))
         .fallback(|| async { error::ApiError::NotFound("no such endpoint".into()) })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), bounded))
         .with_state(state)
 }
 

@@ -41,6 +41,20 @@ pub struct PgOptions {
     pub data_dir: PathBuf,
     /// Durability off (fsync, synchronous_commit): for tests only.
     pub fast_unsafe: bool,
+    /// Preload TimescaleDB when it is installed beside the server (its library in the
+    /// server's lib directory), so migrations get the Timescale layout.
+    pub timescaledb: bool,
+}
+
+impl PgOptions {
+    /// Options for a durable server in `data_dir`, TimescaleDB preloaded when installed.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            fast_unsafe: false,
+            timescaledb: true,
+        }
+    }
 }
 
 /// A running private server; stopped on drop unless it was found already running.
@@ -54,9 +68,78 @@ pub struct EmbeddedPostgres {
     running: bool,
     /// Already running when started: another process (e.g. the service) uses it.
     reused: bool,
+    /// Who started the server (see [`OWNER_FILE`]).
+    owner_file: PathBuf,
+    /// The superuser's password (kept in [`PASSWORD_FILE`]).
+    password: String,
 }
 
 const SUPERUSER: &str = "fleetwatch";
+/// In the data directory: pid and start time of the fleetwatch process that started
+/// the server, so a server left by a killed fleetwatch is told from one another
+/// running process uses.
+pub const OWNER_FILE: &str = "postgres-owner";
+/// In the data directory (mode 0600): the generated password of the superuser.
+pub const PASSWORD_FILE: &str = "postgres-password";
+
+/// Who started a running server.
+#[derive(Debug, PartialEq, Eq)]
+enum Owner {
+    /// A live process (this one or another): leave the server to it.
+    Alive,
+    /// A fleetwatch process that has ended (e.g. SIGKILL): adopt the server.
+    Gone,
+    /// No owner file: started by hand or by an older fleetwatch; leave it running.
+    Unknown,
+}
+
+/// `pid start-time` of a process (start time in clock ticks since boot, from
+/// /proc), so a recycled pid is not taken for the owner.
+fn process_identity(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: count fields after the last ')'.
+    let start = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?;
+    Some(format!("{pid} {start}"))
+}
+
+fn owner_state(file: &Path) -> Owner {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Owner::Unknown;
+    };
+    let text = text.trim();
+    let pid = text.split_whitespace().next().and_then(|p| p.parse().ok());
+    match pid.and_then(process_identity) {
+        Some(id) if id == text => Owner::Alive,
+        _ => Owner::Gone,
+    }
+}
+
+/// A fresh random password (hex, 32 bytes of the OS generator).
+fn generate_password() -> String {
+    let b: [u8; 32] = rand::random();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Writes `text` to `path` readable by its owner only.
+fn write_private(path: &Path, text: &str) -> Result<(), PgError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(format!("creating {}", path.display())))?;
+    f.write_all(text.as_bytes())
+        .map_err(io(format!("writing {}", path.display())))
+}
+
+/// Password authentication for every connection (no unix socket is opened).
+const PG_HBA: &str = "# Written by fleetwatch: password (SCRAM) authentication only.\n\
+local all all scram-sha-256\n\
+host all all 127.0.0.1/32 scram-sha-256\n\
+host all all ::1/128 scram-sha-256\n";
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PgError {
     let what = what.into();
@@ -173,6 +256,7 @@ impl EmbeddedPostgres {
                 let _ = nix::unistd::chown(&log, Some(uid), Some(gid));
             }
         }
+        let password_file = data.join(PASSWORD_FILE);
         let mut pg = Self {
             bin,
             data: cluster,
@@ -181,17 +265,42 @@ impl EmbeddedPostgres {
             log,
             running: false,
             reused: false,
+            owner_file: data.join(OWNER_FILE),
+            password: String::new(),
         };
-        if !pg.data.join("PG_VERSION").exists() {
+        let fresh = !pg.data.join("PG_VERSION").exists();
+        match std::fs::read_to_string(&password_file) {
+            Ok(p) if !fresh && !p.trim().is_empty() => pg.password = p.trim().to_string(),
+            _ => {
+                pg.password = generate_password();
+                write_private(&password_file, &pg.password)?;
+            }
+        }
+        if fresh {
             pg.initdb()?;
         }
         if let Some(port) = pg.running_port() {
-            tracing::info!(port, "reusing the private PostgreSQL already running");
             pg.port = port;
             pg.running = true;
-            pg.reused = true;
+            pg.secure_trust_cluster(true)?;
+            match owner_state(&pg.owner_file) {
+                Owner::Gone => {
+                    // Its fleetwatch died without stopping it: ours now, stopped on exit.
+                    tracing::warn!(port, "adopting the private PostgreSQL a fleetwatch process that ended left running; it is stopped on exit");
+                    pg.write_owner()?;
+                }
+                owner => {
+                    tracing::info!(
+                        port,
+                        ?owner,
+                        "reusing the private PostgreSQL already running; left running on exit"
+                    );
+                    pg.reused = true;
+                }
+            }
             return Ok(pg);
         }
+        pg.secure_trust_cluster(false)?;
         pg.port = crate::infra::broker::free_port().map_err(io("finding a free port"))?;
         let mut o = format!(
             "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' \
@@ -201,34 +310,134 @@ impl EmbeddedPostgres {
         if opts.fast_unsafe {
             o.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
         }
-        pg.tool("pg_ctl")
-            .args(["start", "-w", "-t", "60", "-D"])
-            .arg(&pg.data)
-            .arg("-l")
-            .arg(&pg.log)
-            .args(["-o", &o])
-            .run(&pg.log)?;
+        let start = |o: &str| {
+            pg.tool("pg_ctl")
+                .args(["start", "-w", "-t", "60", "-D"])
+                .arg(&pg.data)
+                .arg("-l")
+                .arg(&pg.log)
+                .args(["-o", o])
+                .run(&pg.log)
+        };
+        if opts.timescaledb && pg.timescaledb_installed() {
+            let preload = format!(
+                "{o} -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
+            );
+            if let Err(e) = start(&preload) {
+                // E.g. a TimescaleDB build for another PostgreSQL release: its library
+                // does not load, and a preload failure stops the server from starting.
+                tracing::warn!(error = %e, log = %pg.log.display(),
+                    "TimescaleDB is installed but this PostgreSQL cannot load it; starting without it (plain layout)");
+                start(&o)?;
+            }
+        } else {
+            start(&o)?;
+        }
         pg.running = true;
+        pg.write_owner()?;
         tracing::info!(port = pg.port, data = %pg.data.display(), "private PostgreSQL started");
         Ok(pg)
     }
 
+    fn write_owner(&self) -> Result<(), PgError> {
+        let me = process_identity(std::process::id()).unwrap_or_default();
+        write_private(&self.owner_file, &me)
+    }
+
+    /// Whether TimescaleDB's library is in the server's lib directory.
+    pub fn timescaledb_installed(&self) -> bool {
+        self.bin
+            .parent()
+            .is_some_and(|d| d.join("lib/timescaledb.so").is_file())
+    }
+
     fn initdb(&self) -> Result<(), PgError> {
         tracing::info!(data = %self.data.display(), "initialising a private PostgreSQL cluster");
-        self.tool("initdb")
-            .args([
-                "-U",
-                SUPERUSER,
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-                "-D",
-            ])
+        // initdb reads the password from a file the server user can read: a copy in
+        // the (not yet created) cluster's parent, removed right after.
+        let pwfile = self.data.with_file_name("initdb-password");
+        write_private(&pwfile, &self.password)?;
+        if let Some((uid, gid)) = self.run_as {
+            let _ = nix::unistd::chown(&pwfile, Some(uid), Some(gid));
+        }
+        let r = self
+            .tool("initdb")
+            .args(["-U", SUPERUSER, "--auth=scram-sha-256", "--pwfile"])
+            .arg(&pwfile)
+            .args(["-E", "UTF8", "--locale=C", "--no-sync", "-D"])
             .arg(&self.data)
-            .run(&self.log)
+            .run(&self.log);
+        let _ = std::fs::remove_file(&pwfile);
+        r
+    }
+
+    /// A cluster made by an older fleetwatch trusts every local user: give the
+    /// superuser the generated password and require it (pg_hba.conf rewritten; a
+    /// running server is reloaded, one not yet running reads it at start).
+    fn secure_trust_cluster(&self, running: bool) -> Result<(), PgError> {
+        let hba = self.data.join("pg_hba.conf");
+        let text =
+            std::fs::read_to_string(&hba).map_err(io(format!("reading {}", hba.display())))?;
+        let trusts = text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or(""))
+            .any(|l| l.split_whitespace().any(|w| w == "trust"));
+        if !trusts {
+            return Ok(());
+        }
+        tracing::warn!(data = %self.data.display(),
+            "this private PostgreSQL trusted every local user; setting a password and requiring it");
+        let set = |port: u16| -> Result<(), PgError> {
+            let sql = format!(
+                "SET password_encryption = 'scram-sha-256'; ALTER ROLE {SUPERUSER} PASSWORD '{}'",
+                self.password
+            );
+            let out = Command::new(self.bin.join("psql"))
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p"])
+                .arg(port.to_string())
+                .args(["-U", SUPERUSER, "-d", "postgres", "-c", &sql])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(io("running psql"))?;
+            if !out.status.success() {
+                return Err(PgError::Tool {
+                    tool: format!("psql: {}", String::from_utf8_lossy(&out.stderr).trim()),
+                    status: out.status.to_string(),
+                    log: self.log.display().to_string(),
+                });
+            }
+            Ok(())
+        };
+        if running {
+            set(self.port)?;
+        } else {
+            // Briefly, as it is (trust), on a free port only to set the password.
+            let port = crate::infra::broker::free_port().map_err(io("finding a free port"))?;
+            let o = format!(
+                "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
+            );
+            self.tool("pg_ctl")
+                .args(["start", "-w", "-t", "60", "-D"])
+                .arg(&self.data)
+                .arg("-l")
+                .arg(&self.log)
+                .args(["-o", &o])
+                .run(&self.log)?;
+            let r = set(port);
+            self.tool("pg_ctl")
+                .args(["stop", "-w", "-m", "fast", "-D"])
+                .arg(&self.data)
+                .run(&self.log)?;
+            r?;
+        }
+        std::fs::write(&hba, PG_HBA).map_err(io(format!("writing {}", hba.display())))?;
+        if running {
+            self.tool("pg_ctl")
+                .args(["reload", "-D"])
+                .arg(&self.data)
+                .run(&self.log)?;
+        }
+        Ok(())
     }
 
     /// The port of a server already running on this cluster, from `postmaster.pid`.
@@ -259,9 +468,13 @@ impl EmbeddedPostgres {
         Tool(c, name.to_string())
     }
 
-    /// Connection URL for database `db` (superuser, trust auth on loopback).
+    /// Connection URL for database `db` (superuser and its password, on loopback);
+    /// log it only through [`crate::app::redact`].
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{db}", self.port)
+        format!(
+            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{db}",
+            self.password, self.port
+        )
     }
 
     /// The cluster's data directory.
@@ -290,8 +503,11 @@ impl EmbeddedPostgres {
             .args(["stop", "-w", "-m", "fast", "-D"])
             .arg(&self.data)
             .run(&self.log);
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "stopping the private PostgreSQL");
+        match r {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&self.owner_file);
+            }
+            Err(e) => tracing::warn!(error = %e, "stopping the private PostgreSQL"),
         }
     }
 

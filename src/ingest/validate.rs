@@ -86,6 +86,9 @@ pub struct Accepted {
     pub flags: Flags,
     /// When fleetwatch received the message.
     pub received_at: DateTime<Utc>,
+    /// MQTT topic it came on and the bytes of the fix (the payload, or one element of
+    /// a batch): kept as a dead letter if the database refuses the row.
+    pub source: (String, Bytes),
 }
 
 /// A message or element that failed, kept as a dead letter.
@@ -214,6 +217,7 @@ impl Validator {
                         cooperative: coop.clone(),
                         flags,
                         received_at,
+                        source: (topic.to_string(), element_bytes()),
                     }));
                 }
                 Err(e) => out.push(reject(element_bytes(), e.label(), e.to_string())),

@@ -93,13 +93,42 @@ async fn apply(client: &mut Client, layout: &LayoutConfig) -> Result<Layout, Sto
         tracing::info!(version, "applied migration");
     }
     if layout.timescaledb && timescale_available(client).await? {
+        // Without the preload, CREATE EXTENSION ends the session with a FATAL error:
+        // check first, and keep the connection usable on the plain layout.
+        if !timescale_preloaded(client).await? {
+            tracing::warn!(
+                "TimescaleDB is installed but not preloaded: using the plain layout. To use \
+                 it, add shared_preload_libraries = 'timescaledb' to postgresql.conf and \
+                 restart PostgreSQL (the private server does this itself)"
+            );
+            return Ok(Layout::Plain);
+        }
         match timescale_layout(client, layout).await {
             Ok(()) => return Ok(Layout::Timescale),
-            // E.g. the extension is installed but not in shared_preload_libraries.
+            Err(e) if client.is_closed() => return Err(e),
             Err(e) => tracing::warn!(error = %e, "TimescaleDB present but unusable; plain layout"),
         }
     }
     Ok(Layout::Plain)
+}
+
+/// Whether the extension is already created here, or its library preloaded.
+async fn timescale_preloaded(client: &Client) -> Result<bool, StoreError> {
+    let created = client
+        .query_opt(
+            "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'",
+            &[],
+        )
+        .await?
+        .is_some();
+    let preload: String = client
+        .query_one("SHOW shared_preload_libraries", &[])
+        .await?
+        .get(0);
+    Ok(created
+        || preload
+            .split(',')
+            .any(|l| l.trim().trim_matches('"') == "timescaledb"))
 }
 
 async fn timescale_available(client: &Client) -> Result<bool, StoreError> {

@@ -2,6 +2,7 @@
 
 pub mod migrate;
 pub mod outbox;
+pub mod probe;
 pub mod registry;
 pub mod rollup;
 pub mod writer;
@@ -14,10 +15,10 @@ use tokio_postgres::{Client, NoTls};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database refused or lost the connection, or a statement failed.
-    #[error("database: {0}")]
+    #[error("database: {}", describe(.0))]
     Db(#[from] tokio_postgres::Error),
     /// A migration failed.
-    #[error("migration {version}: {source}")]
+    #[error("migration {version}: {}", describe(.source))]
     Migration {
         version: i32,
         source: tokio_postgres::Error,
@@ -43,6 +44,43 @@ impl StoreError {
                 ["08", "40", "53", "57", "58"]
                     .iter()
                     .any(|p| c.starts_with(p))
+            }
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether PostgreSQL refused the data itself (SQLSTATE class 22 data exception,
+    /// 23 integrity constraint violation, 54 program limit exceeded such as an index
+    /// row too large): the same rows would be refused again, however often retried.
+    pub fn is_content(&self) -> bool {
+        let e = match self {
+            StoreError::Db(e) | StoreError::Migration { source: e, .. } => e,
+        };
+        e.code()
+            .is_some_and(|c| ["22", "23", "54"].iter().any(|p| c.code().starts_with(p)))
+    }
+}
+
+/// A driver error with what the server said (SQLSTATE, message, detail, constraint):
+/// `tokio_postgres::Error`'s own text is only "db error".
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => {
+            let mut s = format!("{} {}: {}", d.severity(), d.code().code(), d.message());
+            if let Some(detail) = d.detail() {
+                s.push_str(&format!(" ({detail})"));
+            }
+            if let Some(c) = d.constraint() {
+                s.push_str(&format!(" [constraint {c}]"));
+            }
+            s
+        }
+        None => {
+            use std::error::Error;
+            match e.source() {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
             }
         }
     }

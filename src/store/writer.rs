@@ -144,12 +144,190 @@ pub async fn prepare(client: &Client) -> Result<Option<Plan>, StoreError> {
 
 /// Writes items in one transaction, with the roll-ups of `plan`. Safe to repeat: a
 /// repeated batch stores nothing new and counts nothing twice.
+///
+/// When PostgreSQL refuses the batch for its content ([`StoreError::is_content`]),
+/// the batch is bisected to find the records (or rule output) at fault: they are kept
+/// as dead letters (`rejected_by_database`, the database's error as detail) and the
+/// rest is committed. Any other error is returned, nothing of the batch settled: the
+/// caller retries it (what the split committed already is not stored twice).
 pub async fn write_batch<A>(
     client: &mut Client,
     plan: Option<&Plan>,
     items: &[Item<A>],
 ) -> Result<BatchOutcome, StoreError> {
-    let records: Vec<&Record> = items.iter().flat_map(|i| i.records.iter()).collect();
+    let parts = parts_of(items);
+    let first = match write_parts(client, plan, &parts).await {
+        Err(e) if e.is_content() => e,
+        other => return other,
+    };
+    tracing::warn!(error = %first, parts = parts.len(),
+        "the database refused the batch's content; splitting it to find the rows at fault");
+    let mut outcome = BatchOutcome::default();
+    let mut refused: Vec<(Part<'_>, String)> = Vec::new();
+    // Ranges still to write, the next on top: left halves before right halves, so
+    // what the split commits keeps the batch's order (alert versions, checkpoints).
+    let mut todo: Vec<(std::ops::Range<usize>, Option<StoreError>)> =
+        vec![(0..parts.len(), Some(first))];
+    while let Some((range, known)) = todo.pop() {
+        let err = match known {
+            Some(e) => e,
+            None => match write_parts(client, plan, &parts[range.clone()]).await {
+                Ok(o) => {
+                    outcome.add(&o);
+                    continue;
+                }
+                Err(e) if e.is_content() => e,
+                Err(e) => return Err(e),
+            },
+        };
+        if range.len() == 1 {
+            refused.push((parts[range.start], err.to_string()));
+            continue;
+        }
+        let mid = range.start + range.len() / 2;
+        todo.push((mid..range.end, None));
+        todo.push((range.start..mid, None));
+    }
+    let dead: Vec<Record> = refused
+        .iter()
+        .map(|(p, e)| Record::Rejected(refused_letter(*p, e)))
+        .collect();
+    for (p, e) in &refused {
+        tracing::warn!(part = %part_label(*p), error = %e, "the database refused a record; kept as a dead letter");
+        telemetry_refused(*p);
+    }
+    // Each letter alone, so one the database refuses too cannot take the others along.
+    for d in &dead {
+        let o = match write_parts(client, plan, &[Part::Record(d)]).await {
+            Err(e) if e.is_content() => {
+                let Record::Rejected(r) = d else {
+                    unreachable!("only dead letters here")
+                };
+                let escaped = Record::Rejected(escaped_letter(r, &e.to_string()));
+                match write_parts(client, plan, &[Part::Record(&escaped)]).await {
+                    Err(e2) if e2.is_content() => {
+                        // Nothing storable is left: the log keeps it (escaped).
+                        tracing::error!(topic = %r.topic.escape_debug(), payload = %hex(&r.payload),
+                            error = %e2, "dead letter refused by the database even escaped; logged only");
+                        metrics::counter!("fleetwatch_dead_letters_unstorable_total").increment(1);
+                        continue;
+                    }
+                    other => other?,
+                }
+            }
+            other => other?,
+        };
+        outcome.add(&o);
+    }
+    Ok(outcome)
+}
+
+impl BatchOutcome {
+    fn add(&mut self, o: &BatchOutcome) {
+        self.stored += o.stored;
+        self.duplicates += o.duplicates;
+        self.dead_letters += o.dead_letters;
+        self.alerts_changed += o.alerts_changed;
+    }
+}
+
+/// Reason of a dead letter the database refused.
+pub const REJECTED_BY_DATABASE: &str = "rejected_by_database";
+
+/// The dead letter of a part the database refused, with its error.
+fn refused_letter(p: Part<'_>, error: &str) -> Rejected {
+    match p {
+        Part::Record(Record::Accepted(a)) => Rejected {
+            topic: a.source.0.clone(),
+            payload: a.source.1.clone(),
+            reason: REJECTED_BY_DATABASE,
+            detail: error.to_string(),
+            received_at: a.received_at,
+        },
+        // A dead letter refused as it was: the escaped form is all that is left.
+        Part::Record(Record::Rejected(r)) => escaped_letter(r, error),
+        Part::Derived(d) => Rejected {
+            topic: "fleetwatch/derived".into(),
+            payload: serde_json::to_vec(&serde_json::json!({
+                "alerts": d.alerts, "trips": d.trips,
+            }))
+            .unwrap_or_default()
+            .into(),
+            reason: REJECTED_BY_DATABASE,
+            detail: format!("rule output refused: {error}"),
+            received_at: Utc::now(),
+        },
+    }
+}
+
+/// A dead letter in plain ASCII (topic and detail escaped, the payload as hex text),
+/// for one the database refused as it was.
+fn escaped_letter(r: &Rejected, error: &str) -> Rejected {
+    Rejected {
+        topic: r.topic.escape_default().to_string(),
+        payload: hex(&r.payload).into_bytes().into(),
+        reason: REJECTED_BY_DATABASE,
+        detail: format!(
+            "dead letter ({}: {}) refused: {}; payload stored as hex",
+            r.reason,
+            r.detail.escape_default(),
+            error.escape_default()
+        ),
+        received_at: r.received_at,
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn part_label(p: Part<'_>) -> String {
+    match p {
+        Part::Record(Record::Accepted(a)) => format!("fix {} at {}", a.fix.vehicle(), a.fix.ts()),
+        Part::Record(Record::Rejected(r)) => format!("dead letter ({})", r.reason),
+        Part::Derived(_) => "rule output".into(),
+    }
+}
+
+fn telemetry_refused(p: Part<'_>) {
+    if let Part::Record(Record::Accepted(_)) = p {
+        crate::telemetry::fix_rejected(REJECTED_BY_DATABASE);
+    }
+}
+
+/// What a split can isolate: one record, or the rule output of one item.
+#[derive(Debug, Clone, Copy)]
+enum Part<'a> {
+    Record(&'a Record),
+    Derived(&'a Derived),
+}
+
+/// The parts of `items`, in order (each item's records, then what the rules derived).
+fn parts_of<A>(items: &[Item<A>]) -> Vec<Part<'_>> {
+    let mut parts = Vec::new();
+    for i in items {
+        parts.extend(i.records.iter().map(Part::Record));
+        if !i.derived.is_empty() {
+            parts.push(Part::Derived(&i.derived));
+        }
+    }
+    parts
+}
+
+/// Writes `parts` in one transaction (see [`write_batch`]).
+async fn write_parts(
+    client: &mut Client,
+    plan: Option<&Plan>,
+    parts: &[Part<'_>],
+) -> Result<BatchOutcome, StoreError> {
+    let mut records: Vec<&Record> = Vec::new();
+    let mut derived: Vec<&Derived> = Vec::new();
+    for p in parts {
+        match p {
+            Part::Record(r) => records.push(r),
+            Part::Derived(d) => derived.push(d),
+        }
+    }
     let tx = client.transaction().await?;
     let mut outcome = BatchOutcome::default();
     let mut fixes = 0u64;
@@ -279,7 +457,7 @@ pub async fn write_batch<A>(
         )
         .await?;
     }
-    outcome.alerts_changed = write_derived(&tx, plan, items).await?;
+    outcome.alerts_changed = write_derived(&tx, plan, &derived).await?;
     tx.commit().await?;
     Ok(outcome)
 }
@@ -333,16 +511,16 @@ static FIXES_WITH_ROLLUP: LazyLock<String> = LazyLock::new(|| {
 /// Alerts (upsert, never back from closed to open), data gaps, trips and the last
 /// checkpoint of each vehicle in the batch, with their roll-ups. Returns alerts
 /// inserted or changed.
-async fn write_derived<A>(
+async fn write_derived(
     tx: &Transaction<'_>,
     plan: Option<&Plan>,
-    items: &[Item<A>],
+    derived: &[&Derived],
 ) -> Result<u64, StoreError> {
     // The last version of each alert wins: one statement cannot update a row twice.
     let mut alerts: Vec<&Alert> = Vec::new();
     let mut gaps: Vec<&Alert> = Vec::new();
     let mut seen: HashMap<&str, usize> = HashMap::new();
-    for a in items.iter().flat_map(|i| i.derived.alerts.iter()) {
+    for a in derived.iter().flat_map(|d| d.alerts.iter()) {
         if a.kind == AlertKind::DataGap {
             gaps.push(a);
             continue;
@@ -443,7 +621,7 @@ async fn write_derived<A>(
             }
         };
     }
-    let trips: Vec<&Trip> = items.iter().flat_map(|i| i.derived.trips.iter()).collect();
+    let trips: Vec<&Trip> = derived.iter().flat_map(|d| d.trips.iter()).collect();
     if !trips.is_empty() {
         let vehicles: Vec<&str> = trips.iter().map(|t| t.vehicle.as_str()).collect();
         let starts: Vec<DateTime<Utc>> = trips.iter().map(|t| t.start).collect();
@@ -493,10 +671,10 @@ async fn write_derived<A>(
         };
     }
     // Only the newest checkpoint in the batch matters.
-    if let Some(cp) = items
+    if let Some(cp) = derived
         .iter()
         .rev()
-        .map(|i| &i.derived.checkpoint)
+        .map(|d| &d.checkpoint)
         .find(|c| !c.is_empty())
     {
         let ids: Vec<&str> = cp.iter().map(|(v, _)| v.as_str()).collect();

@@ -12,6 +12,7 @@ async fn a_second_process_reuses_the_running_server_and_leaves_it_running() {
     let opts = PgOptions {
         data_dir: cluster_dir(),
         fast_unsafe: true,
+        timescaledb: true,
     };
     let second = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts))
         .await

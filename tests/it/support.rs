@@ -36,6 +36,7 @@ async fn cluster() -> &'static Cluster {
             let opts = PgOptions {
                 data_dir: dir.clone(),
                 fast_unsafe: true,
+                timescaledb: true,
             };
             let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&opts))
                 .await
