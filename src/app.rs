@@ -77,6 +77,19 @@ pub fn broker(settings: &Settings) -> anyhow::Result<String> {
 impl App {
     /// Starts every stage. Stop with [`App::shutdown`] then [`App::wait`].
     pub async fn start(settings: Settings) -> anyhow::Result<App> {
+        Ok(
+            Self::start_with(settings, async |_: &tokio_postgres::Client| Ok(()))
+                .await?
+                .0,
+        )
+    }
+
+    /// [`App::start`], running `prepare` on the migrated database before anything
+    /// reads it (the rule state, the registry): the demo clears or inspects its data.
+    pub async fn start_with<T>(
+        settings: Settings,
+        prepare: impl AsyncFnOnce(&tokio_postgres::Client) -> anyhow::Result<T>,
+    ) -> anyhow::Result<(App, T)> {
         let metrics = telemetry::metrics_handle();
         let pattern = TopicPattern::parse(&settings.mqtt.topic)?;
         let (db_url, pg) = database(&settings).await?;
@@ -84,6 +97,7 @@ impl App {
             .await
             .with_context(|| format!("connecting to {}", redact(&db_url)))?;
         let layout = migrate::migrate(&mut client, &settings.database.layout).await?;
+        let prepared = prepare(&client).await?;
         store::rollup::ensure(&mut client, settings.rules.utc_offset, layout).await?;
         // The configuration's vehicles, then every registered one (admin changes too).
         store::registry::register(&client, &settings.vehicles).await?;
@@ -258,7 +272,7 @@ impl App {
             }
         });
         tracing::info!(%http_addr, mqtt = %mqtt_url, database = %redact(&db_url), ?layout, "fleetwatch running");
-        Ok(App {
+        let app = App {
             db_url,
             mqtt_url,
             http_addr,
@@ -267,7 +281,8 @@ impl App {
             shutdown,
             tasks,
             pg,
-        })
+        };
+        Ok((app, prepared))
     }
 
     /// Asks every stage to stop.
