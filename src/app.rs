@@ -155,8 +155,17 @@ impl App {
             alerts_ready.clone(),
         ));
         let geo_index = Arc::new(settings.geo.load().context("loading routes and zones")?);
+        if let Err(e) = store::geo_versions::record(&client, &geo_index, &settings.geo).await {
+            tracing::warn!(error = %e, "could not record the geography in use");
+        }
         let (geo_tx, geo_rx) = watch::channel(geo_index.clone());
         let geo_view = geo_rx.clone();
+        let geo_recorder = tokio::spawn(record_reloads(
+            db_url.clone(),
+            geo_rx.clone(),
+            settings.geo.clone(),
+            shutdown.clone(),
+        ));
         let reloader = Arc::new(GeoReloader {
             cfg: settings.geo.clone(),
             tx: geo_tx,
@@ -263,6 +272,7 @@ impl App {
             disconnect.cancel();
             let _ = outbox.await;
             let _ = hup.await;
+            let _ = geo_recorder.await;
             let _ =
                 tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(ev))
                     .await;
@@ -350,6 +360,29 @@ impl GeoReloader {
         let counts = (g.route_count(), g.zone_count());
         self.tx.send_replace(Arc::new(g));
         Ok(counts)
+    }
+}
+
+/// Records every reloaded geography (SIGHUP, API) for `replay --rules`.
+async fn record_reloads(
+    db_url: String,
+    mut rx: watch::Receiver<Arc<GeoIndex>>,
+    sources: GeoConfig,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = stop.cancelled() => return,
+        }
+        let g = rx.borrow_and_update().clone();
+        let recorded = match store::connect(&db_url).await {
+            Ok(c) => store::geo_versions::record(&c, &g, &sources).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "could not record the reloaded geography");
+        }
     }
 }
 

@@ -349,6 +349,13 @@ pub async fn run_demo(
     if settings.geo == crate::geo::GeoConfig::default() {
         settings.geo.demo = true;
     }
+    // One connection unless configured: a shared subscription over several spreads a
+    // vehicle's fixes over connections, and at replay speed the rules' reorder window
+    // (10 s of event time, 170 ms of wall time at 60x) is too short to put them back
+    // in order: they would be flagged late. One connection carries the demo's rate.
+    if settings.mqtt.connections == 0 {
+        settings.mqtt.connections = 1;
+    }
     let state_path = DemoState::path(&settings);
     let mut previous = DemoState::load(&state_path);
     if opts.fresh {
@@ -367,12 +374,20 @@ pub async fn run_demo(
     })
     .await?;
     let history = chrono::Duration::seconds((opts.history_h.max(0.0) * 3600.0) as i64);
-    let plan = plan(Utc::now(), history, stored_until, previous.as_ref());
+    // Whole seconds: the fleet's times are its start plus whole seconds.
+    let now = chrono::DurationRound::duration_trunc(Utc::now(), chrono::Duration::seconds(1))
+        .unwrap_or_else(|_| Utc::now());
+    let plan = plan(now, history, stored_until, previous.as_ref());
     let mut sim = Simulator::demo(DEMO_SEED, plan.start);
     // Deterministic: the skipped part is what was stored (or the downtime); an hour
     // at a time so a long downtime does not pile up fixes in memory.
-    while sim.now() < plan.skip_to {
-        let _ = sim.advance((plan.skip_to - sim.now()).min(chrono::Duration::hours(1)));
+    loop {
+        let left = plan.skip_to - sim.now();
+        // Whole milliseconds: `advance` does nothing with less.
+        if left.num_milliseconds() <= 0 {
+            break;
+        }
+        let _ = sim.advance(left.min(chrono::Duration::hours(1)));
     }
     let map_token = map_token(&app, previous.as_ref().and_then(|p| p.map_token.as_deref())).await?;
     DemoState {

@@ -2,6 +2,7 @@
 //! so the private PostgreSQL starts once).
 
 mod api;
+mod demo;
 mod infra;
 mod ingest;
 mod map;

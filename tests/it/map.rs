@@ -564,8 +564,9 @@ impl Demo {
         std::fs::write(
             &config,
             format!(
-                "[database]\nurl = \"{db}\"\n[http]\nlisten = \"127.0.0.1:0\"\nmap_tile_url = \"\"\n\
-                 [embedded_broker]\nport = 0\n[mqtt]\nclient_id = \"fw-map-demo\"\n"
+                "[database]\nurl = \"{db}\"\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\nmap_tile_url = \"\"\n\
+                 [embedded_broker]\nport = 0\n[mqtt]\nclient_id = \"fw-map-demo\"\n",
+                dir.join("data").display()
             ),
         )
         .unwrap();
