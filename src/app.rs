@@ -78,6 +78,19 @@ pub fn broker(settings: &Settings) -> anyhow::Result<String> {
 impl App {
     /// Starts every stage. Stop with [`App::shutdown`] then [`App::wait`].
     pub async fn start(settings: Settings) -> anyhow::Result<App> {
+        Ok(
+            Self::start_with(settings, async |_: &tokio_postgres::Client| Ok(()))
+                .await?
+                .0,
+        )
+    }
+
+    /// [`App::start`], running `prepare` on the migrated database before anything
+    /// reads it (the rule state, the registry): the demo clears or inspects its data.
+    pub async fn start_with<T>(
+        settings: Settings,
+        prepare: impl AsyncFnOnce(&tokio_postgres::Client) -> anyhow::Result<T>,
+    ) -> anyhow::Result<(App, T)> {
         let metrics = telemetry::metrics_handle();
         let pattern = TopicPattern::parse(&settings.mqtt.topic)?;
         let (db_url, pg) = database(&settings).await?;
@@ -85,6 +98,7 @@ impl App {
             .await
             .with_context(|| format!("connecting to {}", redact(&db_url)))?;
         let layout = migrate::migrate(&mut client, &settings.database.layout).await?;
+        let prepared = prepare(&client).await?;
         store::rollup::ensure(&mut client, settings.rules.utc_offset, layout).await?;
         // The configuration's vehicles, then every registered one (admin changes too).
         store::registry::register(&client, &settings.vehicles).await?;
@@ -142,8 +156,17 @@ impl App {
             alerts_ready.clone(),
         ));
         let geo_index = Arc::new(settings.geo.load().context("loading routes and zones")?);
+        if let Err(e) = store::geo_versions::record(&client, &geo_index, &settings.geo).await {
+            tracing::warn!(error = %e, "could not record the geography in use");
+        }
         let (geo_tx, geo_rx) = watch::channel(geo_index.clone());
         let geo_view = geo_rx.clone();
+        let geo_recorder = tokio::spawn(record_reloads(
+            db_url.clone(),
+            geo_rx.clone(),
+            settings.geo.clone(),
+            shutdown.clone(),
+        ));
         let reloader = Arc::new(GeoReloader {
             cfg: settings.geo.clone(),
             tx: geo_tx,
@@ -258,6 +281,7 @@ impl App {
             let _ = outbox.await;
             let _ = hup.await;
             let _ = probe.await;
+            let _ = geo_recorder.await;
             let _ =
                 tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(ev))
                     .await;
@@ -267,7 +291,7 @@ impl App {
             }
         });
         tracing::info!(%http_addr, mqtt = %mqtt_url, database = %redact(&db_url), ?layout, "fleetwatch running");
-        Ok(App {
+        let app = App {
             db_url,
             mqtt_url,
             http_addr,
@@ -276,7 +300,8 @@ impl App {
             shutdown,
             tasks,
             pg,
-        })
+        };
+        Ok((app, prepared))
     }
 
     /// Asks every stage to stop.
@@ -340,6 +365,29 @@ impl GeoReloader {
         let counts = (g.route_count(), g.zone_count());
         self.tx.send_replace(Arc::new(g));
         Ok(counts)
+    }
+}
+
+/// Records every reloaded geography (SIGHUP, API) for `replay --rules`.
+async fn record_reloads(
+    db_url: String,
+    mut rx: watch::Receiver<Arc<GeoIndex>>,
+    sources: GeoConfig,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = stop.cancelled() => return,
+        }
+        let g = rx.borrow_and_update().clone();
+        let recorded = match store::connect(&db_url).await {
+            Ok(c) => store::geo_versions::record(&c, &g, &sources).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "could not record the reloaded geography");
+        }
     }
 }
 

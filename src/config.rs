@@ -115,7 +115,7 @@ pub struct Settings {
     pub shutdown_deadline_s: u64,
     /// Routes and zones.
     pub geo: GeoConfig,
-    /// Compliance rules (limits, durations, bands; domain.md defaults).
+    /// Compliance rules (limits, durations, bands; docs/rules.md defaults).
     pub rules: RulesConfig,
     /// Ingest only: store fixes without running the rules (benchmarks, a second
     /// ingest-only instance).
@@ -200,6 +200,71 @@ mod tests {
         let s = Settings::load(Some(&path)).unwrap();
         assert_eq!(s.mqtt.topic, "fleet/{cooperative}/{vehicle}/fix");
         assert!(!s.vehicles.is_empty());
+    }
+
+    /// `docs/rules.md` ends with a table of every rules and validation setting and
+    /// its default: it must say what the code does, and leave none out.
+    #[test]
+    fn docs_rules_md_states_the_defaults_of_the_code() {
+        use serde_json::Value;
+        fn flatten(prefix: &str, v: &Value, out: &mut std::collections::BTreeMap<String, Value>) {
+            match v {
+                Value::Object(m) => {
+                    for (k, v) in m {
+                        flatten(&format!("{prefix}.{k}"), v, out);
+                    }
+                }
+                v => {
+                    out.insert(prefix.to_string(), v.clone());
+                }
+            }
+        }
+        let s = Settings::default();
+        let mut code = std::collections::BTreeMap::new();
+        flatten("rules", &serde_json::to_value(&s.rules).unwrap(), &mut code);
+        flatten(
+            "validation",
+            &serde_json::to_value(&s.validation).unwrap(),
+            &mut code,
+        );
+        let mut layout = std::collections::BTreeMap::new();
+        flatten(
+            "database.layout",
+            &serde_json::to_value(&s.database.layout).unwrap(),
+            &mut layout,
+        );
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/rules.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let mut stated = std::collections::BTreeMap::new();
+        for line in doc.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let key = cells[1].trim_matches('`').to_string();
+            let value = match cells[2] {
+                "none" => Value::Null,
+                v => serde_json::from_str(v).unwrap_or_else(|e| panic!("{key}: {v}: {e}")),
+            };
+            assert!(stated.insert(key.clone(), value).is_none(), "{key} twice");
+        }
+        let mut wrong = Vec::new();
+        for (key, value) in &stated {
+            let Some(actual) = code.get(key).or_else(|| layout.get(key)) else {
+                wrong.push(format!("{key}: no such setting"));
+                continue;
+            };
+            let same = match (value.as_f64(), actual.as_f64()) {
+                (Some(a), Some(b)) => a == b,
+                _ => value == actual,
+            };
+            if !same {
+                wrong.push(format!("{key}: docs say {value}, the code {actual}"));
+            }
+        }
+        for (key, actual) in &code {
+            if !stated.contains_key(key) {
+                wrong.push(format!("{key} (default {actual}) is not in docs/rules.md"));
+            }
+        }
+        assert!(wrong.is_empty(), "docs/rules.md:\n{}", wrong.join("\n"));
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! `fleetwatch demo` (a simulated fleet through the whole pipeline, with a live
 //! summary) and `fleetwatch simulate` (a load generator for any broker).
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::task::JoinHandle;
@@ -16,7 +18,7 @@ use crate::app::App;
 use crate::config::Settings;
 use crate::domain::Vehicle;
 use crate::ingest::topic::TopicPattern;
-use crate::sim::{SimFix, Simulator};
+use crate::sim::{SimFix, Simulator, DEMO_SEED};
 use crate::telemetry;
 
 /// Options of `fleetwatch demo`.
@@ -32,6 +34,11 @@ pub struct DemoOptions {
     /// Stop after this many seconds (default: until Ctrl-C).
     #[arg(long)]
     pub duration_s: Option<u64>,
+    /// Start afresh: delete the demo fleet's stored data (fixes, alerts, trips, gaps,
+    /// roll-ups, rule state) and its map token, and replay a new history. Without it a
+    /// demo restarted on its data goes on from where the stored data ends.
+    #[arg(long)]
+    pub fresh: bool,
 }
 
 /// Options of `fleetwatch simulate`.
@@ -134,37 +141,267 @@ fn topic_of(pattern: &TopicPattern, f: &SimFix) -> String {
     pattern.topic(&f.cooperative, &f.vehicle)
 }
 
+/// What a demo keeps in its data directory (`demo.json`, mode 0600) so that a restart
+/// goes on with the same simulation and the same map link.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct DemoState {
+    /// Seed of the simulated fleet.
+    seed: u64,
+    /// Simulated time zero: the fleet is deterministic from (seed, start).
+    start: DateTime<Utc>,
+    /// The map's regulator token (the database keeps only its hash).
+    map_token: Option<String>,
+}
+
+impl DemoState {
+    fn path(settings: &Settings) -> PathBuf {
+        settings.database.data_dir.join("demo.json")
+    }
+
+    fn load(path: &Path) -> Option<DemoState> {
+        let text = std::fs::read_to_string(path).ok()?;
+        match serde_json::from_str(&text) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable demo state");
+                None
+            }
+        }
+    }
+
+    /// Writes the state readable by its owner only (it holds a token), atomically.
+    fn save(&self, path: &Path) -> anyhow::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// Label of the demo's map token in `api_tokens`.
+const DEMO_TOKEN_LABEL: &str = "demo map";
+
+/// Deletes everything stored about `vehicles` (`--fresh`), in one transaction.
+async fn forget_vehicles(
+    client: &tokio_postgres::Client,
+    vehicles: &[String],
+) -> anyhow::Result<()> {
+    client.batch_execute("BEGIN").await?;
+    let r = async {
+        client
+            .execute(
+                "DELETE FROM reminder_log WHERE alert_id IN
+                     (SELECT alert_id FROM alerts WHERE vehicle_id = ANY($1))",
+                &[&vehicles],
+            )
+            .await?;
+        for table in [
+            "alerts",
+            "fixes",
+            "trips",
+            "data_gaps",
+            "rule_state",
+            "rollup_daily",
+            "rollup_daily_driver",
+            "vehicles",
+        ] {
+            client
+                .execute(
+                    &format!("DELETE FROM {table} WHERE vehicle_id = ANY($1)"),
+                    &[&vehicles],
+                )
+                .await?;
+        }
+        client
+            .execute(
+                "DELETE FROM api_tokens WHERE label = $1",
+                &[&DEMO_TOKEN_LABEL],
+            )
+            .await?;
+        Ok::<_, tokio_postgres::Error>(())
+    }
+    .await;
+    match r {
+        Ok(()) => client.batch_execute("COMMIT").await?,
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e).context("clearing the demo's data (--fresh)");
+        }
+    }
+    Ok(())
+}
+
+/// The newest stored fix of each of `vehicles`.
+async fn last_stored(
+    client: &tokio_postgres::Client,
+    vehicles: &[String],
+) -> anyhow::Result<HashMap<String, DateTime<Utc>>> {
+    let rows = client
+        .query(
+            "SELECT vehicle_id, max(ts) FROM fixes WHERE vehicle_id = ANY($1) GROUP BY vehicle_id",
+            &[&vehicles],
+        )
+        .await
+        .context("reading where the demo's stored data ends")?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Where a demo starts: a new history, or on from the stored data.
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    /// Simulated time zero.
+    start: DateTime<Utc>,
+    /// Simulated silently (nothing published) up to here.
+    skip_to: DateTime<Utc>,
+    /// Per vehicle, fixes at or before this are already stored: not published again.
+    stored_until: HashMap<String, DateTime<Utc>>,
+    /// What to tell the user.
+    note: String,
+}
+
+/// Plans a demo at wall time `now` from the stored data's end per vehicle and the
+/// state a previous run left. The fleet is deterministic from (seed, start): resuming
+/// the previous run's simulation gives each vehicle the track it would have had, so
+/// its stored track goes on without a jump back in time or place.
+fn plan(
+    now: DateTime<Utc>,
+    history: chrono::Duration,
+    stored_until: HashMap<String, DateTime<Utc>>,
+    previous: Option<&DemoState>,
+) -> Plan {
+    let (Some(first_end), Some(last_end)) = (
+        stored_until.values().min().copied(),
+        stored_until.values().max().copied(),
+    ) else {
+        return Plan {
+            start: now - history,
+            skip_to: now - history,
+            stored_until,
+            note: format!(
+                "a new demo: replaying {} h of history",
+                history.num_minutes() as f64 / 60.0
+            ),
+        };
+    };
+    match previous.filter(|p| p.seed == DEMO_SEED && p.start <= last_end) {
+        Some(p) => {
+            // After a long stop, do not replay days of downtime: go on at most
+            // `history` before now (the gap is a real gap: the demo was off).
+            let skip_to = first_end.max(p.start).max(now - history);
+            Plan {
+                start: p.start,
+                skip_to,
+                note: format!(
+                    "resuming the demo fleet where its stored data ends ({}; --fresh starts afresh)",
+                    last_end.format("%Y-%m-%d %H:%M:%S UTC")
+                ),
+                stored_until,
+            }
+        }
+        // Stored data without (or with another) simulation to resume: a new fleet
+        // from the end of the stored data, never over it.
+        None => {
+            let start = last_end.max(now - history) + chrono::Duration::seconds(1);
+            Plan {
+                start,
+                skip_to: start,
+                note: format!(
+                    "stored demo data ends {}: a new simulation starts after it (--fresh starts afresh)",
+                    last_end.format("%Y-%m-%d %H:%M:%S UTC")
+                ),
+                stored_until,
+            }
+        }
+    }
+}
+
 /// Runs the demo until `stop` (or the duration) ends it.
 pub async fn run_demo(
     mut settings: Settings,
     opts: DemoOptions,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let start = Utc::now() - chrono::Duration::seconds((opts.history_h * 3600.0) as i64);
-    let mut sim = Simulator::demo(42, start);
+    let fleet: Vec<Vehicle> = Simulator::demo(DEMO_SEED, Utc::now())
+        .vehicles()
+        .iter()
+        .map(crate::sim::SimVehicle::registration)
+        .collect();
     // The demo fleet is registered unless the configuration already lists it.
-    for v in sim.vehicles() {
+    for v in &fleet {
         if !settings.vehicles.iter().any(|r| r.id == v.id) {
-            settings.vehicles.push(Vehicle {
-                id: v.id.clone(),
-                plate: Some(v.id.to_string()),
-                cooperative: v.cooperative.clone(),
-                class: v.class,
-                route: v.route.clone(),
-            });
+            settings.vehicles.push(v.clone());
         }
     }
     // The demo area's routes and zones, unless the configuration names its own.
     if settings.geo == crate::geo::GeoConfig::default() {
         settings.geo.demo = true;
     }
+    // One connection unless configured: a shared subscription over several spreads a
+    // vehicle's fixes over connections, and at replay speed the rules' reorder window
+    // (10 s of event time, 170 ms of wall time at 60x) is too short to put them back
+    // in order: they would be flagged late. One connection carries the demo's rate.
+    if settings.mqtt.connections == 0 {
+        settings.mqtt.connections = 1;
+    }
+    let state_path = DemoState::path(&settings);
+    let mut previous = DemoState::load(&state_path);
+    if opts.fresh {
+        previous = None;
+        let _ = std::fs::remove_file(&state_path);
+    }
+    let ids: Vec<String> = fleet.iter().map(|v| v.id.to_string()).collect();
+    let fresh = opts.fresh;
     let pattern = TopicPattern::parse(&settings.mqtt.topic)?;
-    let app = App::start(settings).await?;
+    // Before the pipeline restores its rule state: --fresh must clear that too.
+    let (app, stored_until) = App::start_with(settings, async |client: &tokio_postgres::Client| {
+        if fresh {
+            forget_vehicles(client, &ids).await?;
+        }
+        last_stored(client, &ids).await
+    })
+    .await?;
+    let history = chrono::Duration::seconds((opts.history_h.max(0.0) * 3600.0) as i64);
+    // Whole seconds: the fleet's times are its start plus whole seconds.
+    let now = chrono::DurationRound::duration_trunc(Utc::now(), chrono::Duration::seconds(1))
+        .unwrap_or_else(|_| Utc::now());
+    let plan = plan(now, history, stored_until, previous.as_ref());
+    let mut sim = Simulator::demo(DEMO_SEED, plan.start);
+    // Deterministic: the skipped part is what was stored (or the downtime); an hour
+    // at a time so a long downtime does not pile up fixes in memory.
+    loop {
+        let left = plan.skip_to - sim.now();
+        // Whole milliseconds: `advance` does nothing with less.
+        if left.num_milliseconds() <= 0 {
+            break;
+        }
+        let _ = sim.advance(left.min(chrono::Duration::hours(1)));
+    }
+    let map_token = map_token(&app, previous.as_ref().and_then(|p| p.map_token.as_deref())).await?;
+    DemoState {
+        seed: DEMO_SEED,
+        start: plan.start,
+        map_token: Some(map_token.clone()),
+    }
+    .save(&state_path)?;
     println!(
         "fleetwatch demo: broker {}  |  metrics http://{}/metrics  |  Ctrl-C to stop",
         app.mqtt_url, app.http_addr
     );
-    println!("map: {}", map_url(&app).await?);
+    println!("{}", plan.note);
+    println!("map: {}", map_url(&app, &map_token));
     let publisher = Publisher::connect(&app.mqtt_url, "fleetwatch-demo-fleet")?;
     let alerts = print_alerts(&app.mqtt_url)?;
     let deadline = opts
@@ -188,6 +425,13 @@ pub async fn run_demo(
         let dt = step.min(lag);
         if dt > chrono::Duration::zero() {
             for f in sim.advance(dt) {
+                if plan
+                    .stored_until
+                    .get(f.vehicle.as_str())
+                    .is_some_and(|until| f.ts <= *until)
+                {
+                    continue;
+                }
                 publisher.publish(topic_of(&pattern, &f), f.payload).await?;
                 sent += 1;
             }
@@ -234,30 +478,39 @@ pub async fn run_demo(
     Ok(())
 }
 
-/// The map page's URL with a fresh regulator token (read-only, every cooperative) in
-/// its fragment, which the browser keeps to itself.
-async fn map_url(app: &App) -> anyhow::Result<String> {
+/// The demo's map token: the previous run's while it is still a stored regulator
+/// token (a browser tab keeps working across restarts), else a new one replacing any
+/// other demo token.
+async fn map_token(app: &App, previous: Option<&str>) -> anyhow::Result<String> {
+    use crate::api::auth::{self, Role};
     let client = crate::store::connect(&app.db_url)
         .await
         .context("connecting for the demo's map token")?;
-    // One demo token at a time: the previous run's goes.
+    if let Some(token) = previous {
+        if let Some((Role::Regulator, Some(label))) = auth::token_role(&client, token).await? {
+            if label == DEMO_TOKEN_LABEL {
+                return Ok(token.to_string());
+            }
+        }
+    }
     client
-        .execute("DELETE FROM api_tokens WHERE label = 'demo map'", &[])
+        .execute(
+            "DELETE FROM api_tokens WHERE label = $1",
+            &[&DEMO_TOKEN_LABEL],
+        )
         .await
         .context("replacing the demo's map token")?;
-    let token = crate::api::auth::create_token(
-        &client,
-        crate::api::auth::Role::Regulator,
-        None,
-        Some("demo map"),
-    )
-    .await?;
+    Ok(auth::create_token(&client, Role::Regulator, None, Some(DEMO_TOKEN_LABEL)).await?)
+}
+
+/// The map page's URL with the token in its fragment, which the browser keeps to itself.
+fn map_url(app: &App, token: &str) -> String {
     let mut addr = app.http_addr;
     // A wildcard listen address is not something a browser can open.
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    Ok(format!("http://{addr}/map#token={token}"))
+    format!("http://{addr}/map#token={token}")
 }
 
 /// Prints every alert fleetwatch publishes, as a cooperative's dispatcher would see it.

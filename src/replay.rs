@@ -63,9 +63,23 @@ pub struct ReplayOptions {
     /// How `--rules` prints the alerts.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
+    /// Routes and zones for `--rules`: those the service recorded when it made the
+    /// stored alerts (default), or the configuration's files as they are now.
+    #[arg(long, value_enum, default_value_t = GeoSource::Recorded)]
+    pub geo: GeoSource,
     /// TOML configuration file (database, broker, rules, routes and zones, registry).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+}
+
+/// Where `--rules` takes its routes and zones from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GeoSource {
+    /// The geography the service recorded in the database when it wrote the range's
+    /// alerts (the configuration's files if none was recorded).
+    Recorded,
+    /// The configuration's `[geo]` files as they are now.
+    Files,
 }
 
 /// How alerts are printed.
@@ -110,6 +124,9 @@ pub enum ReplayError {
     /// Routes or zones could not be loaded.
     #[error("loading routes and zones: {0}")]
     Geo(#[from] GeoError),
+    /// A recorded geography could not be read.
+    #[error(transparent)]
+    GeoVersion(#[from] crate::store::geo_versions::GeoVersionError),
 }
 
 impl From<tokio_postgres::Error> for ReplayError {
@@ -743,6 +760,8 @@ pub struct RulesCheck {
     pub fixes_read: u64,
     /// The vehicle and the others its drivers drove since `read_from`.
     pub vehicles: Vec<VehicleId>,
+    /// The routes and zones used.
+    pub geography: Geography,
 }
 
 /// Runs the stored fixes through the rules with the service's rules, geography and
@@ -758,7 +777,7 @@ pub async fn check_rules(
     range: &TrackRange,
 ) -> Result<RulesCheck, ReplayError> {
     let read_from = warmup_start(range.from, &settings.rules);
-    check_rules_from(client, settings, range, read_from).await
+    check_rules_with(client, settings, range, read_from, GeoSource::Recorded).await
 }
 
 /// [`check_rules`] reading the stored fixes from `read_from` rather than from
@@ -769,7 +788,19 @@ pub async fn check_rules_from(
     range: &TrackRange,
     read_from: DateTime<Utc>,
 ) -> Result<RulesCheck, ReplayError> {
-    let geo = Arc::new(settings.geo.load()?);
+    check_rules_with(client, settings, range, read_from, GeoSource::Recorded).await
+}
+
+/// [`check_rules_from`] with the routes and zones of `geo_source`.
+pub async fn check_rules_with(
+    client: &Client,
+    settings: &Settings,
+    range: &TrackRange,
+    read_from: DateTime<Utc>,
+    geo_source: GeoSource,
+) -> Result<RulesCheck, ReplayError> {
+    let (geo, geography) = geography(client, settings, range, geo_source).await?;
+    let geo = Arc::new(geo);
     // The service's registry: the configuration's vehicles and the admin's.
     crate::store::registry::register(client, &settings.vehicles).await?;
     let registry = crate::store::registry::load(client).await?;
@@ -802,7 +833,127 @@ pub async fn check_rules_from(
         read_until,
         fixes_read,
         vehicles,
+        geography,
     })
+}
+
+/// Which routes and zones `--rules` used, and what the user should know about them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Geography {
+    /// One line: counts and origin.
+    pub used: String,
+    /// Warnings: nothing loaded, files differing from or missing beside the recorded.
+    pub warnings: Vec<String>,
+}
+
+fn describe_sources(sources: &Value) -> String {
+    let mut parts = Vec::new();
+    if sources["demo"].as_bool() == Some(true) {
+        parts.push("the built-in demo routes and zones".to_string());
+    }
+    for key in ["routes", "gtfs", "zones"] {
+        for p in sources[key].as_array().into_iter().flatten() {
+            parts.push(format!("{key} {}", p.as_str().unwrap_or("?")));
+        }
+    }
+    if parts.is_empty() {
+        "no sources".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The routes and zones for `--rules`: by default the ones the service had loaded
+/// when it last wrote one of the range's stored alerts (the newest recorded when
+/// none is stored), compared with the configured files.
+async fn geography(
+    client: &Client,
+    settings: &Settings,
+    range: &TrackRange,
+    source: GeoSource,
+) -> Result<(crate::geo::GeoIndex, Geography), ReplayError> {
+    use crate::store::geo_versions;
+    let files_sources = serde_json::to_value(&settings.geo).unwrap_or(Value::Null);
+    let mut warnings = Vec::new();
+    let (index, used) = match source {
+        GeoSource::Files => {
+            let g = settings.geo.load()?;
+            let used = format!(
+                "the configuration's files ({})",
+                describe_sources(&files_sources)
+            );
+            (g, used)
+        }
+        GeoSource::Recorded => {
+            let written: Option<DateTime<Utc>> = client
+                .query_one(
+                    "SELECT max(updated_at) FROM alerts
+                     WHERE vehicle_id = $1 AND start_ts >= $2 AND start_ts < $3",
+                    &[&range.vehicle.as_str(), &range.from, &range.to],
+                )
+                .await?
+                .get(0);
+            let at = written.unwrap_or_else(Utc::now);
+            match geo_versions::in_effect(client, at).await? {
+                Some(v) => {
+                    match settings.geo.load() {
+                        Ok(files) if geo_versions::content_hash(&files) != v.content_hash => {
+                            warnings.push(format!(
+                                "the configuration's routes and zones ({}: {} routes, {} zones) differ from those the service recorded; \
+                                 using the recorded ones (--geo files to use the files)",
+                                describe_sources(&files_sources),
+                                files.route_count(),
+                                files.zone_count()
+                            ));
+                        }
+                        Ok(_) => {}
+                        Err(e) => warnings.push(format!(
+                            "the configuration's routes and zones do not load ({e}); using the recorded ones"
+                        )),
+                    }
+                    let used = format!(
+                        "recorded by the service on {} (geography {}, from {})",
+                        v.loaded_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                        v.id,
+                        describe_sources(&v.sources)
+                    );
+                    (v.index, used)
+                }
+                None => {
+                    warnings.push(
+                        "no geography recorded in the database before these alerts were written: \
+                         using the configuration's files, which may not be what the service used"
+                            .into(),
+                    );
+                    let g = settings.geo.load()?;
+                    let used = format!(
+                        "the configuration's files ({})",
+                        describe_sources(&files_sources)
+                    );
+                    (g, used)
+                }
+            }
+        }
+    };
+    match (index.route_count(), index.zone_count()) {
+        (0, 0) => warnings.push(
+            "no routes and no zones are loaded: off-route, restricted-zone, geofence and speed-zone \
+             alerts cannot be reproduced (give the service's --config)"
+                .into(),
+        ),
+        (0, _) => warnings.push("no routes are loaded: off-route alerts cannot be reproduced".into()),
+        (_, 0) => warnings.push(
+            "no zones are loaded: restricted-zone, geofence and speed-zone alerts cannot be reproduced"
+                .into(),
+        ),
+        _ => {}
+    }
+    let used = format!(
+        "{} routes, {} zones, {used}",
+        index.route_count(),
+        index.zone_count()
+    );
+    Ok((index, Geography { used, warnings }))
 }
 
 /// The vehicle, then the other vehicles driven by its drivers in `[from, to)`.
@@ -1002,10 +1153,15 @@ pub async fn run(opts: ReplayOptions, stop: impl Future<Output = ()>) -> anyhow:
             true
         }
         None => {
+            let read_from = warmup_start(range.from, &settings.rules);
             let check = tokio::select! {
-                c = check_rules(&client, &settings, &range) => c.context("running the rules")?,
+                c = check_rules_with(&client, &settings, &range, read_from, opts.geo) => c.context("running the rules")?,
                 _ = stop => anyhow::bail!("interrupted"),
             };
+            eprintln!("geography: {}", check.geography.used);
+            for w in &check.geography.warnings {
+                eprintln!("warning: {w}");
+            }
             eprintln!(
                 "read {} fixes of {} from {} to {}",
                 check.fixes_read,
@@ -1295,6 +1451,7 @@ mod tests {
             read_until: None,
             fixes_read: 0,
             vehicles: vec![],
+            geography: Geography::default(),
         };
         let text = render_differences(&check);
         assert!(text.starts_with("3 differences"), "{text}");

@@ -70,16 +70,29 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Sets up `tracing` logs (RUST_LOG, default info; the embedded broker is kept quiet).
+/// Sets up `tracing` logs on stderr (RUST_LOG, default info; the embedded broker is
+/// kept quiet), coloured only on a terminal and without `NO_COLOR`.
 pub fn init_logs() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=warn"));
+    let ansi = log_colours(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Whether logs carry ANSI colours: on a terminal, unless `NO_COLOR` is set to
+/// anything non-empty (<https://no-color.org>).
+fn log_colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// A message arrived from the broker.
@@ -122,4 +135,18 @@ pub fn batch_committed(outcome: &BatchOutcome, records: usize, commit_s: f64) {
 pub fn alert_emitted(kind: &'static str) {
     stats().alerts.fetch_add(1, Ordering::Relaxed);
     metrics::counter!("fleetwatch_alerts_total", "kind" => kind).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(log_colours(true, None));
+        assert!(log_colours(true, Some(OsStr::new(""))));
+        assert!(!log_colours(true, Some(OsStr::new("1"))));
+        assert!(!log_colours(false, None));
+    }
 }

@@ -222,6 +222,24 @@ pub async fn create_token(
     Ok(token)
 }
 
+/// The role and label of `token` when it is a stored (not revoked) token.
+pub async fn token_role(
+    db: &impl GenericClient,
+    token: &str,
+) -> Result<Option<(Role, Option<String>)>, TokenError> {
+    let digest = sha256::hex_digest(token.to_ascii_lowercase().as_bytes());
+    let row = db
+        .query_opt(
+            "SELECT role, label FROM api_tokens WHERE token_sha256 = $1",
+            &[&digest],
+        )
+        .await?;
+    Ok(row.and_then(|r| {
+        let role: String = r.get(0);
+        role.parse().ok().map(|role| (role, r.get(1)))
+    }))
+}
+
 /// A stored token as `fleetwatch token list` shows it (never the token itself).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenInfo {

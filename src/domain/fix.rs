@@ -39,9 +39,9 @@ pub struct FixCandidate {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FixLimits {
-    /// Highest plausible ground speed, km/h (domain.md: 200).
+    /// Highest plausible ground speed, km/h (docs/rules.md: 200).
     pub max_speed_kmh: f64,
-    /// How far in the future of the receive time a fix may be, seconds (domain.md: 5 min).
+    /// How far in the future of the receive time a fix may be, seconds (docs/rules.md: 5 min).
     pub max_future_s: i64,
     /// How far in the past of the receive time a fix may be, seconds (default 30 days:
     /// devices buffer during signal loss and upload later).

@@ -161,6 +161,75 @@ pub fn parse_zones_geojson(text: &str, origin: &str) -> Result<Vec<Zone>, GeoErr
     Ok(zones)
 }
 
+/// The routes of `g` as a FeatureCollection that [`parse_routes_geojson`] reads back
+/// to the same routes (GTFS shapes included), sorted by id.
+pub fn routes_to_geojson(g: &super::GeoIndex) -> Value {
+    let mut routes: Vec<_> = g.routes().collect();
+    routes.sort_by(|a, b| a.id().cmp(b.id()));
+    let features: Vec<Value> = routes
+        .iter()
+        .map(|r| {
+            let lines: Vec<Value> = r.parts().iter().map(line_json).collect();
+            serde_json::json!({
+                "type": "Feature",
+                "properties": {"route_id": r.id(), "name": r.name(), "corridor_m": r.corridor_m()},
+                "geometry": {"type": "MultiLineString", "coordinates": lines},
+            })
+        })
+        .collect();
+    serde_json::json!({"type": "FeatureCollection", "features": features})
+}
+
+/// The zones of `g` as a FeatureCollection that [`parse_zones_geojson`] reads back to
+/// the same zones, in index order.
+pub fn zones_to_geojson(g: &super::GeoIndex) -> Value {
+    let features: Vec<Value> = g
+        .zones()
+        .iter()
+        .map(|z| {
+            let polys: Vec<Value> = z
+                .area
+                .0
+                .iter()
+                .map(|p| {
+                    Value::Array(
+                        std::iter::once(p.exterior())
+                            .chain(p.interiors())
+                            .map(line_json)
+                            .collect(),
+                    )
+                })
+                .collect();
+            let hours: Vec<Value> = z
+                .banned_hours
+                .iter()
+                .map(|h| {
+                    let text = h.to_string();
+                    let (from, to) = text.split_once('-').unwrap_or((&text, &text));
+                    serde_json::json!({"from": from, "to": to})
+                })
+                .collect();
+            serde_json::json!({
+                "type": "Feature",
+                "properties": {
+                    "zone_id": z.id,
+                    "name": z.name,
+                    "kind": z.kind.as_str(),
+                    "classes": z.classes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+                    "banned_hours": hours,
+                    "speed_limit_kmh": z.speed_limit_kmh,
+                },
+                "geometry": {"type": "MultiPolygon", "coordinates": polys},
+            })
+        })
+        .collect();
+    serde_json::json!({"type": "FeatureCollection", "features": features})
+}
+
+fn line_json(l: &LineString<f64>) -> Value {
+    Value::Array(l.0.iter().map(|c| serde_json::json!([c.x, c.y])).collect())
+}
+
 fn read(path: &Path) -> Result<String, GeoError> {
     std::fs::read_to_string(path).map_err(|source| GeoError::Io {
         path: path.to_path_buf(),

@@ -24,6 +24,7 @@ pub use error::GeoError;
 pub use frame::{distance_m, LocalFrame, M_PER_DEG};
 pub use geojson::{
     load_routes_geojson, load_zones_geojson, parse_routes_geojson, parse_zones_geojson,
+    routes_to_geojson, zones_to_geojson,
 };
 pub use gtfs::load_routes_gtfs;
 pub use index::GeoIndex;

@@ -61,7 +61,7 @@ mod tests {
         .load()
         .unwrap();
         assert_eq!(g.route_count(), 4);
-        assert_eq!(g.zone_count(), 8);
+        assert_eq!(g.zone_count(), 9);
     }
 
     #[test]
@@ -76,6 +76,6 @@ mod tests {
         .load()
         .unwrap();
         assert_eq!(g.route_count(), 6);
-        assert_eq!(g.zone_count(), 8);
+        assert_eq!(g.zone_count(), 9);
     }
 }

@@ -47,7 +47,7 @@ impl Flags {
     }
 }
 
-/// Validation settings (domain.md "Validation of a fix").
+/// Validation settings (docs/rules.md "Validation of a fix").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ValidateConfig {

@@ -1,5 +1,5 @@
 //! `RulesConfig`: every threshold of the compliance rules, with the defaults of
-//! `shared/domain.md` (laws change and cooperatives differ: nothing here is a constant
+//! `docs/rules.md` (laws change and cooperatives differ: nothing here is a constant
 //! in code), and the integer form the rules use on the hot path.
 
 use std::fmt;
@@ -225,7 +225,7 @@ impl Default for OffRouteConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RestrictedTrigger {
-    /// Entering (or being inside at the first fix) during banned hours (domain.md).
+    /// Entering (or being inside at the first fix) during banned hours (docs/rules.md).
     Enter,
     /// Any fix inside during banned hours, even if the vehicle entered before them.
     Inside,
@@ -532,7 +532,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_follow_domain_md() {
+    fn defaults_follow_docs_rules_md() {
         let c = RulesConfig::default();
         assert_eq!(c.utc_offset.to_string(), "+07:00");
         assert_eq!(c.driving.continuous_max_s, 14_400);

@@ -1,4 +1,4 @@
-//! Compliance rules (Circular 12/2020 art. 5 and the limits of `shared/domain.md`):
+//! Compliance rules (Circular 12/2020 art. 5 and the limits of `docs/rules.md`):
 //! overspeed, driving time, wrong route, restricted zones and geofences, no signal,
 //! data gaps, stops and trips. One file per rule with its per-vehicle state; the
 //! [`Engine`] orders each vehicle's fixes, looks them up in the [`crate::geo::GeoIndex`]

@@ -20,7 +20,7 @@
 //! | `61B-052.31` bus, HTX-DIAN, route BD-04 | normal service from Lai Thieu; reports every 15 s |
 //! | `61C-330.12` container | leaves ICD Song Than at T+5 min; over 80 km/h (~90) for 50–60 s on Xa lo Ha Noi at ~T+16–19 min; parked at Cat Lai ~T+30–60 min, then shuttles |
 //! | `61C-412.80` tractor | shuttles ICD Song Than – Cat Lai from T+1 min with 4–6 min stops only: its driver (`074079003355`) passes 4 h of continuous driving at T+4 h 01 min counting the short stops, ~T+4 h 55 min counting moving time only; 45 min off from ~T+5 h 30 min |
-//! | `61C-207.45` container | leaves the ICD at T+10 min for a riverside warehouse in Thu Dau Mot's inner city (containers and tractors banned 06:00–22:00 local): inside the restricted zone from ~T+29 to ~T+65 min, parked with ignition off for 25 min; a violation when those times fall in the banned hours. Then shuttles to Cat Lai |
+//! | `61C-207.45` container | leaves the ICD at T+10 min for a riverside warehouse in Thu Dau Mot's inner city (containers and tractors banned 06:00–22:00 local): inside the restricted zone from ~T+29 to ~T+65 min, parked with ignition off for 25 min in the riverside quarter (trucks banned 21:30–06:30): a restricted-zone violation whatever the hour the demo starts at (the two bans overlap, so an entry just before 06:00 or 22:00 is caught by one of them). Then shuttles to Cat Lai |
 //! | `61C-518.03` tractor | parked at the ICD with ignition off until T+20 min, then shuttles normally |
 //!
 //! Nothing else breaks a rule: buses stay ≤ 50 km/h and trucks ≤ 68 km/h, everyone
@@ -60,6 +60,22 @@ pub struct SimVehicle {
     /// Driver logged in at the start.
     pub driver: Option<DriverId>,
 }
+
+impl SimVehicle {
+    /// The vehicle as the registry holds it (the demo registers its fleet).
+    pub fn registration(&self) -> crate::domain::Vehicle {
+        crate::domain::Vehicle {
+            id: self.id.clone(),
+            plate: Some(self.id.to_string()),
+            cooperative: self.cooperative.clone(),
+            class: self.class,
+            route: self.route.clone(),
+        }
+    }
+}
+
+/// The seed of `fleetwatch demo`'s fleet: every demo run is the same script.
+pub const DEMO_SEED: u64 = 42;
 
 /// One generated fix: where to publish it and the JSON payload (canonical format).
 #[derive(Debug, Clone, PartialEq)]

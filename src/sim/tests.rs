@@ -565,3 +565,84 @@ fn scripted_incidents_hold_for_many_seeds() {
         check_a_new_driver_logs_in_at_the_terminal(&run);
     }
 }
+
+/// A simulated fix as the pipeline hands it to the rules.
+fn to_fix(f: &SimFix) -> Fix {
+    let p = parse(f);
+    let candidate = FixCandidate {
+        vehicle: Some(p.vehicle),
+        ts: Some(p.ts),
+        lat: p.lat,
+        lon: p.lon,
+        speed_kmh: p.speed_kmh,
+        heading_deg: Some(p.heading_deg),
+        driver: Some(p.driver_id),
+        ignition: Some(p.ignition),
+        satellites: Some(p.satellites),
+        hdop: Some(p.hdop),
+        odometer_m: Some(p.odometer_m),
+    };
+    Fix::validate(candidate, f.vehicle.clone(), &FixLimits::default(), f.ts).unwrap()
+}
+
+/// The kinds (and levels) of alert the rules raise on the demo's history when the
+/// demo is started at `now` (its default 6 h of history, demo geography and registry).
+fn demo_alert_kinds(now: DateTime<Utc>) -> std::collections::BTreeSet<(String, String)> {
+    use crate::rules::{Engine, RulesConfig};
+    let geo = crate::geo::GeoConfig {
+        demo: true,
+        ..Default::default()
+    }
+    .load()
+    .unwrap();
+    let mut sim = Simulator::demo(DEMO_SEED, now - Duration::hours(6));
+    let registry = sim
+        .vehicles()
+        .iter()
+        .map(SimVehicle::registration)
+        .collect();
+    let mut engine = Engine::new(RulesConfig::default(), std::sync::Arc::new(geo), registry);
+    let mut kinds = std::collections::BTreeSet::new();
+    let mut keep = |alerts: Vec<crate::rules::Alert>| {
+        for a in alerts {
+            kinds.insert((a.kind.as_str().to_owned(), a.level.as_str().to_owned()));
+        }
+    };
+    while sim.now() < now {
+        for f in sim.advance(Duration::minutes(30).min(now - sim.now())) {
+            keep(engine.push(&to_fix(&f)).alerts);
+        }
+    }
+    keep(engine.flush().alerts);
+    kinds
+}
+
+/// Every kind of alert the demo scripts shows up in its replayed history whatever
+/// the hour the demo is started at (a restricted zone's ban depends on local time).
+#[test]
+fn every_demo_start_hour_shows_every_scripted_alert_kind() {
+    let expected: Vec<(String, String)> = [
+        ("overspeed", "violation"),
+        ("continuous_driving", "warning"),
+        ("continuous_driving", "violation"),
+        ("off_route", "violation"),
+        ("restricted_zone", "violation"),
+        ("zone_enter", "info"),
+        ("zone_exit", "info"),
+    ]
+    .iter()
+    .map(|(k, l)| (k.to_string(), l.to_string()))
+    .collect();
+    let midnight_local = Utc.with_ymd_and_hms(2026, 11, 23, 17, 0, 0).unwrap();
+    let mut failures = Vec::new();
+    for hour in 0..24 {
+        // Not on the hour: 10:15 local is the start the issue was found at.
+        let now = midnight_local + Duration::minutes(hour * 60 + 15);
+        let kinds = demo_alert_kinds(now);
+        let missing: Vec<_> = expected.iter().filter(|k| !kinds.contains(*k)).collect();
+        if !missing.is_empty() {
+            failures.push(format!("started {hour:02}:15 local: no {missing:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -50,7 +50,7 @@ const MAX_DECEL_MS2: f64 = 3.0;
 const ARRIVED_M: f64 = 0.5;
 /// Below this speed a vehicle counts as stopped, m/s.
 const STOPPED_MS: f64 = 0.3;
-/// A stop at least this long is a break (domain.md: 15 min).
+/// A stop at least this long is a break (docs/rules.md: 15 min).
 const BREAK_S: i64 = 15 * 60;
 /// Report interval while stopped with ignition on, s (regulation allows 15 min; the
 /// demo keeps it short so the map stays lively).

@@ -12,6 +12,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("migrations/0003_api.sql")),
     (4, include_str!("migrations/0004_rollup.sql")),
     (5, include_str!("migrations/0005_live.sql")),
+    (10, include_str!("migrations/0010_geo_versions.sql")),
 ];
 
 /// Storage-layout settings applied at migration time.
@@ -20,7 +21,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
 pub struct LayoutConfig {
     /// Use TimescaleDB (hypertable, compression, retention) when the extension is available.
     pub timescaledb: bool,
-    /// Fixes older than this many days are deleted (domain.md: at least 1 year; default 400).
+    /// Fixes older than this many days are deleted (docs/rules.md: at least 1 year; default 400).
     pub retention_days: u32,
     /// TimescaleDB: compress chunks older than this many days.
     pub compress_after_days: u32,
@@ -60,12 +61,20 @@ pub async fn migrate(client: &mut Client, layout: &LayoutConfig) -> Result<Layou
 }
 
 async fn apply(client: &mut Client, layout: &LayoutConfig) -> Result<Layout, StoreError> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                 version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await?;
+    // Checked first: CREATE TABLE IF NOT EXISTS on every start makes the server send
+    // a NOTICE "already exists" to every command.
+    let have_table = client
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await?
+        .get::<_, bool>(0);
+    if !have_table {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                     version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await?;
+    }
     for (version, sql) in MIGRATIONS {
         let done = client
             .query_opt(

@@ -1,5 +1,6 @@
 //! PostgreSQL storage: connection, embedded migrations, batched writes, daily roll-ups.
 
+pub mod geo_versions;
 pub mod migrate;
 pub mod outbox;
 pub mod probe;
@@ -92,13 +93,38 @@ pub async fn connect(url: &str) -> Result<Client, StoreError> {
     let mut cfg: tokio_postgres::Config = url.parse()?;
     cfg.connect_timeout(Duration::from_secs(5));
     cfg.application_name("fleetwatch");
-    let (client, conn) = cfg.connect(NoTls).await?;
+    let (client, mut conn) = cfg.connect(NoTls).await?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "postgres connection ended");
+        use futures_util::StreamExt;
+        // Driving the connection as a stream (not as a future, which logs every
+        // server notice at info) lets notices such as "already exists" go to debug.
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notice(n)) => log_notice(&n),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "postgres connection ended");
+                    return;
+                }
+            }
         }
     });
     Ok(client)
+}
+
+/// A server notice: warnings stay warnings, the rest (NOTICE, INFO, ...) is debug.
+fn log_notice(n: &tokio_postgres::error::DbError) {
+    if n.severity() == "WARNING" {
+        tracing::warn!(code = n.code().code(), "postgres: {}", n.message());
+    } else {
+        tracing::debug!(
+            severity = n.severity(),
+            code = n.code().code(),
+            "postgres: {}",
+            n.message()
+        );
+    }
 }
 
 /// Stable 64-bit FNV-1a, for ids that must not change across runs or Rust versions.

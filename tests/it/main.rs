@@ -3,6 +3,7 @@
 
 mod api;
 mod database;
+mod demo;
 mod infra;
 mod ingest;
 mod map;

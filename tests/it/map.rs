@@ -294,7 +294,7 @@ async fn page_files_are_served_with_types_and_cache_headers_and_geo_is_scoped() 
     assert_eq!(a.header("content-type"), Some("application/geo+json"));
     let a = a.json();
     assert_eq!(route_ids(&a), ["BD-01"]);
-    assert_eq!(zone_count(&a), 8);
+    assert_eq!(zone_count(&a), 9);
     let auth_r = format!("Bearer {regulator}");
     let all = request(
         addr,
@@ -306,7 +306,7 @@ async fn page_files_are_served_with_types_and_cache_headers_and_geo_is_scoped() 
     .await
     .json();
     assert_eq!(route_ids(&all), ["BD-01", "BD-02", "BD-03", "BD-04"]);
-    assert_eq!(zone_count(&all), 8);
+    assert_eq!(zone_count(&all), 9);
     let first = &all["features"][0]["geometry"]["coordinates"][0];
     let (lon, lat) = (first[0].as_f64().unwrap(), first[1].as_f64().unwrap());
     assert!(
@@ -564,8 +564,9 @@ impl Demo {
         std::fs::write(
             &config,
             format!(
-                "[database]\nurl = \"{db}\"\n[http]\nlisten = \"127.0.0.1:0\"\nmap_tile_url = \"\"\n\
-                 [embedded_broker]\nport = 0\n[mqtt]\nclient_id = \"fw-map-demo\"\n"
+                "[database]\nurl = \"{db}\"\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\nmap_tile_url = \"\"\n\
+                 [embedded_broker]\nport = 0\n[mqtt]\nclient_id = \"fw-map-demo\"\n",
+                dir.join("data").display()
             ),
         )
         .unwrap();

@@ -419,3 +419,126 @@ async fn replay_publishes_the_track_and_a_second_instance_stores_it_identically(
     app_b.shutdown();
     app_b.wait().await;
 }
+
+/// `fleetwatch replay --rules` (the real binary) with the configuration in `config`;
+/// exit success and stderr.
+fn replay_rules(
+    config: &std::path::Path,
+    vehicle: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    extra: &[&str],
+) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
+        .args(["replay", "--rules", "--vehicle", vehicle, "--config"])
+        .arg(config)
+        .args(["--from", &from.to_rfc3339(), "--to", &to.to_rfc3339()])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("fleetwatch replay runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    (out.status.success(), text)
+}
+
+/// The service records the geography it ran with; `replay --rules` uses it by default,
+/// so it agrees without the service's `[geo]` settings and with the files gone, and
+/// says what it used. With `--geo files` and no files it says that nothing is loaded
+/// (and, as `replay` did before geography was recorded, reports false differences).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_rules_uses_the_recorded_geography() {
+    let db = fresh_db().await;
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let dir = std::env::temp_dir().join(format!("fleetwatch-geo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let routes = dir.join("routes.geojson");
+    let zones = dir.join("zones.geojson");
+    std::fs::write(&routes, fleetwatch::sim::DEMO_ROUTES_GEOJSON).unwrap();
+    std::fs::write(&zones, fleetwatch::sim::DEMO_ZONES_GEOJSON).unwrap();
+
+    // 80 minutes of the demo fleet: a bus off its route, a truck in a restricted zone.
+    let start = base_time() - chrono::Duration::hours(1);
+    let mut sim = fleetwatch::sim::Simulator::demo(fleetwatch::sim::DEMO_SEED, start);
+    let mut s = settings(&db, &broker.url(), "fw-geo-rec");
+    s.mqtt.connections = 1;
+    s.geo.routes = vec![routes.clone()];
+    s.geo.zones = vec![zones.clone()];
+    s.vehicles = sim
+        .vehicles()
+        .iter()
+        .map(fleetwatch::sim::SimVehicle::registration)
+        .collect();
+    let app = start_app(s.clone()).await;
+    let msgs: Vec<(String, Vec<u8>)> = sim
+        .advance(chrono::Duration::minutes(80))
+        .into_iter()
+        .map(|f| (topic(f.cooperative.as_str(), f.vehicle.as_str()), f.payload))
+        .collect();
+    let n = msgs.len() as i64;
+    publish_all(&broker.url(), &msgs).await;
+    wait_until("the fleet stored", Duration::from_secs(60), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM fixes").await == n }
+    })
+    .await;
+    app.shutdown();
+    app.wait().await;
+    let kinds = |v: &'static str| {
+        let db = db.clone();
+        async move {
+            count(
+                &db,
+                &format!("SELECT count(*) FROM alerts WHERE vehicle_id = '{v}' AND kind IN ('off_route', 'restricted_zone')"),
+            )
+            .await
+        }
+    };
+    assert!(kinds("61B-031.05").await >= 1, "the bus's off-route alert");
+    assert!(
+        kinds("61C-207.45").await >= 1,
+        "the truck's restricted-zone alert"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM geo_versions").await, 1);
+
+    let (from, to) = (start, start + chrono::Duration::minutes(75));
+    // A configuration without [geo]: the recorded geography.
+    let bare = dir.join("bare.toml");
+    std::fs::write(&bare, format!("[database]\nurl = \"{db}\"\n")).unwrap();
+    // The service's configuration, its files gone.
+    let with_files = dir.join("with-files.toml");
+    std::fs::write(
+        &with_files,
+        format!(
+            "[database]\nurl = \"{db}\"\n[geo]\nroutes = [\"{}\"]\nzones = [\"{}\"]\n",
+            routes.display(),
+            zones.display()
+        ),
+    )
+    .unwrap();
+    for vehicle in ["61B-031.05", "61C-207.45"] {
+        let (ok, text) = replay_rules(&bare, vehicle, from, to, &[]);
+        assert!(ok, "{vehicle}: {text}");
+        assert!(text.contains("all match the stored ones"), "{text}");
+        assert!(
+            text.contains("4 routes, 9 zones, recorded by the service"),
+            "{text}"
+        );
+        // The registry comes from the database; the files are what is missing.
+        let (ok, text) = replay_rules(&bare, vehicle, from, to, &["--geo", "files"]);
+        assert!(
+            !ok,
+            "{vehicle}: without routes and zones the alerts differ: {text}"
+        );
+        assert!(text.contains("no routes and no zones are loaded"), "{text}");
+    }
+    std::fs::remove_file(&routes).unwrap();
+    std::fs::remove_file(&zones).unwrap();
+    let (ok, text) = replay_rules(&with_files, "61C-207.45", from, to, &[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("do not load"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
