@@ -24,9 +24,13 @@ async fn a_fix_the_database_refuses_becomes_a_dead_letter_and_the_rest_is_stored
     let mosq = Mosquitto::start();
     let db = fresh_db().await;
     let c = fleetwatch::store::connect(&db).await.unwrap();
-    c.batch_execute("ALTER TABLE fixes ADD CONSTRAINT no_speed_123 CHECK (speed_kmh <> 123)")
-        .await
-        .unwrap();
+    // And a dead letter it refuses as it is: kept escaped.
+    c.batch_execute(
+        "ALTER TABLE fixes ADD CONSTRAINT no_speed_123 CHECK (speed_kmh <> 123);
+         ALTER TABLE dead_letters ADD CONSTRAINT no_malformed CHECK (reason <> 'malformed')",
+    )
+    .await
+    .unwrap();
     let mut s = settings(&db, &mosq.url, "fw-db-refuses");
     // One batch for the whole burst, so the refused row shares it with good ones.
     s.batch.max_wait_ms = 300;
@@ -41,6 +45,7 @@ async fn a_fix_the_database_refuses_becomes_a_dead_letter_and_the_rest_is_stored
         123.0,
     );
     msgs.insert(37, (topic("HTX-A", "T-2"), bad.clone()));
+    msgs.insert(60, (topic("HTX-A", "T-3"), b"not json".to_vec()));
     publish_all(&mosq.url, &msgs).await;
     wait_until("good fixes stored", Duration::from_secs(30), || {
         let db = db.clone();
@@ -58,14 +63,15 @@ async fn a_fix_the_database_refuses_becomes_a_dead_letter_and_the_rest_is_stored
                     "SELECT count(*) FROM dead_letters WHERE reason = 'rejected_by_database'",
                 )
                 .await
-                    == 1
+                    == 2
             }
         },
     )
     .await;
     let row = c
         .query_one(
-            "SELECT topic, payload, detail FROM dead_letters WHERE reason = 'rejected_by_database'",
+            "SELECT topic, payload, detail FROM dead_letters
+             WHERE reason = 'rejected_by_database' AND topic LIKE '%/T-2/%'",
             &[],
         )
         .await
@@ -76,6 +82,24 @@ async fn a_fix_the_database_refuses_becomes_a_dead_letter_and_the_rest_is_stored
     assert!(
         detail.contains("23514") && detail.contains("no_speed_123"),
         "the database's error is kept: {detail}"
+    );
+    let row = c
+        .query_one(
+            "SELECT payload, detail FROM dead_letters
+             WHERE reason = 'rejected_by_database' AND topic LIKE '%/T-3/%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Vec<u8>>(0),
+        b"6e6f74206a736f6e",
+        "bytes as hex"
+    );
+    let detail: String = row.get(1);
+    assert!(
+        detail.contains("malformed") && detail.contains("no_malformed"),
+        "{detail}"
     );
     // Ingest goes on.
     let later = track("HTX-A", 1, 1, base + chrono::Duration::minutes(5));
