@@ -427,3 +427,35 @@ async fn a_server_left_by_a_killed_fleetwatch_is_adopted_and_stopped() {
     .await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A cluster an older fleetwatch made with `trust` authentication gets a password at
+/// the next start, and requires it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trust_cluster_of_an_older_fleetwatch_gets_a_password() {
+    let mut pg = own_server("trust", false);
+    let data = pg.cluster_dir().parent().unwrap().to_path_buf();
+    pg.stop();
+    drop(pg);
+    let hba = data.join("cluster/pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, text.replace("scram-sha-256", "trust")).unwrap();
+    std::fs::remove_file(data.join(fleetwatch::infra::postgres::PASSWORD_FILE)).unwrap();
+    let pg = tokio::task::spawn_blocking(move || {
+        EmbeddedPostgres::start(&PgOptions {
+            data_dir: data,
+            fast_unsafe: true,
+            timescaledb: false,
+        })
+    })
+    .await
+    .unwrap()
+    .expect("starts");
+    let url = pg.url("postgres");
+    fleetwatch::store::connect(&url)
+        .await
+        .expect("with the new password");
+    let mut u = url::Url::parse(&url).unwrap();
+    u.set_password(Some("guess")).unwrap();
+    let e = fleetwatch::store::connect(u.as_str()).await.unwrap_err();
+    assert!(e.to_string().contains("28P01"), "{e}");
+}
