@@ -24,9 +24,13 @@ async fn a_fix_the_database_refuses_becomes_a_dead_letter_and_the_rest_is_stored
     let mosq = Mosquitto::start();
     let db = fresh_db().await;
     let c = fleetwatch::store::connect(&db).await.unwrap();
-    c.batch_execute("ALTER TABLE fixes ADD CONSTRAINT no_speed_123 CHECK (speed_kmh <> 123)")
-        .await
-        .unwrap();
+    // And a dead letter it refuses as it is: kept escaped.
+    c.batch_execute(
+        "ALTER TABLE fixes ADD CONSTRAINT no_speed_123 CHECK (speed_kmh <> 123);
+         ALTER TABLE dead_letters ADD CONSTRAINT no_malformed CHECK (reason <> 'malformed')",
+    )
+    .await
+    .unwrap();
     let mut s = settings(&db, &mosq.url, "fw-db-refuses");
     // One batch for the whole burst, so the refused row shares it with good ones.
     s.batch.max_wait_ms = 300;
@@ -41,6 +45,7 @@ async fn a_fix_the_database_refuses_becomes_a_dead_letter_and_the_rest_is_stored
         123.0,
     );
     msgs.insert(37, (topic("HTX-A", "T-2"), bad.clone()));
+    msgs.insert(60, (topic("HTX-A", "T-3"), b"not json".to_vec()));
     publish_all(&mosq.url, &msgs).await;
     wait_until("good fixes stored", Duration::from_secs(30), || {
         let db = db.clone();
@@ -58,14 +63,15 @@ async fn a_fix_the_database_refuses_becomes_a_dead_letter_and_the_rest_is_stored
                     "SELECT count(*) FROM dead_letters WHERE reason = 'rejected_by_database'",
                 )
                 .await
-                    == 1
+                    == 2
             }
         },
     )
     .await;
     let row = c
         .query_one(
-            "SELECT topic, payload, detail FROM dead_letters WHERE reason = 'rejected_by_database'",
+            "SELECT topic, payload, detail FROM dead_letters
+             WHERE reason = 'rejected_by_database' AND topic LIKE '%/T-2/%'",
             &[],
         )
         .await
@@ -76,6 +82,24 @@ async fn a_fix_the_database_refuses_becomes_a_dead_letter_and_the_rest_is_stored
     assert!(
         detail.contains("23514") && detail.contains("no_speed_123"),
         "the database's error is kept: {detail}"
+    );
+    let row = c
+        .query_one(
+            "SELECT payload, detail FROM dead_letters
+             WHERE reason = 'rejected_by_database' AND topic LIKE '%/T-3/%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Vec<u8>>(0),
+        b"6e6f74206a736f6e",
+        "bytes as hex"
+    );
+    let detail: String = row.get(1);
+    assert!(
+        detail.contains("malformed") && detail.contains("no_malformed"),
+        "{detail}"
     );
     // Ingest goes on.
     let later = track("HTX-A", 1, 1, base + chrono::Duration::minutes(5));
@@ -402,4 +426,36 @@ async fn a_server_left_by_a_killed_fleetwatch_is_adopted_and_stopped() {
     )
     .await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A cluster an older fleetwatch made with `trust` authentication gets a password at
+/// the next start, and requires it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trust_cluster_of_an_older_fleetwatch_gets_a_password() {
+    let mut pg = own_server("trust", false);
+    let data = pg.cluster_dir().parent().unwrap().to_path_buf();
+    pg.stop();
+    drop(pg);
+    let hba = data.join("cluster/pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, text.replace("scram-sha-256", "trust")).unwrap();
+    std::fs::remove_file(data.join(fleetwatch::infra::postgres::PASSWORD_FILE)).unwrap();
+    let pg = tokio::task::spawn_blocking(move || {
+        EmbeddedPostgres::start(&PgOptions {
+            data_dir: data,
+            fast_unsafe: true,
+            timescaledb: false,
+        })
+    })
+    .await
+    .unwrap()
+    .expect("starts");
+    let url = pg.url("postgres");
+    fleetwatch::store::connect(&url)
+        .await
+        .expect("with the new password");
+    let mut u = url::Url::parse(&url).unwrap();
+    u.set_password(Some("guess")).unwrap();
+    let e = fleetwatch::store::connect(u.as_str()).await.unwrap_err();
+    assert!(e.to_string().contains("28P01"), "{e}");
 }
