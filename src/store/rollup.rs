@@ -243,8 +243,9 @@ fn distance_ctes(off: &str, fx: bool) -> String {
 /// distance and the late fixes. Returns one row: fixes inserted.
 ///
 /// Distance: every CTE reads `fixes` as it was before the insert, so each new fix
-/// (not a jump) finds its stored neighbours `p` (before) and `q` (after) by two
-/// probes of the primary key. The path among the new fixes and those neighbours gains
+/// (not a jump) finds its stored neighbours `p` (before) and `q` (after): one probe
+/// of the primary key per vehicle for its newest stored point (a fix after it has
+/// that as `p` and no `q`), two per fix older than that. The path among the new fixes and those neighbours gains
 /// each segment with a new end and loses each `p`–`q` segment new fixes now split
 /// (new fixes between the same two stored ones share `p` and `q`). Correct as long as
 /// no other transaction inserts fixes of the same vehicles meanwhile: the writer locks
@@ -268,12 +269,19 @@ pub(crate) fn fixes_insert_sql(insert: &str, fixes: bool) -> String {
     format!(
         "WITH ins AS ({insert}),
          np AS (SELECT vehicle_id, cooperative_id, ts, lat, lon, driver_id FROM ins WHERE {NOT_JUMP}),
+         last AS (
+             SELECT v.vehicle_id, l.ts, l.lat, l.lon, l.driver_id, l.cooperative_id
+             FROM (SELECT DISTINCT vehicle_id FROM np) v {}),
          nb AS (
              SELECT n.vehicle_id, p.ts AS p_ts, p.lat AS p_lat, p.lon AS p_lon,
                     p.driver_id AS p_driver, p.cooperative_id AS p_coop,
                     q.ts AS q_ts, q.lat AS q_lat, q.lon AS q_lon,
                     q.driver_id AS q_driver, q.cooperative_id AS q_coop
-             FROM np n {} {}),
+             FROM (SELECT n.* FROM np n JOIN last l USING (vehicle_id) WHERE n.ts < l.ts) n {} {}
+             UNION ALL
+             SELECT n.vehicle_id, l.ts, l.lat, l.lon, l.driver_id, l.cooperative_id,
+                    NULL, NULL, NULL, NULL, NULL
+             FROM np n JOIN last l USING (vehicle_id) WHERE l.ts IS NULL OR n.ts > l.ts),
          pt AS (
              SELECT vehicle_id, ts, lat, lon, driver_id, cooperative_id, true AS is_new FROM np
              UNION SELECT vehicle_id, p_ts, p_lat, p_lon, p_driver, p_coop, false FROM nb
@@ -301,6 +309,11 @@ pub(crate) fn fixes_insert_sql(insert: &str, fixes: bool) -> String {
          {fx}
          {}
          SELECT count(*) FROM ins",
+        // The newest stored point of each vehicle: a new fix after it (the live case)
+        // has it before and nothing after, without probing per fix.
+        "LEFT JOIN LATERAL (SELECT ts, lat, lon, driver_id, cooperative_id FROM fixes f
+             WHERE f.vehicle_id = v.vehicle_id AND f.flags & 1 = 0
+             ORDER BY f.ts DESC LIMIT 1) l ON true",
         probe("p", "<", "DESC"),
         probe("q", ">", "ASC"),
         distance_ctes("$1", fixes)

@@ -133,9 +133,12 @@ pub const FIX_COLUMNS: &str = "vehicle_id, ts, cooperative_id, lat, lon, speed_k
 /// Prepares a connection for [`write_batch`] (session-local staging table) and reads
 /// how the daily roll-ups are kept (`None`: never built, not kept).
 pub async fn prepare(client: &Client) -> Result<Option<Plan>, StoreError> {
+    // No JIT: the roll-up statements' row estimates (set-returning day split, CTEs)
+    // can pass jit_above_cost, and compiling costs far more than a batch's run.
     client
         .batch_execute(
-            "CREATE TEMP TABLE IF NOT EXISTS fixes_stage
+            "SET jit = off;
+             CREATE TEMP TABLE IF NOT EXISTS fixes_stage
                  (LIKE fixes INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
         )
         .await?;
