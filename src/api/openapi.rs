@@ -52,6 +52,20 @@ pub fn document() -> Value {
                         "roll_up_utc_offset": { "type": ["string", "null"] },
                         "raw": { "type": "array", "items": { "type": "object", "properties": {
                             "from": { "type": "string", "format": "date-time" }, "to": { "type": "string", "format": "date-time" } } } } } });
+    let counts = json!({ "type": "object", "properties": {
+                    "distance_km": { "type": "number" }, "trips": { "type": "integer" },
+                    "overspeed_counted": { "type": "integer" },
+                    "overspeed_by_band": { "type": "object", "properties": { "1": { "type": "integer" }, "2": { "type": "integer" }, "3": { "type": "integer" }, "4": { "type": "integer" } } },
+                    "overspeed_not_counted": { "type": "integer" }, "overspeed_per_1000km": { "type": ["number", "null"] },
+                    "at_or_over_threshold": { "type": "boolean" }, "near_threshold": { "type": "boolean" },
+                    "continuous_driving_violations": { "type": "integer" }, "daily_driving_violations": { "type": "integer" },
+                    "weekly_driving_violations": { "type": "integer" }, "off_route_violations": { "type": "integer" },
+                    "restricted_zone_violations": { "type": "integer" }, "no_signal": { "type": "integer" },
+                    "data_gaps": { "type": "integer" }, "data_gap_s": { "type": "number" },
+                    "fixes": { "type": "integer" }, "active_s": { "type": "number" },
+                    "data_completeness": { "type": ["number", "null"], "minimum": 0, "maximum": 1 },
+                    "late_fixes": { "type": "integer" },
+                    "late_p50_s": { "type": ["number", "null"] }, "late_p99_s": { "type": ["number", "null"] } } });
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -153,6 +167,12 @@ pub fn document() -> Value {
                     overspeed_per_1000km = counted / distance_km * 1000; at_or_over_threshold when >= threshold_per_1000km (default 5, Decree 10/2020 art. 22); \
                     near_threshold when >= near_per_1000km (default 4) and under the threshold. \
                     fixes: fixes stored with their time in the range. \
+                    distance_km: path length of the vehicle's accepted fixes in event-time order (straight segments between consecutive fixes, \
+                    jump-flagged fixes left out), closed trip or not and whatever order the fixes arrived in; a segment crossing the range's edge counts \
+                    in proportion to time; for a driver, a segment counts for the driver of its earlier fix. \
+                    late_fixes: fixes with their time in the range flagged late (older than what the rules had applied by more than the reorder window); \
+                    late_p50_s / late_p99_s: nearest-rank percentiles of their lateness (received_at - ts, seconds) from fixed buckets \
+                    (under 1 s, then [2^((k-1)/8), 2^(k/8)) s), reported as the bucket's upper edge (true value at most 8.3 % below); null without late fixes. \
                     data_completeness = 1 - data_gap_s / active_s, where a data gap is the time between two consecutive fixes \
                     further apart than the sending cadence (30 s when both are moving, 900 s otherwise; Circular 09/2015), \
                     data_gap_s sums the gaps starting in the range, and active_s runs from the vehicle's first fix in the range \
@@ -216,18 +236,7 @@ pub fn document() -> Value {
                 "Reminder": { "type": "object", "properties": {
                     "id": { "type": "integer" }, "alert_id": { "type": "string" }, "at": { "type": "string", "format": "date-time" },
                     "channel": { "type": "string" }, "status": { "type": "string" }, "actor": { "type": "string" }, "note": { "type": ["string", "null"] } } },
-                "Counts": { "type": "object", "properties": {
-                    "distance_km": { "type": "number" }, "trips": { "type": "integer" },
-                    "overspeed_counted": { "type": "integer" },
-                    "overspeed_by_band": { "type": "object", "properties": { "1": { "type": "integer" }, "2": { "type": "integer" }, "3": { "type": "integer" }, "4": { "type": "integer" } } },
-                    "overspeed_not_counted": { "type": "integer" }, "overspeed_per_1000km": { "type": ["number", "null"] },
-                    "at_or_over_threshold": { "type": "boolean" }, "near_threshold": { "type": "boolean" },
-                    "continuous_driving_violations": { "type": "integer" }, "daily_driving_violations": { "type": "integer" },
-                    "weekly_driving_violations": { "type": "integer" }, "off_route_violations": { "type": "integer" },
-                    "restricted_zone_violations": { "type": "integer" }, "no_signal": { "type": "integer" },
-                    "data_gaps": { "type": "integer" }, "data_gap_s": { "type": "number" },
-                    "fixes": { "type": "integer" }, "active_s": { "type": "number" },
-                    "data_completeness": { "type": ["number", "null"], "minimum": 0, "maximum": 1 } } },
+                "Counts": counts,
                 "Report": { "type": "object", "properties": {
                     "cooperative": { "type": ["string", "null"] }, "from": { "type": "string", "format": "date-time" },
                     "to": { "type": "string", "format": "date-time" }, "month": { "type": ["string", "null"] },
@@ -235,13 +244,15 @@ pub fn document() -> Value {
                     "vehicles": { "type": "array", "items": { "allOf": [{ "$ref": "#/components/schemas/Counts" }, { "type": "object", "properties": {
                         "vehicle_id": { "type": "string" }, "cooperative_id": { "type": "string" }, "plate": { "type": ["string", "null"] }, "class": { "type": ["string", "null"] } } }] } },
                     "drivers": { "type": "array", "items": { "type": "object", "properties": {
-                        "driver_id": { "type": "string" }, "continuous_driving_violations": { "type": "integer" },
+                        "driver_id": { "type": "string" }, "distance_km": { "type": "number" },
+                        "continuous_driving_violations": { "type": "integer" },
                         "daily_driving_violations": { "type": "integer" }, "weekly_driving_violations": { "type": "integer" } } } },
                     "totals": { "type": "object", "properties": {
                         "vehicles": { "type": "integer" }, "vehicles_at_or_over_threshold": { "type": "integer" },
                         "vehicles_near_threshold": { "type": "integer" }, "counts": { "$ref": "#/components/schemas/Counts" } } },
                     "computed_from": computed_from,
-                    "definitions": { "type": "object", "properties": { "data_completeness": { "type": "string" } } } } }
+                    "definitions": { "type": "object", "properties": { "data_completeness": { "type": "string" },
+                        "distance": { "type": "string" }, "lateness": { "type": "string" } } } } }
             }
         }
     })

@@ -40,6 +40,21 @@ pub const DATA_COMPLETENESS: &str = "data_completeness = 1 - data_gap_s / active
     first fix in the range to its last fix in the range or the end of the last gap starting in \
     the range, whichever is later. null when active_s is 0 (fewer than two fixes). Totals: \
     1 - sum(data_gap_s) / sum(active_s) over the vehicles.";
+/// What `distance_km` means, as written into every JSON report.
+pub const DISTANCE: &str = "distance_km is the path length of the vehicle's accepted fixes \
+    in event-time order, whether or not a trip has ended and whatever order the fixes arrived in: \
+    the sum of the straight segments between consecutive fixes (fixes flagged as a jump are not \
+    points of the path), each rounded to the millimetre. A segment crossing the start or end \
+    of the range (or a local midnight, in the daily roll-ups) counts in proportion to the time \
+    on each side. For a driver, a segment counts for the driver of its earlier fix.";
+/// What the lateness figures mean, as written into every JSON report.
+pub const LATENESS: &str = "late_fixes counts the fixes with their time in the range that \
+    arrived late: older than what the rules had already applied by more than the reorder window \
+    (rules.reorder_window_s; flag `late`). late_p50_s and late_p99_s are percentiles (nearest \
+    rank) of their lateness, received_at - ts, in seconds, from a histogram of fixed buckets: \
+    under 1 s, then [2^((k-1)/8), 2^(k/8)) s for k = 1, 2, ...; the figure is the upper edge of \
+    the percentile's bucket, so the true value is at most 8.3 % below it (under 1 s for the \
+    first). null without late fixes.";
 
 /// Errors making a report.
 #[derive(Debug, thiserror::Error)]
@@ -197,7 +212,8 @@ impl ReportParams {
 /// Counts of one vehicle (or of the totals).
 #[derive(Debug, Default, Clone, PartialEq, Serialize)]
 pub struct Counts {
-    /// Distance driven, km (sum of the trips starting in the range).
+    /// Distance driven, km: path length of the vehicle's fixes in the range, closed
+    /// trip or not ([`DISTANCE`]).
     pub distance_km: f64,
     /// Trips starting in the range.
     pub trips: i64,
@@ -235,6 +251,15 @@ pub struct Counts {
     pub active_s: f64,
     /// Share 0..1 of `active_s` not inside a data gap ([`DATA_COMPLETENESS`]).
     pub data_completeness: Option<f64>,
+    /// Fixes with their time in the range that arrived late ([`LATENESS`]).
+    pub late_fixes: i64,
+    /// Median lateness of those, seconds (upper edge of its bucket); `null` without any.
+    pub late_p50_s: Option<f64>,
+    /// 99th percentile of their lateness, seconds (upper edge of its bucket).
+    pub late_p99_s: Option<f64>,
+    /// Late fixes by lateness bucket ([`late_bucket_upper_s`]).
+    #[serde(skip)]
+    late_buckets: BTreeMap<i16, i64>,
     /// Distance in whole millimetres: sums of integers do not depend on their order,
     /// so roll-ups and raw tables give the same figures.
     #[serde(skip)]
@@ -271,8 +296,17 @@ impl Counts {
         }
     }
 
+    fn add_late(&mut self, bucket: i16, n: i64) {
+        if n != 0 {
+            *self.late_buckets.entry(bucket).or_default() += n;
+        }
+    }
+
     fn add(&mut self, o: &Counts) {
         self.distance_mm += o.distance_mm;
+        for (b, n) in &o.late_buckets {
+            self.add_late(*b, *n);
+        }
         self.trips += o.trips;
         self.overspeed_counted += o.overspeed_counted;
         for (b, n) in &o.overspeed_by_band {
@@ -311,7 +345,32 @@ impl Counts {
             let c = (1.0 - self.data_gap_s / self.active_s).clamp(0.0, 1.0);
             (c * 1e6).round() / 1e6
         });
+        self.late_fixes = self.late_buckets.values().sum();
+        self.late_p50_s = percentile_s(&self.late_buckets, 50);
+        self.late_p99_s = percentile_s(&self.late_buckets, 99);
     }
+}
+
+/// Upper edge of lateness bucket `b`, seconds: bucket 0 is under 1 s, bucket `b >= 1`
+/// is `[2^((b-1)/8), 2^(b/8))` (`fw_late_bucket`, migration 9).
+pub fn late_bucket_upper_s(b: i16) -> f64 {
+    2f64.powf(f64::from(b.max(0)) / 8.0)
+}
+
+/// The `pct`-th percentile (nearest rank) of a lateness histogram, as the upper edge
+/// of its bucket to the millisecond; `None` when empty.
+fn percentile_s(h: &BTreeMap<i16, i64>, pct: i64) -> Option<f64> {
+    let n: i64 = h.values().sum();
+    // Nearest rank: the smallest value with at least pct % of the values at or under it.
+    let rank = (n * pct + 99) / 100;
+    let mut seen = 0;
+    for (b, k) in h {
+        seen += k;
+        if seen >= rank.max(1) {
+            return Some((late_bucket_upper_s(*b) * 1000.0).round() / 1000.0);
+        }
+    }
+    None
 }
 
 /// One vehicle's row.
@@ -369,17 +428,32 @@ fn max_opt(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTim
     a.into_iter().chain(b).max()
 }
 
-/// Driving-time breaches of one driver.
+/// Distance and driving-time breaches of one driver.
 #[derive(Debug, Default, PartialEq, Serialize)]
 pub struct DriverRow {
     /// Driver licence number.
     pub driver_id: String,
+    /// Distance driven on the visible vehicles, km ([`DISTANCE`]; a segment between
+    /// two fixes counts for the driver of its earlier fix).
+    pub distance_km: f64,
+    /// The same in whole millimetres (summed exactly).
+    #[serde(skip)]
+    distance_mm: i64,
     /// Continuous driving violations.
     pub continuous_driving_violations: i64,
     /// Daily driving violations.
     pub daily_driving_violations: i64,
     /// Weekly driving violations.
     pub weekly_driving_violations: i64,
+}
+
+impl DriverRow {
+    fn is_empty(&self) -> bool {
+        self.distance_mm == 0
+            && self.continuous_driving_violations == 0
+            && self.daily_driving_violations == 0
+            && self.weekly_driving_violations == 0
+    }
 }
 
 /// Totals over the vehicles.
@@ -420,6 +494,10 @@ pub struct ComputedFrom {
 pub struct Definitions {
     /// How `data_completeness` is computed.
     pub data_completeness: &'static str,
+    /// How `distance_km` is computed.
+    pub distance: &'static str,
+    /// What `late_fixes`, `late_p50_s` and `late_p99_s` are.
+    pub lateness: &'static str,
 }
 
 /// A compliance report.
@@ -581,16 +659,25 @@ pub async fn build(db: &Client, p: &ReportParams) -> Result<Report, ReportError>
         threshold_per_1000km: threshold,
         near_per_1000km: near,
         vehicles,
-        drivers: drivers.into_values().collect(),
+        drivers: drivers
+            .into_values()
+            .filter(|d| !d.is_empty())
+            .map(|mut d| {
+                d.distance_km = (d.distance_mm as f64 / 1000.0).round() / 1000.0;
+                d
+            })
+            .collect(),
         totals,
         computed_from: computed,
         definitions: Definitions {
             data_completeness: DATA_COMPLETENESS,
+            distance: DISTANCE,
+            lateness: LATENESS,
         },
     })
 }
 
-fn driver(drivers: &mut BTreeMap<String, DriverRow>, id: String) -> &mut DriverRow {
+fn driver_row(drivers: &mut BTreeMap<String, DriverRow>, id: String) -> &mut DriverRow {
     drivers.entry(id.clone()).or_insert_with(|| DriverRow {
         driver_id: id,
         ..Default::default()
@@ -663,7 +750,8 @@ async fn add_rollup(
     for r in db
         .query(
             "SELECT d.driver_id, sum(d.continuous_driving_violations)::int8,
-                    sum(d.daily_driving_violations)::int8, sum(d.weekly_driving_violations)::int8
+                    sum(d.daily_driving_violations)::int8, sum(d.weekly_driving_violations)::int8,
+                    sum(d.distance_mm)::int8
              FROM rollup_daily_driver d JOIN vehicles v ON v.vehicle_id = d.vehicle_id
              WHERE ($1::text IS NULL OR v.cooperative_id = $1) AND d.day >= $2 AND d.day < $3
              GROUP BY d.driver_id",
@@ -671,13 +759,66 @@ async fn add_rollup(
         )
         .await?
     {
-        let d = driver(drivers, r.get(0));
+        let d = driver_row(drivers, r.get(0));
         d.continuous_driving_violations += r.get::<_, i64>(1);
         d.daily_driving_violations += r.get::<_, i64>(2);
         d.weekly_driving_violations += r.get::<_, i64>(3);
+        d.distance_mm += r.get::<_, i64>(4);
+    }
+    for r in db
+        .query(
+            "SELECT l.vehicle_id, l.bucket, sum(l.fixes)::int8
+             FROM rollup_late l JOIN vehicles v ON v.vehicle_id = l.vehicle_id
+             WHERE ($1::text IS NULL OR v.cooperative_id = $1) AND l.day >= $2 AND l.day < $3
+             GROUP BY 1, 2",
+            &params,
+        )
+        .await?
+    {
+        if let Some(v) = rows.get_mut(r.get::<_, &str>(0)) {
+            v.counts.add_late(r.get(1), r.get(2));
+        }
     }
     Ok(())
 }
+
+/// Distance in `[$2, $3)` of the vehicles visible to `$1` from the raw fixes, per
+/// vehicle and driver (mm): the path of the fixes in the range and of the last fix
+/// before and the first after it, each segment clipped to the range by time. The
+/// clipped shares telescope, so this equals the daily roll-ups' split at midnight.
+static RAW_DISTANCE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let j = rollup::NOT_JUMP;
+    let edge = |dir: &str, order: &str| {
+        format!(
+            "SELECT v.vehicle_id, e.ts, e.lat, e.lon, e.driver_id FROM v CROSS JOIN LATERAL (
+                 SELECT ts, lat, lon, driver_id FROM fixes f
+                 WHERE f.vehicle_id = v.vehicle_id AND f.ts {dir} AND f.{j}
+                 ORDER BY f.ts {order} LIMIT 1) e"
+        )
+    };
+    format!(
+        "WITH v AS (SELECT vehicle_id FROM vehicles WHERE ($1::text IS NULL OR cooperative_id = $1)),
+         pt AS (
+             SELECT f.vehicle_id, f.ts, f.lat, f.lon, f.driver_id FROM fixes f JOIN v USING (vehicle_id)
+             WHERE f.ts >= $2 AND f.ts < $3 AND f.{j}
+             UNION ALL {}
+             UNION ALL {}),
+         seg AS (
+             SELECT vehicle_id, a_ts, b_ts, fw_distance_mm(a_lat, a_lon, b_lat, b_lon) AS len_mm, driver_id
+             FROM (SELECT vehicle_id, lag(ts) OVER w AS a_ts, ts AS b_ts, lag(lat) OVER w AS a_lat,
+                          lag(lon) OVER w AS a_lon, lat AS b_lat, lon AS b_lon,
+                          lag(driver_id) OVER w AS driver_id
+                   FROM pt WINDOW w AS (PARTITION BY vehicle_id ORDER BY ts)) s
+             WHERE a_ts IS NOT NULL)
+         SELECT vehicle_id, driver_id,
+                sum(fw_share_mm(len_mm, a_ts, b_ts, LEAST(b_ts, $3))
+                    - fw_share_mm(len_mm, a_ts, b_ts, GREATEST(a_ts, $2)))::int8
+         FROM seg WHERE a_ts < $3 AND b_ts > $2
+         GROUP BY 1, 2",
+        edge("< $2", "DESC"),
+        edge(">= $3", "ASC"),
+    )
+});
 
 /// Adds `[from, to)` from the raw tables. Every aggregate is over the visible
 /// vehicles, by the event time of its start.
@@ -692,21 +833,27 @@ async fn add_raw(
     let params: [&(dyn ToSql + Sync); 3] = [coop, &from, &to];
     for r in db
         .query(
-            &format!(
-                "SELECT t.vehicle_id, sum({})::int8, count(*)
-                 FROM trips t JOIN vehicles v ON v.vehicle_id = t.vehicle_id
-                 WHERE ($1::text IS NULL OR v.cooperative_id = $1)
-                   AND t.start_ts >= $2 AND t.start_ts < $3
-                 GROUP BY t.vehicle_id",
-                rollup::TRIP_MM
-            ),
+            "SELECT t.vehicle_id, count(*)
+             FROM trips t JOIN vehicles v ON v.vehicle_id = t.vehicle_id
+             WHERE ($1::text IS NULL OR v.cooperative_id = $1)
+               AND t.start_ts >= $2 AND t.start_ts < $3
+             GROUP BY t.vehicle_id",
             &params,
         )
         .await?
     {
         if let Some(v) = rows.get_mut(r.get::<_, &str>(0)) {
-            v.counts.distance_mm += r.get::<_, i64>(1);
-            v.counts.trips += r.get::<_, i64>(2);
+            v.counts.trips += r.get::<_, i64>(1);
+        }
+    }
+    for r in db.query(&*RAW_DISTANCE, &params).await? {
+        let (vehicle, driver, mm): (&str, Option<String>, i64) = (r.get(0), r.get(1), r.get(2));
+        let Some(v) = rows.get_mut(vehicle) else {
+            continue;
+        };
+        v.counts.distance_mm += mm;
+        if let Some(d) = driver {
+            driver_row(drivers, d).distance_mm += mm;
         }
     }
     for r in db
@@ -748,18 +895,23 @@ async fn add_raw(
     }
     for r in db
         .query(
-            "SELECT f.vehicle_id, count(*), min(f.ts), max(f.ts)
+            "SELECT f.vehicle_id, count(*), min(f.ts), max(f.ts),
+                    CASE WHEN f.flags & 16 <> 0 THEN fw_late_bucket(f.received_at - f.ts) END
              FROM fixes f JOIN vehicles v ON v.vehicle_id = f.vehicle_id
              WHERE ($1::text IS NULL OR v.cooperative_id = $1)
                AND f.ts >= $2 AND f.ts < $3
-             GROUP BY f.vehicle_id",
+             GROUP BY 1, 5",
             &params,
         )
         .await?
     {
         if let Some(v) = rows.get_mut(r.get::<_, &str>(0)) {
-            v.counts.fixes += r.get::<_, i64>(1);
+            let n = r.get::<_, i64>(1);
+            v.counts.fixes += n;
             v.span(r.get(2), r.get(3), None);
+            if let Some(b) = r.get::<_, Option<i16>>(4) {
+                v.counts.add_late(b, n);
+            }
         }
     }
     for r in db
@@ -775,7 +927,7 @@ async fn add_raw(
         )
         .await?
     {
-        let d = driver(drivers, r.get(0));
+        let d = driver_row(drivers, r.get(0));
         let n: i64 = r.get(2);
         match r.get::<_, &str>(1) {
             "continuous_driving" => d.continuous_driving_violations += n,
@@ -816,13 +968,13 @@ impl Report {
              overspeed_not_counted,overspeed_per_1000km,at_or_over_threshold,near_threshold,\
              continuous_driving_violations,daily_driving_violations,weekly_driving_violations,\
              off_route_violations,restricted_zone_violations,no_signal,data_gaps,data_gap_s,\
-             fixes,active_s,data_completeness\n",
+             fixes,active_s,data_completeness,late_fixes,late_p50_s,late_p99_s\n",
         );
         let mut line = |id: &str, coop: &str, plate: &str, c: &Counts| {
             let band = |b: &str| c.overspeed_by_band.get(b).copied().unwrap_or(0);
             let _ = writeln!(
                 out,
-                "{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.0},{},{:.0},{}",
+                "{},{},{},{:.3},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.0},{},{:.0},{},{},{},{}",
                 csv_field(id),
                 csv_field(coop),
                 csv_field(plate),
@@ -852,6 +1004,9 @@ impl Report {
                 c.data_completeness
                     .map(|r| format!("{r:.6}"))
                     .unwrap_or_default(),
+                c.late_fixes,
+                c.late_p50_s.map(|s| format!("{s:.3}")).unwrap_or_default(),
+                c.late_p99_s.map(|s| format!("{s:.3}")).unwrap_or_default(),
             );
         };
         for v in &self.vehicles {

@@ -7,6 +7,13 @@
 //! upserted and change until they close (end, severity band, `counted`), so the days
 //! an upsert touched are recomputed from `alerts`.
 //!
+//! Distance is the path length of a vehicle's accepted fixes in event-time order
+//! (migration 9 defines the path, the split at local midnight and the rounding), kept
+//! incrementally whatever order the fixes arrive in: each inserted fix adds its
+//! segments to the stored fixes before and after it, and removes the segment between
+//! those two that it splits ([`fixes_insert_sql`]). Segments are attributed to the
+//! driver of their earlier fix.
+//!
 //! The local day is taken at a fixed offset (`rules.utc_offset`) recorded in
 //! `rollup_meta` by [`ensure`]; the writer and the reports read it from there, so they
 //! always agree with the rows that exist. A changed offset rebuilds everything.
@@ -99,8 +106,8 @@ pub async fn rebuild(
     let tx = client.transaction().await?;
     // Writers wait for the rebuild instead of adding to rows it is about to replace.
     tx.batch_execute(
-        "LOCK TABLE rollup_daily, rollup_daily_driver IN EXCLUSIVE MODE;
-         DELETE FROM rollup_daily; DELETE FROM rollup_daily_driver;",
+        "LOCK TABLE rollup_daily, rollup_daily_driver, rollup_late IN EXCLUSIVE MODE;
+         DELETE FROM rollup_daily; DELETE FROM rollup_daily_driver; DELETE FROM rollup_late;",
     )
     .await?;
     if fixes_in_table {
@@ -111,6 +118,8 @@ pub async fn rebuild(
         )
         .await?;
     }
+    tx.execute(&*DISTANCE_FROM_FIXES, &[&off]).await?;
+    tx.execute(LATE_FROM_FIXES, &[&off]).await?;
     tx.execute(
         &format!(
             "{} {}",
@@ -158,8 +167,159 @@ static FIXES_FROM_FIXES: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// A trip's distance in whole millimetres (SQL over a row of `trips`).
-pub const TRIP_MM: &str = "round(distance_m * 1000)::int8";
+/// Distance of the whole `fixes` table into `rollup_daily` and `rollup_daily_driver`
+/// ($1: offset, s).
+static DISTANCE_FROM_FIXES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH wl AS (
+             SELECT vehicle_id, lag(ts) OVER w AS a_ts, ts AS b_ts,
+                    fw_distance_mm(lag(lat) OVER w, lag(lon) OVER w, lat, lon) AS len_mm,
+                    lag(driver_id) OVER w AS driver_id, cooperative_id, 1 AS sign
+             FROM fixes WHERE {NOT_JUMP}
+             WINDOW w AS (PARTITION BY vehicle_id ORDER BY ts)),
+         seg AS (SELECT * FROM wl WHERE a_ts IS NOT NULL),
+         {}
+         SELECT count(*) FROM dd",
+        distance_ctes("$1", false)
+    )
+});
+
+/// Late fixes of the whole `fixes` table into `rollup_late` ($1: offset, s).
+const LATE_FROM_FIXES: &str = "INSERT INTO rollup_late (vehicle_id, day, bucket, fixes)
+     SELECT vehicle_id, fw_local_day(ts, $1), fw_late_bucket(received_at - ts), count(*)
+     FROM fixes WHERE flags & 16 <> 0 GROUP BY 1, 2, 3";
+
+/// SQL condition: a fix that is a point of the path (not flagged as a jump).
+pub const NOT_JUMP: &str = "flags & 1 = 0";
+
+/// CTEs adding the segments of CTE `seg` (vehicle_id, a_ts, b_ts, len_mm, driver_id,
+/// cooperative_id, sign ±1) to the distance of `rollup_daily` and
+/// `rollup_daily_driver`, split into local days (`off`: placeholder of the offset).
+/// With `fx`, also the fix counts of CTE `fx` (vehicle_id, day, cooperative_id, fixes,
+/// first_fix_ts, last_fix_ts), to the same rows: one statement must not upsert a row
+/// twice. Defines `piece` and `dd` (distance per vehicle and day).
+fn distance_ctes(off: &str, fx: bool) -> String {
+    let (cols, from, set) = if fx {
+        (
+            "COALESCE(f.fixes, 0), f.first_fix_ts, f.last_fix_ts, COALESCE(f.cooperative_id, d.coop)",
+            "fx f FULL JOIN dd d USING (vehicle_id, day)",
+            "fixes = r.fixes + EXCLUDED.fixes,
+             first_fix_ts = LEAST(r.first_fix_ts, EXCLUDED.first_fix_ts),
+             last_fix_ts = GREATEST(r.last_fix_ts, EXCLUDED.last_fix_ts),",
+        )
+    } else {
+        (
+            "0, NULL::timestamptz, NULL::timestamptz, d.coop",
+            "dd d",
+            "",
+        )
+    };
+    format!(
+        "piece AS (
+             SELECT g.vehicle_id, s.day, g.driver_id, g.cooperative_id, g.sign * s.share_mm AS mm
+             FROM seg g CROSS JOIN LATERAL fw_day_shares(g.a_ts, g.b_ts, g.len_mm, {off}::int4) s),
+         dd AS (SELECT vehicle_id, day, min(cooperative_id) AS coop, sum(mm)::int8 AS mm
+                FROM piece GROUP BY 1, 2),
+         drv AS (
+             INSERT INTO rollup_daily_driver AS r (vehicle_id, day, driver_id, distance_mm)
+             SELECT vehicle_id, day, driver_id, sum(mm)::int8 FROM piece
+             WHERE driver_id IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+             ON CONFLICT (vehicle_id, day, driver_id) DO UPDATE SET
+                 distance_mm = r.distance_mm + EXCLUDED.distance_mm),
+         up AS (
+             INSERT INTO rollup_daily AS r (vehicle_id, day, fixes, first_fix_ts, last_fix_ts,
+                                            cooperative_id, distance_mm)
+             SELECT vehicle_id, day, {cols}, COALESCE(d.mm, 0)
+             FROM {from} ORDER BY 1, 2
+             ON CONFLICT (vehicle_id, day) DO UPDATE SET {set}
+                 distance_mm = r.distance_mm + EXCLUDED.distance_mm,
+                 cooperative_id = COALESCE(r.cooperative_id, EXCLUDED.cooperative_id))"
+    )
+}
+
+/// The fix insert `insert` (`INSERT INTO fixes … RETURNING vehicle_id,
+/// cooperative_id, ts, lat, lon, driver_id, flags, received_at`) with its roll-ups
+/// ($1: offset, s): the fix columns of `rollup_daily` when `fixes`, and always the
+/// distance and the late fixes. Returns one row: fixes inserted.
+///
+/// Distance: every CTE reads `fixes` as it was before the insert, so each new fix
+/// (not a jump) finds its stored neighbours `p` (before) and `q` (after): one probe
+/// of the primary key per vehicle for its newest stored point (a fix after it has
+/// that as `p` and no `q`), two per fix older than that. The path among the new fixes and those neighbours gains
+/// each segment with a new end and loses each `p`–`q` segment new fixes now split
+/// (new fixes between the same two stored ones share `p` and `q`). Correct as long as
+/// no other transaction inserts fixes of the same vehicles meanwhile: the writer locks
+/// the vehicles' rows first.
+pub(crate) fn fixes_insert_sql(insert: &str, fixes: bool) -> String {
+    let fx = if fixes {
+        "fx AS (SELECT vehicle_id, fw_local_day(ts, $1::int4) AS day,
+                       min(cooperative_id) AS cooperative_id, count(*) AS fixes,
+                       min(ts) AS first_fix_ts, max(ts) AS last_fix_ts
+                FROM ins GROUP BY 1, 2),"
+    } else {
+        ""
+    };
+    let probe = |name: &str, dir: &str, order: &str| {
+        format!(
+            "LEFT JOIN LATERAL (SELECT ts, lat, lon, driver_id, cooperative_id FROM fixes f
+                 WHERE f.vehicle_id = n.vehicle_id AND f.ts {dir} n.ts AND f.{NOT_JUMP}
+                 ORDER BY f.ts {order} LIMIT 1) {name} ON true"
+        )
+    };
+    format!(
+        "WITH ins AS ({insert}),
+         np AS (SELECT vehicle_id, cooperative_id, ts, lat, lon, driver_id FROM ins WHERE {NOT_JUMP}),
+         last AS (
+             SELECT v.vehicle_id, l.ts, l.lat, l.lon, l.driver_id, l.cooperative_id
+             FROM (SELECT DISTINCT vehicle_id FROM np) v {}),
+         nb AS (
+             SELECT n.vehicle_id, p.ts AS p_ts, p.lat AS p_lat, p.lon AS p_lon,
+                    p.driver_id AS p_driver, p.cooperative_id AS p_coop,
+                    q.ts AS q_ts, q.lat AS q_lat, q.lon AS q_lon,
+                    q.driver_id AS q_driver, q.cooperative_id AS q_coop
+             FROM (SELECT n.* FROM np n JOIN last l USING (vehicle_id) WHERE n.ts < l.ts) n {} {}
+             UNION ALL
+             SELECT n.vehicle_id, l.ts, l.lat, l.lon, l.driver_id, l.cooperative_id,
+                    NULL, NULL, NULL, NULL, NULL
+             FROM np n JOIN last l USING (vehicle_id) WHERE l.ts IS NULL OR n.ts > l.ts),
+         pt AS (
+             SELECT vehicle_id, ts, lat, lon, driver_id, cooperative_id, true AS is_new FROM np
+             UNION SELECT vehicle_id, p_ts, p_lat, p_lon, p_driver, p_coop, false FROM nb
+                   WHERE p_ts IS NOT NULL
+             UNION SELECT vehicle_id, q_ts, q_lat, q_lon, q_driver, q_coop, false FROM nb
+                   WHERE q_ts IS NOT NULL),
+         seg AS (
+             SELECT vehicle_id, a_ts, b_ts, fw_distance_mm(a_lat, a_lon, b_lat, b_lon) AS len_mm,
+                    driver_id, cooperative_id, 1 AS sign
+             FROM (SELECT vehicle_id, lag(ts) OVER w AS a_ts, ts AS b_ts,
+                          lag(lat) OVER w AS a_lat, lag(lon) OVER w AS a_lon,
+                          lat AS b_lat, lon AS b_lon, lag(driver_id) OVER w AS driver_id,
+                          cooperative_id, lag(is_new) OVER w AS a_new, is_new AS b_new
+                   FROM pt WINDOW w AS (PARTITION BY vehicle_id ORDER BY ts)) s
+             WHERE a_ts IS NOT NULL AND (a_new OR b_new)
+             UNION ALL
+             SELECT DISTINCT vehicle_id, p_ts, q_ts, fw_distance_mm(p_lat, p_lon, q_lat, q_lon),
+                    p_driver, q_coop, -1
+             FROM nb WHERE p_ts IS NOT NULL AND q_ts IS NOT NULL),
+         late AS (
+             INSERT INTO rollup_late AS r (vehicle_id, day, bucket, fixes)
+             SELECT vehicle_id, fw_local_day(ts, $1::int4), fw_late_bucket(received_at - ts), count(*)
+             FROM ins WHERE flags & 16 <> 0 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+             ON CONFLICT (vehicle_id, day, bucket) DO UPDATE SET fixes = r.fixes + EXCLUDED.fixes),
+         {fx}
+         {}
+         SELECT count(*) FROM ins",
+        // The newest stored point of each vehicle: a new fix after it (the live case)
+        // has it before and nothing after, without probing per fix.
+        "LEFT JOIN LATERAL (SELECT ts, lat, lon, driver_id, cooperative_id FROM fixes f
+             WHERE f.vehicle_id = v.vehicle_id AND f.flags & 1 = 0
+             ORDER BY f.ts DESC LIMIT 1) l ON true",
+        probe("p", "<", "DESC"),
+        probe("q", ">", "ASC"),
+        distance_ctes("$1", fixes)
+    )
+}
+
 /// A data gap's duration in whole microseconds (SQL over a row of `data_gaps`).
 pub const GAP_US: &str = "(extract(epoch FROM end_ts - start_ts) * 1000000)::int8";
 
@@ -178,16 +338,15 @@ pub(crate) fn fixes_sql(src: &str, off: &str) -> String {
     )
 }
 
-/// Adds the trips of CTE `src` (vehicle_id, cooperative_id, start_ts, distance_m).
+/// Adds the trips of CTE `src` (vehicle_id, cooperative_id, start_ts). Only their
+/// number: the distance comes from the fixes, closed trip or not.
 pub(crate) fn trips_sql(src: &str, off: &str) -> String {
     format!(
-        "INSERT INTO rollup_daily AS r (vehicle_id, day, cooperative_id, trips, distance_mm)
-         SELECT vehicle_id, fw_local_day(start_ts, {off}::int4), min(cooperative_id), count(*),
-                sum({TRIP_MM})::int8
+        "INSERT INTO rollup_daily AS r (vehicle_id, day, cooperative_id, trips)
+         SELECT vehicle_id, fw_local_day(start_ts, {off}::int4), min(cooperative_id), count(*)
          FROM {src} GROUP BY 1, 2 ORDER BY 1, 2
          ON CONFLICT (vehicle_id, day) DO UPDATE SET
              trips = r.trips + EXCLUDED.trips,
-             distance_mm = r.distance_mm + EXCLUDED.distance_mm,
              cooperative_id = COALESCE(r.cooperative_id, EXCLUDED.cooperative_id)"
     )
 }
@@ -268,26 +427,46 @@ pub(crate) async fn refresh_alert_days(
     if !drivers {
         return Ok(());
     }
+    // The rows also hold the drivers' distance: counts not found again are zeroed, or
+    // the row deleted when it has no distance (the zeroing, the deletion and the upsert
+    // touch different rows of one statement).
     tx.execute(
-        "DELETE FROM rollup_daily_driver d USING unnest($1::text[], $2::date[]) AS k(vehicle_id, day)
-         WHERE d.vehicle_id = k.vehicle_id AND d.day = k.day",
-        &[&vehicles, &days],
-    )
-    .await?;
-    tx.execute(
-        "INSERT INTO rollup_daily_driver (vehicle_id, day, driver_id, continuous_driving_violations,
-             daily_driving_violations, weekly_driving_violations)
-         SELECT k.vehicle_id, k.day, x.driver_id,
-             count(*) FILTER (WHERE x.kind = 'continuous_driving'),
-             count(*) FILTER (WHERE x.kind = 'daily_driving'),
-             count(*) FILTER (WHERE x.kind = 'weekly_driving')
-         FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::date[]) AS u(vehicle_id, day)) k
-         JOIN alerts x ON x.vehicle_id = k.vehicle_id
+        "WITH k AS (SELECT DISTINCT * FROM unnest($1::text[], $2::date[]) AS u(vehicle_id, day)),
+         n AS (
+           SELECT k.vehicle_id, k.day, x.driver_id,
+             count(*) FILTER (WHERE x.kind = 'continuous_driving') AS cont,
+             count(*) FILTER (WHERE x.kind = 'daily_driving') AS daily,
+             count(*) FILTER (WHERE x.kind = 'weekly_driving') AS weekly
+           FROM k
+           JOIN alerts x ON x.vehicle_id = k.vehicle_id
              AND x.start_ts >= to_timestamp(((k.day - date '1970-01-01') * 86400 - $3::int4)::float8)
              AND x.start_ts < to_timestamp(((k.day - date '1970-01-01' + 1) * 86400 - $3::int4)::float8)
-         WHERE x.driver_id IS NOT NULL AND x.level = 'violation'
-           AND x.kind IN ('continuous_driving', 'daily_driving', 'weekly_driving')
-         GROUP BY 1, 2, 3",
+           WHERE x.driver_id IS NOT NULL AND x.level = 'violation'
+             AND x.kind IN ('continuous_driving', 'daily_driving', 'weekly_driving')
+           GROUP BY 1, 2, 3),
+         gone AS (
+           SELECT d.vehicle_id, d.day, d.driver_id, d.distance_mm FROM rollup_daily_driver d
+           JOIN k ON d.vehicle_id = k.vehicle_id AND d.day = k.day
+           WHERE (d.continuous_driving_violations, d.daily_driving_violations,
+                  d.weekly_driving_violations) <> (0, 0, 0)
+             AND NOT EXISTS (SELECT 1 FROM n WHERE n.vehicle_id = d.vehicle_id
+                             AND n.day = d.day AND n.driver_id = d.driver_id)),
+         zeroed AS (
+           UPDATE rollup_daily_driver d SET continuous_driving_violations = 0,
+               daily_driving_violations = 0, weekly_driving_violations = 0
+           FROM gone g WHERE g.distance_mm <> 0 AND (d.vehicle_id, d.day, d.driver_id)
+                                                   = (g.vehicle_id, g.day, g.driver_id)),
+         deleted AS (
+           DELETE FROM rollup_daily_driver d USING gone g
+           WHERE g.distance_mm = 0 AND (d.vehicle_id, d.day, d.driver_id)
+                                       = (g.vehicle_id, g.day, g.driver_id))
+         INSERT INTO rollup_daily_driver AS r (vehicle_id, day, driver_id,
+             continuous_driving_violations, daily_driving_violations, weekly_driving_violations)
+         SELECT * FROM n ORDER BY 1, 2, 3
+         ON CONFLICT (vehicle_id, day, driver_id) DO UPDATE SET
+             continuous_driving_violations = EXCLUDED.continuous_driving_violations,
+             daily_driving_violations = EXCLUDED.daily_driving_violations,
+             weekly_driving_violations = EXCLUDED.weekly_driving_violations",
         &[&vehicles, &days, &offset_s],
     )
     .await?;

@@ -133,9 +133,12 @@ pub const FIX_COLUMNS: &str = "vehicle_id, ts, cooperative_id, lat, lon, speed_k
 /// Prepares a connection for [`write_batch`] (session-local staging table) and reads
 /// how the daily roll-ups are kept (`None`: never built, not kept).
 pub async fn prepare(client: &Client) -> Result<Option<Plan>, StoreError> {
+    // No JIT: the roll-up statements' row estimates (set-returning day split, CTEs)
+    // can pass jit_above_cost, and compiling costs far more than a batch's run.
     client
         .batch_execute(
-            "CREATE TEMP TABLE IF NOT EXISTS fixes_stage
+            "SET jit = off;
+             CREATE TEMP TABLE IF NOT EXISTS fixes_stage
                  (LIKE fixes INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
         )
         .await?;
@@ -380,17 +383,59 @@ async fn write_parts(
         }
     }
     writer.finish().await?;
+    // Before the fixes: the row locks this takes (to the commit) keep another writer
+    // from inserting fixes of the same vehicles meanwhile, which the distance roll-up's
+    // neighbour lookups need (`rollup::fixes_insert_sql`).
+    if !vehicles.is_empty() {
+        let n = vehicles.len();
+        let (mut ids, mut coops, mut seen, mut last_ts) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut lat, mut lon, mut speed, mut heading, mut driver) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        // In id order, so writers lock rows in one order (no deadlock between them).
+        let mut sorted: Vec<_> = vehicles.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (id, (coop, at, f)) in sorted {
+            ids.push(*id);
+            coops.push(*coop);
+            seen.push(*at);
+            last_ts.push(f.ts());
+            lat.push(f.lat());
+            lon.push(f.lon());
+            speed.push(f.speed_kmh());
+            heading.push(f.heading_deg());
+            driver.push(f.driver().map(|d| d.as_str()));
+        }
+        tx.execute(
+            VEHICLES_UPSERT.as_str(),
+            &[
+                &ids, &coops, &seen, &last_ts, &lat, &lon, &speed, &heading, &driver,
+            ],
+        )
+        .await?;
+    }
     if fixes > 0 {
         outcome.stored = match plan {
             // Only the rows really inserted reach the roll-up: redelivery adds nothing.
-            Some(p) if p.fixes => {
-                let n: i64 = tx
-                    .query_one(&*FIXES_WITH_ROLLUP, &[&p.offset_s])
-                    .await?
-                    .get(0);
+            Some(p) => {
+                let sql = if p.fixes {
+                    &*FIXES_WITH_ROLLUP
+                } else {
+                    &*FIXES_WITH_DISTANCE
+                };
+                let n: i64 = tx.query_one(sql.as_str(), &[&p.offset_s]).await?.get(0);
                 n as u64
             }
-            _ => {
+            None => {
                 tx.execute(
                     &format!(
                         "INSERT INTO fixes ({FIX_COLUMNS}) SELECT {FIX_COLUMNS} FROM fixes_stage
@@ -422,40 +467,6 @@ async fn write_parts(
                 &[&keys, &at, &topics, &payloads, &reasons, &details],
             )
             .await?;
-    }
-    if !vehicles.is_empty() {
-        let n = vehicles.len();
-        let (mut ids, mut coops, mut seen, mut last_ts) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut lat, mut lon, mut speed, mut heading, mut driver) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for (id, (coop, at, f)) in &vehicles {
-            ids.push(*id);
-            coops.push(*coop);
-            seen.push(*at);
-            last_ts.push(f.ts());
-            lat.push(f.lat());
-            lon.push(f.lon());
-            speed.push(f.speed_kmh());
-            heading.push(f.heading_deg());
-            driver.push(f.driver().map(|d| d.as_str()));
-        }
-        tx.execute(
-            VEHICLES_UPSERT.as_str(),
-            &[
-                &ids, &coops, &seen, &last_ts, &lat, &lon, &speed, &heading, &driver,
-            ],
-        )
-        .await?;
     }
     outcome.alerts_changed = write_derived(&tx, plan, &derived).await?;
     tx.commit().await?;
@@ -495,16 +506,17 @@ static VEHICLES_UPSERT: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// The fix insert returning what it inserted into the roll-up ($1: offset, s); one
-/// row: fixes inserted.
-static FIXES_WITH_ROLLUP: LazyLock<String> = LazyLock::new(|| {
+/// The fix insert with its roll-ups ($1: offset, s); one row: fixes inserted.
+static FIXES_WITH_ROLLUP: LazyLock<String> =
+    LazyLock::new(|| rollup::fixes_insert_sql(&FIXES_INSERT_RETURNING, true));
+/// The same when a TimescaleDB continuous aggregate counts the fixes.
+static FIXES_WITH_DISTANCE: LazyLock<String> =
+    LazyLock::new(|| rollup::fixes_insert_sql(&FIXES_INSERT_RETURNING, false));
+static FIXES_INSERT_RETURNING: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH ins AS (
-             INSERT INTO fixes ({FIX_COLUMNS}) SELECT {FIX_COLUMNS} FROM fixes_stage
-             ON CONFLICT DO NOTHING RETURNING vehicle_id, cooperative_id, ts),
-         up AS ({})
-         SELECT count(*) FROM ins",
-        rollup::fixes_sql("ins", "$1")
+        "INSERT INTO fixes ({FIX_COLUMNS}) SELECT {FIX_COLUMNS} FROM fixes_stage
+         ON CONFLICT DO NOTHING
+         RETURNING vehicle_id, cooperative_id, ts, lat, lon, driver_id, flags, received_at"
     )
 });
 

@@ -729,7 +729,9 @@ async fn compliance_report_counts_violations_per_1000_km() {
         .unwrap();
     }
     let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
-    // October 2026, local time UTC+7: 2026-09-30T17:00Z .. 2026-10-31T17:00Z.
+    // October 2026, local time UTC+7: 2026-09-30T17:00Z .. 2026-10-31T17:00Z. Two
+    // trips due north, 500 and 300 km: the distance is the path of the fixes.
+    let mut lat = 10.0;
     for (start, km) in [
         ("2026-10-02T01:00:00Z", 500.0),
         ("2026-10-15T01:00:00Z", 300.0),
@@ -741,6 +743,18 @@ async fn compliance_report_counts_violations_per_1000_km() {
         )
         .await
         .unwrap();
+        let end = lat + km * 1000.0 / fleetwatch::geo::M_PER_DEG;
+        for (dt_h, lat) in [(0.0, lat), (5.0, end)] {
+            c.execute(
+                "INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, received_at)
+                 VALUES ('R-1', $1::timestamptz + make_interval(hours => $2), 'HTX-A', $3, 106.7, 90,
+                         $1::timestamptz + make_interval(hours => $2))",
+                &[&at(start), &(dt_h as i32), &lat],
+            )
+            .await
+            .unwrap();
+        }
+        lat = end;
     }
     let os = |counted: bool| serde_json::json!({"max_speed_kmh": 80, "limit_kmh": 70, "duration_s": 40, "counted": counted});
     let v = ("overspeed", "violation", "closed");
@@ -940,7 +954,7 @@ async fn compliance_report_counts_violations_per_1000_km() {
     assert_eq!(r2["overspeed_per_1000km"], Value::Null);
     assert_eq!(
         rep["drivers"],
-        serde_json::json!([{"driver_id": "079000000001", "continuous_driving_violations": 1,
+        serde_json::json!([{"driver_id": "079000000001", "distance_km": 0.0, "continuous_driving_violations": 1,
                             "daily_driving_violations": 1, "weekly_driving_violations": 0}])
     );
     let t = &rep["totals"];

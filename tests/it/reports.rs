@@ -2,6 +2,7 @@
 //! give the same report as the raw tables over random ranges, also after redelivery
 //! and alert updates; `fleetwatch report` prints what the API returns.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
@@ -665,4 +666,485 @@ async fn report_command_prints_what_the_api_returns() {
     let _ = std::fs::remove_dir_all(&dir);
     app.shutdown();
     app.wait().await;
+}
+
+/// A pipeline stage (validation and rules) for `vehicles` of cooperative `coop`.
+fn stage_for(coop: &str, vehicles: &[&str]) -> Stage {
+    let registry: Vec<Vehicle> = vehicles
+        .iter()
+        .map(|v| {
+            serde_json::from_value(json!({"id": v, "cooperative": coop, "class": "bus"})).unwrap()
+        })
+        .collect();
+    Stage {
+        validator: Validator::new(
+            TopicPattern::parse("fleet/{cooperative}/{vehicle}/fix").unwrap(),
+            Default::default(),
+            &registry,
+        ),
+        engine: Engine::new(
+            RulesConfig::default(),
+            std::sync::Arc::new(GeoIndex::empty()),
+            registry.clone(),
+        ),
+        checkpoint_every: Duration::from_secs(3600),
+        rules: true,
+    }
+}
+
+/// One fix of a drive: time, position, driver.
+#[derive(Clone)]
+struct DriveFix {
+    ts: DateTime<Utc>,
+    lat: f64,
+    lon: f64,
+    driver: &'static str,
+}
+
+impl DriveFix {
+    fn payload(&self, vehicle: &str) -> Vec<u8> {
+        json!({
+            "vehicle": vehicle, "ts": self.ts.to_rfc3339(), "lat": self.lat, "lon": self.lon,
+            "speed_kmh": 50.0, "heading_deg": 45, "driver_id": self.driver, "ignition": true,
+            "satellites": 9, "hdop": 0.9,
+        })
+        .to_string()
+        .into_bytes()
+    }
+}
+
+/// A drive at 50 km/h that never stops (so no trip ever closes), a fix every 10 s
+/// from local 22:00:07 of day 0 to 01:59:57 of day 1, bending from north to east;
+/// one driver until 00:30, another after.
+fn endless_drive() -> Vec<DriveFix> {
+    let (mut lat, mut lon) = (10.8, 106.6);
+    let mut t = local(0, "22:00") + TimeDelta::seconds(7);
+    let end = local(1, "02:00");
+    let mut out = Vec::new();
+    let mut k = 0.0f64;
+    while t < end {
+        let step_m = 50.0 / 3.6 * 10.0;
+        let bearing = (k / 1440.0) * std::f64::consts::FRAC_PI_2;
+        lat += step_m * bearing.cos() / fleetwatch::geo::M_PER_DEG;
+        lon += step_m * bearing.sin() / (fleetwatch::geo::M_PER_DEG * lat.to_radians().cos());
+        let driver = if t < local(1, "00:30") {
+            "079000000051"
+        } else {
+            "079000000052"
+        };
+        out.push(DriveFix {
+            ts: t,
+            lat,
+            lon,
+            driver,
+        });
+        t += TimeDelta::seconds(10);
+        k += 1.0;
+    }
+    out
+}
+
+/// Expected distance (mm) of `path` by local day and by driver of the earlier fix,
+/// as migration 9 defines it: segments rounded to mm, a segment crossing midnight
+/// shared in proportion to time.
+fn expected_mm(path: &[DriveFix]) -> (BTreeMap<NaiveDate, i64>, BTreeMap<&'static str, i64>) {
+    let (mut days, mut drivers) = (BTreeMap::new(), BTreeMap::new());
+    for w in path.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        let len = (fleetwatch::geo::distance_m(a.lon, a.lat, b.lon, b.lat) * 1000.0).round() as i64;
+        *drivers.entry(a.driver).or_default() += len;
+        let (da, db) = (
+            rollup::local_day(a.ts, OFFSET_S),
+            rollup::local_day(b.ts, OFFSET_S),
+        );
+        if da == db {
+            *days.entry(da).or_default() += len;
+        } else {
+            let mid = rollup::day_start(db, OFFSET_S);
+            let first = (len as f64 * (mid - a.ts).num_milliseconds() as f64
+                / (b.ts - a.ts).num_milliseconds() as f64)
+                .round() as i64;
+            *days.entry(da).or_default() += first;
+            *days.entry(db).or_default() += len - first;
+        }
+    }
+    (days, drivers)
+}
+
+/// Distance columns of the roll-ups: (vehicle, day, mm) and (vehicle, day, driver, mm).
+async fn distance_rows(c: &tokio_postgres::Client) -> Vec<String> {
+    let mut rows: Vec<String> = c
+        .query(
+            "SELECT (vehicle_id, day, distance_mm)::text FROM rollup_daily
+             WHERE distance_mm <> 0 ORDER BY vehicle_id, day",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    rows.extend(
+        c.query(
+            "SELECT (vehicle_id, day, driver_id, distance_mm)::text FROM rollup_daily_driver
+             WHERE distance_mm <> 0 ORDER BY vehicle_id, day, driver_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0)),
+    );
+    rows
+}
+
+/// A fresh database with the roll-ups built and `vehicles` registered; its plan.
+async fn rollup_db(coop: &str, vehicles: &[&str]) -> (tokio_postgres::Client, rollup::Plan) {
+    let db = fresh_db().await;
+    let mut c = fleetwatch::store::connect(&db).await.unwrap();
+    for v in vehicles {
+        c.execute(
+            "INSERT INTO vehicles (vehicle_id, cooperative_id, plate, class, registered)
+             VALUES ($1, $2, $1, 'bus', true)",
+            &[v, &coop],
+        )
+        .await
+        .unwrap();
+    }
+    let offset = RulesConfig::default().utc_offset;
+    rollup::ensure(&mut c, offset, fleetwatch::store::migrate::Layout::Plain)
+        .await
+        .unwrap();
+    let plan = writer::prepare(&c)
+        .await
+        .unwrap()
+        .expect("roll-ups planned");
+    (c, plan)
+}
+
+/// Sends `msgs` (topic, payload, received at) through a fresh stage and the writer in
+/// batches of the given sizes (cycled).
+async fn write_all(
+    c: &mut tokio_postgres::Client,
+    plan: &rollup::Plan,
+    stage: &mut Stage,
+    msgs: &[(String, Vec<u8>, DateTime<Utc>)],
+    sizes: &[usize],
+) {
+    let mut items: Vec<Item<()>> = Vec::new();
+    let mut k = 0;
+    for (topic, payload, at) in msgs {
+        let (records, derived) = stage.message(topic, &Bytes::from(payload.clone()), *at);
+        items.push(item(records, derived, *at));
+        if items.len() >= sizes[k % sizes.len()] {
+            writer::write_batch(c, Some(plan), &items).await.unwrap();
+            items.clear();
+            k += 1;
+        }
+    }
+    if !items.is_empty() {
+        writer::write_batch(c, Some(plan), &items).await.unwrap();
+    }
+}
+
+fn vehicle_km(r: &reports::Report, id: &str) -> f64 {
+    r.vehicles
+        .iter()
+        .find(|v| v.vehicle_id == id)
+        .unwrap()
+        .counts
+        .distance_km
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distance_is_the_path_of_the_fixes_closed_trip_or_not_in_any_arrival_order() {
+    let path = endless_drive();
+    let (days, drivers) = expected_mm(&path);
+    let (d0, d1) = (day0(), day0() + TimeDelta::days(1));
+    assert!(days[&d0] > 10_000_000 && days[&d1] > 10_000_000, "{days:?}");
+    let total_km = days.values().sum::<i64>() as f64 / 1e6;
+    let coop = "HTX-D";
+    let msgs_in_order: Vec<(String, Vec<u8>, DateTime<Utc>)> = path
+        .iter()
+        .map(|f| {
+            (
+                topic(coop, "D-1"),
+                f.payload("D-1"),
+                f.ts + TimeDelta::seconds(1),
+            )
+        })
+        .collect();
+    let mut rng = SmallRng::seed_from_u64(13);
+    let mut shuffled = msgs_in_order.clone();
+    for i in (1..shuffled.len()).rev() {
+        shuffled.swap(i, rng.random_range(0..=i));
+    }
+    let mut reversed = msgs_in_order.clone();
+    reversed.reverse();
+    // The same fixes, and each of them again (duplicates count once).
+    let mut twice = msgs_in_order.clone();
+    twice.extend(shuffled.iter().take(200).cloned());
+    let runs: [(&str, &[_], &[usize]); 4] = [
+        ("in order", &msgs_in_order, &[50]),
+        ("reversed", &reversed, &[1, 7, 120]),
+        ("shuffled", &shuffled, &[3, 64, 500, 1]),
+        ("with duplicates", &twice, &[50]),
+    ];
+    let mut first: Option<Vec<String>> = None;
+    for (name, msgs, sizes) in runs {
+        let (mut c, plan) = rollup_db(coop, &["D-1"]).await;
+        let mut stage = stage_for(coop, &["D-1"]);
+        write_all(&mut c, &plan, &mut stage, msgs, sizes).await;
+        assert_eq!(
+            count_rows(&c, "SELECT count(*) FROM trips").await,
+            0,
+            "{name}: the drive never stopped, no trip closed"
+        );
+        // The roll-ups per day and driver, against the definition.
+        let kept = distance_rows(&c).await;
+        let mm = |sql: &str| {
+            let c = &c;
+            let sql = sql.to_string();
+            async move { c.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) }
+        };
+        for (day, want) in &days {
+            let got = mm(&format!(
+                "SELECT distance_mm FROM rollup_daily WHERE vehicle_id = 'D-1' AND day = '{day}'"
+            ))
+            .await;
+            // Floating point in PostgreSQL and Rust: a millimetre per thousand segments.
+            assert!(
+                (got - want).abs() <= 3,
+                "{name}: {day}: {got} mm, want {want}"
+            );
+        }
+        for (driver, want) in &drivers {
+            let got = mm(&format!(
+                "SELECT sum(distance_mm)::int8 FROM rollup_daily_driver WHERE driver_id = '{driver}'"
+            ))
+            .await;
+            assert!(
+                (got - want).abs() <= 3,
+                "{name}: {driver}: {got} mm, want {want}"
+            );
+        }
+        // Whatever the order: the very same rows, and what a rebuild gives.
+        match &first {
+            None => first = Some(kept.clone()),
+            Some(f) => assert_eq!(&kept, f, "{name} vs in order"),
+        }
+        rollup::rebuild(&mut c, RulesConfig::default().utc_offset, true)
+            .await
+            .unwrap();
+        assert_eq!(distance_rows(&c).await, kept, "{name}: rebuilt");
+
+        // The report: the whole drive, each local day, and partial ranges, from the
+        // roll-ups and from the raw fixes alike.
+        let (start, mid, end) = (local(0, "00:00"), local(1, "00:00"), local(2, "00:00"));
+        let whole = reports::build(&c, &params(None, start, end, Source::RollUp))
+            .await
+            .unwrap();
+        assert!(
+            (vehicle_km(&whole, "D-1") - total_km).abs() < 0.002,
+            "{name}: {} km, want {total_km}",
+            vehicle_km(&whole, "D-1")
+        );
+        let day_km = |d: &NaiveDate| days[d] as f64 / 1e6;
+        for (from, to, want) in [(start, mid, day_km(&d0)), (mid, end, day_km(&d1))] {
+            let r = reports::build(&c, &params(None, from, to, Source::RollUp))
+                .await
+                .unwrap();
+            assert!(r.computed_from.raw.is_empty());
+            assert!(
+                (vehicle_km(&r, "D-1") - want).abs() < 0.002,
+                "{name}: {from}..{to}: {} km, want {want}",
+                vehicle_km(&r, "D-1")
+            );
+        }
+        let d = |id: &str| {
+            whole
+                .drivers
+                .iter()
+                .find(|d| d.driver_id == id)
+                .unwrap()
+                .distance_km
+        };
+        assert!((d("079000000051") - drivers["079000000051"] as f64 / 1e6).abs() < 0.002);
+        assert!((d("079000000052") - drivers["079000000052"] as f64 / 1e6).abs() < 0.002);
+        for (from, to) in [
+            (start, end),
+            (local(0, "23:17"), local(1, "01:03")),
+            (local(0, "12:00"), local(1, "00:00") + TimeDelta::seconds(3)),
+            (local(1, "00:00") - TimeDelta::seconds(2), local(1, "12:00")),
+        ] {
+            let a = reports::build(&c, &params(None, from, to, Source::RollUp))
+                .await
+                .unwrap();
+            let b = reports::build(&c, &params(None, from, to, Source::Raw))
+                .await
+                .unwrap();
+            assert_eq!(figures(&a), figures(&b), "{name}: {from} .. {to}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distance_leaves_jumps_out() {
+    let coop = "HTX-D";
+    let path = endless_drive();
+    let (days, _) = expected_mm(&path);
+    let want_km = days.values().sum::<i64>() as f64 / 1e6;
+    // One position 1 degree (111 km) off in the middle: flagged a jump by validation.
+    let mut msgs: Vec<(String, Vec<u8>, DateTime<Utc>)> = path
+        .iter()
+        .map(|f| {
+            (
+                topic(coop, "D-2"),
+                f.payload("D-2"),
+                f.ts + TimeDelta::seconds(1),
+            )
+        })
+        .collect();
+    let mut spike = path[700].clone();
+    spike.ts += TimeDelta::seconds(5);
+    spike.lat += 1.0;
+    msgs.insert(701, (topic(coop, "D-2"), spike.payload("D-2"), spike.ts));
+    let (mut c, plan) = rollup_db(coop, &["D-2"]).await;
+    let mut stage = stage_for(coop, &["D-2"]);
+    write_all(&mut c, &plan, &mut stage, &msgs, &[50]).await;
+    assert_eq!(
+        count_rows(&c, "SELECT count(*) FROM fixes WHERE flags & 1 <> 0").await,
+        1,
+        "the spike is stored, flagged as a jump"
+    );
+    let (start, end) = (local(0, "00:00"), local(2, "00:00"));
+    for source in [Source::RollUp, Source::Raw] {
+        let r = reports::build(&c, &params(None, start, end, source))
+            .await
+            .unwrap();
+        assert!(
+            (vehicle_km(&r, "D-2") - want_km).abs() < 0.002,
+            "{source:?}: {} km, want {want_km} (the jump adds 222 km)",
+            vehicle_km(&r, "D-2")
+        );
+    }
+}
+
+async fn count_rows(c: &tokio_postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_count_late_fixes_and_how_late_from_roll_ups_and_raw_alike() {
+    let coop = "HTX-L";
+    // Day 0: an hour at 10 s from 08:00 local, the fixes of 08:20..08:30 uploaded at
+    // 09:05 (after the live ones); day 1: the same with 08:10..08:40 uploaded at 15:00.
+    // L-2 is always on time.
+    let mut msgs: Vec<(String, Vec<u8>, DateTime<Utc>)> = Vec::new();
+    let mut lateness_s: Vec<f64> = Vec::new();
+    for (day, hole, upload) in [
+        (0, ("08:20", "08:30"), "09:05"),
+        (1, ("08:10", "08:40"), "15:00"),
+    ] {
+        let (h0, h1, up) = (local(day, hole.0), local(day, hole.1), local(day, upload));
+        let mut backlog = Vec::new();
+        let mut t = local(day, "08:00");
+        let mut lat = 10.8;
+        while t < local(day, "09:00") {
+            lat += 0.001;
+            for v in ["L-1", "L-2"] {
+                let f = DriveFix {
+                    ts: t,
+                    lat,
+                    lon: 106.6,
+                    driver: "079000000061",
+                };
+                let m = (topic(coop, v), f.payload(v), t + TimeDelta::seconds(1));
+                if v == "L-1" && h0 <= t && t < h1 {
+                    lateness_s.push((up - t).num_seconds() as f64);
+                    backlog.push((m.0, m.1, up));
+                } else {
+                    msgs.push(m);
+                }
+            }
+            t += TimeDelta::seconds(10);
+        }
+        msgs.extend(backlog);
+    }
+    let (mut c, plan) = rollup_db(coop, &["L-1", "L-2"]).await;
+    let mut stage = stage_for(coop, &["L-1", "L-2"]);
+    write_all(&mut c, &plan, &mut stage, &msgs, &[20]).await;
+    let late = lateness_s.len() as i64;
+    assert_eq!(late, 60 + 180);
+    assert_eq!(
+        count_rows(&c, "SELECT count(*) FROM fixes WHERE flags & 16 <> 0").await,
+        late,
+        "every backlog fix is flagged late, no other"
+    );
+    lateness_s.sort_by(f64::total_cmp);
+    let rank = |p: usize| lateness_s[(lateness_s.len() * p).div_ceil(100) - 1];
+    let (start, end) = (local(0, "00:00"), local(2, "00:00"));
+    let mut seen = Vec::new();
+    for source in [Source::RollUp, Source::Raw] {
+        let r = reports::build(&c, &params(None, start, end, source))
+            .await
+            .unwrap();
+        let j = serde_json::to_value(&r).unwrap();
+        let l1 = &j["vehicles"][0];
+        assert_eq!(l1["vehicle_id"], "L-1");
+        assert_eq!(l1["late_fixes"], late, "{source:?}: {l1}");
+        // The stated precision: the upper edge of a bucket 2^(1/8) wide.
+        for (key, want) in [("late_p50_s", rank(50)), ("late_p99_s", rank(99))] {
+            let got = l1[key].as_f64().unwrap_or_else(|| panic!("{key}: {l1}"));
+            assert!(
+                want <= got + 1e-3 && got <= want * 2f64.powf(1.0 / 8.0) + 1e-3,
+                "{source:?} {key}: {got}, the value is {want}"
+            );
+        }
+        let l2 = &j["vehicles"][1];
+        assert_eq!(l2["late_fixes"], 0);
+        assert_eq!(l2["late_p50_s"], Value::Null);
+        assert_eq!(j["totals"]["counts"]["late_p99_s"], l1["late_p99_s"]);
+        // Day 1 alone: only its backlog (30 min, uploaded 6 h 20 min to 6 h 50 min late).
+        let d1 = reports::build(&c, &params(None, local(1, "00:00"), end, source))
+            .await
+            .unwrap();
+        let d1 = serde_json::to_value(&d1).unwrap();
+        assert_eq!(d1["vehicles"][0]["late_fixes"], 180);
+        let p50 = d1["vehicles"][0]["late_p50_s"].as_f64().unwrap();
+        assert!((6.0 * 3600.0..7.5 * 3600.0).contains(&p50), "{p50}");
+        let csv = r.csv();
+        assert!(
+            csv.lines()
+                .next()
+                .unwrap()
+                .ends_with(",late_fixes,late_p50_s,late_p99_s"),
+            "{csv}"
+        );
+        let row = csv.lines().nth(1).unwrap();
+        assert!(
+            row.ends_with(&format!(
+                ",{late},{:.3},{:.3}",
+                l1["late_p50_s"].as_f64().unwrap(),
+                l1["late_p99_s"].as_f64().unwrap()
+            )),
+            "{row}"
+        );
+        seen.push(figures(&r));
+    }
+    assert_eq!(seen[0], seen[1], "roll-ups and raw tables");
+    // A partial range: the raw edge and the roll-up days together.
+    let (from, to) = (local(0, "08:25"), local(2, "00:00"));
+    let a = reports::build(&c, &params(None, from, to, Source::RollUp))
+        .await
+        .unwrap();
+    let b = reports::build(&c, &params(None, from, to, Source::Raw))
+        .await
+        .unwrap();
+    assert_eq!(a.computed_from.raw.len(), 1);
+    assert_eq!(figures(&a), figures(&b));
+    assert_eq!(
+        serde_json::to_value(&a).unwrap()["vehicles"][0]["late_fixes"],
+        30 + 180
+    );
 }
