@@ -153,10 +153,13 @@ impl App {
             checkpoint_every: Duration::from_secs(settings.checkpoint.interval_s.max(1)),
             rules: !settings.disable_rules,
         };
+        if settings.checkpoint.replay_horizon_h.is_some() {
+            tracing::warn!("checkpoint.replay_horizon_h is no longer used: a vehicle without a checkpoint is rebuilt from the start of its local week");
+        }
         let (restored, replayed) = pipeline::restore(
             &client,
             &mut stage,
-            settings.checkpoint.replay_horizon_h,
+            settings.validation.limits.max_age_s,
             &itx,
         )
         .await

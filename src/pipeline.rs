@@ -90,11 +90,16 @@ fn derived(out: Output) -> Derived {
 
 /// Restores the rules' state from the last checkpoint and replays the fixes stored
 /// after it, so a restart (even after a crash) resumes exactly where committed data
-/// ends. Alerts the replay produces are sent to the writer (they upsert by id).
+/// ends. A vehicle without a checkpoint (first seen less than a checkpoint interval
+/// before a crash, or never run through the rules) is rebuilt from its stored fixes
+/// as far back as any rule needs: from the start of the local ISO week (weekly
+/// driving) of its oldest fix no older than `max_age_s` (the oldest a fix may be
+/// accepted, so the oldest the rules may have to account). Alerts the replay
+/// produces are sent to the writer (they upsert by id).
 pub async fn restore(
     client: &Client,
     stage: &mut Stage,
-    horizon_h: u32,
+    max_age_s: i64,
     tx: &mpsc::Sender<Item<(usize, Publish)>>,
 ) -> Result<(usize, u64), StoreError> {
     let rows = client
@@ -109,7 +114,7 @@ pub async fn restore(
         ) {
             (Ok(v), Ok(s)) => states.push((v, s)),
             (_, Err(e)) => {
-                tracing::warn!(vehicle = %id, error = %e, "unreadable rule checkpoint; vehicle starts fresh")
+                tracing::warn!(vehicle = %id, error = %e, "unreadable rule checkpoint; vehicle rebuilt from its fixes")
             }
             (Err(e), _) => {
                 tracing::warn!(vehicle = %id, error = %e, "bad vehicle id in rule checkpoint")
@@ -117,22 +122,25 @@ pub async fn restore(
         }
     }
     let restored = states.len();
+    // Vehicles whose checkpoint says how far it got; the others are rebuilt.
+    let resumed: Vec<String> = states
+        .iter()
+        .filter(|(_, s)| s.newest_ts().is_some())
+        .map(|(v, _)| v.as_str().to_string())
+        .collect();
     stage.engine.restore(states);
     let window_s = f64::from(stage.engine.config().reorder_window_s) + 60.0;
-    let horizon_s = f64::from(horizon_h) * 3600.0;
+    let age_s = max_age_s.clamp(0, 10 * 366 * 86_400) as f64;
+    let offset_s = f64::from(stage.engine.config().utc_offset.seconds());
     let stream = client
         .query_raw(
-            "SELECT f.vehicle_id, f.ts, f.lat, f.lon, f.speed_kmh, f.heading_deg, f.driver_id,
-                    f.ignition, f.satellites, f.hdop, f.odometer_m, f.received_at
-             FROM fixes f LEFT JOIN rule_state s USING (vehicle_id)
-             WHERE f.ts > COALESCE(s.watermark - make_interval(secs => $1),
-                                   now() - make_interval(secs => $2))
-               AND f.flags & $3 = 0
-             ORDER BY f.ts, f.vehicle_id",
+            REPLAY_SQL,
             [
                 &window_s as &(dyn tokio_postgres::types::ToSql + Sync),
-                &horizon_s,
+                &age_s,
+                &offset_s,
                 &SKIPPED_BY_RULES,
+                &resumed,
             ],
         )
         .await?;
@@ -154,6 +162,34 @@ pub async fn restore(
     stage.engine.heard_all(Utc::now());
     Ok((restored, replayed))
 }
+
+/// The stored fixes a restart feeds to the rules, in event-time order: after its
+/// watermark (less the reorder window) for a vehicle with a readable checkpoint
+/// (`$5`: their checkpoints have a watermark), else from the local week start (`$3`: UTC offset, s) of its oldest fix
+/// of the last `$2` seconds. `$1`: reorder window plus a margin, s; `$4`: flags skipped.
+const REPLAY_SQL: &str = "
+    WITH fresh AS (
+        SELECT v.vehicle_id,
+               (date_trunc('week', (m.oldest AT TIME ZONE 'UTC') + make_interval(secs => $3))
+                  - make_interval(secs => $3)) AT TIME ZONE 'UTC' AS from_ts
+        FROM vehicles v
+        CROSS JOIN LATERAL (
+            SELECT min(f.ts) AS oldest FROM fixes f
+            WHERE f.vehicle_id = v.vehicle_id AND f.ts > now() - make_interval(secs => $2)) m
+        WHERE m.oldest IS NOT NULL
+          AND NOT (v.vehicle_id = ANY ($5::text[]))
+    ), starts AS (
+        SELECT s.vehicle_id, s.watermark - make_interval(secs => $1) AS from_ts
+        FROM rule_state s
+        WHERE s.vehicle_id = ANY ($5::text[])
+        UNION ALL
+        SELECT vehicle_id, from_ts FROM fresh
+    )
+    SELECT f.vehicle_id, f.ts, f.lat, f.lon, f.speed_kmh, f.heading_deg, f.driver_id,
+           f.ignition, f.satellites, f.hdop, f.odometer_m, f.received_at
+    FROM starts st JOIN fixes f ON f.vehicle_id = st.vehicle_id AND f.ts >= st.from_ts
+    WHERE f.flags & $4 = 0
+    ORDER BY f.ts, f.vehicle_id";
 
 /// Limits for reading stored fixes back: they passed validation (under whatever
 /// limits were configured then) when received; only their shape matters now.

@@ -6,6 +6,7 @@ mod infra;
 mod ingest;
 mod map;
 mod no_loss;
+mod order;
 mod replay;
 mod reports;
 mod rules;
