@@ -2,6 +2,7 @@
 
 pub mod migrate;
 pub mod outbox;
+pub mod recompute;
 pub mod registry;
 pub mod rollup;
 pub mod writer;

@@ -161,3 +161,103 @@ async fn sigkill_before_the_first_checkpoint_loses_no_driving_time() {
     assert_eq!(started, at(0));
     drop(bin);
 }
+
+/// `replay --rules` over `[from, to)` of `vehicle` agrees with the stored alerts.
+async fn replay_agrees(
+    db: &str,
+    s: &fleetwatch::config::Settings,
+    vehicle: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) {
+    use fleetwatch::replay::{self, TrackRange};
+    let client = fleetwatch::store::connect(db).await.unwrap();
+    let range = TrackRange::new(
+        fleetwatch::domain::VehicleId::parse(vehicle).unwrap(),
+        from,
+        to,
+    )
+    .unwrap();
+    let check = replay::check_rules(&client, s, &range).await.unwrap();
+    assert!(
+        check.differences.is_empty(),
+        "{}",
+        replay::render_differences(&check)
+    );
+    assert!(!check.stored.is_empty());
+}
+
+fn registered(id: &str) -> fleetwatch::domain::Vehicle {
+    use fleetwatch::domain::{CooperativeId, Vehicle, VehicleClass, VehicleId};
+    Vehicle {
+        id: VehicleId::parse(id).unwrap(),
+        plate: None,
+        cooperative: CooperativeId::parse("HTX-O").unwrap(),
+        class: VehicleClass::Bus,
+        route: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_uploaded_after_live_fixes_gets_the_alerts_it_would_have_had_online() {
+    const V: &str = "51B-913.02";
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let mut s = settings(&db, &broker.url(), "fw-backlog");
+    s.vehicles = vec![registered(V)];
+    let t = topic("HTX-O", V);
+    let start = base_time() - chrono::Duration::hours(4);
+    let at = |i: usize| start + chrono::Duration::seconds(20 * i as i64);
+    // 20 s cadence: 0..540 live (3 h), 541..720 offline (1 h, with 80 s at 85 km/h
+    // over the bus limit of 70), 721..750 live again (10 min).
+    let speed = |i: usize| if (600..604).contains(&i) { 85.0 } else { 50.0 };
+    let msg = |i: usize| (t.clone(), driving(V, at(i), i, speed(i)));
+    let live_before: Vec<_> = (0..=540).map(msg).collect();
+    let backlog: Vec<_> = (541..=720).map(msg).collect();
+    let live_after: Vec<_> = (721..=750).map(msg).collect();
+
+    let app = start_app(s.clone()).await;
+    publish_all(&broker.url(), &live_before).await;
+    publish_all(&broker.url(), &live_after).await;
+    wait_until("live fixes stored", Duration::from_secs(60), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM fixes").await == 571 }
+    })
+    .await;
+    publish_all(&broker.url(), &backlog).await;
+    wait_until("alerts of the backlog", Duration::from_secs(60), || {
+        let db = db.clone();
+        async move {
+            count(
+                &db,
+                "SELECT count(*) FROM alerts WHERE retracted_at IS NULL AND level = 'violation'
+                   AND kind IN ('continuous_driving', 'overspeed')",
+            )
+            .await
+                == 2
+        }
+    })
+    .await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM fixes WHERE flags & 16 <> 0").await,
+        180,
+        "the backlog is flagged late (data quality), and applied"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM alerts WHERE kind = 'continuous_driving' AND level = 'warning' AND retracted_at IS NULL").await,
+        1
+    );
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let started: DateTime<Utc> = c
+        .query_one(
+            "SELECT start_ts FROM alerts WHERE kind = 'continuous_driving' AND level = 'violation'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(started, at(0), "one run of driving from the first fix");
+    app.shutdown();
+    app.wait().await;
+    replay_agrees(&db, &s, V, at(0), at(750)).await;
+}
