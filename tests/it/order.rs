@@ -261,3 +261,66 @@ async fn backlog_uploaded_after_live_fixes_gets_the_alerts_it_would_have_had_onl
     app.wait().await;
     replay_agrees(&db, &s, V, at(0), at(750)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_hour_drive_in_100_fix_messages_over_four_connections_is_exact() {
+    const V: &str = "51B-913.03";
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let mut s = settings(&db, &broker.url(), "fw-burst");
+    s.vehicles = vec![registered(V)];
+    // The embedded broker's default: four connections in one shared subscription.
+    s.mqtt.connections = 4;
+    let t = topic("HTX-O", V);
+    let start = base_time() - chrono::Duration::hours(4);
+    let at = |i: usize| start + chrono::Duration::seconds(9 * i as i64);
+    const N: usize = 1_610; // 4 h 01 min 21 s at 9 s
+    let msgs: Vec<(String, Vec<u8>)> = (0..N)
+        .collect::<Vec<_>>()
+        .chunks(100)
+        .map(|c| {
+            let body: Vec<String> = c
+                .iter()
+                .map(|&i| String::from_utf8(driving(V, at(i), i, 50.0)).unwrap())
+                .collect();
+            (t.clone(), format!("[{}]", body.join(",")).into_bytes())
+        })
+        .collect();
+    let app = start_app(s.clone()).await;
+    publish_all(&broker.url(), &msgs).await;
+    wait_until("all stored", Duration::from_secs(60), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM fixes").await == N as i64 }
+    })
+    .await;
+    wait_until("continuous driving violation", Duration::from_secs(60), || {
+        let db = db.clone();
+        async move {
+            count(
+                &db,
+                "SELECT count(*) FROM alerts WHERE kind = 'continuous_driving' AND level = 'violation' AND retracted_at IS NULL",
+            )
+            .await
+                == 1
+        }
+    })
+    .await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM alerts WHERE kind = 'continuous_driving' AND level = 'warning' AND retracted_at IS NULL").await,
+        1
+    );
+    eprintln!(
+        "late: {}, retracted: {}",
+        count(&db, "SELECT count(*) FROM fixes WHERE flags & 16 <> 0").await,
+        count(
+            &db,
+            "SELECT count(*) FROM alerts WHERE retracted_at IS NOT NULL"
+        )
+        .await
+    );
+    // Recomputations done: none queued.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    app.shutdown();
+    app.wait().await;
+    replay_agrees(&db, &s, V, at(0), at(N)).await;
+}
