@@ -69,7 +69,7 @@ struct Held {
 /// The recomputation under way.
 struct Active {
     vehicle: VehicleId,
-    /// Alerts starting after this belong to the recomputed span.
+    /// Alerts starting at or after this belong to the recomputed span.
     after: DateTime<Utc>,
     /// Alerts (ids) the recomputation produced.
     ids: HashSet<AlertId>,
@@ -193,10 +193,7 @@ impl Stage {
         // its local ISO week (weekly driving), as a restart does.
         let after = match &snap {
             Some(s) => s.at(),
-            None => {
-                week_start(held.since, self.engine.config().utc_offset.seconds())
-                    - chrono::Duration::milliseconds(1)
-            }
+            None => week_start(held.since, self.engine.config().utc_offset.seconds()),
         };
         self.engine.begin_recompute(&vehicle, snap.as_ref());
         let barrier = held.barrier;
@@ -322,7 +319,7 @@ fn week_start(t: DateTime<Utc>, offset_s: i32) -> DateTime<Utc> {
         - chrono::Duration::seconds(i64::from(offset_s))
 }
 
-/// Reads the stored fixes of `vehicle` after `after` for a recomputation, once the
+/// Reads the stored fixes of `vehicle` from `after` on for a recomputation, once the
 /// fix at `barrier` is stored, page by page into `tx`.
 async fn load_fixes(
     client: Arc<Client>,
@@ -352,14 +349,15 @@ async fn load_fixes(
                 .query(
                     "SELECT vehicle_id, ts, lat, lon, speed_kmh, heading_deg, driver_id,
                             ignition, satellites, hdop, odometer_m, received_at
-                     FROM fixes WHERE vehicle_id = $1 AND ts > $2 AND flags & $3 = 0
+                     FROM fixes WHERE vehicle_id = $1 AND ts >= $2 AND flags & $3 = 0
                      ORDER BY ts LIMIT $4",
                     &[&vehicle.as_str(), &from, &SKIPPED_BY_RULES, &RECOMPUTE_PAGE],
                 )
                 .await?;
             let n = rows.len() as i64;
             if let Some(last) = rows.last() {
-                from = last.get(1);
+                // Timestamps are microseconds: the next page starts just after.
+                from = last.get::<_, DateTime<Utc>>(1) + chrono::Duration::microseconds(1);
             }
             let page: Vec<Fix> = rows
                 .iter()

@@ -113,8 +113,9 @@ struct Slot {
 /// Most snapshots kept in memory per vehicle.
 const MAX_SNAPSHOTS: usize = 4;
 
-/// The state of one vehicle (and of the driver of its last fix) right after the fix
-/// at `at_ms` was applied: a recomputation starts from it and replays what follows.
+/// The state of one vehicle (and of the drivers last seen on it) right before its fix
+/// at `at_ms` was applied: a recomputation starts from it and replays the fixes from
+/// `at_ms` on. Every alert starting at or after `at_ms` was emitted after it.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     at_ms: i64,
@@ -122,8 +123,8 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Event time of the last fix the snapshot reflects: a recomputation from it
-    /// replays the fixes after it.
+    /// Event time of the first fix the snapshot does not reflect: a recomputation
+    /// from it replays the fixes from this time on.
     pub fn at(&self) -> DateTime<Utc> {
         super::alert::utc(self.at_ms)
     }
@@ -448,15 +449,14 @@ impl Engine {
         while slot.core.buffer.first().is_some_and(|b| b.ts_ms <= upto_ms) {
             slot.dirty = true;
             let s = slot.core.buffer.remove(0);
-            let ts_ms = s.ts_ms;
-            process(&self.p, &self.geo, &mut self.drivers, vi, slot, s, out);
             if slot
                 .snaps
                 .last()
-                .is_none_or(|l| ts_ms - l.at_ms >= self.p.snapshot_ms)
+                .is_none_or(|l| s.ts_ms - l.at_ms >= self.p.snapshot_ms)
             {
-                take_snapshot(&self.drivers, vi, slot, ts_ms);
+                take_snapshot(&self.drivers, vi, slot, s.ts_ms);
             }
+            process(&self.p, &self.geo, &mut self.drivers, vi, slot, s, out);
         }
     }
 
@@ -467,8 +467,8 @@ impl Engine {
         Some(super::alert::utc(l.ts_ms))
     }
 
-    /// The newest snapshot of `vehicle` strictly older than `ts`: a recomputation for
-    /// a late fix at `ts` starts from it. `None`: start from nothing (the caller then
+    /// The newest snapshot of `vehicle` at or before `ts`: a recomputation for a late
+    /// fix at `ts` starts from it. `None`: start from nothing (the caller then
     /// replays from the start of the local ISO week of `ts`).
     pub fn snapshot_before(&self, vehicle: &VehicleId, ts: DateTime<Utc>) -> Option<Snapshot> {
         let ms = ts.timestamp_millis();
@@ -477,7 +477,7 @@ impl Engine {
             .snaps
             .iter()
             .rev()
-            .find(|s| s.at_ms < ms)
+            .find(|s| s.at_ms <= ms)
             .cloned()
     }
 
@@ -495,8 +495,8 @@ impl Engine {
 
     /// Starts a recomputation of `vehicle` from `from` (or from nothing): its state
     /// (and that of the drivers in the snapshot, or last seen on it) is reset, and its
-    /// slot is frozen until [`Engine::end_recompute`]. Then feed the fixes after
-    /// the snapshot in time order with [`Engine::push`]. The no-signal state
+    /// slot is frozen until [`Engine::end_recompute`]. Then feed the fixes from
+    /// the snapshot's time on, in time order with [`Engine::push`]. The no-signal state
     /// (processing time) is kept.
     pub fn begin_recompute(&mut self, vehicle: &VehicleId, from: Option<&Snapshot>) {
         let vi = self.slot_of(vehicle);
@@ -524,7 +524,7 @@ impl Engine {
         slot.core = state.core;
         slot.core.no_signal = no_signal;
         slot.core.heard_ms = heard_ms;
-        slot.snaps.retain(|s| s.at_ms <= at_ms);
+        slot.snaps.retain(|s| s.at_ms < at_ms);
         slot.frozen = true;
         slot.dirty = true;
     }
@@ -551,22 +551,20 @@ impl Engine {
     }
 }
 
-/// Records a snapshot of slot `vi` right after its fix at `at_ms`, thinning older
+/// Records a snapshot of slot `vi` right before its fix at `at_ms`, thinning older
 /// ones so they stay few and spread back in time (the closest pair of neighbours
 /// loses its younger member; the oldest and newest stay).
 fn take_snapshot(drivers: &Drivers, vi: usize, slot: &mut Slot, at_ms: i64) {
     let mut core = slot.core.clone();
     core.buffer.clear();
     core.newest = core.last.as_ref().map(|l| l.mark());
-    let mut ds = Vec::new();
-    if let Some(d) = slot.core.last.as_ref().and_then(|l| l.driver.as_ref()) {
-        if let Some(&di) = drivers.index.get(d) {
-            let ds_slot = &drivers.slots[di as usize];
-            if ds_slot.owner == vi as u32 {
-                ds.push((d.clone(), ds_slot.state.clone()));
-            }
-        }
-    }
+    // Every driver last seen on the vehicle: a recomputation starts them over.
+    let ds: Vec<(DriverId, DrivingState)> = drivers
+        .slots
+        .iter()
+        .filter(|d| d.owner == vi as u32)
+        .map(|d| (d.id.clone(), d.state.clone()))
+        .collect();
     slot.snaps.push(Snapshot {
         at_ms,
         state: VehicleState { core, drivers: ds },

@@ -12,8 +12,8 @@ use super::StoreError;
 /// Why a recomputation retracts an alert.
 pub const RETRACTED_BY_LATE_FIXES: &str = "late fixes: not produced in event-time order";
 
-/// Retracts, for each recomputed span, the vehicle's alerts starting after the span's
-/// start that it did not produce (no-signal runs on processing time: left alone),
+/// Retracts, for each recomputed span, the vehicle's alerts starting at or after the
+/// span's start that it did not produce (no-signal runs on processing time: left alone),
 /// and refreshes the roll-ups of their days. Run after the batch's alerts are
 /// upserted. Returns how many alerts were retracted.
 pub(crate) async fn retract(
@@ -28,7 +28,7 @@ pub(crate) async fn retract(
             .query(
                 "UPDATE alerts SET retracted_at = now(), retraction_reason = $4,
                         updated_at = now(), published_at = NULL
-                 WHERE vehicle_id = $1 AND start_ts > $2 AND retracted_at IS NULL
+                 WHERE vehicle_id = $1 AND start_ts >= $2 AND retracted_at IS NULL
                    AND kind <> 'no_signal' AND NOT (alert_id = ANY ($3::text[]))
                  RETURNING start_ts, kind",
                 &[

@@ -77,13 +77,13 @@ pub struct Derived {
 }
 
 /// A vehicle's span recomputed in event-time order: the stored alerts of the
-/// vehicle starting after `after` that the recomputation did not produce (`keep`)
+/// vehicle starting at or after `after` that the recomputation did not produce (`keep`)
 /// are retracted (see [`super::recompute`]).
 #[derive(Debug, Clone)]
 pub struct Recomputed {
     /// The vehicle.
     pub vehicle: VehicleId,
-    /// Start of the span (exclusive).
+    /// Start of the span (inclusive).
     pub after: DateTime<Utc>,
     /// Alerts the recomputation produced.
     pub keep: Vec<crate::rules::AlertId>,
