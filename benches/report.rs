@@ -243,6 +243,7 @@ async fn seed(db: &str, a: &Args) -> u64 {
             ),
             checkpoint_every: Duration::from_secs(3600),
             rules: true,
+            recompute: Default::default(),
         };
         let topics: Vec<String> = (0..n_vehicles)
             .map(|k| format!("fleet/{COOP}/{}/fix", vehicle_id(k)))

@@ -176,11 +176,15 @@ impl App {
             engine: Engine::new(settings.rules.clone(), geo_index, registry),
             checkpoint_every: Duration::from_secs(settings.checkpoint.interval_s.max(1)),
             rules: !settings.disable_rules,
+            recompute: Default::default(),
         };
+        if settings.checkpoint.replay_horizon_h.is_some() {
+            tracing::warn!("checkpoint.replay_horizon_h is no longer used: a vehicle without a checkpoint is rebuilt from the start of its local week");
+        }
         let (restored, replayed) = pipeline::restore(
             &client,
             &mut stage,
-            settings.checkpoint.replay_horizon_h,
+            settings.validation.limits.max_age_s,
             &itx,
         )
         .await
@@ -208,7 +212,22 @@ impl App {
             })
             .collect();
         drop(dtx);
-        let pipe = tokio::spawn(pipeline::run(drx, itx, stage, geo_rx, registry_rx));
+        // Its own connection: recomputations read stored fixes without waiting for others.
+        let recompute_db = match crate::store::connect(&db_url).await {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no database connection for recomputations: late fixes wait");
+                None
+            }
+        };
+        let pipe = tokio::spawn(pipeline::run(
+            drx,
+            itx,
+            stage,
+            geo_rx,
+            registry_rx,
+            recompute_db,
+        ));
         let alert_topic = if settings.alert_topic.is_empty() {
             "fleet/{cooperative}/{vehicle}/alert"
         } else {

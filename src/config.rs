@@ -128,22 +128,23 @@ pub struct Settings {
     pub vehicles: Vec<Vehicle>,
 }
 
-/// How often rule state is saved, and how far back a restart looks.
+/// How often rule state is saved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
     /// Seconds between checkpoints of the rules' per-vehicle state.
     pub interval_s: u64,
-    /// A vehicle with no checkpoint yet has its stored fixes of this many hours
-    /// replayed through the rules at start.
-    pub replay_horizon_h: u32,
+    /// No longer used (older files still load; a warning is logged): a vehicle
+    /// with no checkpoint is rebuilt from its local week, not from a wall-clock horizon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_horizon_h: Option<u32>,
 }
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
         Self {
             interval_s: 30,
-            replay_horizon_h: 1,
+            replay_horizon_h: None,
         }
     }
 }

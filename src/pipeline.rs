@@ -2,10 +2,11 @@
 //! validate each message, run the rules on its fixes (event time), and hand records,
 //! alerts and periodic rule checkpoints to the writer in order.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use futures_util::{pin_mut, TryStreamExt};
 use rumqttc::Publish;
 use tokio::sync::{mpsc, watch};
@@ -15,16 +16,17 @@ use crate::domain::{Fix, FixCandidate, FixLimits, Vehicle, VehicleId};
 use crate::geo::GeoIndex;
 use crate::ingest::mqtt::Delivery;
 use crate::ingest::validate::{Flags, Record, Validator};
-use crate::rules::{Engine, Output, VehicleState};
-use crate::store::writer::{Derived, Item};
+use crate::rules::{AlertId, Engine, Output, VehicleState};
+use crate::store::writer::{Derived, Item, Recomputed};
 use crate::store::StoreError;
 use crate::telemetry;
 
-/// Flags of stored fixes the rules did not apply: jumps (bad positions, kept out) and
-/// late fixes (older than what the rules had already applied). Anything that feeds
-/// stored fixes to the rules again (restart replay, `fleetwatch replay --rules`)
-/// skips them, or it would compute what the live service never did.
-pub const SKIPPED_BY_RULES: i16 = Flags::JUMP | Flags::LATE;
+/// Flags of stored fixes the rules do not apply: jumps (bad positions, kept out).
+/// Late fixes (older than what the rules had already applied) are applied by a
+/// recomputation of their vehicle, so they are read back like any other. (Versions
+/// before 0007 left late fixes out; a recomputation or `fleetwatch replay --rules`
+/// over such a span now applies them, which is what the event-time order gives.)
+pub const SKIPPED_BY_RULES: i16 = Flags::JUMP;
 
 /// Validation and rules, owned by one task.
 pub struct Stage {
@@ -36,6 +38,92 @@ pub struct Stage {
     pub checkpoint_every: Duration,
     /// Run the rules (off: ingest only).
     pub rules: bool,
+    /// Vehicles recomputed for late fixes, and those waiting.
+    pub recompute: Recompute,
+}
+
+/// Recomputations for late fixes: at most one vehicle at a time (bounded work, so a
+/// device replaying an old span again and again cannot starve the others), the others
+/// queued; a vehicle's new fixes are held from the rules while it is queued or being
+/// recomputed, and applied after it.
+#[derive(Default)]
+pub struct Recompute {
+    held: HashMap<VehicleId, Held>,
+    queue: VecDeque<VehicleId>,
+    active: Option<Active>,
+}
+
+/// Fixes of a vehicle held back while it waits for (or undergoes) a recomputation.
+struct Held {
+    /// Oldest late fix: the recomputation starts from a snapshot older than it.
+    since: DateTime<Utc>,
+    /// The late fix that triggered it: once it is stored, so is everything the rules
+    /// had applied before it (the writer commits in order).
+    barrier: DateTime<Utc>,
+    /// Newest fix the rules had applied when holding began: an older one is `late`
+    /// (data quality), whatever the recomputation has reached.
+    applied: DateTime<Utc>,
+    fixes: Vec<Fix>,
+}
+
+/// The recomputation under way.
+struct Active {
+    vehicle: VehicleId,
+    /// Alerts starting at or after this belong to the recomputed span.
+    after: DateTime<Utc>,
+    /// Alerts (ids) the recomputation produced.
+    ids: HashSet<AlertId>,
+    /// Event times (ms) of the stored fixes replayed, sorted.
+    replayed_ms: Vec<i64>,
+    held: Held,
+}
+
+/// What the loader of a recomputation sends back.
+enum Loaded {
+    /// The next stored fixes of the vehicle, in time order.
+    Page(Vec<Fix>),
+    /// All read.
+    Done,
+    /// The database failed: the vehicle is queued again.
+    Failed(StoreError),
+}
+
+/// Stored fixes read per page of a recomputation: the rules replay one page per turn
+/// of the stage's loop, between messages.
+const RECOMPUTE_PAGE: i64 = 5_000;
+
+impl Recompute {
+    /// Queues a recomputation for the late `fix` (or widens the one queued); the
+    /// rules had applied the vehicle's fixes up to `applied`.
+    fn hold_late(&mut self, fix: &Fix, applied: Option<DateTime<Utc>>) {
+        let vid = fix.vehicle();
+        let applied = applied.unwrap_or(DateTime::<Utc>::MIN_UTC);
+        match self.held.get_mut(vid) {
+            Some(h) => {
+                h.since = h.since.min(fix.ts());
+                h.applied = h.applied.max(applied);
+                h.fixes.push(fix.clone());
+            }
+            None => {
+                self.held.insert(
+                    vid.clone(),
+                    Held {
+                        since: fix.ts(),
+                        barrier: fix.ts(),
+                        applied,
+                        fixes: vec![fix.clone()],
+                    },
+                );
+                self.queue.push_back(vid.clone());
+            }
+        }
+        telemetry::recompute_queued(self.pending());
+    }
+
+    /// Vehicles queued or being recomputed.
+    pub fn pending(&self) -> usize {
+        self.held.len()
+    }
 }
 
 impl Stage {
@@ -54,11 +142,24 @@ impl Stage {
                     self.engine.heard(a.fix.vehicle(), a.received_at);
                     // A jump is a bad position: keep it out of the rules.
                     if !a.flags.has(Flags::JUMP) {
-                        let o = self.engine.push(&a.fix);
-                        if !o.late.is_empty() {
-                            a.flags.0 |= Flags::LATE;
+                        let vid = a.fix.vehicle();
+                        if let Some(h) = self.recompute.held.get_mut(vid) {
+                            if a.fix.ts() < h.applied {
+                                a.flags.0 |= Flags::LATE;
+                            }
+                            h.since = h.since.min(a.fix.ts());
+                            h.fixes.push(a.fix.clone());
+                        } else {
+                            let o = self.engine.push(&a.fix);
+                            if !o.late.is_empty() {
+                                // Data quality: still flagged late; applied by a
+                                // recomputation of the vehicle.
+                                a.flags.0 |= Flags::LATE;
+                                let applied = self.engine.last_applied(vid);
+                                self.recompute.hold_late(&a.fix, applied);
+                            }
+                            out.append(o);
                         }
-                        out.append(o);
                     }
                     telemetry::fix_accepted(a.flags.names());
                 }
@@ -77,6 +178,209 @@ impl Stage {
     }
 }
 
+impl Stage {
+    /// Starts the next queued recomputation when none is under way: picks the
+    /// snapshot and returns what the loader must read (vehicle, fixes after this
+    /// time, barrier fix time).
+    fn start_recompute(&mut self) -> Option<(VehicleId, DateTime<Utc>, DateTime<Utc>)> {
+        if self.recompute.active.is_some() {
+            return None;
+        }
+        let vehicle = self.recompute.queue.pop_front()?;
+        let held = self.recompute.held.remove(&vehicle)?;
+        let snap = self.engine.snapshot_before(&vehicle, held.since);
+        // Without a snapshot older than the late fix: from nothing at the start of
+        // its local ISO week (weekly driving), as a restart does.
+        let after = match &snap {
+            Some(s) => s.at(),
+            None => week_start(held.since, self.engine.config().utc_offset.seconds()),
+        };
+        self.engine.begin_recompute(&vehicle, snap.as_ref());
+        let barrier = held.barrier;
+        tracing::debug!(vehicle = %vehicle, %after, "recomputing for a late fix");
+        self.recompute.active = Some(Active {
+            vehicle: vehicle.clone(),
+            after,
+            ids: HashSet::new(),
+            replayed_ms: Vec::new(),
+            held: Held {
+                since: held.since,
+                barrier,
+                applied: held.applied,
+                fixes: held.fixes,
+            },
+        });
+        // Fixes arriving meanwhile are held again under the vehicle.
+        self.recompute.held.insert(
+            vehicle.clone(),
+            Held {
+                since: DateTime::<Utc>::MAX_UTC,
+                barrier,
+                applied: held.applied,
+                fixes: Vec::new(),
+            },
+        );
+        Some((vehicle, after, barrier))
+    }
+
+    /// Applies what the loader of the active recomputation sent.
+    fn on_loaded(&mut self, loaded: Loaded) -> Derived {
+        let Some(active) = self.recompute.active.as_mut() else {
+            return Derived::default();
+        };
+        match loaded {
+            Loaded::Page(fixes) => {
+                telemetry::recompute_replayed(fixes.len());
+                active
+                    .replayed_ms
+                    .extend(fixes.iter().map(|f| f.ts().timestamp_millis()));
+                let out = self.engine.replay(&fixes);
+                active.ids.extend(out.alerts.iter().map(|a| a.id.clone()));
+                derived(out)
+            }
+            Loaded::Done => {
+                let mut active = self.recompute.active.take().expect("active");
+                let vehicle = active.vehicle.clone();
+                // The fixes held meanwhile (and the late ones): those not replayed
+                // from the store already, in time order.
+                let mut fixes = std::mem::take(&mut active.held.fixes);
+                let later = self.recompute.held.remove(&vehicle);
+                if let Some(l) = later {
+                    fixes.extend(l.fixes);
+                }
+                active.replayed_ms.sort_unstable();
+                fixes.retain(|f| {
+                    active
+                        .replayed_ms
+                        .binary_search(&f.ts().timestamp_millis())
+                        .is_err()
+                });
+                fixes.sort_by_key(|f| f.ts());
+                fixes.dedup_by_key(|f| f.ts());
+                let mut out = Output::default();
+                let mut late: Option<DateTime<Utc>> = None;
+                for f in &fixes {
+                    let o = self.engine.push(f);
+                    if let Some(l) = o.late.first() {
+                        late = Some(late.map_or(l.ts(), |t: DateTime<Utc>| t.min(l.ts())));
+                    }
+                    out.append(o);
+                }
+                self.engine.end_recompute(&vehicle);
+                active.ids.extend(out.alerts.iter().map(|a| a.id.clone()));
+                let mut d = derived(out);
+                let mut keep: Vec<AlertId> = active.ids.into_iter().collect();
+                keep.sort();
+                d.recomputed.push(Recomputed {
+                    vehicle: vehicle.clone(),
+                    after: active.after,
+                    keep,
+                });
+                if let Some(t) = late {
+                    // Older than what was just recomputed and not stored in time
+                    // for it: once more.
+                    self.recompute.held.insert(
+                        vehicle.clone(),
+                        Held {
+                            since: t,
+                            barrier: t,
+                            applied: self.engine.last_applied(&vehicle).unwrap_or(t),
+                            fixes: Vec::new(),
+                        },
+                    );
+                    self.recompute.queue.push_back(vehicle);
+                }
+                telemetry::recompute_queued(self.recompute.pending());
+                d
+            }
+            Loaded::Failed(e) => {
+                let active = self.recompute.active.take().expect("active");
+                tracing::warn!(vehicle = %active.vehicle, error = %e, "recomputation failed; queued again");
+                let mut h = active.held;
+                if let Some(l) = self.recompute.held.remove(&active.vehicle) {
+                    h.fixes.extend(l.fixes);
+                    h.since = h.since.min(l.since);
+                }
+                self.recompute.held.insert(active.vehicle.clone(), h);
+                self.recompute.queue.push_back(active.vehicle.clone());
+                self.engine.end_recompute(&active.vehicle);
+                Derived::default()
+            }
+        }
+    }
+}
+
+/// Start (UTC) of the local ISO week (`offset_s` east of UTC) of `t`.
+fn week_start(t: DateTime<Utc>, offset_s: i32) -> DateTime<Utc> {
+    let local = t.naive_utc() + chrono::Duration::seconds(i64::from(offset_s));
+    let day = local.date();
+    let monday = day - chrono::Duration::days(i64::from(day.weekday().num_days_from_monday()));
+    monday.and_hms_opt(0, 0, 0).expect("midnight").and_utc()
+        - chrono::Duration::seconds(i64::from(offset_s))
+}
+
+/// Reads the stored fixes of `vehicle` from `after` on for a recomputation, once the
+/// fix at `barrier` is stored, page by page into `tx`.
+async fn load_fixes(
+    client: Arc<Client>,
+    vehicle: VehicleId,
+    after: DateTime<Utc>,
+    barrier: DateTime<Utc>,
+    tx: mpsc::Sender<Loaded>,
+) {
+    let r = async {
+        // The late fix went to the writer after everything the rules had applied.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client
+            .query_opt(
+                "SELECT 1 FROM fixes WHERE vehicle_id = $1 AND ts = $2",
+                &[&vehicle.as_str(), &barrier],
+            )
+            .await?
+            .is_none()
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let limits = stored_fix_limits();
+        let mut from = after;
+        loop {
+            let rows = client
+                .query(
+                    "SELECT vehicle_id, ts, lat, lon, speed_kmh, heading_deg, driver_id,
+                            ignition, satellites, hdop, odometer_m, received_at
+                     FROM fixes WHERE vehicle_id = $1 AND ts >= $2 AND flags & $3 = 0
+                     ORDER BY ts LIMIT $4",
+                    &[&vehicle.as_str(), &from, &SKIPPED_BY_RULES, &RECOMPUTE_PAGE],
+                )
+                .await?;
+            let n = rows.len() as i64;
+            if let Some(last) = rows.last() {
+                // Timestamps are microseconds: the next page starts just after.
+                from = last.get::<_, DateTime<Utc>>(1) + chrono::Duration::microseconds(1);
+            }
+            let page: Vec<Fix> = rows
+                .iter()
+                .filter_map(|r| fix_from_row(r, &limits))
+                .collect();
+            if tx.send(Loaded::Page(page)).await.is_err() {
+                return Ok(());
+            }
+            if n < RECOMPUTE_PAGE {
+                break;
+            }
+        }
+        Ok::<(), StoreError>(())
+    }
+    .await;
+    let _ = tx
+        .send(match r {
+            Ok(()) => Loaded::Done,
+            Err(e) => Loaded::Failed(e),
+        })
+        .await;
+}
+
 fn derived(out: Output) -> Derived {
     for a in &out.alerts {
         telemetry::alert_emitted(a.kind.as_str());
@@ -84,17 +388,22 @@ fn derived(out: Output) -> Derived {
     Derived {
         alerts: out.alerts,
         trips: out.trips,
-        checkpoint: Vec::new(),
+        ..Derived::default()
     }
 }
 
 /// Restores the rules' state from the last checkpoint and replays the fixes stored
 /// after it, so a restart (even after a crash) resumes exactly where committed data
-/// ends. Alerts the replay produces are sent to the writer (they upsert by id).
+/// ends. A vehicle without a checkpoint (first seen less than a checkpoint interval
+/// before a crash, or never run through the rules) is rebuilt from its stored fixes
+/// as far back as any rule needs: from the start of the local ISO week (weekly
+/// driving) of its oldest fix no older than `max_age_s` (the oldest a fix may be
+/// accepted, so the oldest the rules may have to account). Alerts the replay
+/// produces are sent to the writer (they upsert by id).
 pub async fn restore(
     client: &Client,
     stage: &mut Stage,
-    horizon_h: u32,
+    max_age_s: i64,
     tx: &mpsc::Sender<Item<(usize, Publish)>>,
 ) -> Result<(usize, u64), StoreError> {
     let rows = client
@@ -109,7 +418,7 @@ pub async fn restore(
         ) {
             (Ok(v), Ok(s)) => states.push((v, s)),
             (_, Err(e)) => {
-                tracing::warn!(vehicle = %id, error = %e, "unreadable rule checkpoint; vehicle starts fresh")
+                tracing::warn!(vehicle = %id, error = %e, "unreadable rule checkpoint; vehicle rebuilt from its fixes")
             }
             (Err(e), _) => {
                 tracing::warn!(vehicle = %id, error = %e, "bad vehicle id in rule checkpoint")
@@ -117,22 +426,25 @@ pub async fn restore(
         }
     }
     let restored = states.len();
+    // Vehicles whose checkpoint says how far it got; the others are rebuilt.
+    let resumed: Vec<String> = states
+        .iter()
+        .filter(|(_, s)| s.newest_ts().is_some())
+        .map(|(v, _)| v.as_str().to_string())
+        .collect();
     stage.engine.restore(states);
     let window_s = f64::from(stage.engine.config().reorder_window_s) + 60.0;
-    let horizon_s = f64::from(horizon_h) * 3600.0;
+    let age_s = max_age_s.clamp(0, 10 * 366 * 86_400) as f64;
+    let offset_s = f64::from(stage.engine.config().utc_offset.seconds());
     let stream = client
         .query_raw(
-            "SELECT f.vehicle_id, f.ts, f.lat, f.lon, f.speed_kmh, f.heading_deg, f.driver_id,
-                    f.ignition, f.satellites, f.hdop, f.odometer_m, f.received_at
-             FROM fixes f LEFT JOIN rule_state s USING (vehicle_id)
-             WHERE f.ts > COALESCE(s.watermark - make_interval(secs => $1),
-                                   now() - make_interval(secs => $2))
-               AND f.flags & $3 = 0
-             ORDER BY f.ts, f.vehicle_id",
+            REPLAY_SQL,
             [
                 &window_s as &(dyn tokio_postgres::types::ToSql + Sync),
-                &horizon_s,
+                &age_s,
+                &offset_s,
                 &SKIPPED_BY_RULES,
+                &resumed,
             ],
         )
         .await?;
@@ -144,7 +456,14 @@ pub async fn restore(
         let Some(fix) = fix_from_row(&row, &limits) else {
             continue;
         };
-        out.append(stage.engine.push(&fix));
+        let o = stage.engine.push(&fix);
+        if o.late.is_empty() {
+            out.append(o);
+        } else {
+            // Older than its checkpoint: recomputed once the stage runs.
+            let applied = stage.engine.last_applied(fix.vehicle());
+            stage.recompute.hold_late(&fix, applied);
+        }
         replayed += 1;
         if out.alerts.len() + out.trips.len() >= 1000 {
             send_derived(tx, derived(std::mem::take(&mut out))).await;
@@ -154,6 +473,34 @@ pub async fn restore(
     stage.engine.heard_all(Utc::now());
     Ok((restored, replayed))
 }
+
+/// The stored fixes a restart feeds to the rules, in event-time order: after its
+/// watermark (less the reorder window) for a vehicle with a readable checkpoint
+/// (`$5`: their checkpoints have a watermark), else from the local week start (`$3`: UTC offset, s) of its oldest fix
+/// of the last `$2` seconds. `$1`: reorder window plus a margin, s; `$4`: flags skipped.
+const REPLAY_SQL: &str = "
+    WITH fresh AS (
+        SELECT v.vehicle_id,
+               (date_trunc('week', (m.oldest AT TIME ZONE 'UTC') + make_interval(secs => $3))
+                  - make_interval(secs => $3)) AT TIME ZONE 'UTC' AS from_ts
+        FROM vehicles v
+        CROSS JOIN LATERAL (
+            SELECT min(f.ts) AS oldest FROM fixes f
+            WHERE f.vehicle_id = v.vehicle_id AND f.ts > now() - make_interval(secs => $2)) m
+        WHERE m.oldest IS NOT NULL
+          AND NOT (v.vehicle_id = ANY ($5::text[]))
+    ), starts AS (
+        SELECT s.vehicle_id, s.watermark - make_interval(secs => $1) AS from_ts
+        FROM rule_state s
+        WHERE s.vehicle_id = ANY ($5::text[])
+        UNION ALL
+        SELECT vehicle_id, from_ts FROM fresh
+    )
+    SELECT f.vehicle_id, f.ts, f.lat, f.lon, f.speed_kmh, f.heading_deg, f.driver_id,
+           f.ignition, f.satellites, f.hdop, f.odometer_m, f.received_at
+    FROM starts st JOIN fixes f ON f.vehicle_id = st.vehicle_id AND f.ts >= st.from_ts
+    WHERE f.flags & $4 = 0
+    ORDER BY f.ts, f.vehicle_id";
 
 /// Limits for reading stored fixes back: they passed validation (under whatever
 /// limits were configured then) when received; only their shape matters now.
@@ -201,20 +548,35 @@ async fn send_derived(tx: &mpsc::Sender<Item<(usize, Publish)>>, d: Derived) {
 }
 
 /// Runs the stage until the event loop stops forwarding; then checkpoints once more.
+/// `db` reads stored fixes for recomputations (none: late fixes wait).
 pub async fn run(
     mut rx: mpsc::Receiver<Delivery>,
     tx: mpsc::Sender<Item<(usize, Publish)>>,
     mut stage: Stage,
     mut geo: watch::Receiver<Arc<GeoIndex>>,
     mut registry: watch::Receiver<Arc<Vec<Vehicle>>>,
+    db: Option<Arc<Client>>,
 ) {
+    let (ltx, mut lrx) = mpsc::channel::<Loaded>(2);
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_checkpoint = Instant::now();
     let mut geo_open = true;
     let mut registry_open = true;
     loop {
+        if let Some(db) = &db {
+            if let Some((vehicle, after, barrier)) = stage.start_recompute() {
+                tokio::spawn(load_fixes(db.clone(), vehicle, after, barrier, ltx.clone()));
+            }
+        }
         let item = tokio::select! {
+            Some(loaded) = lrx.recv() => {
+                let derived = stage.on_loaded(loaded);
+                if derived.is_empty() {
+                    continue;
+                }
+                Item { records: Vec::new(), derived, ack: None, received_at: Utc::now() }
+            }
             d = rx.recv() => {
                 let Some(d) = d else { break };
                 telemetry::message_received();

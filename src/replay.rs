@@ -989,6 +989,7 @@ async fn stored_alerts(client: &Client, range: &TrackRange) -> Result<Vec<AlertR
                     lat, lon, details
              FROM alerts
              WHERE vehicle_id = $1 AND start_ts >= $2 AND start_ts < $3 AND kind <> 'no_signal'
+               AND retracted_at IS NULL
              ORDER BY start_ts, kind, alert_id",
             &[&range.vehicle.as_str(), &range.from, &range.to],
         )

@@ -137,6 +137,16 @@ pub fn alert_emitted(kind: &'static str) {
     metrics::counter!("fleetwatch_alerts_total", "kind" => kind).increment(1);
 }
 
+/// `n` vehicles are waiting for or undergoing a recomputation for late fixes.
+pub fn recompute_queued(n: usize) {
+    metrics::gauge!("fleetwatch_recompute_queued").set(n as f64);
+}
+
+/// A recomputation replayed `n` stored fixes.
+pub fn recompute_replayed(n: usize) {
+    metrics::counter!("fleetwatch_recompute_fixes_replayed_total").increment(n as u64);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,8 +24,8 @@ impl Flags {
     pub const UNREGISTERED: i16 = 4;
     /// Older than a fix already received for the same vehicle.
     pub const OUT_OF_ORDER: i16 = 8;
-    /// Older than a fix the rules already applied (beyond the reorder window): stored,
-    /// not used by the rules. Set by the rules stage.
+    /// Older than a fix the rules already applied (beyond the reorder window): data
+    /// quality only; applied by a recomputation of its vehicle. Set by the rules stage.
     pub const LATE: i16 = 16;
 
     /// Whether `flag` is set.

@@ -19,8 +19,14 @@ pub struct RulesConfig {
     /// At or below this speed, km/h, or with ignition off, a vehicle is stopped
     /// (driving time, breaks, stops, data-gap cadence).
     pub stopped_max_kmh: f64,
-    /// Fixes of a vehicle are held this long (event time) to be put in time order.
+    /// Fixes of a vehicle are held this long (event time) to be put in time order
+    /// cheaply; a fix older than what the rules already applied triggers a
+    /// recomputation of its vehicle from a snapshot instead.
     pub reorder_window_s: u32,
+    /// Event time between two in-memory snapshots of a vehicle's rule state: a late
+    /// fix is recomputed from the newest snapshot older than it (thinned out to a few
+    /// per vehicle, older ones further apart).
+    pub snapshot_interval_s: u32,
     /// Overspeed episodes.
     pub overspeed: OverspeedConfig,
     /// Continuous, daily and weekly driving time.
@@ -43,6 +49,7 @@ impl Default for RulesConfig {
             utc_offset: UtcOffset::from_seconds(7 * 3600),
             stopped_max_kmh: 3.0,
             reorder_window_s: 10,
+            snapshot_interval_s: 600,
             overspeed: OverspeedConfig::default(),
             driving: DrivingConfig::default(),
             off_route: OffRouteConfig::default(),
@@ -425,6 +432,7 @@ pub(crate) struct Params {
     pub offset_ms: i64,
     pub stopped_max_ckmh: i32,
     pub reorder_ms: i64,
+    pub snapshot_ms: i64,
     pub class_limit_ckmh: [i32; 6],
     pub unregistered_limit_ckmh: Option<i32>,
     pub os_min_ms: i64,
@@ -459,6 +467,7 @@ impl Params {
             offset_ms: i64::from(c.utc_offset.seconds()) * 1000,
             stopped_max_ckmh: ckmh(c.stopped_max_kmh),
             reorder_ms: ms(c.reorder_window_s),
+            snapshot_ms: ms(c.snapshot_interval_s.max(1)),
             class_limit_ckmh: [
                 cl.bus,
                 cl.coach,

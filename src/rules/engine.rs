@@ -104,6 +104,30 @@ struct Slot {
     core: VehicleCore,
     /// Changed since the last [`Engine::checkpoint_changed`].
     dirty: bool,
+    /// Being recomputed: quiet-vehicle releases leave it alone.
+    frozen: bool,
+    /// Snapshots of the state at event-time intervals, oldest first.
+    snaps: Vec<Snapshot>,
+}
+
+/// Most snapshots kept in memory per vehicle.
+const MAX_SNAPSHOTS: usize = 4;
+
+/// The state of one vehicle (and of the drivers last seen on it) right before its fix
+/// at `at_ms` was applied: a recomputation starts from it and replays the fixes from
+/// `at_ms` on. Every alert starting at or after `at_ms` was emitted after it.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    at_ms: i64,
+    state: VehicleState,
+}
+
+impl Snapshot {
+    /// Event time of the first fix the snapshot does not reflect: a recomputation
+    /// from it replays the fixes from this time on.
+    pub fn at(&self) -> DateTime<Utc> {
+        super::alert::utc(self.at_ms)
+    }
 }
 
 /// A driver's driving time and the vehicle (slot) they were last seen on: the
@@ -397,6 +421,8 @@ impl Engine {
             reg: self.registry.get(vid).cloned(),
             core: VehicleCore::default(),
             dirty: true,
+            frozen: false,
+            snaps: Vec::new(),
         });
         i
     }
@@ -406,11 +432,8 @@ impl Engine {
         let mut out = Output::default();
         let mut due: Vec<usize> = (0..self.slots.len())
             .filter(|&i| {
-                self.slots[i]
-                    .core
-                    .buffer
-                    .first()
-                    .is_some_and(|b| b.ts_ms <= upto_ms)
+                let s = &self.slots[i];
+                !s.frozen && s.core.buffer.first().is_some_and(|b| b.ts_ms <= upto_ms)
             })
             .collect();
         due.sort_by(|&a, &b| self.slots[a].id.cmp(&self.slots[b].id));
@@ -426,8 +449,132 @@ impl Engine {
         while slot.core.buffer.first().is_some_and(|b| b.ts_ms <= upto_ms) {
             slot.dirty = true;
             let s = slot.core.buffer.remove(0);
+            if slot
+                .snaps
+                .last()
+                .is_none_or(|l| s.ts_ms - l.at_ms >= self.p.snapshot_ms)
+            {
+                take_snapshot(&self.drivers, vi, slot, s.ts_ms);
+            }
             process(&self.p, &self.geo, &mut self.drivers, vi, slot, s, out);
         }
+    }
+
+    /// Event time of the last fix of `vehicle` the rules applied: an older fix is `late`.
+    pub fn last_applied(&self, vehicle: &VehicleId) -> Option<DateTime<Utc>> {
+        let &vi = self.index.get(vehicle)?;
+        let l = self.slots[vi as usize].core.last.as_ref()?;
+        Some(super::alert::utc(l.ts_ms))
+    }
+
+    /// The newest snapshot of `vehicle` at or before `ts`: a recomputation for a late
+    /// fix at `ts` starts from it. `None`: start from nothing (the caller then
+    /// replays from the start of the local ISO week of `ts`).
+    pub fn snapshot_before(&self, vehicle: &VehicleId, ts: DateTime<Utc>) -> Option<Snapshot> {
+        let ms = ts.timestamp_millis();
+        let &vi = self.index.get(vehicle)?;
+        self.slots[vi as usize]
+            .snaps
+            .iter()
+            .rev()
+            .find(|s| s.at_ms <= ms)
+            .cloned()
+    }
+
+    /// Bytes of snapshot state held for `vehicle` (serialised size: a measure of
+    /// memory, for benchmarks and metrics).
+    pub fn snapshot_bytes(&self, vehicle: &VehicleId) -> usize {
+        self.index.get(vehicle).map_or(0, |&vi| {
+            self.slots[vi as usize]
+                .snaps
+                .iter()
+                .map(|s| serde_json::to_vec(&s.state).map_or(0, |v| v.len()))
+                .sum()
+        })
+    }
+
+    /// Starts a recomputation of `vehicle` from `from` (or from nothing): its state
+    /// (and that of the drivers in the snapshot, or last seen on it) is reset, and its
+    /// slot is frozen until [`Engine::end_recompute`]. Then feed the fixes from
+    /// the snapshot's time on, in time order with [`Engine::push`]. The no-signal state
+    /// (processing time) is kept.
+    pub fn begin_recompute(&mut self, vehicle: &VehicleId, from: Option<&Snapshot>) {
+        let vi = self.slot_of(vehicle);
+        let at_ms = from.map_or(i64::MIN, |s| s.at_ms);
+        let state = from.map(|s| s.state.clone()).unwrap_or_default();
+        // Drivers last seen on the vehicle start over from the snapshot (or nothing):
+        // what they drove on it after the snapshot is replayed.
+        for d in &mut self.drivers.slots {
+            if d.owner == vi as u32 {
+                d.state = DrivingState::default();
+            }
+        }
+        for (d, ds) in state.drivers {
+            let di = self.drivers.slot_of(&d, vi);
+            let slot = &mut self.drivers.slots[di];
+            if slot.owner != vi as u32 {
+                self.drivers.left.push(slot.owner);
+                slot.owner = vi as u32;
+            }
+            slot.state = ds;
+        }
+        let slot = &mut self.slots[vi];
+        let no_signal = slot.core.no_signal;
+        let heard_ms = slot.core.heard_ms;
+        slot.core = state.core;
+        slot.core.no_signal = no_signal;
+        slot.core.heard_ms = heard_ms;
+        slot.snaps.retain(|s| s.at_ms < at_ms);
+        slot.frozen = true;
+        slot.dirty = true;
+    }
+
+    /// Ends a recomputation: the vehicle's buffer is released on processing time again.
+    pub fn end_recompute(&mut self, vehicle: &VehicleId) {
+        if let Some(&vi) = self.index.get(vehicle) {
+            self.slots[vi as usize].frozen = false;
+        }
+    }
+
+    /// Feeds fixes of one vehicle, in time order, during a recomputation: like
+    /// [`Engine::push`], but a fix does not end the vehicle's no-signal alert
+    /// (it is history, not a sign of life).
+    pub fn replay(&mut self, fixes: &[Fix]) -> Output {
+        let mut out = Output::default();
+        for f in fixes {
+            let vi = self.slot_of(f.vehicle());
+            let no_signal = self.slots[vi].core.no_signal.take();
+            out.append(self.push(f));
+            self.slots[vi].core.no_signal = no_signal;
+        }
+        out
+    }
+}
+
+/// Records a snapshot of slot `vi` right before its fix at `at_ms`, thinning older
+/// ones so they stay few and spread back in time (the closest pair of neighbours
+/// loses its younger member; the oldest and newest stay).
+fn take_snapshot(drivers: &Drivers, vi: usize, slot: &mut Slot, at_ms: i64) {
+    let mut core = slot.core.clone();
+    core.buffer.clear();
+    core.newest = core.last.as_ref().map(|l| l.mark());
+    // Every driver last seen on the vehicle: a recomputation starts them over.
+    let ds: Vec<(DriverId, DrivingState)> = drivers
+        .slots
+        .iter()
+        .filter(|d| d.owner == vi as u32)
+        .map(|d| (d.id.clone(), d.state.clone()))
+        .collect();
+    slot.snaps.push(Snapshot {
+        at_ms,
+        state: VehicleState { core, drivers: ds },
+    });
+    if slot.snaps.len() > MAX_SNAPSHOTS {
+        let s = &slot.snaps;
+        let drop = (1..s.len() - 1)
+            .min_by_key(|&i| s[i + 1].at_ms - s[i - 1].at_ms)
+            .unwrap_or(1);
+        slot.snaps.remove(drop);
     }
 }
 

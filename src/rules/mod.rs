@@ -26,5 +26,5 @@ pub use config::{
     RestrictedTrigger, RulesConfig, RulesConfigError, SeverityBands, StopsConfig, UtcOffset,
     ZonesConfig,
 };
-pub use engine::{Engine, Output, Stop, Trip};
+pub use engine::{Engine, Output, Snapshot, Stop, Trip};
 pub use state::VehicleState;

@@ -1147,3 +1147,203 @@ fn a_driver_leaving_a_vehicle_rewrites_its_checkpoint() {
     assert!(cp[0].1.drivers.is_empty(), "A111 left BUS-1");
     assert_eq!(cp[1].1.drivers.len(), 1);
 }
+
+// ------------------------------------------- any arrival order (issue 13)
+
+/// Like [`fixes_of`], in event-time order per vehicle, each vehicle with drivers of
+/// its own (a driver's run across vehicles within a recomputed span is not followed).
+fn in_order_fixes_own_drivers(steps: &[Step]) -> Vec<Fix> {
+    let vehicles = ["BUS-1", "TRAC-1", "CAR-1"];
+    let places = [
+        (ROUTE_LAT, 106.66),
+        (10.915, 106.61),
+        (10.98, 106.71),
+        (10.9925, 106.6625),
+    ];
+    let drivers = [None, Some("A"), Some("B"), Some("C")];
+    let mut t = [local(5, 50, 0); 3];
+    let mut speed = [40.0; 3];
+    let mut place = [0, 1, 2];
+    let mut driver = [1, 2, 0];
+    let mut fixes = Vec::new();
+    for s in steps {
+        let v = s.vehicle;
+        t[v] += Duration::seconds(s.dt_s);
+        speed[v] = s.speed_kmh.unwrap_or(speed[v]);
+        place[v] = s.place.unwrap_or(place[v]);
+        driver[v] = s.driver.unwrap_or(driver[v]);
+        let (lat, lon) = places[place[v]];
+        let c = FixCandidate {
+            ts: Some(t[v]),
+            lat: lat + s.d_m / M_PER_DEG,
+            lon: lon + (t[v] - local(5, 50, 0)).num_seconds() as f64 * 1e-6,
+            speed_kmh: speed[v],
+            driver: drivers[driver[v]].map(|d| format!("{d}{v}")),
+            ignition: Some(s.ignition),
+            ..FixCandidate::default()
+        };
+        let vid = VehicleId::parse(vehicles[v]).unwrap();
+        fixes.push(Fix::validate(c, vid, &FixLimits::default(), local(23, 0, 0)).unwrap());
+    }
+    fixes
+}
+
+/// A tail for every vehicle after its track: silence, then parked on route R1
+/// (ignition off) for 20 minutes, so every episode has ended by the end.
+fn parked_tails(fixes: &[Fix]) -> Vec<Fix> {
+    let mut tails = Vec::new();
+    for vid in ["BUS-1", "TRAC-1", "CAR-1"] {
+        let vid = VehicleId::parse(vid).unwrap();
+        let Some(last) = fixes
+            .iter()
+            .filter(|f| *f.vehicle() == vid)
+            .map(|f| f.ts())
+            .max()
+        else {
+            continue;
+        };
+        for k in 0..21 {
+            let c = FixCandidate {
+                ts: Some(last + Duration::minutes(30 + k)),
+                lat: ROUTE_LAT,
+                lon: 106.70,
+                speed_kmh: 0.0,
+                ignition: Some(false),
+                ..FixCandidate::default()
+            };
+            tails.push(
+                Fix::validate(c, vid.clone(), &FixLimits::default(), local(23, 0, 0)).unwrap(),
+            );
+        }
+    }
+    tails
+}
+
+/// What the store ends up with: the last version of each alert, the retracted ids,
+/// and the trips by (vehicle, start).
+#[derive(Default)]
+struct Stored {
+    alerts: std::collections::BTreeMap<AlertId, Alert>,
+    retracted: std::collections::BTreeSet<AlertId>,
+    trips: std::collections::BTreeMap<(VehicleId, DateTime<Utc>), Trip>,
+}
+
+impl Stored {
+    fn apply(&mut self, out: Output) {
+        for a in out.alerts {
+            self.retracted.remove(&a.id);
+            self.alerts.insert(a.id.clone(), a);
+        }
+        for t in out.trips {
+            self.trips.insert((t.vehicle.clone(), t.start), t);
+        }
+    }
+
+    /// The writer's reconciliation of a span of `vehicle` from `after` on recomputed
+    /// into `out`.
+    fn reconcile(&mut self, vehicle: &VehicleId, after: DateTime<Utc>, out: Output) {
+        let produced: std::collections::HashSet<&AlertId> =
+            out.alerts.iter().map(|a| &a.id).collect();
+        for (id, a) in &self.alerts {
+            if a.vehicle == *vehicle && a.start >= after && !produced.contains(id) {
+                self.retracted.insert(id.clone());
+            }
+        }
+        self.trips.retain(|(v, _), t| v != vehicle || t.end < after);
+        self.apply(out);
+    }
+
+    fn live(&self) -> Vec<&Alert> {
+        self.alerts
+            .values()
+            .filter(|a| !self.retracted.contains(&a.id))
+            .collect()
+    }
+}
+
+/// The pipeline's handling of fixes in arrival order, pure: a late fix makes the
+/// vehicle recompute from the newest snapshot older than it over its fixes so far
+/// (the store), then the span's alerts are reconciled.
+fn arrive(cfg: RulesConfig, arrivals: &[Fix]) -> Stored {
+    let mut e = Engine::new(cfg, test_geo(), registry());
+    let mut log: std::collections::HashMap<
+        VehicleId,
+        std::collections::BTreeMap<DateTime<Utc>, Fix>,
+    > = std::collections::HashMap::new();
+    let mut st = Stored::default();
+    for f in arrivals {
+        let v = f.vehicle().clone();
+        log.entry(v.clone()).or_default().insert(f.ts(), f.clone());
+        let o = e.push(f);
+        if o.late.is_empty() {
+            st.apply(o);
+            continue;
+        }
+        let snap = e.snapshot_before(&v, f.ts());
+        let after = snap.as_ref().map_or(DateTime::<Utc>::MIN_UTC, |s| s.at());
+        e.begin_recompute(&v, snap.as_ref());
+        let replay: Vec<Fix> = log[&v].range(after..).map(|(_, f)| f.clone()).collect();
+        let out = e.replay(&replay);
+        e.end_recompute(&v);
+        st.reconcile(&v, after, out);
+    }
+    st.apply(e.flush());
+    st
+}
+
+fn arrival() -> impl Strategy<Value = (usize, bool)> {
+    // Mostly in order; now and then a fix held back by hundreds of others (a backlog
+    // uploaded after live fixes, another connection's message); a few sent twice.
+    (
+        prop_oneof![8 => 0..5usize, 1 => 0..600usize],
+        prop::bool::weighted(0.05),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Any arrival order (delays, interleavings across vehicles, duplicates) gives the
+    /// same non-retracted alerts (ids and every field) and trips as the in-order run,
+    /// once every episode has ended.
+    ///
+    /// Known to fail on some inputs (issue 13, open): an alert emitted after the
+    /// snapshot for a run already in progress at it (a continuous-driving warning whose
+    /// run began before the snapshot) and that the event-time order no longer produces
+    /// starts before the snapshot, so the reconciliation does not retract it.
+    #[test]
+    #[ignore = "known gap: alerts of runs in progress at the snapshot are not retracted (see doc)"]
+    fn any_arrival_order_gives_the_in_order_results(
+        steps in proptest::collection::vec(step(), 1..500),
+        delays in proptest::collection::vec(arrival(), 500),
+    ) {
+        let mut cfg = small_cfg();
+        cfg.snapshot_interval_s = 120;
+        let fixes = in_order_fixes_own_drivers(&steps);
+        let tails = parked_tails(&fixes);
+        let mut sorted = fixes.clone();
+        sorted.extend(tails.iter().cloned());
+        sorted.sort_by_key(|f| f.ts());
+        let want = arrive(cfg.clone(), &sorted);
+        prop_assert!(want.retracted.is_empty());
+
+        let mut keyed: Vec<(usize, usize, &Fix)> = Vec::new();
+        for (i, f) in fixes.iter().enumerate() {
+            let (delay, twice) = delays[i];
+            keyed.push((i + delay, i, f));
+            if twice {
+                keyed.push((i + 2 * delay + 1, i, f));
+            }
+        }
+        keyed.sort_by_key(|&(k, i, _)| (k, i));
+        let mut arrivals: Vec<Fix> = keyed.into_iter().map(|(_, _, f)| f.clone()).collect();
+        // Episodes open at the end are final only once they end: the tails come last.
+        arrivals.extend(tails);
+        let got = arrive(cfg, &arrivals);
+        let (g, w) = (got.live(), want.live());
+        let only_got: Vec<_> = g.iter().filter(|a| !w.contains(a)).collect();
+        let only_want: Vec<_> = w.iter().filter(|a| !g.contains(a)).collect();
+        prop_assert!(only_got.is_empty() && only_want.is_empty(), "only in the permuted run: {:?}\nonly in order: {:?}", only_got, only_want);
+        prop_assert_eq!(&got.trips, &want.trips);
+    }
+}

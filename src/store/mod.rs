@@ -4,6 +4,7 @@ pub mod geo_versions;
 pub mod migrate;
 pub mod outbox;
 pub mod probe;
+pub mod recompute;
 pub mod registry;
 pub mod rollup;
 pub mod writer;

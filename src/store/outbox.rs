@@ -124,7 +124,8 @@ pub async fn publish_pending(
     let rows = db
         .query(
             "SELECT alert_id, vehicle_id, cooperative_id, driver_id, kind, level, status, severity,
-                    start_ts, end_ts, lat, lon, details, updated_at
+                    start_ts, end_ts, lat, lon, details, updated_at,
+                    retracted_at, retraction_reason
              FROM alerts WHERE published_at IS NULL ORDER BY updated_at LIMIT $1",
             &[&(ROUND as i64)],
         )
@@ -138,6 +139,13 @@ pub async fn publish_pending(
         let id: String = row.get(0);
         let vehicle: String = row.get(1);
         let coop: Option<String> = row.get(2);
+        let retracted: Option<DateTime<Utc>> = row.get(14);
+        // A retracted alert goes out with status "retracted" (its episode status in
+        // `episode_status`), so a subscriber drops it.
+        let status = match retracted {
+            Some(_) => "retracted".to_string(),
+            None => row.get::<_, String>(6),
+        };
         let payload = json!({
             "alert_id": id,
             "vehicle": vehicle,
@@ -145,7 +153,10 @@ pub async fn publish_pending(
             "driver_id": row.get::<_, Option<String>>(3),
             "kind": row.get::<_, String>(4),
             "level": row.get::<_, String>(5),
-            "status": row.get::<_, String>(6),
+            "status": status,
+            "episode_status": row.get::<_, String>(6),
+            "retracted_at": retracted,
+            "retraction_reason": row.get::<_, Option<String>>(15),
             "severity": row.get::<_, Option<i16>>(7),
             "start": row.get::<_, DateTime<Utc>>(8),
             "end": row.get::<_, Option<DateTime<Utc>>>(9),
@@ -166,7 +177,10 @@ pub async fn publish_pending(
     for &i in &acked {
         let row = &rows[i];
         let id: String = row.get(0);
-        let status: String = row.get(6);
+        let status: String = match row.get::<_, Option<DateTime<Utc>>>(14) {
+            Some(_) => "retracted".into(),
+            None => row.get(6),
+        };
         let updated_at: DateTime<Utc> = row.get(13);
         // Only if unchanged since read: a newer version goes out in the next round.
         let marked = db

@@ -397,7 +397,7 @@ pub(crate) async fn refresh_alert_days(
            FROM k LEFT JOIN LATERAL (
              SELECT kind, level, severity, COALESCE((details->>'counted')::boolean, true) AS counted
              FROM alerts
-             WHERE vehicle_id = k.vehicle_id
+             WHERE vehicle_id = k.vehicle_id AND retracted_at IS NULL
                AND start_ts >= to_timestamp(((k.day - date '1970-01-01') * 86400 - $3::int4)::float8)
                AND start_ts < to_timestamp(((k.day - date '1970-01-01' + 1) * 86400 - $3::int4)::float8)
            ) x ON true
@@ -441,7 +441,7 @@ pub(crate) async fn refresh_alert_days(
            JOIN alerts x ON x.vehicle_id = k.vehicle_id
              AND x.start_ts >= to_timestamp(((k.day - date '1970-01-01') * 86400 - $3::int4)::float8)
              AND x.start_ts < to_timestamp(((k.day - date '1970-01-01' + 1) * 86400 - $3::int4)::float8)
-           WHERE x.driver_id IS NOT NULL AND x.level = 'violation'
+           WHERE x.driver_id IS NOT NULL AND x.level = 'violation' AND x.retracted_at IS NULL
              AND x.kind IN ('continuous_driving', 'daily_driving', 'weekly_driving')
            GROUP BY 1, 2, 3),
          gone AS (

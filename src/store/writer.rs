@@ -72,12 +72,30 @@ pub struct Derived {
     pub trips: Vec<Trip>,
     /// Rule state of every vehicle, reflecting all items before this one.
     pub checkpoint: Vec<(VehicleId, VehicleState)>,
+    /// Spans the rules recomputed (late fixes): their alerts are reconciled.
+    pub recomputed: Vec<Recomputed>,
+}
+
+/// A vehicle's span recomputed in event-time order: the stored alerts of the
+/// vehicle starting at or after `after` that the recomputation did not produce (`keep`)
+/// are retracted (see [`super::recompute`]).
+#[derive(Debug, Clone)]
+pub struct Recomputed {
+    /// The vehicle.
+    pub vehicle: VehicleId,
+    /// Start of the span (inclusive).
+    pub after: DateTime<Utc>,
+    /// Alerts the recomputation produced.
+    pub keep: Vec<crate::rules::AlertId>,
 }
 
 impl Derived {
     /// Whether there is nothing to store.
     pub fn is_empty(&self) -> bool {
-        self.alerts.is_empty() && self.trips.is_empty() && self.checkpoint.is_empty()
+        self.alerts.is_empty()
+            && self.trips.is_empty()
+            && self.checkpoint.is_empty()
+            && self.recomputed.is_empty()
     }
 }
 
@@ -572,11 +590,13 @@ async fn write_derived(
                  ON CONFLICT (alert_id) DO UPDATE SET
                      status = EXCLUDED.status, end_ts = EXCLUDED.end_ts,
                      severity = EXCLUDED.severity, details = EXCLUDED.details,
-                     driver_id = EXCLUDED.driver_id, updated_at = now(), published_at = NULL
-                 WHERE NOT (alerts.status = 'closed' AND EXCLUDED.status = 'open')
-                   AND (alerts.status, alerts.end_ts, alerts.severity, alerts.details)
+                     driver_id = EXCLUDED.driver_id, updated_at = now(), published_at = NULL,
+                     retracted_at = NULL, retraction_reason = NULL
+                 WHERE (NOT (alerts.status = 'closed' AND EXCLUDED.status = 'open')
+                        OR alerts.retracted_at IS NOT NULL)
+                   AND (alerts.status, alerts.end_ts, alerts.severity, alerts.details, alerts.retracted_at IS NULL)
                        IS DISTINCT FROM
-                       (EXCLUDED.status, EXCLUDED.end_ts, EXCLUDED.severity, EXCLUDED.details)
+                       (EXCLUDED.status, EXCLUDED.end_ts, EXCLUDED.severity, EXCLUDED.details, true)
                  RETURNING vehicle_id, start_ts, kind",
                 &[
                     &ids, &vehicles, &coops, &drivers, &kinds, &levels, &statuses, &severity,
@@ -681,6 +701,13 @@ async fn write_derived(
                 .await?
             }
         };
+    }
+    let spans: Vec<&Recomputed> = items
+        .iter()
+        .flat_map(|i| i.derived.recomputed.iter())
+        .collect();
+    if !spans.is_empty() {
+        changed += super::recompute::retract(tx, plan, &spans).await?;
     }
     // Only the newest checkpoint in the batch matters.
     if let Some(cp) = derived

@@ -8,6 +8,7 @@ mod infra;
 mod ingest;
 mod map;
 mod no_loss;
+mod order;
 mod replay;
 mod reports;
 mod rules;

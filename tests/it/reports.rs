@@ -224,6 +224,7 @@ fn batches() -> Vec<Vec<Item<()>>> {
         ),
         checkpoint_every: Duration::from_secs(3600),
         rules: true,
+        recompute: Default::default(),
     };
     let mut all: Vec<_> = scripts().iter().flat_map(fixes).collect();
     all.sort_by_key(|a| a.0);

@@ -148,7 +148,9 @@ pub async fn publish_all(url: &str, msgs: &[(String, Vec<u8>)]) {
         N.fetch_add(1, Ordering::SeqCst)
     );
     let mut o = MqttOptions::new(id, u.host_str().unwrap(), u.port().unwrap());
-    o.set_keep_alive(Duration::from_secs(30)).set_inflight(500);
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_inflight(500)
+        .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut ev) = AsyncClient::new(o, 1000);
     let msgs = msgs.to_vec();
     let total = msgs.len();

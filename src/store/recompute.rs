@@ -1,0 +1,64 @@
+//! Reconciliation of a recomputed span with the stored alerts: an alert of the span
+//! the recomputation did not produce is retracted (kept, with when and why, and
+//! published again as retracted); the others were upserted by id with the batch.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Transaction;
+
+use super::rollup::{self, Plan};
+use super::writer::Recomputed;
+use super::StoreError;
+
+/// Why a recomputation retracts an alert.
+pub const RETRACTED_BY_LATE_FIXES: &str = "late fixes: not produced in event-time order";
+
+/// Retracts, for each recomputed span, the vehicle's alerts starting at or after the
+/// span's start that it did not produce (no-signal runs on processing time: left alone),
+/// and refreshes the roll-ups of their days. Run after the batch's alerts are
+/// upserted. Returns how many alerts were retracted.
+pub(crate) async fn retract(
+    tx: &Transaction<'_>,
+    plan: Option<&Plan>,
+    spans: &[&Recomputed],
+) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for span in spans {
+        let keep: Vec<&str> = span.keep.iter().map(|a| a.as_str()).collect();
+        let rows = tx
+            .query(
+                "UPDATE alerts SET retracted_at = now(), retraction_reason = $4,
+                        updated_at = now(), published_at = NULL
+                 WHERE vehicle_id = $1 AND start_ts >= $2 AND retracted_at IS NULL
+                   AND kind <> 'no_signal' AND NOT (alert_id = ANY ($3::text[]))
+                 RETURNING start_ts, kind",
+                &[
+                    &span.vehicle.as_str(),
+                    &span.after,
+                    &keep,
+                    &RETRACTED_BY_LATE_FIXES,
+                ],
+            )
+            .await?;
+        n += rows.len() as u64;
+        if let (Some(p), false) = (plan, rows.is_empty()) {
+            let mut days: Vec<chrono::NaiveDate> = rows
+                .iter()
+                .map(|r| rollup::local_day(r.get::<_, DateTime<Utc>>(0), p.offset_s))
+                .collect();
+            days.sort_unstable();
+            days.dedup();
+            let vehicles = vec![span.vehicle.as_str().to_string(); days.len()];
+            let drivers = rows.iter().any(|r| {
+                matches!(
+                    r.get::<_, &str>(1),
+                    "continuous_driving" | "daily_driving" | "weekly_driving"
+                )
+            });
+            rollup::refresh_alert_days(tx, p.offset_s, &vehicles, &days, drivers).await?;
+        }
+    }
+    if n > 0 {
+        metrics::counter!("fleetwatch_alerts_retracted_total").increment(n);
+    }
+    Ok(n)
+}

@@ -1,0 +1,387 @@
+//! Rules exact whatever the order and timing of fixes: restarts of the real binary
+//! (issue 13).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use fleetwatch::infra::broker::EmbeddedBroker;
+
+use crate::support::*;
+
+/// The real `fleetwatch run`, killed with SIGKILL on drop.
+struct Binary {
+    child: Child,
+}
+
+impl Binary {
+    /// Starts `fleetwatch run --config config` and waits for its subscription.
+    fn start(config: &std::path::Path) -> Binary {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fleetwatch binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("subscription confirmed") {
+                    let _ = tx.send(Ok(()));
+                }
+                if line.contains("rule state restored") {
+                    eprintln!("{line}");
+                }
+                seen.push(line);
+            }
+            let _ = tx.send(Err(seen.join("\n")));
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(())) => {}
+            Ok(Err(log)) => panic!("fleetwatch exited before subscribing:\n{log}"),
+            Err(e) => panic!("fleetwatch did not subscribe within 60 s: {e}"),
+        }
+        Binary { child }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+/// A driving fix of driver 079000000013 at `ts`, `i` steps east of the start.
+fn driving(vehicle: &str, ts: DateTime<Utc>, i: usize, speed_kmh: f64) -> Vec<u8> {
+    let ts = ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    format!(
+        r#"{{"vehicle":"{vehicle}","ts":"{ts}","lat":10.95,"lon":{:.6},"speed_kmh":{speed_kmh},"driver_id":"079000000013","ignition":true,"satellites":9,"hdop":0.9}}"#,
+        106.60 + i as f64 * 1e-4
+    )
+    .into_bytes()
+}
+
+/// A config file for the binary: this database and broker, checkpoints far apart (so
+/// a kill comes before any).
+fn config_file(name: &str, db: &str, mqtt: &str, vehicle: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fleetwatch-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("fleetwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\nurl = \"{mqtt}\"\nclient_id = \"fw-{name}\"\n\
+             [database]\nurl = \"{db}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [batch]\nmax_wait_ms = 20\n[checkpoint]\ninterval_s = 3600\n\
+             [[vehicles]]\nid = \"{vehicle}\"\ncooperative = \"HTX-O\"\nclass = \"bus\"\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_before_the_first_checkpoint_loses_no_driving_time() {
+    const V: &str = "51B-913.01";
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let config = config_file("restart", &db, &broker.url(), V);
+    let t = topic("HTX-O", V);
+    // 4 h 05 min of driving, one fix every 20 s, ending about an hour ago.
+    let start = base_time() - chrono::Duration::minutes(245);
+    let at = |i: usize| start + chrono::Duration::seconds(20 * i as i64);
+    let first: Vec<(String, Vec<u8>)> = (0..=540)
+        .map(|i| (t.clone(), driving(V, at(i), i, 50.0)))
+        .collect();
+    let second: Vec<(String, Vec<u8>)> = (541..=735)
+        .map(|i| (t.clone(), driving(V, at(i), i, 50.0)))
+        .collect();
+
+    let bin = Binary::start(&config);
+    publish_all(&broker.url(), &first).await;
+    wait_until("3 h of driving stored", Duration::from_secs(60), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM fixes").await == 541 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(bin); // SIGKILL
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM rule_state").await,
+        0,
+        "killed before any checkpoint"
+    );
+
+    let bin = Binary::start(&config);
+    publish_all(&broker.url(), &second).await;
+    wait_until("1 h 05 more stored", Duration::from_secs(60), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM fixes").await == 736 }
+    })
+    .await;
+    wait_until("continuous driving violation", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move {
+            count(
+                &db,
+                "SELECT count(*) FROM alerts WHERE kind = 'continuous_driving' AND level = 'violation'",
+            )
+            .await
+                == 1
+        }
+    })
+    .await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM alerts WHERE kind = 'continuous_driving' AND level = 'warning'"
+        )
+        .await,
+        1
+    );
+    // The violation starts where the driving began, before the crash.
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let started: DateTime<Utc> = c
+        .query_one(
+            "SELECT start_ts FROM alerts WHERE kind = 'continuous_driving' AND level = 'violation'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(started, at(0));
+    drop(bin);
+}
+
+/// `replay --rules` over `[from, to)` of `vehicle` agrees with the stored alerts.
+async fn replay_agrees(
+    db: &str,
+    s: &fleetwatch::config::Settings,
+    vehicle: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) {
+    use fleetwatch::replay::{self, TrackRange};
+    let client = fleetwatch::store::connect(db).await.unwrap();
+    let range = TrackRange::new(
+        fleetwatch::domain::VehicleId::parse(vehicle).unwrap(),
+        from,
+        to,
+    )
+    .unwrap();
+    let check = replay::check_rules(&client, s, &range).await.unwrap();
+    assert!(
+        check.differences.is_empty(),
+        "{}",
+        replay::render_differences(&check)
+    );
+}
+
+fn registered(id: &str) -> fleetwatch::domain::Vehicle {
+    use fleetwatch::domain::{CooperativeId, Vehicle, VehicleClass, VehicleId};
+    Vehicle {
+        id: VehicleId::parse(id).unwrap(),
+        plate: None,
+        cooperative: CooperativeId::parse("HTX-O").unwrap(),
+        class: VehicleClass::Bus,
+        route: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_uploaded_after_live_fixes_gets_the_alerts_it_would_have_had_online() {
+    const V: &str = "51B-913.02";
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let mut s = settings(&db, &broker.url(), "fw-backlog");
+    s.vehicles = vec![registered(V)];
+    let t = topic("HTX-O", V);
+    let start = base_time() - chrono::Duration::hours(4);
+    let at = |i: usize| start + chrono::Duration::seconds(20 * i as i64);
+    // 20 s cadence: 0..540 live (3 h), 541..720 offline (1 h, with 80 s at 85 km/h
+    // over the bus limit of 70), 721..750 live again (10 min).
+    let speed = |i: usize| if (600..604).contains(&i) { 85.0 } else { 50.0 };
+    let msg = |i: usize| (t.clone(), driving(V, at(i), i, speed(i)));
+    let live_before: Vec<_> = (0..=540).map(msg).collect();
+    let backlog: Vec<_> = (541..=720).map(msg).collect();
+    let live_after: Vec<_> = (721..=750).map(msg).collect();
+
+    let app = start_app(s.clone()).await;
+    publish_all(&broker.url(), &live_before).await;
+    publish_all(&broker.url(), &live_after).await;
+    wait_until("live fixes stored", Duration::from_secs(60), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM fixes").await == 571 }
+    })
+    .await;
+    publish_all(&broker.url(), &backlog).await;
+    wait_until("alerts of the backlog", Duration::from_secs(60), || {
+        let db = db.clone();
+        async move {
+            count(
+                &db,
+                "SELECT count(*) FROM alerts WHERE retracted_at IS NULL AND level = 'violation'
+                   AND kind IN ('continuous_driving', 'overspeed')",
+            )
+            .await
+                == 2
+        }
+    })
+    .await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM fixes WHERE flags & 16 <> 0").await,
+        180,
+        "the backlog is flagged late (data quality), and applied"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM alerts WHERE kind = 'continuous_driving' AND level = 'warning' AND retracted_at IS NULL").await,
+        1
+    );
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let started: DateTime<Utc> = c
+        .query_one(
+            "SELECT start_ts FROM alerts WHERE kind = 'continuous_driving' AND level = 'violation'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(started, at(0), "one run of driving from the first fix");
+    app.shutdown();
+    app.wait().await;
+    replay_agrees(&db, &s, V, at(0), at(750)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_hour_drive_in_100_fix_messages_over_four_connections_is_exact() {
+    const V: &str = "51B-913.03";
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let mut s = settings(&db, &broker.url(), "fw-burst");
+    s.vehicles = vec![registered(V)];
+    // The embedded broker's default: four connections in one shared subscription.
+    s.mqtt.connections = 4;
+    let t = topic("HTX-O", V);
+    let start = base_time() - chrono::Duration::hours(4);
+    let at = |i: usize| start + chrono::Duration::seconds(9 * i as i64);
+    const N: usize = 1_610; // 4 h 01 min 21 s at 9 s
+    let msgs: Vec<(String, Vec<u8>)> = (0..N)
+        .collect::<Vec<_>>()
+        .chunks(100)
+        .map(|c| {
+            let body: Vec<String> = c
+                .iter()
+                .map(|&i| String::from_utf8(driving(V, at(i), i, 50.0)).unwrap())
+                .collect();
+            (t.clone(), format!("[{}]", body.join(",")).into_bytes())
+        })
+        .collect();
+    let app = start_app(s.clone()).await;
+    publish_all(&broker.url(), &msgs).await;
+    wait_until("all stored", Duration::from_secs(60), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM fixes").await == N as i64 }
+    })
+    .await;
+    wait_until("continuous driving violation", Duration::from_secs(60), || {
+        let db = db.clone();
+        async move {
+            count(
+                &db,
+                "SELECT count(*) FROM alerts WHERE kind = 'continuous_driving' AND level = 'violation' AND retracted_at IS NULL",
+            )
+            .await
+                == 1
+        }
+    })
+    .await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM alerts WHERE kind = 'continuous_driving' AND level = 'warning' AND retracted_at IS NULL").await,
+        1
+    );
+    eprintln!(
+        "late: {}, retracted: {}",
+        count(&db, "SELECT count(*) FROM fixes WHERE flags & 16 <> 0").await,
+        count(
+            &db,
+            "SELECT count(*) FROM alerts WHERE retracted_at IS NOT NULL"
+        )
+        .await
+    );
+    // Recomputations done: none queued.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    app.shutdown();
+    app.wait().await;
+    replay_agrees(&db, &s, V, at(0), at(N)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_the_true_order_does_not_produce_is_retracted_published_and_logged() {
+    const V: &str = "51B-913.04";
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let mut s = settings(&db, &broker.url(), "fw-retract");
+    s.vehicles = vec![registered(V)];
+    let t = topic("HTX-O", V);
+    let start = base_time() - chrono::Duration::hours(1);
+    let at = |i: usize| start + chrono::Duration::seconds(i as i64);
+    // 1 Hz: 85 km/h (bus limit 70) for i = 0..=30, then 40. Fixes 10..=20 are at 40
+    // and come late: without them the episode seems to last 30 s (an alert); in
+    // event-time order it is two runs of 10 s (none).
+    let speed = |i: usize| {
+        if i <= 30 && !(10..=20).contains(&i) {
+            85.0
+        } else {
+            40.0
+        }
+    };
+    let msg = |i: usize| (t.clone(), driving(V, at(i), i, speed(i)));
+    let live: Vec<_> = (0..=90)
+        .filter(|i| !(10..=20).contains(i))
+        .map(msg)
+        .collect();
+    let backlog: Vec<_> = (10..=20).map(msg).collect();
+    let app = start_app(s.clone()).await;
+    publish_all(&broker.url(), &live).await;
+    wait_until("overspeed published", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move {
+            count(&db, "SELECT count(*) FROM alerts WHERE kind = 'overspeed' AND status = 'closed' AND published_at IS NOT NULL").await == 1
+        }
+    })
+    .await;
+    publish_all(&broker.url(), &backlog).await;
+    wait_until("overspeed retracted and published", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move {
+            count(&db, "SELECT count(*) FROM alerts WHERE kind = 'overspeed' AND retracted_at IS NOT NULL AND published_at IS NOT NULL").await == 1
+        }
+    })
+    .await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM reminder_log r JOIN alerts a USING (alert_id) WHERE a.kind = 'overspeed' AND r.status = 'retracted'").await,
+        1,
+        "the legal log records the retraction"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM alerts WHERE kind = 'overspeed' AND retraction_reason IS NOT NULL").await,
+        1
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM alerts WHERE kind = 'overspeed'").await,
+        1,
+        "kept, not deleted"
+    );
+    app.shutdown();
+    app.wait().await;
+    replay_agrees(&db, &s, V, at(0), at(90)).await;
+}
