@@ -702,10 +702,7 @@ async fn write_derived(
             }
         };
     }
-    let spans: Vec<&Recomputed> = items
-        .iter()
-        .flat_map(|i| i.derived.recomputed.iter())
-        .collect();
+    let spans: Vec<&Recomputed> = derived.iter().flat_map(|d| d.recomputed.iter()).collect();
     if !spans.is_empty() {
         changed += super::recompute::retract(tx, plan, &spans).await?;
     }
