@@ -148,6 +148,7 @@ async fn main() {
         settings: Arc::new(Settings::default()),
         geo,
         registry: Arc::new(tokio::sync::watch::channel(Arc::new(Vec::new())).0),
+        heavy: api::HeavyLimiter::new(8),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -148,7 +148,8 @@ impl App {
             tx: geo_tx,
         });
         let mut stage = Stage {
-            validator: Validator::new(pattern, settings.validation.clone(), &registry),
+            validator: Validator::new(pattern, settings.validation.clone(), &registry)
+                .with_owners(store::registry::owners(&client).await?),
             engine: Engine::new(settings.rules.clone(), geo_index, registry),
             checkpoint_every: Duration::from_secs(settings.checkpoint.interval_s.max(1)),
             rules: !settings.disable_rules,
@@ -214,6 +215,7 @@ impl App {
             settings: Arc::new(settings.clone()),
             geo: geo_view,
             registry: Arc::new(registry_tx),
+            heavy: api::HeavyLimiter::new(settings.http.max_heavy_requests_per_token),
         };
         let http_stop = shutdown.clone();
         let srv = tokio::spawn(async move {

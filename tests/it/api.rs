@@ -309,7 +309,7 @@ async fn api_requires_a_valid_token() {
         .collect();
     assert_eq!(stored.len(), 4);
     assert!(!stored.contains(&e.admin));
-    assert!(stored.contains(&fleetwatch::api::sha256::hex_digest(e.admin.as_bytes())));
+    assert!(stored.contains(&fleetwatch::api::auth::token_digest(e.admin.as_bytes())));
     // The admin token works; the description is public.
     assert_eq!(get(a, "/api/v1/vehicles", &e.admin).await.status, 200);
     let doc = http(a, "GET", "/api/v1/openapi.json", None, None)
@@ -322,7 +322,7 @@ async fn api_requires_a_valid_token() {
     // Tokens are listed by id (a digest prefix) and revoked by it.
     let listed = fleetwatch::api::auth::list_tokens(&c).await.unwrap();
     assert_eq!(listed.len(), 4);
-    let b_id = &fleetwatch::api::sha256::hex_digest(e.coop_b.as_bytes())[..12];
+    let b_id = &fleetwatch::api::auth::token_digest(e.coop_b.as_bytes())[..12];
     let b = listed
         .iter()
         .find(|t| t.id == b_id)
