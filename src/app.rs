@@ -254,7 +254,13 @@ impl App {
             let _ =
                 tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(ev))
                     .await;
-            let _ = srv.await;
+            // A client that stopped reading a streamed response must not hold the
+            // process: connections still open after the deadline are cut.
+            let mut srv = srv;
+            if tokio::time::timeout(deadline, &mut srv).await.is_err() {
+                tracing::warn!("HTTP connections still open after the shutdown deadline; closing them");
+                srv.abort();
+            }
             if let Some(r) = retention {
                 let _ = r.await;
             }

@@ -104,7 +104,7 @@ pub enum FixError {
     InvalidField { field: &'static str, value: f64 },
     /// A finite number too large for the column it is stored in (e.g. an HDOP of 1e300
     /// would be stored as the `real` Infinity).
-    #[error("invalid {field}: {value} does not fit its stored type ({stored})")]
+    #[error("invalid {field}: {value:e} does not fit its stored type ({stored})")]
     DoesNotFit {
         field: &'static str,
         value: f64,
