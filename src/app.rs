@@ -258,7 +258,9 @@ impl App {
             // process: connections still open after the deadline are cut.
             let mut srv = srv;
             if tokio::time::timeout(deadline, &mut srv).await.is_err() {
-                tracing::warn!("HTTP connections still open after the shutdown deadline; closing them");
+                tracing::warn!(
+                    "HTTP connections still open after the shutdown deadline; closing them"
+                );
                 srv.abort();
             }
             if let Some(r) = retention {

@@ -102,7 +102,11 @@ pub struct HeavyPermit {
 
 impl Drop for HeavyPermit {
     fn drop(&mut self) {
-        let mut active = self.limiter.active.lock().unwrap_or_else(|e| e.into_inner());
+        let mut active = self
+            .limiter
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(n) = active.get_mut(&self.token_id) {
             *n -= 1;
             if *n == 0 {

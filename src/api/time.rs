@@ -57,7 +57,11 @@ mod tests {
         assert!(check(end()).is_err());
         assert!(check(earliest() - chrono::TimeDelta::microseconds(1)).is_err());
         // chrono reads years beyond PostgreSQL's (with a sign), and before year 1.
-        for t in ["+99999-01-01T00:00:00Z", "-4000-01-01T00:00:00Z", "0000-12-31T23:00:00Z"] {
+        for t in [
+            "+99999-01-01T00:00:00Z",
+            "-4000-01-01T00:00:00Z",
+            "0000-12-31T23:00:00Z",
+        ] {
             let t: DateTime<Utc> = t.parse().unwrap();
             assert!(check(t).unwrap_err().contains("years 0001 to 9999"), "{t}");
         }

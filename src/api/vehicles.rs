@@ -326,23 +326,26 @@ impl Point {
     }
 }
 
-/// Indices of the points kept by Douglas-Peucker with `tol_m` metres, computed in a
-/// local metric plane centred on the first point (lon/lat degrees are not metres).
-/// `lonlat` holds (lon, lat) in degrees.
-fn simplify(lonlat: &[geo::Coord<f64>], tol_m: f64) -> Vec<usize> {
-    use geo::{LineString, SimplifyIdx};
-    let Some(p0) = lonlat.first() else {
-        return vec![];
-    };
-    let frame = LocalFrame::new(p0.x, p0.y);
-    let line: LineString<f64> = lonlat
-        .iter()
-        .map(|p| {
-            let [x, y] = frame.to_xy(p.x, p.y);
-            geo::coord! { x: x, y: y }
-        })
-        .collect();
-    line.simplify_idx(tol_m)
+/// Douglas-Peucker over points given one at a time, in a local metric plane centred on
+/// the first point (lon/lat degrees are not metres): 16 bytes per point.
+#[derive(Default)]
+struct Simplifier {
+    frame: Option<LocalFrame>,
+    line: Vec<geo::Coord<f64>>,
+}
+
+impl Simplifier {
+    fn push(&mut self, lon: f64, lat: f64) {
+        let frame = self.frame.get_or_insert_with(|| LocalFrame::new(lon, lat));
+        let [x, y] = frame.to_xy(lon, lat);
+        self.line.push(geo::coord! { x: x, y: y });
+    }
+
+    /// Indices of the points kept with `tol_m` metres.
+    fn kept(self, tol_m: f64) -> Vec<usize> {
+        use geo::SimplifyIdx;
+        geo::LineString::new(self.line).simplify_idx(tol_m)
+    }
 }
 
 /// Output format of a track.
@@ -443,10 +446,10 @@ pub async fn track(
     let next_from = head_rx
         .await
         .map_err(|_| ApiError::Internal("track task ended early".into()))??;
-    let body = axum::body::Body::from_stream(futures_util::stream::unfold(
-        body_rx,
-        |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) },
-    ));
+    let body =
+        axum::body::Body::from_stream(futures_util::stream::unfold(body_rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        }));
     let mut resp = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
     if let Some(next) = next_from {
         // Every format says where the next page starts; GeoJSON also in its properties.
@@ -502,10 +505,7 @@ impl Sink {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES + 1024));
-        self.tx
-            .send(Ok(chunk.into()))
-            .await
-            .map_err(|_| Stop::Gone)
+        self.tx.send(Ok(chunk.into())).await.map_err(|_| Stop::Gone)
     }
 }
 
@@ -554,7 +554,10 @@ async fn stream_track(
         Err(Stop::Gone) => {}
         Err(Stop::Db(e)) => {
             tracing::error!(error = %e, vehicle = %req.id, "track page cut short");
-            let _ = sink.tx.send(Err(std::io::Error::other(e.to_string()))).await;
+            let _ = sink
+                .tx
+                .send(Err(std::io::Error::other(e.to_string())))
+                .await;
         }
     }
 }
@@ -578,9 +581,9 @@ async fn page_head(
         (n, None)
     };
     let trips = match req.format {
-        TrackFormat::Line | TrackFormat::Points => Some(
-            trips_json(&**tx, &req.id, req.from, req.to, req.scope.as_deref()).await?,
-        ),
+        TrackFormat::Line | TrackFormat::Points => {
+            Some(trips_json(&**tx, &req.id, req.from, req.to, req.scope.as_deref()).await?)
+        }
         TrackFormat::Gpx | TrackFormat::Csv => None,
     };
     Ok((total as usize, next_from, trips))
@@ -604,11 +607,14 @@ async fn write_page(
     let kept: Option<Vec<usize>> = if req.tol_m > 0.0 && total > 2 {
         let rows = tx.query_raw(&stmt, params()).await?;
         futures_util::pin_mut!(rows);
-        let mut lonlat = Vec::with_capacity(total);
+        let mut s = Simplifier {
+            line: Vec::with_capacity(total),
+            ..Simplifier::default()
+        };
         while let Some(r) = rows.try_next().await? {
-            lonlat.push(geo::coord! { x: r.get::<_, f64>(2), y: r.get::<_, f64>(1) });
+            s.push(r.get(2), r.get(1));
         }
-        Some(simplify(&lonlat, req.tol_m))
+        Some(s.kept(req.tol_m))
     } else {
         None
     };
@@ -640,7 +646,7 @@ async fn write_page(
             sink.maybe_flush().await?;
         }
     }
-    enc.end(&mut sink.buf);
+    enc.end_into(sink).await?;
     sink.flush().await
 }
 
@@ -754,18 +760,6 @@ fn json_lonlat(out: &mut Vec<u8>, p: &Point) {
     out.push(b']');
 }
 
-/// Writes `items` as a JSON array with `each` writing one element.
-fn json_array<T>(out: &mut Vec<u8>, items: &[T], mut each: impl FnMut(&mut Vec<u8>, &T)) {
-    out.push(b'[');
-    for (i, x) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        each(out, x);
-    }
-    out.push(b']');
-}
-
 /// Encodes one page in any format, point by point: [`Encoder::start`], then
 /// [`Encoder::point`] for each of the `points` announced, then [`Encoder::end`].
 struct Encoder<'a> {
@@ -818,7 +812,11 @@ impl<'a> Encoder<'a> {
                      <gpx version=\"1.1\" creator=\"fleetwatch\" xmlns=\"http://www.topografix.com/GPX/1/1\" \
                      xmlns:fw=\"urn:fleetwatch:gpx:1\">\n",
                 );
-                let _ = writeln!(out, "<trk><name>{}</name><trkseg>", xml_escape(self.page.id));
+                let _ = writeln!(
+                    out,
+                    "<trk><name>{}</name><trkseg>",
+                    xml_escape(self.page.id)
+                );
             }
             TrackFormat::Csv => {
                 out.extend_from_slice(b"ts,lat,lon,speed_kmh,heading_deg,driver_id\n")
@@ -896,24 +894,12 @@ impl<'a> Encoder<'a> {
     fn end(&mut self, out: &mut Vec<u8>) {
         match self.format {
             TrackFormat::Line => {
-                match self.points {
-                    0 => {}
-                    1 => out.push(b'}'),
-                    _ => out.extend_from_slice(b"]}"),
+                self.line_tail_start(out);
+                for (which, key) in LINE_ARRAYS.iter().enumerate() {
+                    out.extend_from_slice(key);
+                    self.line_array(out, which, 0..self.side.len());
+                    out.push(b']');
                 }
-                out.extend_from_slice(b",\"properties\":{");
-                self.page.write_fields(out, self.points);
-                out.extend_from_slice(b",\"times\":");
-                json_array(out, &self.side, |o, s| match DateTime::from_timestamp_micros(s.0) {
-                    Some(t) => json_time(o, t),
-                    None => o.extend_from_slice(b"null"),
-                });
-                out.extend_from_slice(b",\"speeds_kmh\":");
-                json_array(out, &self.side, |o, s| json_opt_f32(o, Some(s.1)));
-                out.extend_from_slice(b",\"headings_deg\":");
-                json_array(out, &self.side, |o, s| {
-                    json_opt_f32(o, (!s.2.is_nan()).then_some(s.2))
-                });
                 out.extend_from_slice(b"}}");
             }
             TrackFormat::Points => {
@@ -925,6 +911,68 @@ impl<'a> Encoder<'a> {
             TrackFormat::Gpx => out.extend_from_slice(b"</trkseg></trk>\n</gpx>\n"),
             TrackFormat::Csv => {}
         }
+    }
+}
+
+/// The parallel arrays of a GeoJSON line, in order, each up to its `[`.
+const LINE_ARRAYS: [&[u8]; 3] = [
+    b",\"times\":[",
+    b",\"speeds_kmh\":[",
+    b",\"headings_deg\":[",
+];
+
+impl Encoder<'_> {
+    /// GeoJSON line: the end of the geometry and the page's fields, before the arrays.
+    fn line_tail_start(&self, out: &mut Vec<u8>) {
+        match self.points {
+            0 => {}
+            1 => out.push(b'}'),
+            _ => out.extend_from_slice(b"]}"),
+        }
+        out.extend_from_slice(b",\"properties\":{");
+        self.page.write_fields(out, self.points);
+    }
+
+    /// GeoJSON line: elements `items` of parallel array `which` (of [`LINE_ARRAYS`]).
+    fn line_array(&self, out: &mut Vec<u8>, which: usize, items: std::ops::Range<usize>) {
+        for i in items {
+            if i > 0 {
+                out.push(b',');
+            }
+            let (us, speed, heading) = self.side[i];
+            match which {
+                0 => match DateTime::from_timestamp_micros(us) {
+                    Some(t) => json_time(out, t),
+                    None => out.extend_from_slice(b"null"),
+                },
+                1 => json_opt_f32(out, Some(speed)),
+                _ => json_opt_f32(out, (!heading.is_nan()).then_some(heading)),
+            }
+        }
+    }
+
+    /// [`Encoder::end`] into `sink`, handing over chunks as they fill: a GeoJSON line's
+    /// arrays are megabytes for a full page.
+    async fn end_into(&mut self, sink: &mut Sink) -> Result<(), Stop> {
+        if self.format != TrackFormat::Line {
+            self.end(&mut sink.buf);
+            return Ok(());
+        }
+        self.line_tail_start(&mut sink.buf);
+        let n = self.side.len();
+        for (which, key) in LINE_ARRAYS.iter().enumerate() {
+            sink.buf.extend_from_slice(key);
+            let mut i = 0;
+            while i < n {
+                let j = (i + 4096).min(n);
+                self.line_array(&mut sink.buf, which, i..j);
+                sink.maybe_flush().await?;
+                i = j;
+            }
+            sink.buf.push(b']');
+        }
+        sink.buf.extend_from_slice(b"}}");
+        Ok(())
     }
 }
 

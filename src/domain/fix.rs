@@ -241,7 +241,10 @@ impl Fix {
         // Checked as f64 above, stored as f32: a huge value would become Infinity.
         // (The odometer is a double precision column: any finite f64 fits.)
         let hdop = c.hdop.map(|h| fits_f32("hdop", h)).transpose()?;
-        let accuracy_m = c.accuracy_m.map(|a| fits_f32("accuracy_m", a)).transpose()?;
+        let accuracy_m = c
+            .accuracy_m
+            .map(|a| fits_f32("accuracy_m", a))
+            .transpose()?;
         let driver = match c.driver.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(d) => {

@@ -158,7 +158,10 @@ impl Validator {
 
     /// With the stored owners of the vehicles seen so far (`vehicles` rows, registered
     /// or not: [`crate::store::registry::owners`]); the registry wins where both say.
-    pub fn with_owners(mut self, owners: impl IntoIterator<Item = (VehicleId, CooperativeId)>) -> Self {
+    pub fn with_owners(
+        mut self,
+        owners: impl IntoIterator<Item = (VehicleId, CooperativeId)>,
+    ) -> Self {
         for (v, c) in owners {
             if !self.registry.contains_key(&v) {
                 self.owners.insert(v, c);
@@ -542,7 +545,11 @@ mod tests {
             ["malformed"]
         );
         assert_eq!(
-            reasons(&v.process("fleet/HTX-A/51B-2/fix", &fix_json("51B-2", -5, 10.9, 106.6), now())),
+            reasons(&v.process(
+                "fleet/HTX-A/51B-2/fix",
+                &fix_json("51B-2", -5, 10.9, 106.6),
+                now()
+            )),
             ["ok"]
         );
 
@@ -551,7 +558,10 @@ mod tests {
             VehicleId::parse("51B-1").unwrap(),
             CooperativeId::parse("HTX-A").unwrap(),
         )]);
-        assert_eq!(reasons(&v.process(b, &p(-6), now())), ["cooperative_mismatch"]);
+        assert_eq!(
+            reasons(&v.process(b, &p(-6), now())),
+            ["cooperative_mismatch"]
+        );
         // Registering it to B moves it; taking it off the registry leaves it with B.
         let to_b = Vehicle {
             id: VehicleId::parse("51B-1").unwrap(),
@@ -562,11 +572,17 @@ mod tests {
         };
         v.set_registry(std::slice::from_ref(&to_b));
         assert_eq!(reasons(&v.process(b, &p(-5), now())), ["ok"]);
-        assert_eq!(reasons(&v.process(a, &p(-4), now())), ["cooperative_mismatch"]);
+        assert_eq!(
+            reasons(&v.process(a, &p(-4), now())),
+            ["cooperative_mismatch"]
+        );
         v.set_registry(&[]);
         let out = v.process(b, &p(-3), now());
         assert!(accepted(&out).flags.has(Flags::UNREGISTERED));
-        assert_eq!(reasons(&v.process(a, &p(-2), now())), ["cooperative_mismatch"]);
+        assert_eq!(
+            reasons(&v.process(a, &p(-2), now())),
+            ["cooperative_mismatch"]
+        );
     }
 
     fn owntracks(secs: i64, lat: f64, lon: f64, vel: i64, cog: i64, acc: i64) -> Bytes {
@@ -588,7 +604,11 @@ mod tests {
         // 0.0025 degrees of latitude (278 m) in 30 s: 33.4 km/h.
         let out = v.process(T, &owntracks(-90, 10.9825, 106.65, -1, 90, 10), now());
         let a = accepted(&out);
-        assert!((a.fix.speed_kmh() - 33.36).abs() < 0.1, "{}", a.fix.speed_kmh());
+        assert!(
+            (a.fix.speed_kmh() - 33.36).abs() < 0.1,
+            "{}",
+            a.fix.speed_kmh()
+        );
         assert_eq!(a.fix.heading_deg(), Some(90.0));
         assert!(a.flags.has(Flags::SPEED_DERIVED));
         assert_eq!(a.flags.names().collect::<Vec<_>>(), ["speed_derived"]);
@@ -626,7 +646,11 @@ mod tests {
         let Record::Rejected(r) = &out[0] else {
             unreachable!()
         };
-        assert!(r.detail.contains("hdop") && r.detail.contains("does not fit"), "{}", r.detail);
+        assert!(
+            r.detail.contains("hdop") && r.detail.contains("does not fit"),
+            "{}",
+            r.detail
+        );
     }
 
     #[test]

@@ -1117,7 +1117,10 @@ fn run(
         .map(|i| {
             let ts = t0 + TimeDelta::seconds(i as i64);
             let lat = lat0 + step * i as f64;
-            (topic(coop, vehicle), fix(vehicle, ts, lat, 106.8, speed_kmh))
+            (
+                topic(coop, vehicle),
+                fix(vehicle, ts, lat, 106.8, speed_kmh),
+            )
         })
         .collect()
 }
@@ -1175,7 +1178,11 @@ async fn an_unregistered_vehicle_stays_with_the_cooperative_that_sent_it_first()
         );
     }
     assert_eq!(
-        count(&db, "SELECT count(*) FROM fixes WHERE cooperative_id = 'HTX-B'").await,
+        count(
+            &db,
+            "SELECT count(*) FROM fixes WHERE cooperative_id = 'HTX-B'"
+        )
+        .await,
         0
     );
     // A's live list and track: A's positions only.
@@ -1190,7 +1197,12 @@ async fn an_unregistered_vehicle_stays_with_the_cooperative_that_sent_it_first()
         range(base - TimeDelta::minutes(1)),
         range(base + TimeDelta::minutes(10))
     );
-    let r = get(a, &format!("/api/v1/vehicles/V-1/track?{rq}&format=csv"), &tok_a).await;
+    let r = get(
+        a,
+        &format!("/api/v1/vehicles/V-1/track?{rq}&format=csv"),
+        &tok_a,
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body.lines().count(), 10 + 1);
     assert!(!r.body.contains(",10.95"), "{}", r.body);
@@ -1218,8 +1230,11 @@ async fn an_unregistered_vehicle_stays_with_the_cooperative_that_sent_it_first()
     })
     .await;
     assert_eq!(
-        count(&db, "SELECT count(*) FROM dead_letters WHERE reason = 'cooperative_mismatch'")
-            .await,
+        count(
+            &db,
+            "SELECT count(*) FROM dead_letters WHERE reason = 'cooperative_mismatch'"
+        )
+        .await,
         61
     );
 
@@ -1227,10 +1242,14 @@ async fn an_unregistered_vehicle_stays_with_the_cooperative_that_sent_it_first()
     // other's fixes all dead letters.
     let t_w = base + TimeDelta::seconds(300);
     let mut burst = Vec::new();
-    for (a_fix, b_fix) in run("HTX-A", "W-1", t_w, 5, 10.7, 30.0)
-        .into_iter()
-        .zip(run("HTX-B", "W-1", t_w + TimeDelta::milliseconds(500), 5, 10.8, 30.0))
-    {
+    for (a_fix, b_fix) in run("HTX-A", "W-1", t_w, 5, 10.7, 30.0).into_iter().zip(run(
+        "HTX-B",
+        "W-1",
+        t_w + TimeDelta::milliseconds(500),
+        5,
+        10.8,
+        30.0,
+    )) {
         burst.push(a_fix);
         burst.push(b_fix);
     }
@@ -1241,7 +1260,10 @@ async fn an_unregistered_vehicle_stays_with_the_cooperative_that_sent_it_first()
     })
     .await;
     let owner: String = c
-        .query_one("SELECT cooperative_id FROM vehicles WHERE vehicle_id = 'W-1'", &[])
+        .query_one(
+            "SELECT cooperative_id FROM vehicles WHERE vehicle_id = 'W-1'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -1287,8 +1309,14 @@ async fn dates_outside_the_supported_range_are_400s() {
             format!("/api/v1/vehicles/A-1/track?from={past}&to={past2}&format=csv"),
             "from",
         ),
-        ("/api/v1/vehicles/A-1/track?to=0000-06-01T00:00:00Z".into(), "to"),
-        (format!("/api/v1/vehicles/A-1/trips?from={past}&to={past2}"), "from"),
+        (
+            "/api/v1/vehicles/A-1/track?to=0000-06-01T00:00:00Z".into(),
+            "to",
+        ),
+        (
+            format!("/api/v1/vehicles/A-1/trips?from={past}&to={past2}"),
+            "from",
+        ),
         (format!("/api/v1/vehicles/A-1/trips?to={far}"), "to"),
         (format!("/api/v1/alerts?from={past}"), "from"),
         ("/api/v1/alerts?to=%2B262000-01-01T00:00:00Z".into(), "to"),
@@ -1369,13 +1397,22 @@ async fn heavy_requests_of_one_token_are_limited() {
         .await
         .unwrap();
     let page = "/api/v1/vehicles/BIG-1/track?from=2026-11-01T00:00:00Z&to=2026-11-02T00:00:00Z&format=geojson_points";
-    let small = "/api/v1/vehicles/BIG-1/track?from=2026-11-01T00:00:00Z&to=2026-11-02T00:00:00Z&limit=10";
+    let small =
+        "/api/v1/vehicles/BIG-1/track?from=2026-11-01T00:00:00Z&to=2026-11-02T00:00:00Z&limit=10";
     let h1 = held(a, page, &tok).await;
     let _h2 = held(a, page, &tok).await;
     let r = get(a, small, &tok).await;
     assert_eq!(r.status, 429, "{}", r.body);
-    assert!(r.headers.to_ascii_lowercase().contains("retry-after: 1"), "{}", r.headers);
-    assert!(r.json()["error"].as_str().unwrap().contains("at most 2"), "{}", r.body);
+    assert!(
+        r.headers.to_ascii_lowercase().contains("retry-after: 1"),
+        "{}",
+        r.headers
+    );
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("at most 2"),
+        "{}",
+        r.body
+    );
     // Reports count too; other endpoints do not.
     let r = get(a, "/api/v1/reports/compliance?month=2026-11", &tok).await;
     assert_eq!(r.status, 429, "{}", r.body);
@@ -1383,7 +1420,13 @@ async fn heavy_requests_of_one_token_are_limited() {
     // Another token of the same cooperative has its own slots.
     let r = get(a, small, &other).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json()["geometry"]["coordinates"].as_array().unwrap().len(), 10);
+    assert_eq!(
+        r.json()["geometry"]["coordinates"]
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
     // A client that goes away frees its slot.
     drop(h1);
     wait_until("a slot freed", Duration::from_secs(20), || async {

@@ -302,7 +302,10 @@ async fn an_owntracks_recording_is_stored_with_derived_speeds_and_accuracy_flags
                     d / dt * 3.6
                 }
             };
-            assert!((f64::from(speed) - want).abs() < 0.01, "fix {i}: {speed} vs {want}");
+            assert!(
+                (f64::from(speed) - want).abs() < 0.01,
+                "fix {i}: {speed} vs {want}"
+            );
         } else {
             assert!(!flags.has(Flags::SPEED_DERIVED), "fix {i}: {flags:?}");
             assert_eq!(f64::from(speed), vel, "fix {i}");
@@ -352,7 +355,13 @@ async fn values_too_large_for_their_column_are_dead_letters() {
         ),
         (
             t.clone(),
-            fix("51B-9", base + chrono::Duration::seconds(2), 10.9, 106.7, 30.0),
+            fix(
+                "51B-9",
+                base + chrono::Duration::seconds(2),
+                10.9,
+                106.7,
+                30.0,
+            ),
         ),
     ];
     publish_all(&broker.url(), &msgs).await;
@@ -371,11 +380,21 @@ async fn values_too_large_for_their_column_are_dead_letters() {
         .unwrap();
     let got: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(got[0].0, "invalid_field");
-    assert!(got[0].1.contains("invalid hdop: 1e300 does not fit its stored type (real"), "{}", got[0].1);
+    assert!(
+        got[0]
+            .1
+            .contains("invalid hdop: 1e300 does not fit its stored type (real"),
+        "{}",
+        got[0].1
+    );
     assert_eq!(got[1].0, "invalid_field");
     assert!(got[1].1.contains("accuracy_m"), "{}", got[1].1);
     assert_eq!(
-        count(&db, "SELECT count(*) FROM fixes WHERE hdop = 'Infinity'::real").await,
+        count(
+            &db,
+            "SELECT count(*) FROM fixes WHERE hdop = 'Infinity'::real"
+        )
+        .await,
         0
     );
     app.shutdown();

@@ -100,7 +100,10 @@ mod tests {
         let c = OwnTracks
             .decode_object(br#"{"_type":"location","tst":1795914000,"lat":10.98,"lon":106.65}"#)
             .unwrap();
-        assert_eq!((c.speed_kmh, c.heading_deg, c.accuracy_m), (None, None, None));
+        assert_eq!(
+            (c.speed_kmh, c.heading_deg, c.accuracy_m),
+            (None, None, None)
+        );
         // Zero is a real value; other negatives are kept, for validation to reject.
         let c = OwnTracks
             .decode_object(br#"{"_type":"location","tst":1795914000,"lat":10.98,"lon":106.65,"vel":0,"cog":0,"acc":5}"#)
