@@ -2,10 +2,14 @@
 //! PostgreSQL: one day of 1 Hz track as GeoJSON (and GPX, CSV, simplified), and the
 //! live positions of a large fleet.
 //!
-//! `cargo bench --bench api -- [--track-fixes 86400] [--vehicles 10000] [--runs 15]`
+//! `cargo bench --bench api -- [--track-fixes 86400] [--vehicles 10000] [--runs 15]
+//!  [--heavy-fixes 500000] [--parallel 8]`
 //!
 //! The time is from sending the request to the last byte of the body, so it bounds
-//! the server-side time from above.
+//! the server-side time from above. Then memory: `--parallel` maximum track pages
+//! (`--heavy-fixes` fixes each, one token) at once, with the process's resident set
+//! (VmRSS from /proc/self/status, sampled every 5 ms) before and at its peak. The
+//! server runs in this process; the client counts the bytes it reads and keeps none.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +27,8 @@ struct Args {
     track_fixes: i64,
     vehicles: i64,
     runs: usize,
+    heavy_fixes: i64,
+    parallel: usize,
 }
 
 fn args() -> Args {
@@ -30,6 +36,8 @@ fn args() -> Args {
         track_fixes: 86_400,
         vehicles: 10_000,
         runs: 15,
+        heavy_fixes: 500_000,
+        parallel: 8,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -38,6 +46,8 @@ fn args() -> Args {
             "--track-fixes" => a.track_fixes = val().parse().expect("a number"),
             "--vehicles" => a.vehicles = val().parse().expect("a number"),
             "--runs" => a.runs = val().parse().expect("a number"),
+            "--heavy-fixes" => a.heavy_fixes = val().parse().expect("a number"),
+            "--parallel" => a.parallel = val().parse().expect("a number"),
             // cargo bench passes --bench.
             _ => {}
         }
@@ -58,6 +68,81 @@ async fn get(addr: SocketAddr, path: &str, token: &str) -> (u16, usize, Duration
     let dt = t0.elapsed();
     let status = std::str::from_utf8(&raw[9..12]).unwrap().parse().unwrap();
     (status, raw.len(), dt)
+}
+
+/// Status and body bytes of one GET, reading the body into a small buffer that is
+/// reused (the client keeps nothing, so the process's memory is the server's).
+async fn get_discard(addr: SocketAddr, path: &str, token: &str) -> (u16, usize) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut head = Vec::new();
+    let mut total = 0;
+    loop {
+        let n = s.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        if head.len() < 12 {
+            head.extend_from_slice(&buf[..n.min(12)]);
+        }
+        total += n;
+    }
+    let status = std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap();
+    (status, total)
+}
+
+/// Resident set size of this process, bytes.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// `parallel` requests of `path` at once; prints RSS before and its peak during them.
+async fn memory(addr: SocketAddr, token: &str, what: &str, path: &str, parallel: usize) {
+    let before = rss_bytes();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_bytes());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            peak
+        })
+    };
+    let t0 = Instant::now();
+    let reqs: Vec<_> = (0..parallel)
+        .map(|_| {
+            let (path, token) = (path.to_string(), token.to_string());
+            tokio::spawn(async move { get_discard(addr, &path, &token).await })
+        })
+        .collect();
+    let mut bytes = 0;
+    for r in reqs {
+        let (status, n) = r.await.unwrap();
+        assert_eq!(status, 200, "{path}");
+        bytes = n;
+    }
+    let dt = t0.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.await.unwrap().max(rss_bytes());
+    println!(
+        "{what:<40} {parallel} at once: RSS {:>6.1} MB before, peak {:>6.1} MB; {:.1} s, {:.1} MB each",
+        before as f64 / 1e6,
+        peak as f64 / 1e6,
+        dt.as_secs_f64(),
+        bytes as f64 / 1e6
+    );
 }
 
 /// Runs `path` `runs` times after one warm-up; prints min, median and p90.
@@ -100,8 +185,16 @@ async fn main() {
                 '2026-11-01T00:00:00Z'::timestamptz + make_interval(secs => i)
          FROM generate_series(0, {} - 1) i;
          INSERT INTO vehicles (vehicle_id, cooperative_id, registered, last_seen, last_fix_ts)
-         VALUES ('TRACK-1', 'HTX-A', true, now(), '2026-11-01T23:59:59Z');",
-        a.track_fixes
+         VALUES ('TRACK-1', 'HTX-A', true, now(), '2026-11-01T23:59:59Z');
+         INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, heading_deg,
+                            driver_id, received_at)
+         SELECT 'HEAVY-1', '2026-11-01T00:00:00Z'::timestamptz + make_interval(secs => i * 2),
+                'HTX-A', 10.98 + 0.05 * sin(i / 5000.0), 106.65 + 0.05 * cos(i / 5000.0),
+                40 + 20 * sin(i / 300.0), (i % 360)::real, 'D-1', now()
+         FROM generate_series(0, {} - 1) i;
+         INSERT INTO vehicles (vehicle_id, cooperative_id, registered)
+         VALUES ('HEAVY-1', 'HTX-A', true);",
+        a.track_fixes, a.heavy_fixes
     ))
     .await
     .unwrap();
@@ -148,6 +241,7 @@ async fn main() {
         settings: Arc::new(Settings::default()),
         geo,
         registry: Arc::new(tokio::sync::watch::channel(Arc::new(Vec::new())).0),
+        heavy: api::HeavyLimiter::new(a.parallel),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -185,6 +279,25 @@ async fn main() {
         a.runs,
     )
     .await;
+    // The worst case of one tenant: maximum pages at once from one cooperative token
+    // (its limit of heavy requests raised to allow them all).
+    let coop = create_token(&c, Role::Cooperative, Some("HTX-A"), Some("bench"))
+        .await
+        .unwrap();
+    let heavy = format!(
+        "/api/v1/vehicles/HEAVY-1/track?from=2026-11-01T00:00:00Z&to=2026-11-30T00:00:00Z&limit={}",
+        a.heavy_fixes
+            .min(fleetwatch::api::vehicles::MAX_TRACK_FIXES)
+    );
+    let h = a.heavy_fixes;
+    for (what, q) in [
+        (format!("max pages ({h} fixes), GeoJSON line"), ""),
+        ("  GeoJSON points".to_string(), "&format=geojson_points"),
+        ("  CSV".to_string(), "&format=csv"),
+        ("  GeoJSON simplified 1 m".to_string(), "&simplify_m=1"),
+    ] {
+        memory(addr, &coop, &what, &format!("{heavy}{q}"), a.parallel).await;
+    }
     drop(c);
     drop(pg);
     let _ = std::fs::remove_dir_all(dir);

@@ -194,7 +194,7 @@ fn world() -> World {
                 ts: Some(ts),
                 lat,
                 lon,
-                speed_kmh: rng.range(0.0, 95.0),
+                speed_kmh: Some(rng.range(0.0, 95.0)),
                 driver: Some(format!("D{i:05}")),
                 ignition: Some(true),
                 ..FixCandidate::default()

@@ -172,7 +172,8 @@ impl App {
             tx: geo_tx,
         });
         let mut stage = Stage {
-            validator: Validator::new(pattern, settings.validation.clone(), &registry),
+            validator: Validator::new(pattern, settings.validation.clone(), &registry)
+                .with_owners(store::registry::owners(&client).await?),
             engine: Engine::new(settings.rules.clone(), geo_index, registry),
             checkpoint_every: Duration::from_secs(settings.checkpoint.interval_s.max(1)),
             rules: !settings.disable_rules,
@@ -264,6 +265,7 @@ impl App {
             settings: Arc::new(settings.clone()),
             geo: geo_view,
             registry: Arc::new(registry_tx),
+            heavy: api::HeavyLimiter::new(settings.http.max_heavy_requests_per_token),
         };
         let http_stop = shutdown.clone();
         let srv = tokio::spawn(async move {
@@ -304,7 +306,15 @@ impl App {
             let _ =
                 tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(ev))
                     .await;
-            let _ = srv.await;
+            // A client that stopped reading a streamed response must not hold the
+            // process: connections still open after the deadline are cut.
+            let mut srv = srv;
+            if tokio::time::timeout(deadline, &mut srv).await.is_err() {
+                tracing::warn!(
+                    "HTTP connections still open after the shutdown deadline; closing them"
+                );
+                srv.abort();
+            }
             if let Some(r) = retention {
                 let _ = r.await;
             }

@@ -81,6 +81,9 @@ pub struct HttpConfig {
     pub map_tile_url: String,
     /// Attribution shown under the tiles (HTML, as the tile provider requires).
     pub map_tile_attribution: String,
+    /// Track pages and compliance reports one token may have in progress at once; one
+    /// more is refused with 429 (`Retry-After: 1`).
+    pub max_heavy_requests_per_token: usize,
 }
 
 impl Default for HttpConfig {
@@ -90,6 +93,7 @@ impl Default for HttpConfig {
             max_track_days: 31,
             map_tile_url: "https://tile.openstreetmap.org/{z}/{x}/{y}.png".into(),
             map_tile_attribution: "&copy; <a href=\"https://www.openstreetmap.org/copyright\">OpenStreetMap</a> contributors".into(),
+            max_heavy_requests_per_token: 4,
         }
     }
 }

@@ -522,13 +522,14 @@ pub(crate) fn fix_from_row(row: &tokio_postgres::Row, limits: &FixLimits) -> Opt
         ts: Some(row.get(1)),
         lat: row.get(2),
         lon: row.get(3),
-        speed_kmh: f64::from(row.get::<_, f32>(4)),
+        speed_kmh: Some(f64::from(row.get::<_, f32>(4))),
         heading_deg: row.get::<_, Option<f32>>(5).map(f64::from),
         driver: row.get::<_, Option<String>>(6),
         ignition: row.get(7),
         satellites: row.get::<_, Option<i16>>(8).map(i64::from),
         hdop: row.get::<_, Option<f32>>(9).map(f64::from),
         odometer_m: row.get(10),
+        accuracy_m: None,
     };
     Fix::validate(c, vehicle, limits, received_at).ok()
 }

@@ -1269,7 +1269,7 @@ mod tests {
                     ts: Some(ts),
                     lat: 10.95,
                     lon: 106.6 + (i % 1000) as f64 * 1e-4,
-                    speed_kmh: speed,
+                    speed_kmh: Some(speed),
                     driver: Some(driver.into()),
                     ignition: Some(ignition),
                     ..FixCandidate::default()

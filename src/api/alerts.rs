@@ -54,8 +54,10 @@ pub struct AlertQuery {
     /// 1..4.
     pub min_severity: Option<i16>,
     /// Alerts starting at or after.
+    #[serde(default, deserialize_with = "super::time::opt")]
     pub from: Option<DateTime<Utc>>,
     /// Alerts starting before.
+    #[serde(default, deserialize_with = "super::time::opt")]
     pub to: Option<DateTime<Utc>>,
     /// At most this many (default 100, at most 1,000).
     pub limit: Option<i64>,

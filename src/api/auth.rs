@@ -9,12 +9,20 @@ use std::str::FromStr;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use sha2::{Digest, Sha256};
 use tokio_postgres::GenericClient;
 
 use super::error::{ApiError, ApiResult};
-use super::sha256;
 use super::AppState;
 use crate::domain::{CooperativeId, VehicleId};
+
+/// The stored form of a token: its SHA-256 (RustCrypto's `sha2`) as 64 lower-case hex
+/// digits, the same digest every earlier version stored, so existing tokens keep working.
+/// The token itself is never compared in memory: the database looks up its digest, and
+/// a digest's prefix tells an attacker nothing about a token that has it.
+pub fn token_digest(token: &[u8]) -> String {
+    hex::encode(Sha256::digest(token))
+}
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +75,8 @@ pub struct Caller {
     pub cooperative: Option<String>,
     /// Free text given when the token was created.
     pub label: Option<String>,
+    /// The token's stored digest ([`token_digest`]): what per-token limits count by.
+    pub token_id: String,
 }
 
 impl Caller {
@@ -153,7 +163,7 @@ impl FromRequestParts<AppState> for Caller {
         if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ApiError::Unauthorized("invalid token".into()));
         }
-        let digest = sha256::hex_digest(token.to_ascii_lowercase().as_bytes());
+        let digest = token_digest(token.to_ascii_lowercase().as_bytes());
         let db = state.db.get().await?;
         let row = db
             .query_opt(
@@ -167,6 +177,7 @@ impl FromRequestParts<AppState> for Caller {
             role: role.parse().map_err(ApiError::Internal)?,
             cooperative: row.get(1),
             label: row.get(2),
+            token_id: digest,
         })
     }
 }
@@ -208,11 +219,11 @@ pub async fn create_token(
         }
         (_, None) => None,
     };
-    let token = sha256::hex(&rand::random::<[u8; 32]>());
+    let token = hex::encode(rand::random::<[u8; 32]>());
     db.execute(
         "INSERT INTO api_tokens (token_sha256, role, cooperative_id, label) VALUES ($1, $2, $3, $4)",
         &[
-            &sha256::hex_digest(token.as_bytes()),
+            &token_digest(token.as_bytes()),
             &role.as_str(),
             &cooperative,
             &label,
@@ -312,5 +323,46 @@ pub async fn revoke_token(db: &impl GenericClient, id: &str) -> Result<TokenInfo
             "{} tokens start with {id}: give more digits",
             rows.len()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// FIPS 180-4 examples and NIST CAVP vectors: the digest is plain SHA-256.
+    #[test]
+    fn token_digest_is_sha256() {
+        let cases: [(&[u8], &str); 4] = [
+            (
+                b"",
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            ),
+            (
+                b"abc",
+                "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            ),
+            (
+                b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+                "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+            ),
+            (
+                &[b'a'; 1_000_000],
+                "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0",
+            ),
+        ];
+        for (msg, want) in cases {
+            assert_eq!(token_digest(msg), want, "{} bytes", msg.len());
+        }
+    }
+
+    /// A token created by an earlier version (hand-written SHA-256) keeps its stored
+    /// digest, so it still authenticates.
+    #[test]
+    fn digest_of_a_token_created_before_is_unchanged() {
+        assert_eq!(
+            token_digest(b"1c8f75a0812c3fa8a9f2ad14db7a32b3091ce0afca6f42a5ba2575010e48ab6f"),
+            "bc5f7ce9e59b6523bbdd70ea4a6a7ff207f32387a9081ba660d86e8d51e954a7"
+        );
     }
 }

@@ -22,6 +22,9 @@ pub enum ApiError {
     /// Anything else: logged with its cause, answered without it (500).
     #[error("internal error: {0}")]
     Internal(String),
+    /// Too many heavy requests of this token at once (429, retry after a second).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The database pool cannot give a connection (503).
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -71,6 +74,7 @@ impl IntoResponse for ApiError {
             Self::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             Self::NotFound(m) => (StatusCode::NOT_FOUND, m),
             Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            Self::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, m),
             Self::Internal(cause) => {
                 tracing::error!(error = %cause, "API request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
@@ -84,6 +88,12 @@ impl IntoResponse for ApiError {
             }
         };
         let mut r = (status, Json(serde_json::json!({ "error": msg }))).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::auth::Caller;
 use super::error::ApiResult;
-use super::{sha256, AppState};
+use super::AppState;
 use crate::geo::GeoIndex;
 
 /// Leaflet's version, part of its asset paths so they can be cached for good.
@@ -121,7 +121,10 @@ fn etag(asset: &Asset) -> &'static str {
     let tags = TAGS.get_or_init(|| {
         std::iter::once(&PAGE)
             .chain(ASSETS)
-            .map(|a| format!("\"{}\"", &sha256::hex_digest(a.body)[..32]))
+            .map(|a| {
+                use sha2::Digest;
+                format!("\"{}\"", &hex::encode(sha2::Sha256::digest(a.body))[..32])
+            })
             .collect()
     });
     let i = if std::ptr::eq(asset, &PAGE) {

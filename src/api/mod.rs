@@ -7,7 +7,7 @@ pub mod error;
 pub mod map;
 pub mod openapi;
 pub mod reports;
-pub mod sha256;
+pub mod time;
 pub mod vehicles;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,6 +49,71 @@ pub struct AppState {
     pub geo: tokio::sync::watch::Receiver<Arc<crate::geo::GeoIndex>>,
     /// The registry the pipeline uses: the admin API sends it changes.
     pub registry: Arc<tokio::sync::watch::Sender<Arc<Vec<crate::domain::Vehicle>>>>,
+    /// Heavy requests (track pages, reports) in progress per token.
+    pub heavy: Arc<HeavyLimiter>,
+}
+
+/// Counts the heavy requests (track pages, compliance reports) each token has in
+/// progress, and refuses one over the limit (429) instead of queueing it: one tenant
+/// cannot take every database connection of the API, nor its memory.
+#[derive(Debug)]
+pub struct HeavyLimiter {
+    max_per_token: usize,
+    active: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl HeavyLimiter {
+    /// At most `max_per_token` (at least 1) at once per token.
+    pub fn new(max_per_token: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_per_token: max_per_token.max(1),
+            active: Default::default(),
+        })
+    }
+
+    /// A permit for one heavy request of `caller`, released when dropped.
+    pub fn try_acquire(
+        self: &Arc<Self>,
+        caller: &auth::Caller,
+    ) -> Result<HeavyPermit, error::ApiError> {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        let n = active.entry(caller.token_id.clone()).or_insert(0);
+        if *n >= self.max_per_token {
+            metrics::counter!("fleetwatch_api_throttled_total").increment(1);
+            return Err(error::ApiError::TooManyRequests(format!(
+                "at most {} track or report requests at once per token; retry when one has finished",
+                self.max_per_token
+            )));
+        }
+        *n += 1;
+        Ok(HeavyPermit {
+            limiter: self.clone(),
+            token_id: caller.token_id.clone(),
+        })
+    }
+}
+
+/// One heavy request in progress (see [`HeavyLimiter`]).
+#[derive(Debug)]
+pub struct HeavyPermit {
+    limiter: Arc<HeavyLimiter>,
+    token_id: String,
+}
+
+impl Drop for HeavyPermit {
+    fn drop(&mut self) {
+        let mut active = self
+            .limiter
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = active.get_mut(&self.token_id) {
+            *n -= 1;
+            if *n == 0 {
+                active.remove(&self.token_id);
+            }
+        }
+    }
 }
 
 /// A small pool of connections for the HTTP handlers, with the default timeouts.

@@ -94,8 +94,10 @@ pub struct ReportQuery {
     /// A local calendar month, `YYYY-MM`; instead of `from`/`to`.
     pub month: Option<String>,
     /// Start, inclusive.
+    #[serde(default, deserialize_with = "super::time::opt")]
     pub from: Option<DateTime<Utc>>,
     /// End, exclusive.
+    #[serde(default, deserialize_with = "super::time::opt")]
     pub to: Option<DateTime<Utc>>,
     /// Offset of local time for `month`, `+HH:MM` (default: the rules' default, +07:00).
     pub utc_offset: Option<String>,
@@ -172,7 +174,14 @@ impl ReportParams {
         };
         let (from, to) = match (&q.month, q.from, q.to) {
             (Some(m), None, None) => month_range(m, offset.seconds())?,
-            (None, Some(f), Some(t)) => (f, t),
+            (None, Some(f), Some(t)) => {
+                // Also for `fleetwatch report`, whose times skip the query's check.
+                for (name, t) in [("from", f), ("to", t)] {
+                    super::time::check(t)
+                        .map_err(|e| ReportError::invalid(format!("{name}: {e}")))?;
+                }
+                (f, t)
+            }
             _ => {
                 return Err(ReportError::invalid(
                     "give either month=YYYY-MM or both from and to (RFC 3339)",
@@ -534,6 +543,12 @@ pub fn month_range(
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), ReportError> {
     let bad = || ReportError::invalid(format!("month must look like 2026-11, got {month:?}"));
     let first = NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d").map_err(|_| bad())?;
+    if !(1..=9999).contains(&first.year()) {
+        return Err(ReportError::invalid(format!(
+            "month: {}",
+            super::time::out_of_range(month)
+        )));
+    }
     let next = if first.month() == 12 {
         NaiveDate::from_ymd_opt(first.year() + 1, 1, 1)
     } else {
@@ -948,6 +963,7 @@ pub async fn compliance(
     let coop = caller.cooperative_filter(q.cooperative.as_deref())?;
     let format = Format::parse(q.format.as_deref())?;
     let params = ReportParams::from_query(&q, coop, s.settings.rules.utc_offset)?;
+    let _permit = s.heavy.try_acquire(&caller)?;
     let db = s.db.get().await?;
     let report = build(&db, &params).await?;
     Ok(match format {

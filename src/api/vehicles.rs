@@ -245,8 +245,10 @@ async fn reload_registry(s: &AppState, db: &deadpool_postgres::Object) -> ApiRes
 #[serde(deny_unknown_fields)]
 pub struct TrackQuery {
     /// Start, inclusive (default: 24 h before `to`).
+    #[serde(default, deserialize_with = "super::time::opt")]
     pub from: Option<DateTime<Utc>>,
     /// End, exclusive (default: now).
+    #[serde(default, deserialize_with = "super::time::opt")]
     pub to: Option<DateTime<Utc>>,
     /// `geojson` (default), `geojson_points`, `gpx` or `csv`.
     pub format: Option<String>,
@@ -300,6 +302,7 @@ async fn visible_vehicle(
     Ok(id)
 }
 
+#[derive(Debug, Clone, PartialEq)]
 struct Point {
     ts: DateTime<Utc>,
     lat: f64,
@@ -309,25 +312,96 @@ struct Point {
     driver_id: Option<String>,
 }
 
-/// Indices of the points kept by Douglas-Peucker with `tol_m` metres, computed in a
-/// local metric plane centred on the first point (lon/lat degrees are not metres).
-fn simplify(points: &[Point], tol_m: f64) -> Vec<usize> {
-    use geo::{LineString, SimplifyIdx};
-    let Some(p0) = points.first() else {
-        return vec![];
-    };
-    let frame = LocalFrame::new(p0.lon, p0.lat);
-    let line: LineString<f64> = points
-        .iter()
-        .map(|p| {
-            let [x, y] = frame.to_xy(p.lon, p.lat);
-            geo::coord! { x: x, y: y }
-        })
-        .collect();
-    line.simplify_idx(tol_m)
+impl Point {
+    /// A row of [`TRACK_ROWS`].
+    fn from_row(r: &tokio_postgres::Row) -> Self {
+        Self {
+            ts: r.get(0),
+            lat: r.get(1),
+            lon: r.get(2),
+            speed_kmh: r.get(3),
+            heading_deg: r.get(4),
+            driver_id: r.get(5),
+        }
+    }
+}
+
+/// Douglas-Peucker over points given one at a time, in a local metric plane centred on
+/// the first point (lon/lat degrees are not metres): 16 bytes per point.
+#[derive(Default)]
+struct Simplifier {
+    frame: Option<LocalFrame>,
+    line: Vec<geo::Coord<f64>>,
+}
+
+impl Simplifier {
+    fn push(&mut self, lon: f64, lat: f64) {
+        let frame = self.frame.get_or_insert_with(|| LocalFrame::new(lon, lat));
+        let [x, y] = frame.to_xy(lon, lat);
+        self.line.push(geo::coord! { x: x, y: y });
+    }
+
+    /// Indices of the points kept with `tol_m` metres.
+    fn kept(self, tol_m: f64) -> Vec<usize> {
+        use geo::SimplifyIdx;
+        geo::LineString::new(self.line).simplify_idx(tol_m)
+    }
+}
+
+/// Output format of a track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrackFormat {
+    /// One GeoJSON Feature (LineString) with parallel arrays of times, speeds, headings.
+    Line,
+    /// A GeoJSON FeatureCollection of one Point per fix.
+    Points,
+    /// GPX 1.1.
+    Gpx,
+    /// CSV, one line per fix.
+    Csv,
+}
+
+impl TrackFormat {
+    fn parse(s: Option<&str>) -> ApiResult<Self> {
+        match s.unwrap_or("geojson") {
+            "geojson" => Ok(Self::Line),
+            "geojson_points" => Ok(Self::Points),
+            "gpx" => Ok(Self::Gpx),
+            "csv" => Ok(Self::Csv),
+            _ => Err(ApiError::bad(
+                "format must be geojson, geojson_points, gpx or csv",
+            )),
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Self::Line | Self::Points => "application/geo+json",
+            Self::Gpx => "application/gpx+xml",
+            Self::Csv => "text/csv; charset=utf-8",
+        }
+    }
+}
+
+/// A checked track request.
+struct TrackRequest {
+    id: String,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    scope: Option<String>,
+    limit: i64,
+    /// Douglas-Peucker tolerance, metres; 0 = every fix.
+    tol_m: f64,
+    format: TrackFormat,
 }
 
 /// `GET /api/v1/vehicles/{id}/track`.
+///
+/// The page is streamed: rows come from the database as they are read and are encoded
+/// into chunks of [`CHUNK_BYTES`] as they come, so a page of [`MAX_TRACK_FIXES`] fixes
+/// costs kilobytes of memory, not the whole answer (the GeoJSON line keeps 16 bytes per
+/// point for its parallel arrays, a simplified track 16 bytes per fix for
+/// Douglas-Peucker). Everything a page says comes from one snapshot of the database.
 pub async fn track(
     State(s): State<AppState>,
     caller: Caller,
@@ -335,14 +409,9 @@ pub async fn track(
     q: Result<Query<TrackQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = q?;
-    let format = q.format.as_deref().unwrap_or("geojson");
-    if !matches!(format, "geojson" | "geojson_points" | "gpx" | "csv") {
-        return Err(ApiError::bad(
-            "format must be geojson, geojson_points, gpx or csv",
-        ));
-    }
-    let tol = q.simplify_m.unwrap_or(0.0);
-    if !tol.is_finite() || tol < 0.0 {
+    let format = TrackFormat::parse(q.format.as_deref())?;
+    let tol_m = q.simplify_m.unwrap_or(0.0);
+    if !tol_m.is_finite() || tol_m < 0.0 {
         return Err(ApiError::bad(
             "simplify_m must be a distance in metres >= 0",
         ));
@@ -354,38 +423,34 @@ pub async fn track(
         )));
     }
     let (from, to) = range(q.from, q.to, max_track_range(&s))?;
+    let permit = s.heavy.try_acquire(&caller)?;
     let db = s.db.get().await?;
     let id = visible_vehicle(&db, &caller, &raw).await?;
-    let (all, next_from) = track_points(&db, &id, from, to, caller.scope(), limit).await?;
-    let total = all.len();
-    let points: Vec<&Point> = if tol > 0.0 && all.len() > 2 {
-        simplify(&all, tol).into_iter().map(|i| &all[i]).collect()
-    } else {
-        all.iter().collect()
+    let req = TrackRequest {
+        id,
+        from,
+        to,
+        scope: caller.scope().map(str::to_string),
+        limit,
+        tol_m,
+        format,
     };
-    let (content_type, body) = match format {
-        "gpx" => ("application/gpx+xml", gpx(&id, &points)),
-        "csv" => ("text/csv; charset=utf-8", csv(&points)),
-        _ => {
-            let t = trips_json(&db, &id, from, to, caller.scope()).await?;
-            let page = Page {
-                id: &id,
-                from,
-                to,
-                total,
-                next_from,
-                trips: &t.trips,
-                stops: &t.stops,
-            };
-            let body = if format == "geojson_points" {
-                geojson_points(&page, &points)
-            } else {
-                geojson_line(&page, &points)
-            };
-            ("application/geo+json", body)
-        }
-    };
-    let mut resp = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+    let (body_tx, body_rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        // Held until the last byte is handed over (or the client has gone).
+        let _permit = permit;
+        let mut db = db;
+        stream_track(&mut db, &req, head_tx, body_tx).await;
+    });
+    let next_from = head_rx
+        .await
+        .map_err(|_| ApiError::Internal("track task ended early".into()))??;
+    let body =
+        axum::body::Body::from_stream(futures_util::stream::unfold(body_rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        }));
+    let mut resp = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
     if let Some(next) = next_from {
         // Every format says where the next page starts; GeoJSON also in its properties.
         if let Ok(v) = header::HeaderValue::from_str(&rfc3339(next)) {
@@ -395,50 +460,198 @@ pub async fn track(
     Ok(resp)
 }
 
-/// The fixes of a page, in time order, and the time of the first fix after the page.
-async fn track_points(
-    db: &deadpool_postgres::Object,
-    id: &str,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    scope: Option<&str>,
-    limit: i64,
-) -> ApiResult<(Vec<Point>, Option<DateTime<Utc>>)> {
-    use futures_util::TryStreamExt;
-    // A cooperative sees only the fixes it sent (a vehicle may have changed hands).
-    let stmt = db
-        .prepare_cached(
-            "SELECT ts, lat, lon, speed_kmh, heading_deg, driver_id FROM fixes
-             WHERE vehicle_id = $1 AND ts >= $2 AND ts < $3
-               AND ($4::text IS NULL OR cooperative_id = $4)
-             ORDER BY ts LIMIT $5",
+/// Bytes gathered before a chunk of a streamed track is handed to the connection.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// The fixes of a track page, in time order: `ts, lat, lon, speed_kmh, heading_deg,
+/// driver_id`; $1 vehicle, $2 from, $3 to, $4 scope, $5 limit. A cooperative sees only
+/// the fixes it sent (a vehicle may have changed hands).
+const TRACK_ROWS: &str = "SELECT ts, lat, lon, speed_kmh, heading_deg, driver_id FROM fixes
+     WHERE vehicle_id = $1 AND ts >= $2 AND ts < $3
+       AND ($4::text IS NULL OR cooperative_id = $4)
+     ORDER BY ts LIMIT $5";
+
+/// Why a streamed page stopped.
+enum Stop {
+    /// The client went away: nothing to report.
+    Gone,
+    /// The database failed.
+    Db(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for Stop {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Db(e)
+    }
+}
+
+/// Where the encoded bytes go: a buffer handed over in chunks of [`CHUNK_BYTES`].
+struct Sink {
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+}
+
+impl Sink {
+    /// Hands the buffer over once it holds a chunk; waits while the client is slower.
+    async fn maybe_flush(&mut self) -> Result<(), Stop> {
+        if self.buf.len() >= CHUNK_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Stop> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES + 1024));
+        self.tx.send(Ok(chunk.into())).await.map_err(|_| Stop::Gone)
+    }
+}
+
+/// Runs one track page in a read-only snapshot: its end (`next_from`, sent through
+/// `head` so the headers can say it), then the rows, encoded as they come, into `body`.
+/// A failure before the headers is answered as an error; after them the body is cut
+/// short (the client sees an incomplete chunked response) and the failure logged.
+async fn stream_track(
+    db: &mut deadpool_postgres::Object,
+    req: &TrackRequest,
+    head: tokio::sync::oneshot::Sender<ApiResult<Option<DateTime<Utc>>>>,
+    body: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+) {
+    let tx = match db
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+    {
+        Ok(tx) => tx,
+        Err(e) => {
+            let _ = head.send(Err(e.into()));
+            return;
+        }
+    };
+    let (total, next_from, trips) = match page_head(&tx, req).await {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = head.send(Err(e));
+            return;
+        }
+    };
+    if head.send(Ok(next_from)).is_err() {
+        return;
+    }
+    let mut sink = Sink {
+        buf: Vec::with_capacity(CHUNK_BYTES + 1024),
+        tx: body,
+    };
+    let result = write_page(&tx, req, total, next_from, trips.as_ref(), &mut sink).await;
+    match result {
+        Ok(()) => {
+            let _ = tx.commit().await;
+        }
+        Err(Stop::Gone) => {}
+        Err(Stop::Db(e)) => {
+            tracing::error!(error = %e, vehicle = %req.id, "track page cut short");
+            let _ = sink
+                .tx
+                .send(Err(std::io::Error::other(e.to_string())))
+                .await;
+        }
+    }
+}
+
+/// Fixes in the page (at most the limit), the time of the first fix after it, and for
+/// GeoJSON the trips and stops of the range.
+async fn page_head(
+    tx: &deadpool_postgres::Transaction<'_>,
+    req: &TrackRequest,
+) -> ApiResult<(usize, Option<DateTime<Utc>>, Option<TripsAndStops>)> {
+    let row = tx
+        .query_one(
+            &format!("SELECT count(*), max(ts) FROM ({TRACK_ROWS}) page"),
+            &[&req.id, &req.from, &req.to, &req.scope, &(req.limit + 1)],
         )
         .await?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-        [&id, &from, &to, &scope, &(limit + 1)];
-    let rows = db.query_raw(&stmt, params).await?;
-    futures_util::pin_mut!(rows);
-    let mut points = Vec::new();
-    // Rows are converted as they arrive rather than after the whole result.
-    while let Some(r) = rows.try_next().await? {
-        points.push(Point {
-            ts: r.get(0),
-            lat: r.get(1),
-            lon: r.get(2),
-            speed_kmh: r.get(3),
-            heading_deg: r.get(4),
-            driver_id: r.get(5),
-        });
-    }
-    let next = if points.len() as i64 > limit {
-        points.pop().map(|p| p.ts)
+    let n: i64 = row.get(0);
+    let (total, next_from) = if n > req.limit {
+        (req.limit, row.get::<_, Option<DateTime<Utc>>>(1))
+    } else {
+        (n, None)
+    };
+    let trips = match req.format {
+        TrackFormat::Line | TrackFormat::Points => {
+            Some(trips_json(&**tx, &req.id, req.from, req.to, req.scope.as_deref()).await?)
+        }
+        TrackFormat::Gpx | TrackFormat::Csv => None,
+    };
+    Ok((total as usize, next_from, trips))
+}
+
+/// Streams the page's rows through an encoder; with simplification, a first pass reads
+/// the coordinates alone to choose the points.
+async fn write_page(
+    tx: &deadpool_postgres::Transaction<'_>,
+    req: &TrackRequest,
+    total: usize,
+    next_from: Option<DateTime<Utc>>,
+    trips: Option<&TripsAndStops>,
+    sink: &mut Sink,
+) -> Result<(), Stop> {
+    use futures_util::TryStreamExt;
+    let stmt = tx.prepare_cached(TRACK_ROWS).await?;
+    let params = || -> [&(dyn tokio_postgres::types::ToSql + Sync); 5] {
+        [&req.id, &req.from, &req.to, &req.scope, &req.limit]
+    };
+    let kept: Option<Vec<usize>> = if req.tol_m > 0.0 && total > 2 {
+        let rows = tx.query_raw(&stmt, params()).await?;
+        futures_util::pin_mut!(rows);
+        let mut s = Simplifier {
+            line: Vec::with_capacity(total),
+            ..Simplifier::default()
+        };
+        while let Some(r) = rows.try_next().await? {
+            s.push(r.get(2), r.get(1));
+        }
+        Some(s.kept(req.tol_m))
     } else {
         None
     };
-    Ok((points, next))
+    let points = kept.as_ref().map_or(total, Vec::len);
+    let empty = Value::Array(Vec::new());
+    let page = Page {
+        id: &req.id,
+        from: req.from,
+        to: req.to,
+        total,
+        next_from,
+        trips: trips.map_or(&empty, |t| &t.trips),
+        stops: trips.map_or(&empty, |t| &t.stops),
+    };
+    let mut enc = Encoder::new(req.format, page, points);
+    enc.start(&mut sink.buf);
+    let rows = tx.query_raw(&stmt, params()).await?;
+    futures_util::pin_mut!(rows);
+    let mut next_kept = kept.as_ref().map(|k| k.iter().copied().peekable());
+    let mut i = 0usize;
+    while let Some(r) = rows.try_next().await? {
+        let keep = match next_kept.as_mut() {
+            None => true,
+            Some(k) => k.next_if_eq(&i).is_some(),
+        };
+        i += 1;
+        if keep {
+            enc.point(&mut sink.buf, &Point::from_row(&r));
+            sink.maybe_flush().await?;
+        }
+    }
+    enc.end_into(sink).await?;
+    sink.flush().await
 }
 
 /// What a GeoJSON track says about itself.
+#[derive(Clone, Copy)]
 struct Page<'a> {
     id: &'a str,
     from: DateTime<Utc>,
@@ -547,74 +760,220 @@ fn json_lonlat(out: &mut Vec<u8>, p: &Point) {
     out.push(b']');
 }
 
-/// Writes `items` as a JSON array with `each` writing one element.
-fn json_array<T>(out: &mut Vec<u8>, items: &[T], mut each: impl FnMut(&mut Vec<u8>, &T)) {
-    out.push(b'[');
-    for (i, x) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        each(out, x);
-    }
-    out.push(b']');
+/// Encodes one page in any format, point by point: [`Encoder::start`], then
+/// [`Encoder::point`] for each of the `points` announced, then [`Encoder::end`].
+struct Encoder<'a> {
+    format: TrackFormat,
+    page: Page<'a>,
+    /// Points in the page (after simplification).
+    points: usize,
+    written: usize,
+    /// GeoJSON line: time (µs since the epoch, as PostgreSQL keeps it), speed and
+    /// heading (NaN: none) of each point, for the parallel arrays after the geometry.
+    side: Vec<(i64, f32, f32)>,
 }
 
-/// One Feature: a LineString of the points, with their times, speeds and headings as
-/// parallel arrays in its properties (a Point for one fix, no geometry for none).
-fn geojson_line(page: &Page, points: &[&Point]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1024 + points.len() * 80);
-    out.extend_from_slice(b"{\"type\":\"Feature\",\"geometry\":");
-    match points {
-        [] => out.extend_from_slice(b"null"),
-        [p] => {
-            out.extend_from_slice(b"{\"type\":\"Point\",\"coordinates\":");
-            json_lonlat(&mut out, p);
-            out.push(b'}');
-        }
-        _ => {
-            out.extend_from_slice(b"{\"type\":\"LineString\",\"coordinates\":");
-            json_array(&mut out, points, |o, p| json_lonlat(o, p));
-            out.push(b'}');
+impl<'a> Encoder<'a> {
+    fn new(format: TrackFormat, page: Page<'a>, points: usize) -> Self {
+        let side = if format == TrackFormat::Line {
+            Vec::with_capacity(points)
+        } else {
+            Vec::new()
+        };
+        Self {
+            format,
+            page,
+            points,
+            written: 0,
+            side,
         }
     }
-    out.extend_from_slice(b",\"properties\":{");
-    page.write_fields(&mut out, points.len());
-    out.extend_from_slice(b",\"times\":");
-    json_array(&mut out, points, |o, p| json_time(o, p.ts));
-    out.extend_from_slice(b",\"speeds_kmh\":");
-    json_array(&mut out, points, |o, p| json_opt_f32(o, Some(p.speed_kmh)));
-    out.extend_from_slice(b",\"headings_deg\":");
-    json_array(&mut out, points, |o, p| json_opt_f32(o, p.heading_deg));
-    out.extend_from_slice(b"}}");
-    out
+
+    fn start(&mut self, out: &mut Vec<u8>) {
+        match self.format {
+            // One Feature: a LineString of the points, with their times, speeds and
+            // headings as parallel arrays in its properties (a Point for one fix, no
+            // geometry for none).
+            TrackFormat::Line => {
+                out.extend_from_slice(b"{\"type\":\"Feature\",\"geometry\":");
+                match self.points {
+                    0 => out.extend_from_slice(b"null"),
+                    1 => out.extend_from_slice(b"{\"type\":\"Point\",\"coordinates\":"),
+                    _ => out.extend_from_slice(b"{\"type\":\"LineString\",\"coordinates\":["),
+                }
+            }
+            // A FeatureCollection of one Point per fix.
+            TrackFormat::Points => {
+                out.extend_from_slice(b"{\"type\":\"FeatureCollection\",\"features\":[")
+            }
+            TrackFormat::Gpx => {
+                out.extend_from_slice(
+                    b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+                     <gpx version=\"1.1\" creator=\"fleetwatch\" xmlns=\"http://www.topografix.com/GPX/1/1\" \
+                     xmlns:fw=\"urn:fleetwatch:gpx:1\">\n",
+                );
+                let _ = writeln!(
+                    out,
+                    "<trk><name>{}</name><trkseg>",
+                    xml_escape(self.page.id)
+                );
+            }
+            TrackFormat::Csv => {
+                out.extend_from_slice(b"ts,lat,lon,speed_kmh,heading_deg,driver_id\n")
+            }
+        }
+    }
+
+    fn point(&mut self, out: &mut Vec<u8>, p: &Point) {
+        let first = self.written == 0;
+        self.written += 1;
+        match self.format {
+            TrackFormat::Line => {
+                if self.points == 1 {
+                    if first {
+                        json_lonlat(out, p);
+                    }
+                } else {
+                    if !first {
+                        out.push(b',');
+                    }
+                    json_lonlat(out, p);
+                }
+                self.side.push((
+                    p.ts.timestamp_micros(),
+                    p.speed_kmh,
+                    p.heading_deg.unwrap_or(f32::NAN),
+                ));
+            }
+            TrackFormat::Points => {
+                if !first {
+                    out.push(b',');
+                }
+                out.extend_from_slice(
+                    b"{\"type\":\"Feature\",\"geometry\":{\"type\":\"Point\",\"coordinates\":",
+                );
+                json_lonlat(out, p);
+                out.extend_from_slice(b"},\"properties\":{\"ts\":");
+                json_time(out, p.ts);
+                out.extend_from_slice(b",\"speed_kmh\":");
+                json_num(out, p.speed_kmh);
+                out.extend_from_slice(b",\"heading_deg\":");
+                json_opt_f32(out, p.heading_deg);
+                out.extend_from_slice(b",\"driver_id\":");
+                match &p.driver_id {
+                    Some(d) => json_str(out, d),
+                    None => out.extend_from_slice(b"null"),
+                }
+                out.extend_from_slice(b"}}");
+            }
+            TrackFormat::Gpx => {
+                let _ = write!(
+                    out,
+                    "<trkpt lat=\"{:.7}\" lon=\"{:.7}\"><time>",
+                    p.lat, p.lon
+                );
+                push_rfc3339(out, p.ts);
+                let _ = writeln!(
+                    out,
+                    "</time><extensions><fw:speed_kmh>{:.1}</fw:speed_kmh></extensions></trkpt>",
+                    p.speed_kmh
+                );
+            }
+            TrackFormat::Csv => {
+                push_rfc3339(out, p.ts);
+                let _ = write!(out, ",{:.7},{:.7},{:.1},", p.lat, p.lon, p.speed_kmh);
+                if let Some(h) = p.heading_deg {
+                    let _ = write!(out, "{h:.0}");
+                }
+                // Driver ids are [A-Za-z0-9-_.]: nothing to quote.
+                let _ = writeln!(out, ",{}", p.driver_id.as_deref().unwrap_or(""));
+            }
+        }
+    }
+
+    fn end(&mut self, out: &mut Vec<u8>) {
+        match self.format {
+            TrackFormat::Line => {
+                self.line_tail_start(out);
+                for (which, key) in LINE_ARRAYS.iter().enumerate() {
+                    out.extend_from_slice(key);
+                    self.line_array(out, which, 0..self.side.len());
+                    out.push(b']');
+                }
+                out.extend_from_slice(b"}}");
+            }
+            TrackFormat::Points => {
+                out.push(b']');
+                out.extend_from_slice(b",\"properties\":{");
+                self.page.write_fields(out, self.points);
+                out.extend_from_slice(b"}}");
+            }
+            TrackFormat::Gpx => out.extend_from_slice(b"</trkseg></trk>\n</gpx>\n"),
+            TrackFormat::Csv => {}
+        }
+    }
 }
 
-/// A FeatureCollection of one Point per fix.
-fn geojson_points(page: &Page, points: &[&Point]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1024 + points.len() * 200);
-    out.extend_from_slice(b"{\"type\":\"FeatureCollection\",\"features\":");
-    json_array(&mut out, points, |o, p| {
-        o.extend_from_slice(
-            b"{\"type\":\"Feature\",\"geometry\":{\"type\":\"Point\",\"coordinates\":",
-        );
-        json_lonlat(o, p);
-        o.extend_from_slice(b"},\"properties\":{\"ts\":");
-        json_time(o, p.ts);
-        o.extend_from_slice(b",\"speed_kmh\":");
-        json_num(o, p.speed_kmh);
-        o.extend_from_slice(b",\"heading_deg\":");
-        json_opt_f32(o, p.heading_deg);
-        o.extend_from_slice(b",\"driver_id\":");
-        match &p.driver_id {
-            Some(d) => json_str(o, d),
-            None => o.extend_from_slice(b"null"),
+/// The parallel arrays of a GeoJSON line, in order, each up to its `[`.
+const LINE_ARRAYS: [&[u8]; 3] = [
+    b",\"times\":[",
+    b",\"speeds_kmh\":[",
+    b",\"headings_deg\":[",
+];
+
+impl Encoder<'_> {
+    /// GeoJSON line: the end of the geometry and the page's fields, before the arrays.
+    fn line_tail_start(&self, out: &mut Vec<u8>) {
+        match self.points {
+            0 => {}
+            1 => out.push(b'}'),
+            _ => out.extend_from_slice(b"]}"),
         }
-        o.extend_from_slice(b"}}");
-    });
-    out.extend_from_slice(b",\"properties\":{");
-    page.write_fields(&mut out, points.len());
-    out.extend_from_slice(b"}}");
-    out
+        out.extend_from_slice(b",\"properties\":{");
+        self.page.write_fields(out, self.points);
+    }
+
+    /// GeoJSON line: elements `items` of parallel array `which` (of [`LINE_ARRAYS`]).
+    fn line_array(&self, out: &mut Vec<u8>, which: usize, items: std::ops::Range<usize>) {
+        for i in items {
+            if i > 0 {
+                out.push(b',');
+            }
+            let (us, speed, heading) = self.side[i];
+            match which {
+                0 => match DateTime::from_timestamp_micros(us) {
+                    Some(t) => json_time(out, t),
+                    None => out.extend_from_slice(b"null"),
+                },
+                1 => json_opt_f32(out, Some(speed)),
+                _ => json_opt_f32(out, (!heading.is_nan()).then_some(heading)),
+            }
+        }
+    }
+
+    /// [`Encoder::end`] into `sink`, handing over chunks as they fill: a GeoJSON line's
+    /// arrays are megabytes for a full page.
+    async fn end_into(&mut self, sink: &mut Sink) -> Result<(), Stop> {
+        if self.format != TrackFormat::Line {
+            self.end(&mut sink.buf);
+            return Ok(());
+        }
+        self.line_tail_start(&mut sink.buf);
+        let n = self.side.len();
+        for (which, key) in LINE_ARRAYS.iter().enumerate() {
+            sink.buf.extend_from_slice(key);
+            let mut i = 0;
+            while i < n {
+                let j = (i + 4096).min(n);
+                self.line_array(&mut sink.buf, which, i..j);
+                sink.maybe_flush().await?;
+                i = j;
+            }
+            sink.buf.push(b']');
+        }
+        sink.buf.extend_from_slice(b"}}");
+        Ok(())
+    }
 }
 
 fn xml_escape(s: &str) -> String {
@@ -624,49 +983,9 @@ fn xml_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn gpx(id: &str, points: &[&Point]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(200 + points.len() * 160);
-    out.extend_from_slice(
-        b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
-         <gpx version=\"1.1\" creator=\"fleetwatch\" xmlns=\"http://www.topografix.com/GPX/1/1\" \
-         xmlns:fw=\"urn:fleetwatch:gpx:1\">\n",
-    );
-    let _ = writeln!(out, "<trk><name>{}</name><trkseg>", xml_escape(id));
-    for p in points {
-        let _ = write!(
-            out,
-            "<trkpt lat=\"{:.7}\" lon=\"{:.7}\"><time>",
-            p.lat, p.lon
-        );
-        push_rfc3339(&mut out, p.ts);
-        let _ = writeln!(
-            out,
-            "</time><extensions><fw:speed_kmh>{:.1}</fw:speed_kmh></extensions></trkpt>",
-            p.speed_kmh
-        );
-    }
-    out.extend_from_slice(b"</trkseg></trk>\n</gpx>\n");
-    out
-}
-
-fn csv(points: &[&Point]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + points.len() * 80);
-    out.extend_from_slice(b"ts,lat,lon,speed_kmh,heading_deg,driver_id\n");
-    for p in points {
-        push_rfc3339(&mut out, p.ts);
-        let _ = write!(out, ",{:.7},{:.7},{:.1},", p.lat, p.lon, p.speed_kmh);
-        if let Some(h) = p.heading_deg {
-            let _ = write!(out, "{h:.0}");
-        }
-        // Driver ids are [A-Za-z0-9-_.]: nothing to quote.
-        let _ = writeln!(out, ",{}", p.driver_id.as_deref().unwrap_or(""));
-    }
-    out
-}
-
 /// The trips starting in the range, and the stops between them, as JSON.
 async fn trips_json(
-    db: &deadpool_postgres::Object,
+    db: &impl tokio_postgres::GenericClient,
     id: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -726,8 +1045,10 @@ struct TripsAndStops {
 #[serde(deny_unknown_fields)]
 pub struct RangeQuery {
     /// Start, inclusive (default: 24 h before `to`).
+    #[serde(default, deserialize_with = "super::time::opt")]
     pub from: Option<DateTime<Utc>>,
     /// End, exclusive (default: now).
+    #[serde(default, deserialize_with = "super::time::opt")]
     pub to: Option<DateTime<Utc>>,
 }
 
@@ -742,7 +1063,7 @@ pub async fn trips(
     let (from, to) = range(q.from, q.to, max_track_range(&s))?;
     let db = s.db.get().await?;
     let id = visible_vehicle(&db, &caller, &raw).await?;
-    let t = trips_json(&db, &id, from, to, caller.scope()).await?;
+    let t = trips_json(&**db, &id, from, to, caller.scope()).await?;
     Ok(Json(json!({
         "vehicle_id": id, "from": rfc3339(from), "to": rfc3339(to),
         "trips": t.trips, "stops": t.stops,
@@ -770,6 +1091,26 @@ mod tests {
             push_rfc3339(&mut out, t);
             prop_assert_eq!(String::from_utf8(out).unwrap(), rfc3339(t));
         }
+    }
+
+    /// A whole page as [`track`] streams it.
+    fn encode(format: TrackFormat, page: &Page, points: &[&Point]) -> Vec<u8> {
+        let mut e = Encoder::new(format, *page, points.len());
+        let mut out = Vec::new();
+        e.start(&mut out);
+        for p in points {
+            e.point(&mut out, p);
+        }
+        e.end(&mut out);
+        out
+    }
+
+    fn geojson_line(page: &Page, points: &[&Point]) -> Vec<u8> {
+        encode(TrackFormat::Line, page, points)
+    }
+
+    fn geojson_points(page: &Page, points: &[&Point]) -> Vec<u8> {
+        encode(TrackFormat::Points, page, points)
     }
 
     fn point(i: i64) -> Point {

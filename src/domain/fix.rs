@@ -19,8 +19,9 @@ pub struct FixCandidate {
     pub lat: f64,
     /// Longitude, degrees east.
     pub lon: f64,
-    /// Ground speed, km/h.
-    pub speed_kmh: f64,
+    /// Ground speed, km/h; `None` when the device does not know it (OwnTracks `vel`
+    /// absent or -1): the validator derives one from the vehicle's previous fix.
+    pub speed_kmh: Option<f64>,
     /// Course over ground, degrees clockwise from true north.
     pub heading_deg: Option<f64>,
     /// Driver licence / card number logged in at the device.
@@ -33,6 +34,9 @@ pub struct FixCandidate {
     pub hdop: Option<f64>,
     /// Odometer reading, metres.
     pub odometer_m: Option<f64>,
+    /// Radius of the position's uncertainty, metres (OwnTracks `acc`): drives the
+    /// poor-accuracy flag as HDOP does. Not stored.
+    pub accuracy_m: Option<f64>,
 }
 
 /// Limits a fix must be inside to be accepted; all from configuration.
@@ -76,6 +80,9 @@ pub enum FixError {
     /// Exactly (0, 0): a receiver without a fix reporting "null island".
     #[error("coordinates are exactly (0, 0)")]
     NullIsland,
+    /// No speed, and none was derived (the validator derives one for a fix without).
+    #[error("missing speed")]
+    MissingSpeed,
     /// Speed negative, not finite, or above the plausible maximum.
     #[error("speed {speed_kmh} km/h outside 0..={max_kmh}")]
     SpeedOutOfRange { speed_kmh: f64, max_kmh: f64 },
@@ -95,6 +102,14 @@ pub enum FixError {
     /// Satellites negative or absurd, HDOP negative, odometer negative.
     #[error("invalid {field}: {value}")]
     InvalidField { field: &'static str, value: f64 },
+    /// A finite number too large for the column it is stored in (e.g. an HDOP of 1e300
+    /// would be stored as the `real` Infinity).
+    #[error("invalid {field}: {value:e} does not fit its stored type ({stored})")]
+    DoesNotFit {
+        field: &'static str,
+        value: f64,
+        stored: &'static str,
+    },
 }
 
 impl FixError {
@@ -110,7 +125,8 @@ impl FixError {
             FixError::HeadingOutOfRange(_) => "heading_out_of_range",
             FixError::TimeInFuture { .. } => "time_in_future",
             FixError::TimeTooOld { .. } => "time_too_old",
-            FixError::InvalidField { .. } => "invalid_field",
+            FixError::InvalidField { .. } | FixError::DoesNotFit { .. } => "invalid_field",
+            FixError::MissingSpeed => "missing_speed",
         }
     }
 }
@@ -129,6 +145,25 @@ pub struct Fix {
     satellites: Option<i16>,
     hdop: Option<f32>,
     odometer_m: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accuracy_m: Option<f32>,
+}
+
+/// What a `real` (PostgreSQL's 4-byte float, Rust's `f32`) column holds.
+const REAL: &str = "real, finite up to ±3.4e38";
+
+/// Checks that a finite `value` stays finite as the `f32` it is stored as.
+fn fits_f32(field: &'static str, value: f64) -> Result<f32, FixError> {
+    let v = value as f32;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(FixError::DoesNotFit {
+            field,
+            value,
+            stored: REAL,
+        })
+    }
 }
 
 impl Fix {
@@ -154,12 +189,15 @@ impl Fix {
         if c.lat == 0.0 && c.lon == 0.0 {
             return Err(FixError::NullIsland);
         }
-        if !(c.speed_kmh.is_finite() && (0.0..=limits.max_speed_kmh).contains(&c.speed_kmh)) {
+        let speed_kmh = c.speed_kmh.ok_or(FixError::MissingSpeed)?;
+        if !(speed_kmh.is_finite() && (0.0..=limits.max_speed_kmh).contains(&speed_kmh)) {
             return Err(FixError::SpeedOutOfRange {
-                speed_kmh: c.speed_kmh,
+                speed_kmh,
                 max_kmh: limits.max_speed_kmh,
             });
         }
+        // Within the limit, yet the limit itself is configuration.
+        let speed_kmh = fits_f32("speed_kmh", speed_kmh)?;
         if let Some(h) = c.heading_deg {
             if !(h.is_finite() && (0.0..=360.0).contains(&h)) {
                 return Err(FixError::HeadingOutOfRange(h));
@@ -189,13 +227,24 @@ impl Fix {
                 })
             }
         };
-        for (field, v) in [("hdop", c.hdop), ("odometer_m", c.odometer_m)] {
+        for (field, v) in [
+            ("hdop", c.hdop),
+            ("odometer_m", c.odometer_m),
+            ("accuracy_m", c.accuracy_m),
+        ] {
             if let Some(v) = v {
                 if !(v.is_finite() && v >= 0.0) {
                     return Err(FixError::InvalidField { field, value: v });
                 }
             }
         }
+        // Checked as f64 above, stored as f32: a huge value would become Infinity.
+        // (The odometer is a double precision column: any finite f64 fits.)
+        let hdop = c.hdop.map(|h| fits_f32("hdop", h)).transpose()?;
+        let accuracy_m = c
+            .accuracy_m
+            .map(|a| fits_f32("accuracy_m", a))
+            .transpose()?;
         let driver = match c.driver.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(d) => {
@@ -207,13 +256,15 @@ impl Fix {
             ts,
             lat: c.lat,
             lon: c.lon,
-            speed_kmh: c.speed_kmh as f32,
+            speed_kmh,
+            // Within 0..=360 (checked above): always fits.
             heading_deg: c.heading_deg.map(|h| (h % 360.0) as f32),
             driver,
             ignition: c.ignition,
             satellites,
-            hdop: c.hdop.map(|h| h as f32),
+            hdop,
             odometer_m: c.odometer_m,
+            accuracy_m,
         })
     }
 
@@ -261,6 +312,10 @@ impl Fix {
     pub fn odometer_m(&self) -> Option<f64> {
         self.odometer_m
     }
+    /// Radius of the position's uncertainty, metres, when the device gives one.
+    pub fn accuracy_m(&self) -> Option<f32> {
+        self.accuracy_m
+    }
     /// Position as a `geo` point (x = lon, y = lat).
     pub fn point(&self) -> geo::Point<f64> {
         geo::Point::new(self.lon, self.lat)
@@ -282,13 +337,14 @@ mod tests {
             ts: Some(now() - Duration::seconds(2)),
             lat: 10.98,
             lon: 106.65,
-            speed_kmh: 42.0,
+            speed_kmh: Some(42.0),
             heading_deg: Some(90.0),
             driver: Some("079123456789".into()),
             ignition: Some(true),
             satellites: Some(9),
             hdop: Some(0.9),
             odometer_m: Some(1000.0),
+            accuracy_m: Some(8.0),
         }
     }
 
@@ -343,14 +399,14 @@ mod tests {
             ),
             (
                 FixCandidate {
-                    speed_kmh: -1.0,
+                    speed_kmh: Some(-1.0),
                     ..good()
                 },
                 "speed_out_of_range",
             ),
             (
                 FixCandidate {
-                    speed_kmh: 200.1,
+                    speed_kmh: Some(200.1),
                     ..good()
                 },
                 "speed_out_of_range",
@@ -414,7 +470,7 @@ mod tests {
     #[test]
     fn limits_are_inclusive_at_the_edges() {
         assert!(check(FixCandidate {
-            speed_kmh: 200.0,
+            speed_kmh: Some(200.0),
             ..good()
         })
         .is_ok());
@@ -438,5 +494,82 @@ mod tests {
         })
         .unwrap();
         assert_eq!(f.heading_deg(), Some(0.0));
+    }
+
+    #[test]
+    fn values_that_do_not_fit_their_stored_type_are_invalid_fields() {
+        // Finite as f64, Infinity as the f32 (`real`) they are stored as.
+        for (c, field) in [
+            (
+                FixCandidate {
+                    hdop: Some(1e300),
+                    ..good()
+                },
+                "hdop",
+            ),
+            (
+                FixCandidate {
+                    hdop: Some(3.5e38),
+                    ..good()
+                },
+                "hdop",
+            ),
+            (
+                FixCandidate {
+                    accuracy_m: Some(1e39),
+                    ..good()
+                },
+                "accuracy_m",
+            ),
+        ] {
+            let err = check(c.clone()).expect_err(&format!("{c:?} accepted"));
+            assert_eq!(err.label(), "invalid_field", "{c:?}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(field) && msg.contains("does not fit its stored type (real"),
+                "{msg}"
+            );
+        }
+        // A configured speed limit beyond f32 cannot let a speed through as Infinity.
+        let limits = FixLimits {
+            max_speed_kmh: f64::MAX,
+            ..FixLimits::default()
+        };
+        let err = Fix::validate(
+            FixCandidate {
+                speed_kmh: Some(1e300),
+                ..good()
+            },
+            VehicleId::parse("61C-123.45").unwrap(),
+            &limits,
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(err.label(), "invalid_field");
+        assert!(err.to_string().contains("speed_kmh"), "{err}");
+        // The largest f32 itself fits, as does an odometer beyond it (double precision).
+        let f = check(FixCandidate {
+            hdop: Some(f64::from(f32::MAX)),
+            odometer_m: Some(1e300),
+            ..good()
+        })
+        .unwrap();
+        assert_eq!(f.hdop(), Some(f32::MAX));
+        assert_eq!(f.odometer_m(), Some(1e300));
+        assert!(check(FixCandidate {
+            odometer_m: Some(f64::INFINITY),
+            ..good()
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn a_fix_without_speed_is_refused_unless_one_is_derived() {
+        let err = check(FixCandidate {
+            speed_kmh: None,
+            ..good()
+        })
+        .unwrap_err();
+        assert_eq!(err.label(), "missing_speed");
     }
 }

@@ -1,5 +1,6 @@
 //! Validation stage: a received message → accepted fixes (with flags) and rejects
-//! (dead letters with their reason). Stateful only for jump detection.
+//! (dead letters with their reason). Stateful for jump detection, derived speeds and
+//! the owner of each vehicle.
 
 use std::collections::HashMap;
 
@@ -18,7 +19,7 @@ pub struct Flags(pub i16);
 impl Flags {
     /// Implies an impossible speed from the vehicle's previous accepted fix.
     pub const JUMP: i16 = 1;
-    /// Few satellites or high HDOP.
+    /// Few satellites, high HDOP, or a large accuracy radius.
     pub const POOR_ACCURACY: i16 = 2;
     /// Vehicle not in the registry.
     pub const UNREGISTERED: i16 = 4;
@@ -27,6 +28,9 @@ impl Flags {
     /// Older than a fix the rules already applied (beyond the reorder window): data
     /// quality only; applied by a recomputation of its vehicle. Set by the rules stage.
     pub const LATE: i16 = 16;
+    /// The device did not know its speed (OwnTracks `vel` -1 or absent): the stored
+    /// speed is the average from the vehicle's previous accepted fix (0 for its first).
+    pub const SPEED_DERIVED: i16 = 32;
 
     /// Whether `flag` is set.
     pub fn has(self, flag: i16) -> bool {
@@ -40,6 +44,7 @@ impl Flags {
             (Self::UNREGISTERED, "unregistered"),
             (Self::OUT_OF_ORDER, "out_of_order"),
             (Self::LATE, "late"),
+            (Self::SPEED_DERIVED, "speed_derived"),
         ]
         .into_iter()
         .filter(move |(f, _)| self.has(*f))
@@ -57,6 +62,8 @@ pub struct ValidateConfig {
     pub min_satellites: i16,
     /// HDOP above this flags poor accuracy.
     pub max_hdop: f32,
+    /// An accuracy radius above this, metres (OwnTracks `acc`), flags poor accuracy.
+    pub max_accuracy_m: f32,
     /// A move shorter than this, metres, is never a jump (GPS noise while parked).
     pub jump_min_distance_m: f64,
     /// Most fixes accepted in one batch payload.
@@ -69,6 +76,7 @@ impl Default for ValidateConfig {
             limits: FixLimits::default(),
             min_satellites: 4,
             max_hdop: 5.0,
+            max_accuracy_m: 300.0,
             jump_min_distance_m: 200.0,
             max_batch: 10_000,
         }
@@ -129,24 +137,50 @@ pub struct Validator {
     pattern: TopicPattern,
     cfg: ValidateConfig,
     registry: HashMap<VehicleId, Vehicle>,
+    /// The cooperative each known vehicle belongs to: the registered one, else the one
+    /// whose fix was accepted first (kept as `vehicles.cooperative_id`, which the writer
+    /// never changes, so the claim survives a restart).
+    owners: HashMap<VehicleId, CooperativeId>,
     last: HashMap<VehicleId, Last>,
 }
 
 impl Validator {
     /// A validator for topics of `pattern` and the vehicles of `registry`.
     pub fn new(pattern: TopicPattern, cfg: ValidateConfig, registry: &[Vehicle]) -> Self {
-        Self {
+        let mut v = Self {
             decoder: Decoder::new(cfg.max_batch),
             pattern,
-            registry: registry.iter().map(|v| (v.id.clone(), v.clone())).collect(),
+            registry: HashMap::new(),
+            owners: HashMap::new(),
             cfg,
             last: HashMap::new(),
-        }
+        };
+        v.set_registry(registry);
+        v
     }
 
-    /// Replaces the registry (a vehicle added or removed while running).
+    /// With the stored owners of the vehicles seen so far (`vehicles` rows, registered
+    /// or not: [`crate::store::registry::owners`]); the registry wins where both say.
+    pub fn with_owners(
+        mut self,
+        owners: impl IntoIterator<Item = (VehicleId, CooperativeId)>,
+    ) -> Self {
+        for (v, c) in owners {
+            if !self.registry.contains_key(&v) {
+                self.owners.insert(v, c);
+            }
+        }
+        self
+    }
+
+    /// Replaces the registry (a vehicle added or removed while running). A vehicle
+    /// taken off the registry stays with the cooperative it was registered to, as its
+    /// `vehicles` row does.
     pub fn set_registry(&mut self, registry: &[Vehicle]) {
         self.registry = registry.iter().map(|v| (v.id.clone(), v.clone())).collect();
+        for v in registry {
+            self.owners.insert(v.id.clone(), v.cooperative.clone());
+        }
     }
 
     /// Validates one MQTT message; every fix or element yields exactly one record.
@@ -169,11 +203,22 @@ impl Validator {
             Ok(cv) => cv,
             Err(e) => return vec![reject(payload.clone(), "bad_topic", e.to_string())],
         };
+        // A vehicle belongs to one cooperative: the one it is registered to, or for an
+        // unregistered one, the one whose fix was accepted first. Anything else from
+        // another cooperative is refused, so its data and alerts never mix.
         if let Some(reg) = self.registry.get(&vehicle) {
             if reg.cooperative != coop {
                 let detail = format!(
                     "vehicle {vehicle} is registered to {} not {coop}",
                     reg.cooperative
+                );
+                return vec![reject(payload.clone(), "cooperative_mismatch", detail)];
+            }
+        } else if let Some(owner) = self.owners.get(&vehicle) {
+            if *owner != coop {
+                let detail = format!(
+                    "unregistered vehicle {vehicle} belongs to {owner} (its first fixes came \
+                     from there), not {coop}; registering it to {coop} moves it"
                 );
                 return vec![reject(payload.clone(), "cooperative_mismatch", detail)];
             }
@@ -209,9 +254,20 @@ impl Validator {
                     }
                 }
             }
+            let mut candidate = candidate;
+            let derived = candidate.speed_kmh.is_none();
+            if derived {
+                candidate.speed_kmh = Some(self.derive_speed_kmh(&vehicle, &candidate));
+            }
             match Fix::validate(candidate, vehicle.clone(), &self.cfg.limits, received_at) {
                 Ok(fix) => {
-                    let flags = self.flags(&fix);
+                    let mut flags = self.flags(&fix);
+                    if derived {
+                        flags.0 |= Flags::SPEED_DERIVED;
+                    }
+                    if !self.owners.contains_key(&vehicle) {
+                        self.owners.insert(vehicle.clone(), coop.clone());
+                    }
                     out.push(Record::Accepted(Accepted {
                         fix,
                         cooperative: coop.clone(),
@@ -226,6 +282,22 @@ impl Validator {
         out
     }
 
+    /// A speed for a fix whose device did not give one: the average from the vehicle's
+    /// last plausible fix (the one jump detection compares with), in either time order;
+    /// 0 for a vehicle's first fix. Capped at the speed limit of validation: a move that
+    /// fast is flagged as a jump, which keeps it out of the rules.
+    fn derive_speed_kmh(&self, vehicle: &VehicleId, c: &crate::domain::FixCandidate) -> f64 {
+        let (Some(prev), Some(ts)) = (self.last.get(vehicle), c.ts) else {
+            return 0.0;
+        };
+        let dt_s = (ts - prev.ts).num_milliseconds().unsigned_abs() as f64 / 1000.0;
+        if dt_s <= 0.0 || !(c.lat.is_finite() && c.lon.is_finite()) {
+            return 0.0;
+        }
+        let kmh = haversine_m(prev.lat, prev.lon, c.lat, c.lon) / dt_s * 3.6;
+        kmh.min(self.cfg.limits.max_speed_kmh)
+    }
+
     fn flags(&mut self, fix: &Fix) -> Flags {
         let mut flags = 0;
         if !self.registry.contains_key(fix.vehicle()) {
@@ -235,7 +307,10 @@ impl Validator {
             .satellites()
             .is_some_and(|s| s < self.cfg.min_satellites);
         let hdop_high = fix.hdop().is_some_and(|h| h > self.cfg.max_hdop);
-        if sats_low || hdop_high {
+        let radius_large = fix
+            .accuracy_m()
+            .is_some_and(|a| a > self.cfg.max_accuracy_m);
+        if sats_low || hdop_high || radius_large {
             flags |= Flags::POOR_ACCURACY;
         }
         let here = Last {
@@ -446,6 +521,140 @@ mod tests {
             panic!()
         };
         assert!(a.flags.has(Flags::POOR_ACCURACY));
+    }
+
+    fn accepted(out: &[Record]) -> &Accepted {
+        match &out[0] {
+            Record::Accepted(a) => a,
+            r => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unregistered_vehicle_belongs_to_the_cooperative_that_sent_it_first() {
+        let mut v = validator();
+        let (a, b) = ("fleet/HTX-A/51B-1/fix", "fleet/HTX-B/51B-1/fix");
+        let p = |s| fix_json("51B-1", s, 10.98, 106.65);
+        assert_eq!(reasons(&v.process(a, &p(-9), now())), ["ok"]);
+        let out = v.process(b, &p(-8), now());
+        assert_eq!(reasons(&out), ["cooperative_mismatch"]);
+        let Record::Rejected(r) = &out[0] else {
+            unreachable!()
+        };
+        assert!(r.detail.contains("belongs to HTX-A"), "{}", r.detail);
+        assert_eq!(reasons(&v.process(a, &p(-7), now())), ["ok"]);
+        // A payload that is rejected claims nothing.
+        assert_eq!(
+            reasons(&v.process("fleet/HTX-B/51B-2/fix", &Bytes::from_static(b"{}"), now())),
+            ["malformed"]
+        );
+        assert_eq!(
+            reasons(&v.process(
+                "fleet/HTX-A/51B-2/fix",
+                &fix_json("51B-2", -5, 10.9, 106.6),
+                now()
+            )),
+            ["ok"]
+        );
+
+        // After a restart the stored owner holds, before any fix of the new run.
+        let mut v = validator().with_owners([(
+            VehicleId::parse("51B-1").unwrap(),
+            CooperativeId::parse("HTX-A").unwrap(),
+        )]);
+        assert_eq!(
+            reasons(&v.process(b, &p(-6), now())),
+            ["cooperative_mismatch"]
+        );
+        // Registering it to B moves it; taking it off the registry leaves it with B.
+        let to_b = Vehicle {
+            id: VehicleId::parse("51B-1").unwrap(),
+            plate: None,
+            cooperative: CooperativeId::parse("HTX-B").unwrap(),
+            class: VehicleClass::Bus,
+            route: None,
+        };
+        v.set_registry(std::slice::from_ref(&to_b));
+        assert_eq!(reasons(&v.process(b, &p(-5), now())), ["ok"]);
+        assert_eq!(
+            reasons(&v.process(a, &p(-4), now())),
+            ["cooperative_mismatch"]
+        );
+        v.set_registry(&[]);
+        let out = v.process(b, &p(-3), now());
+        assert!(accepted(&out).flags.has(Flags::UNREGISTERED));
+        assert_eq!(
+            reasons(&v.process(a, &p(-2), now())),
+            ["cooperative_mismatch"]
+        );
+    }
+
+    fn owntracks(secs: i64, lat: f64, lon: f64, vel: i64, cog: i64, acc: i64) -> Bytes {
+        let tst = (now() + chrono::Duration::seconds(secs)).timestamp();
+        Bytes::from(format!(
+            r#"{{"_type":"location","tid":"p1","tst":{tst},"lat":{lat},"lon":{lon},"vel":{vel},"cog":{cog},"acc":{acc}}}"#
+        ))
+    }
+
+    #[test]
+    fn unknown_owntracks_speed_is_derived_from_the_previous_fix_and_flagged() {
+        let mut v = validator();
+        // First fix: nothing to derive from; taken as stopped, flagged.
+        let out = v.process(T, &owntracks(-120, 10.98, 106.65, -1, -1, 10), now());
+        let a = accepted(&out);
+        assert_eq!(a.fix.speed_kmh(), 0.0);
+        assert_eq!(a.fix.heading_deg(), None);
+        assert!(a.flags.has(Flags::SPEED_DERIVED), "{:?}", a.flags);
+        // 0.0025 degrees of latitude (278 m) in 30 s: 33.4 km/h.
+        let out = v.process(T, &owntracks(-90, 10.9825, 106.65, -1, 90, 10), now());
+        let a = accepted(&out);
+        assert!(
+            (a.fix.speed_kmh() - 33.36).abs() < 0.1,
+            "{}",
+            a.fix.speed_kmh()
+        );
+        assert_eq!(a.fix.heading_deg(), Some(90.0));
+        assert!(a.flags.has(Flags::SPEED_DERIVED));
+        assert_eq!(a.flags.names().collect::<Vec<_>>(), ["speed_derived"]);
+        // A speed the phone knows is taken as given, not flagged.
+        let out = v.process(T, &owntracks(-60, 10.985, 106.65, 41, 0, 10), now());
+        let a = accepted(&out);
+        assert_eq!(a.fix.speed_kmh(), 41.0);
+        assert_eq!(a.flags, Flags(0));
+        // An impossible move: capped at the limit and flagged as a jump (kept out of
+        // the rules), never a speed_out_of_range reject.
+        let out = v.process(T, &owntracks(-50, 11.5, 106.65, -1, -1, 10), now());
+        let a = accepted(&out);
+        assert_eq!(a.fix.speed_kmh(), 200.0);
+        assert!(a.flags.has(Flags::JUMP) && a.flags.has(Flags::SPEED_DERIVED));
+    }
+
+    #[test]
+    fn a_large_accuracy_radius_flags_poor_accuracy() {
+        let mut v = validator();
+        let out = v.process(T, &owntracks(-60, 10.98, 106.65, 30, 0, 3000), now());
+        assert!(accepted(&out).flags.has(Flags::POOR_ACCURACY));
+        let out = v.process(T, &owntracks(-30, 10.9801, 106.65, 30, 0, 300), now());
+        assert!(!accepted(&out).flags.has(Flags::POOR_ACCURACY));
+    }
+
+    #[test]
+    fn an_hdop_too_large_for_its_column_is_rejected() {
+        let mut v = validator();
+        let p = Bytes::from(format!(
+            r#"{{"ts":"{}","lat":10.9,"lon":106.7,"speed_kmh":1,"hdop":1e300}}"#,
+            now().to_rfc3339()
+        ));
+        let out = v.process(T, &p, now());
+        assert_eq!(reasons(&out), ["invalid_field"]);
+        let Record::Rejected(r) = &out[0] else {
+            unreachable!()
+        };
+        assert!(
+            r.detail.contains("hdop") && r.detail.contains("does not fit"),
+            "{}",
+            r.detail
+        );
     }
 
     #[test]

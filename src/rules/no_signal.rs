@@ -59,7 +59,7 @@ mod tests {
             ts: Some(ts),
             lat: 10.9,
             lon: 106.7,
-            speed_kmh: 30.0,
+            speed_kmh: Some(30.0),
             ..FixCandidate::default()
         };
         Fix::validate(

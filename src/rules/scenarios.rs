@@ -160,13 +160,14 @@ impl Track {
             ts: Some(self.t),
             lat: self.lat,
             lon: self.lon,
-            speed_kmh,
+            speed_kmh: Some(speed_kmh),
             heading_deg: None,
             driver: self.driver.clone(),
             ignition: self.ignition,
             satellites: Some(9),
             hdop: Some(0.9),
             odometer_m: None,
+            accuracy_m: None,
         };
         self.fixes
             .push(Fix::validate(c, self.vehicle.clone(), &FixLimits::default(), self.t).unwrap());
@@ -1012,7 +1013,7 @@ fn fixes_of(steps: &[Step]) -> Vec<Fix> {
             ts: Some(t[v] - Duration::seconds(s.jitter_s)),
             lat: lat + s.d_m / M_PER_DEG,
             lon: lon + (t[v] - local(5, 50, 0)).num_seconds() as f64 * 1e-6,
-            speed_kmh: speed[v],
+            speed_kmh: Some(speed[v]),
             driver: drivers[driver[v]].map(str::to_string),
             ignition: Some(s.ignition),
             ..FixCandidate::default()

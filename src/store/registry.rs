@@ -75,3 +75,23 @@ pub async fn load(db: &impl GenericClient) -> Result<Vec<Vehicle>, StoreError> {
     }
     Ok(out)
 }
+
+/// The cooperative of every vehicle ever seen, registered or not: the registered one,
+/// or for an unregistered vehicle the one whose fix was stored first (the writer never
+/// changes a row's cooperative). The validator refuses fixes of other cooperatives.
+pub async fn owners(
+    db: &impl GenericClient,
+) -> Result<Vec<(VehicleId, CooperativeId)>, StoreError> {
+    let rows = db
+        .query("SELECT vehicle_id, cooperative_id FROM vehicles", &[])
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            Some((
+                VehicleId::parse(r.get::<_, &str>(0)).ok()?,
+                CooperativeId::parse(r.get::<_, &str>(1)).ok()?,
+            ))
+        })
+        .collect())
+}

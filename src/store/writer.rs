@@ -493,6 +493,10 @@ async fn write_parts(
 
 /// The vehicle list upsert: first/last seen, and the latest position, which moves only
 /// forward in event time (a late fix is stored but does not become the live position).
+/// A row's cooperative is never changed here: it is the vehicle's owner (registered, or
+/// first to send), and a row of another cooperative is left alone (the validator
+/// already refuses such fixes; this keeps one cooperative's position out of another's
+/// live list whatever happens).
 static VEHICLES_UPSERT: LazyLock<String> = LazyLock::new(|| {
     let position = [
         "last_lat",
@@ -520,7 +524,8 @@ static VEHICLES_UPSERT: LazyLock<String> = LazyLock::new(|| {
              first_seen = COALESCE(vehicles.first_seen, EXCLUDED.first_seen),
              last_seen = GREATEST(vehicles.last_seen, EXCLUDED.last_seen),
              last_fix_ts = GREATEST(vehicles.last_fix_ts, EXCLUDED.last_fix_ts),
-             {position}"
+             {position}
+         WHERE vehicles.cooperative_id = EXCLUDED.cooperative_id"
     )
 });
 

@@ -309,7 +309,7 @@ async fn api_requires_a_valid_token() {
         .collect();
     assert_eq!(stored.len(), 4);
     assert!(!stored.contains(&e.admin));
-    assert!(stored.contains(&fleetwatch::api::sha256::hex_digest(e.admin.as_bytes())));
+    assert!(stored.contains(&fleetwatch::api::auth::token_digest(e.admin.as_bytes())));
     // The admin token works; the description is public.
     assert_eq!(get(a, "/api/v1/vehicles", &e.admin).await.status, 200);
     let doc = http(a, "GET", "/api/v1/openapi.json", None, None)
@@ -322,7 +322,7 @@ async fn api_requires_a_valid_token() {
     // Tokens are listed by id (a digest prefix) and revoked by it.
     let listed = fleetwatch::api::auth::list_tokens(&c).await.unwrap();
     assert_eq!(listed.len(), 4);
-    let b_id = &fleetwatch::api::sha256::hex_digest(e.coop_b.as_bytes())[..12];
+    let b_id = &fleetwatch::api::auth::token_digest(e.coop_b.as_bytes())[..12];
     let b = listed
         .iter()
         .find(|t| t.id == b_id)
@@ -1114,4 +1114,342 @@ async fn admin_registers_and_removes_vehicles_while_running() {
     .await;
     assert_eq!(flags(t1).await & 4, 4, "no longer registered");
     e.stop().await;
+}
+
+/// Fixes of `vehicle` from `coop`, `n` seconds from `t0`, northward at `speed_kmh`
+/// from `lat0`, one message each.
+fn run(
+    coop: &str,
+    vehicle: &str,
+    t0: DateTime<Utc>,
+    n: usize,
+    lat0: f64,
+    speed_kmh: f64,
+) -> Vec<(String, Vec<u8>)> {
+    let step = speed_kmh / 3.6 / 111_195.0;
+    (0..n)
+        .map(|i| {
+            let ts = t0 + TimeDelta::seconds(i as i64);
+            let lat = lat0 + step * i as f64;
+            (
+                topic(coop, vehicle),
+                fix(vehicle, ts, lat, 106.8, speed_kmh),
+            )
+        })
+        .collect()
+}
+
+/// An unregistered vehicle belongs to the cooperative whose fix came first: another
+/// cooperative's fixes for it are dead letters (`cooperative_mismatch`), never in the
+/// first one's live list, track or alerts; and the claim holds after a restart and when
+/// both cooperatives' first fixes arrive together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unregistered_vehicle_stays_with_the_cooperative_that_sent_it_first() {
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let mut s = settings(&db, &broker.url(), "fw-api-claim");
+    // Unregistered vehicles get a limit, so B's speeding would make an alert.
+    s.rules.overspeed.unregistered_limit_kmh = Some(80.0);
+    let app = start_app(s.clone()).await;
+    let a = app.http_addr;
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let tok_a = create_token(&c, Role::Cooperative, Some("HTX-A"), None)
+        .await
+        .unwrap();
+    let tok_b = create_token(&c, Role::Cooperative, Some("HTX-B"), None)
+        .await
+        .unwrap();
+    let regulator = create_token(&c, Role::Regulator, None, None).await.unwrap();
+    let base = base_time();
+    let url = broker.url();
+
+    // A sends 10 slow fixes of V; then B sends 60 of V at 120 km/h, 20 s later.
+    publish_all(&url, &run("HTX-A", "V-1", base, 10, 10.9, 30.0)).await;
+    wait_until("A's fixes", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM fixes").await == 10 }
+    })
+    .await;
+    let t_b = base + TimeDelta::seconds(30);
+    publish_all(&url, &run("HTX-B", "V-1", t_b, 60, 10.95, 120.0)).await;
+    let handled = "SELECT (SELECT count(*) FROM fixes) + (SELECT count(*) FROM dead_letters)";
+    wait_until("B's 60 messages handled", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, handled).await == 70 }
+    })
+    .await;
+    let dead = c
+        .query("SELECT reason, detail FROM dead_letters", &[])
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 60, "B's fixes are dead letters");
+    for r in &dead {
+        assert_eq!(r.get::<_, &str>(0), "cooperative_mismatch");
+        assert!(
+            r.get::<_, &str>(1).contains("belongs to HTX-A"),
+            "{}",
+            r.get::<_, &str>(1)
+        );
+    }
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM fixes WHERE cooperative_id = 'HTX-B'"
+        )
+        .await,
+        0
+    );
+    // A's live list and track: A's positions only.
+    let v = get(a, "/api/v1/vehicles", &tok_a).await.json();
+    assert_eq!(ids(&v, "vehicles", "vehicle_id"), ["V-1"]);
+    let pos = &v["vehicles"][0]["position"];
+    assert!(pos["lat"].as_f64().unwrap() < 10.91, "{pos}");
+    assert_eq!(pos["speed_kmh"], 30.0);
+    let range = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let rq = format!(
+        "from={}&to={}",
+        range(base - TimeDelta::minutes(1)),
+        range(base + TimeDelta::minutes(10))
+    );
+    let r = get(
+        a,
+        &format!("/api/v1/vehicles/V-1/track?{rq}&format=csv"),
+        &tok_a,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body.lines().count(), 10 + 1);
+    assert!(!r.body.contains(",10.95"), "{}", r.body);
+    // B does not see V at all: it is A's.
+    let v = get(a, "/api/v1/vehicles", &tok_b).await.json();
+    assert_eq!(ids(&v, "vehicles", "vehicle_id"), Vec::<String>::new());
+    let r = get(a, &format!("/api/v1/vehicles/V-1/track?{rq}"), &tok_b).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    // B's speeding made no alert, for anyone.
+    for t in [&tok_a, &tok_b, &regulator] {
+        let r = get(a, "/api/v1/alerts?kind=overspeed", t).await.json();
+        assert_eq!(r["count"], 0, "{r}");
+    }
+
+    // After a restart the claim holds (it is the vehicles row's cooperative).
+    app.shutdown();
+    app.wait().await;
+    let app = start_app(s).await;
+    let a = app.http_addr;
+    let t_b2 = base + TimeDelta::seconds(200);
+    publish_all(&url, &run("HTX-B", "V-1", t_b2, 1, 10.96, 30.0)).await;
+    wait_until("B's fix after the restart", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, handled).await == 71 }
+    })
+    .await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM dead_letters WHERE reason = 'cooperative_mismatch'"
+        )
+        .await,
+        61
+    );
+
+    // Both cooperatives' first fixes of W in one burst (one batch): one owner, the
+    // other's fixes all dead letters.
+    let t_w = base + TimeDelta::seconds(300);
+    let mut burst = Vec::new();
+    for (a_fix, b_fix) in run("HTX-A", "W-1", t_w, 5, 10.7, 30.0).into_iter().zip(run(
+        "HTX-B",
+        "W-1",
+        t_w + TimeDelta::milliseconds(500),
+        5,
+        10.8,
+        30.0,
+    )) {
+        burst.push(a_fix);
+        burst.push(b_fix);
+    }
+    publish_all(&url, &burst).await;
+    wait_until("the burst handled", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, handled).await == 81 }
+    })
+    .await;
+    let owner: String = c
+        .query_one(
+            "SELECT cooperative_id FROM vehicles WHERE vehicle_id = 'W-1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, "HTX-A", "the first fix came from A");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM fixes WHERE vehicle_id = 'W-1' AND cooperative_id = 'HTX-A'"
+        )
+        .await,
+        5
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM fixes WHERE vehicle_id = 'W-1'").await,
+        5
+    );
+    let pos = get(a, "/api/v1/vehicles", &regulator).await.json();
+    let w = pos["vehicles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["vehicle_id"] == "W-1")
+        .unwrap()
+        .clone();
+    assert!(w["position"]["lat"].as_f64().unwrap() < 10.75, "{w}");
+    app.shutdown();
+    app.wait().await;
+}
+
+/// Times PostgreSQL (or chrono's arithmetic) cannot take are a 400 naming the
+/// parameter on every endpoint with dates, never a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dates_outside_the_supported_range_are_400s() {
+    let e = setup("fw-api-dates").await;
+    let a = e.addr();
+    let far = "%2B99999-01-01T00:00:00Z";
+    let past = "-5000-01-01T00:00:00Z";
+    let past2 = "-4999-12-31T00:00:00Z";
+    for (p, param) in [
+        (format!("/api/v1/vehicles/A-1/track?from={far}"), "from"),
+        (format!("/api/v1/vehicles/A-1/track?to={past}"), "to"),
+        (
+            format!("/api/v1/vehicles/A-1/track?from={past}&to={past2}&format=csv"),
+            "from",
+        ),
+        (
+            "/api/v1/vehicles/A-1/track?to=0000-06-01T00:00:00Z".into(),
+            "to",
+        ),
+        (
+            format!("/api/v1/vehicles/A-1/trips?from={past}&to={past2}"),
+            "from",
+        ),
+        (format!("/api/v1/vehicles/A-1/trips?to={far}"), "to"),
+        (format!("/api/v1/alerts?from={past}"), "from"),
+        ("/api/v1/alerts?to=%2B262000-01-01T00:00:00Z".into(), "to"),
+        (
+            format!("/api/v1/reports/compliance?from={past}&to={past2}"),
+            "from",
+        ),
+        (
+            format!("/api/v1/reports/compliance?from=2026-01-01T00:00:00Z&to={far}"),
+            "to",
+        ),
+        ("/api/v1/reports/compliance?month=-5000-01".into(), "month"),
+        ("/api/v1/reports/compliance?month=0000-12".into(), "month"),
+    ] {
+        let r = get(a, &p, &e.regulator).await;
+        assert_eq!(r.status, 400, "{p}: {}", r.body);
+        let err = r.json()["error"].as_str().unwrap().to_string();
+        assert!(
+            err.contains(param) && err.contains("years 0001 to 9999"),
+            "{p}: {err}"
+        );
+    }
+    // The edges of the range are fine.
+    for p in [
+        "/api/v1/vehicles/A-1/track?from=0001-01-01T00:00:00Z&to=0001-01-02T00:00:00Z",
+        "/api/v1/alerts?from=0001-01-01T00:00:00Z&to=9999-12-31T23:59:59Z",
+        "/api/v1/reports/compliance?month=9999-12",
+    ] {
+        let r = get(a, p, &e.regulator).await;
+        assert_eq!(r.status, 200, "{p}: {}", r.body);
+    }
+    e.stop().await;
+}
+
+/// A request that holds a heavy endpoint open: headers read, body left unread, so the
+/// server stays blocked writing it.
+async fn held(addr: SocketAddr, path: &str, token: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head[9..12], b"200", "{}", String::from_utf8_lossy(&head));
+    s
+}
+
+/// One token has at most `http.max_heavy_requests_per_token` track pages in progress:
+/// one more is a 429 with Retry-After; another token is not affected; the slot frees
+/// when a page ends (here: its client goes away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_requests_of_one_token_are_limited() {
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let mut s = settings(&db, &broker.url(), "fw-api-heavy");
+    s.disable_rules = true;
+    s.http.max_heavy_requests_per_token = 2;
+    s.shutdown_deadline_s = 2;
+    let app = start_app(s).await;
+    let a = app.http_addr;
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    // 300,000 fixes: tens of megabytes of GeoJSON, more than the sockets buffer.
+    c.batch_execute(
+        "INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, received_at)
+         SELECT 'BIG-1', '2026-11-01T00:00:00Z'::timestamptz + make_interval(secs => i / 4.0),
+                'HTX-A', 10.9 + i * 1e-7, 106.7, 30, now()
+         FROM generate_series(0, 299999) i;
+         INSERT INTO vehicles (vehicle_id, cooperative_id, registered) VALUES ('BIG-1', 'HTX-A', true);",
+    )
+    .await
+    .unwrap();
+    let tok = create_token(&c, Role::Cooperative, Some("HTX-A"), None)
+        .await
+        .unwrap();
+    let other = create_token(&c, Role::Cooperative, Some("HTX-A"), None)
+        .await
+        .unwrap();
+    let page = "/api/v1/vehicles/BIG-1/track?from=2026-11-01T00:00:00Z&to=2026-11-02T00:00:00Z&format=geojson_points";
+    let small =
+        "/api/v1/vehicles/BIG-1/track?from=2026-11-01T00:00:00Z&to=2026-11-02T00:00:00Z&limit=10";
+    let h1 = held(a, page, &tok).await;
+    let _h2 = held(a, page, &tok).await;
+    let r = get(a, small, &tok).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(
+        r.headers.to_ascii_lowercase().contains("retry-after: 1"),
+        "{}",
+        r.headers
+    );
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("at most 2"),
+        "{}",
+        r.body
+    );
+    // Reports count too; other endpoints do not.
+    let r = get(a, "/api/v1/reports/compliance?month=2026-11", &tok).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(get(a, "/api/v1/vehicles", &tok).await.status, 200);
+    // Another token of the same cooperative has its own slots.
+    let r = get(a, small, &other).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["geometry"]["coordinates"]
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
+    // A client that goes away frees its slot.
+    drop(h1);
+    wait_until("a slot freed", Duration::from_secs(20), || async {
+        get(a, small, &tok).await.status == 200
+    })
+    .await;
+    // A client that stopped reading (h2) does not keep the service from stopping.
+    app.shutdown();
+    tokio::time::timeout(Duration::from_secs(30), app.wait())
+        .await
+        .expect("stops despite a stalled client");
 }

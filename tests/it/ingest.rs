@@ -228,3 +228,175 @@ pub async fn reqwest_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// A phone in a car (OwnTracks for Android, `fixtures/owntracks/car.jsonl`), replayed
+/// an hour ago: every location is stored; OwnTracks' -1 (unknown) speeds are derived
+/// from the previous fix and flagged, unknown headings stay empty, cell-only positions
+/// (3 km accuracy) are flagged as poor accuracy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owntracks_recording_is_stored_with_derived_speeds_and_accuracy_flags() {
+    use fleetwatch::ingest::validate::{haversine_m, Flags};
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let app = start_app(settings(&db, &broker.url(), "fw-owntracks-car")).await;
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/owntracks/car.jsonl"),
+    )
+    .unwrap();
+    let mut recorded: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recorded.len(), 20);
+    let shift = base_time().timestamp() - recorded[0]["tst"].as_i64().unwrap();
+    for m in &mut recorded {
+        for k in ["tst", "created_at"] {
+            m[k] = (m[k].as_i64().unwrap() + shift).into();
+        }
+    }
+    let t = topic("HTX-OT", "51A-123.45");
+    let msgs: Vec<(String, Vec<u8>)> = recorded
+        .iter()
+        .map(|m| (t.clone(), serde_json::to_vec(m).unwrap()))
+        .collect();
+    publish_all(&broker.url(), &msgs).await;
+    wait_until("20 fixes", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM fixes").await == 20 }
+    })
+    .await;
+    assert_eq!(count(&db, "SELECT count(*) FROM dead_letters").await, 0);
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let rows = c
+        .query(
+            "SELECT extract(epoch from ts)::bigint, speed_kmh, heading_deg, flags
+             FROM fixes ORDER BY ts",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (mut derived, mut poor, mut no_heading) = (0, 0, 0);
+    for (i, (r, m)) in rows.iter().zip(&recorded).enumerate() {
+        assert_eq!(r.get::<_, i64>(0), m["tst"].as_i64().unwrap());
+        let (speed, heading, flags) = (
+            r.get::<_, f32>(1),
+            r.get::<_, Option<f32>>(2),
+            Flags(r.get::<_, i16>(3)),
+        );
+        assert!(!flags.has(Flags::JUMP), "fix {i}: {flags:?}");
+        let vel = m["vel"].as_f64().unwrap();
+        if vel == -1.0 {
+            derived += 1;
+            assert!(flags.has(Flags::SPEED_DERIVED), "fix {i}: {flags:?}");
+            // The average from the previous fix (none for the first: 0).
+            let want = match i.checked_sub(1).map(|j| &recorded[j]) {
+                None => 0.0,
+                Some(p) => {
+                    let d = haversine_m(
+                        p["lat"].as_f64().unwrap(),
+                        p["lon"].as_f64().unwrap(),
+                        m["lat"].as_f64().unwrap(),
+                        m["lon"].as_f64().unwrap(),
+                    );
+                    let dt = (m["tst"].as_i64().unwrap() - p["tst"].as_i64().unwrap()) as f64;
+                    d / dt * 3.6
+                }
+            };
+            assert!(
+                (f64::from(speed) - want).abs() < 0.01,
+                "fix {i}: {speed} vs {want}"
+            );
+        } else {
+            assert!(!flags.has(Flags::SPEED_DERIVED), "fix {i}: {flags:?}");
+            assert_eq!(f64::from(speed), vel, "fix {i}");
+        }
+        match m["cog"].as_f64().unwrap() {
+            -1.0 => {
+                no_heading += 1;
+                assert_eq!(heading, None, "fix {i}");
+            }
+            cog => assert_eq!(heading.map(f64::from), Some(cog), "fix {i}"),
+        }
+        let cell = m["acc"].as_f64().unwrap() > 300.0;
+        poor += usize::from(cell);
+        assert_eq!(flags.has(Flags::POOR_ACCURACY), cell, "fix {i}: {flags:?}");
+    }
+    assert_eq!((derived, no_heading, poor), (9, 6, 2));
+    // Counted by flag.
+    let body = reqwest_get(app.http_addr, "/metrics").await;
+    assert!(body.contains(r#"fleetwatch_fixes_flagged_total{flag="speed_derived"}"#));
+    app.shutdown();
+    app.wait().await;
+}
+
+/// A number that is finite as f64 but not as the f32 it is stored as (an HDOP of 1e300
+/// was stored as Infinity) is a dead letter `invalid_field`, not a stored fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_too_large_for_their_column_are_dead_letters() {
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let app = start_app(settings(&db, &broker.url(), "fw-too-large-values")).await;
+    let base = base_time();
+    let t = topic("HTX-A", "51B-9");
+    let ts = base.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let msgs = vec![
+        (
+            t.clone(),
+            format!(r#"{{"ts":"{ts}","lat":10.9,"lon":106.7,"speed_kmh":30,"hdop":1e300}}"#)
+                .into_bytes(),
+        ),
+        (
+            t.clone(),
+            format!(
+                r#"{{"_type":"location","tst":{},"lat":10.9,"lon":106.7,"vel":30,"acc":1e39}}"#,
+                base.timestamp() + 1
+            )
+            .into_bytes(),
+        ),
+        (
+            t.clone(),
+            fix(
+                "51B-9",
+                base + chrono::Duration::seconds(2),
+                10.9,
+                106.7,
+                30.0,
+            ),
+        ),
+    ];
+    publish_all(&broker.url(), &msgs).await;
+    wait_until("1 fix and 2 dead letters", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move {
+            count(&db, "SELECT count(*) FROM fixes").await == 1
+                && count(&db, "SELECT count(*) FROM dead_letters").await == 2
+        }
+    })
+    .await;
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let rows = c
+        .query("SELECT reason, detail FROM dead_letters ORDER BY id", &[])
+        .await
+        .unwrap();
+    let got: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got[0].0, "invalid_field");
+    assert!(
+        got[0]
+            .1
+            .contains("invalid hdop: 1e300 does not fit its stored type (real"),
+        "{}",
+        got[0].1
+    );
+    assert_eq!(got[1].0, "invalid_field");
+    assert!(got[1].1.contains("accuracy_m"), "{}", got[1].1);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM fixes WHERE hdop = 'Infinity'::real"
+        )
+        .await,
+        0
+    );
+    app.shutdown();
+    app.wait().await;
+}

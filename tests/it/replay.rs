@@ -271,13 +271,14 @@ async fn stored_fixes(
                 ts: Some(r.get(0)),
                 lat: r.get(1),
                 lon: r.get(2),
-                speed_kmh: f64::from(r.get::<_, f32>(3)),
+                speed_kmh: Some(f64::from(r.get::<_, f32>(3))),
                 heading_deg: r.get::<_, Option<f32>>(4).map(f64::from),
                 driver: r.get(5),
                 ignition: r.get(6),
                 satellites: r.get::<_, Option<i16>>(7).map(i64::from),
                 hdop: r.get::<_, Option<f32>>(8).map(f64::from),
                 odometer_m: r.get(9),
+                accuracy_m: None,
             };
             Fix::validate(c, vehicle.clone(), &FixLimits::default(), r.get(10)).unwrap()
         })

@@ -57,13 +57,14 @@ impl Format for Canonical {
             ts: Some(w.ts),
             lat: w.lat,
             lon: w.lon,
-            speed_kmh: w.speed_kmh,
+            speed_kmh: Some(w.speed_kmh),
             heading_deg: w.heading_deg,
             driver: w.driver_id.map(|d| d.into_owned()),
             ignition: w.ignition,
             satellites: w.satellites,
             hdop: w.hdop,
             odometer_m: w.odometer_m,
+            accuracy_m: None,
         })
     }
 }
@@ -175,7 +176,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.vehicle.as_deref(), Some("61C-330.12"));
         assert_eq!(c.ts.unwrap().to_rfc3339(), "2026-11-24T01:00:05+00:00");
-        assert_eq!((c.lat, c.lon, c.speed_kmh), (10.9, 106.75, 42.5));
+        assert_eq!((c.lat, c.lon, c.speed_kmh), (10.9, 106.75, Some(42.5)));
         assert_eq!(c.heading_deg, Some(91.0));
         assert_eq!(c.driver.as_deref(), Some("079123456789"));
         assert_eq!(
@@ -238,7 +239,7 @@ mod tests {
             ts: Some(DateTime::from_timestamp(1_795_914_000, 123_456_000).unwrap()),
             lat: -0.000001,
             lon: 1e-7,
-            speed_kmh: 0.0,
+            speed_kmh: Some(0.0),
             // Stored as the f32 360.0, which validation would turn into 0.
             heading_deg: Some(359.999_99),
             ..FixCandidate::default()
@@ -263,6 +264,7 @@ mod tests {
             ts: Some(DateTime::from_timestamp(1_795_914_000, 0).unwrap()),
             lat: 10.901_234_567_891_234,
             lon: 122.913_318_327_151_39,
+            speed_kmh: Some(0.0),
             ..FixCandidate::default()
         });
         assert_eq!(round_trip(&fix), fix);
@@ -291,13 +293,14 @@ mod tests {
                 ts: Some(ts),
                 lat,
                 lon,
-                speed_kmh: speed,
+                speed_kmh: Some(speed),
                 heading_deg: heading,
                 driver,
                 ignition,
                 satellites,
                 hdop,
                 odometer_m: odometer,
+                accuracy_m: None,
             });
             proptest::prop_assert_eq!(round_trip(&fix), fix);
         }

@@ -185,7 +185,7 @@ mod tests {
             .decode(br#"{"_type":"location","tst":1795914000,"lat":10.9,"lon":106.7,"vel":30}"#)
             .unwrap();
         let c = out[0].result.as_ref().unwrap();
-        assert_eq!(c.speed_kmh, 30.0);
+        assert_eq!(c.speed_kmh, Some(30.0));
         assert_eq!(c.vehicle, None);
     }
 }
