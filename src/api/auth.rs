@@ -238,7 +238,7 @@ pub async fn token_role(
     db: &impl GenericClient,
     token: &str,
 ) -> Result<Option<(Role, Option<String>)>, TokenError> {
-    let digest = sha256::hex_digest(token.to_ascii_lowercase().as_bytes());
+    let digest = token_digest(token.to_ascii_lowercase().as_bytes());
     let row = db
         .query_opt(
             "SELECT role, label FROM api_tokens WHERE token_sha256 = $1",

@@ -1178,7 +1178,7 @@ fn in_order_fixes_own_drivers(steps: &[Step]) -> Vec<Fix> {
             ts: Some(t[v]),
             lat: lat + s.d_m / M_PER_DEG,
             lon: lon + (t[v] - local(5, 50, 0)).num_seconds() as f64 * 1e-6,
-            speed_kmh: speed[v],
+            speed_kmh: Some(speed[v]),
             driver: drivers[driver[v]].map(|d| format!("{d}{v}")),
             ignition: Some(s.ignition),
             ..FixCandidate::default()
@@ -1208,7 +1208,7 @@ fn parked_tails(fixes: &[Fix]) -> Vec<Fix> {
                 ts: Some(last + Duration::minutes(30 + k)),
                 lat: ROUTE_LAT,
                 lon: 106.70,
-                speed_kmh: 0.0,
+                speed_kmh: Some(0.0),
                 ignition: Some(false),
                 ..FixCandidate::default()
             };

@@ -575,13 +575,14 @@ fn to_fix(f: &SimFix) -> Fix {
         ts: Some(p.ts),
         lat: p.lat,
         lon: p.lon,
-        speed_kmh: p.speed_kmh,
+        speed_kmh: Some(p.speed_kmh),
         heading_deg: Some(p.heading_deg),
         driver: Some(p.driver_id),
         ignition: Some(p.ignition),
         satellites: Some(p.satellites),
         hdop: Some(p.hdop),
         odometer_m: Some(p.odometer_m),
+        accuracy_m: None,
     };
     Fix::validate(candidate, f.vehicle.clone(), &FixLimits::default(), f.ts).unwrap()
 }

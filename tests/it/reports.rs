@@ -690,6 +690,7 @@ fn stage_for(coop: &str, vehicles: &[&str]) -> Stage {
         ),
         checkpoint_every: Duration::from_secs(3600),
         rules: true,
+        recompute: Default::default(),
     }
 }
 

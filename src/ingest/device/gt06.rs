@@ -257,13 +257,14 @@ fn gps(f: &Frame<'_>, utc_offset_s: i32) -> Result<DevicePosition, Gt06Error> {
             ts: Some(ts),
             lat,
             lon,
-            speed_kmh: f64::from(b[15]),
+            speed_kmh: Some(f64::from(b[15])),
             heading_deg: Some(f64::from(flags & 0x03ff)),
             driver: None,
             ignition,
             satellites: Some(i64::from(b[6] & 0x0f)),
             hdop: None,
             odometer_m: None,
+            accuracy_m: None,
         },
         gps_valid: flags & 0x1000 != 0,
         buffered: false,
@@ -370,7 +371,7 @@ mod tests {
         assert_eq!(p.fix.ts.unwrap().to_rfc3339(), "2015-12-29T02:51:05+00:00");
         assert!((p.fix.lat - 23.111693).abs() < 1e-6, "{}", p.fix.lat);
         assert!((p.fix.lon - 114.409298).abs() < 1e-6, "{}", p.fix.lon);
-        assert_eq!(p.fix.speed_kmh, 0.0);
+        assert_eq!(p.fix.speed_kmh, Some(0.0));
         assert_eq!(p.fix.satellites, Some(9));
         assert_eq!(p.fix.ignition, Some(false));
         assert!(p.gps_valid);
@@ -397,7 +398,7 @@ mod tests {
         assert_eq!(p.fix.ts.unwrap().to_rfc3339(), "2019-03-18T11:37:36+00:00");
         assert!((p.fix.lat - 11.391913).abs() < 1e-6);
         assert!((p.fix.lon - 77.890640).abs() < 1e-6);
-        assert_eq!(p.fix.speed_kmh, 3.0);
+        assert_eq!(p.fix.speed_kmh, Some(3.0));
         assert_eq!(p.fix.heading_deg, Some(51.0));
         assert_eq!(p.fix.ignition, Some(true));
         assert_eq!(p.fix.satellites, Some(7));

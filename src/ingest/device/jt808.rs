@@ -327,13 +327,14 @@ fn location(
         ts: Some(ts),
         lat,
         lon,
-        speed_kmh: be::<2>(b, 18).unwrap_or(0) as f64 / 10.0,
+        speed_kmh: Some(be::<2>(b, 18).unwrap_or(0) as f64 / 10.0),
         heading_deg: Some(be::<2>(b, 20).unwrap_or(0) as f64),
         driver: None,
         ignition: Some(status & 0x01 != 0),
         satellites: None,
         hdop: None,
         odometer_m: None,
+        accuracy_m: None,
     };
     let mut at = 28;
     while let (Some(&id), Some(&len)) = (b.get(at), b.get(at + 1)) {
@@ -535,7 +536,7 @@ mod tests {
         assert_eq!(p.fix.ts.unwrap().to_rfc3339(), "2013-04-12T08:49:52+00:00");
         assert!((p.fix.lat - 50.871735).abs() < 1e-9);
         assert!((p.fix.lon - -1.255923).abs() < 1e-9);
-        assert_eq!(p.fix.speed_kmh, 2.0);
+        assert_eq!(p.fix.speed_kmh, Some(2.0));
         assert_eq!(p.fix.ignition, Some(false));
         assert_eq!(p.fix.odometer_m, Some(1800.0));
         assert_eq!(p.alarms, vec![Alarm::Sos]);
@@ -558,7 +559,7 @@ mod tests {
         let Message::Positions(p) = decode(&frame(&raw), GMT8).unwrap() else {
             panic!()
         };
-        assert_eq!(p[0].fix.speed_kmh, 0.0);
+        assert_eq!(p[0].fix.speed_kmh, Some(0.0));
         assert_eq!(p[0].fix.odometer_m, Some(75_700.0));
         assert_eq!(
             p[0].fix.ts.unwrap().to_rfc3339(),
@@ -600,7 +601,7 @@ mod tests {
         };
         assert_eq!(p[0].alarms, vec![Alarm::Sos, Alarm::PowerCut]);
         assert_eq!((p[0].fix.lat, p[0].fix.lon), (-10.762, -106.66));
-        assert_eq!(p[0].fix.speed_kmh, 80.0);
+        assert_eq!(p[0].fix.speed_kmh, Some(80.0));
         assert_eq!(
             p[0].fix.ts.unwrap().to_rfc3339(),
             "2026-12-02T01:30:00+00:00"

@@ -45,10 +45,8 @@ impl OsmandError {
 pub struct Report {
     /// The device id configured in the app (mapped to a vehicle like any device id).
     pub device_id: String,
-    /// The fix.
+    /// The fix (an unknown speed stays `None`: validation derives it).
     pub fix: FixCandidate,
-    /// Horizontal accuracy, metres, if the phone said.
-    pub accuracy_m: Option<f64>,
 }
 
 /// Decodes query-string or form parameters (`a=1&b=2`, percent-encoded).
@@ -94,19 +92,19 @@ pub fn decode_params(query: &[u8]) -> Result<Report, OsmandError> {
     let accuracy_m = num(&["accuracy"])?;
     Ok(Report {
         device_id,
-        accuracy_m,
         fix: FixCandidate {
             vehicle: None,
             ts,
             lat,
             lon,
-            speed_kmh: num(&["speed"])?.unwrap_or(0.0) * KMH_PER_KNOT,
+            speed_kmh: num(&["speed"])?.filter(|s| *s >= 0.0).map(|k| k * KMH_PER_KNOT),
             heading_deg: num(&["bearing", "heading"])?,
             driver: get(&["driverUniqueId"]).map(|(_, v)| v.to_string()),
             ignition,
             satellites: None,
             hdop: num(&["hdop"])?,
             odometer_m: None,
+            accuracy_m,
         },
     })
 }
@@ -143,19 +141,19 @@ pub fn decode_json(body: &[u8]) -> Result<Report, OsmandError> {
     let c = b.location.coords;
     Ok(Report {
         device_id: b.device_id,
-        accuracy_m: c.accuracy,
         fix: FixCandidate {
             vehicle: None,
             ts: Some(ts),
             lat: c.latitude,
             lon: c.longitude,
-            speed_kmh: c.speed.filter(|s| *s >= 0.0).unwrap_or(0.0) * 3.6,
+            speed_kmh: c.speed.filter(|s| *s >= 0.0).map(|ms| ms * 3.6),
             heading_deg: c.heading.filter(|h| *h >= 0.0),
             driver: None,
             ignition: None,
             satellites: None,
             hdop: None,
             odometer_m: b.location.odometer,
+            accuracy_m: c.accuracy,
         },
     })
 }
@@ -198,9 +196,9 @@ mod tests {
         assert_eq!(r.device_id, "123456");
         assert_eq!(r.fix.ts.unwrap().to_rfc3339(), "2024-12-02T04:00:00+00:00");
         assert_eq!((r.fix.lat, r.fix.lon), (10.9804, 106.6519));
-        assert!((r.fix.speed_kmh - 50.004).abs() < 1e-9, "knots to km/h");
+        assert!((r.fix.speed_kmh.unwrap() - 50.004).abs() < 1e-9, "knots to km/h");
         assert_eq!(r.fix.heading_deg, Some(91.5));
-        assert_eq!(r.accuracy_m, Some(8.5));
+        assert_eq!(r.fix.accuracy_m, Some(8.5));
         assert_eq!(r.fix.driver.as_deref(), Some("079123456789"));
     }
 
@@ -222,7 +220,7 @@ mod tests {
     #[test]
     fn location_pair_and_missing_or_bad_values() {
         let r = decode_params(b"deviceid=7&location=10.5,106.25&timestamp=1733112000").unwrap();
-        assert_eq!((r.fix.lat, r.fix.lon, r.fix.speed_kmh), (10.5, 106.25, 0.0));
+        assert_eq!((r.fix.lat, r.fix.lon, r.fix.speed_kmh), (10.5, 106.25, None));
         assert_eq!(
             decode_params(b"lat=1&lon=2&timestamp=1"),
             Err(OsmandError::Missing("id"))
@@ -249,7 +247,7 @@ mod tests {
         let body = br#"{"location":{"timestamp":"2024-12-02T04:00:00.000Z","coords":{"latitude":10.98,"longitude":106.65,"accuracy":5,"speed":10,"heading":-1,"altitude":3},"is_moving":true,"odometer":1234.5,"battery":{"level":0.5}},"device_id":"phone-7"}"#;
         let r = decode_json(body).unwrap();
         assert_eq!(r.device_id, "phone-7");
-        assert_eq!(r.fix.speed_kmh, 36.0, "m/s to km/h");
+        assert_eq!(r.fix.speed_kmh, Some(36.0), "m/s to km/h");
         assert_eq!(r.fix.heading_deg, None, "-1 is unknown");
         assert_eq!(r.fix.odometer_m, Some(1234.5));
         assert!(decode_json(b"{\"device_id\":1}").is_err());

@@ -227,13 +227,14 @@ fn record(r: &mut Reader<'_>, codec: u8) -> Option<DevicePosition> {
         ts: DateTime::<Utc>::from_timestamp_millis(ts_ms),
         lat: f64::from(lat) / 1e7,
         lon: f64::from(lon) / 1e7,
-        speed_kmh: speed as f64,
+        speed_kmh: Some(speed as f64),
         heading_deg: Some(angle as f64),
         driver: None,
         ignition: None,
         satellites: Some(satellites as i64),
         hdop: None,
         odometer_m: None,
+        accuracy_m: None,
     };
     let mut io = |id: u16, v: u64| match id {
         IO_IGNITION => fix.ignition = Some(v != 0),
@@ -307,7 +308,7 @@ mod tests {
         assert!((f.lon - 16.3745183).abs() < 1e-9);
         assert_eq!(
             (f.speed_kmh, f.heading_deg, f.satellites),
-            (83.0, Some(198.0), Some(15))
+            (Some(83.0), Some(198.0), Some(15))
         );
         assert_eq!(f.odometer_m, Some(2_656_224.0));
         assert_eq!(f.ignition, None);
@@ -320,7 +321,7 @@ mod tests {
         assert_eq!(p[0].fix.ignition, Some(true));
         assert!((p[0].fix.lat - 56.8255366).abs() < 1e-9);
         assert!((p[0].fix.lon - 60.4544333).abs() < 1e-9);
-        assert_eq!(p[0].fix.speed_kmh, 95.0);
+        assert_eq!(p[0].fix.speed_kmh, Some(95.0));
     }
 
     #[test]
