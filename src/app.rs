@@ -163,6 +163,19 @@ impl App {
         .context("restoring rule state")?;
         tracing::info!(restored, replayed, "rule state restored");
 
+        // Incidents (a lost broker session) are stored by their own task.
+        let (incident_tx, incident_rx) = mpsc::channel(64);
+        let incident_task = tokio::spawn(store::incidents::run(
+            db_url.clone(),
+            incident_rx,
+            disconnect.clone(),
+        ));
+        let client_ids: Vec<String> = (0..n_conn)
+            .map(|k| match k {
+                0 => settings.mqtt.client_id.clone(),
+                k => format!("{}-{k}", settings.mqtt.client_id),
+            })
+            .collect();
         let ev: Vec<_> = clients
             .iter()
             .zip(eventloops)
@@ -179,11 +192,16 @@ impl App {
                         disconnect: disconnect.clone(),
                         max_backoff: Duration::from_millis(settings.mqtt.max_backoff_ms),
                         health: health.clone(),
+                        max_message_bytes: settings.mqtt.max_message_bytes,
+                        incidents: Some(incident_tx.clone()),
+                        broker: redact(&mqtt_url),
+                        client_id: client_ids[k].clone(),
                     },
                 ))
             })
             .collect();
         drop(dtx);
+        drop(incident_tx);
         let pipe = tokio::spawn(pipeline::run(drx, itx, stage, geo_rx, registry_rx));
         let alert_topic = if settings.alert_topic.is_empty() {
             "fleet/{cooperative}/{vehicle}/alert"
@@ -248,6 +266,7 @@ impl App {
             }
             disconnect.cancel();
             let _ = outbox.await;
+            let _ = incident_task.await;
             let _ = hup.await;
             let _ =
                 tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(ev))

@@ -1,5 +1,6 @@
 //! PostgreSQL storage: connection, embedded migrations, batched writes, daily roll-ups.
 
+pub mod incidents;
 pub mod migrate;
 pub mod outbox;
 pub mod registry;

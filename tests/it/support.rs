@@ -139,6 +139,15 @@ pub async fn count(db_url: &str, sql: &str) -> i64 {
 
 /// Publishes every message at QoS 1 and returns once the broker acked them all.
 pub async fn publish_all(url: &str, msgs: &[(String, Vec<u8>)]) {
+    publish_all_with(url, msgs, |_| {}).await
+}
+
+/// [`publish_all`] with options adjusted by `opts` (credentials, packet size).
+pub async fn publish_all_with(
+    url: &str,
+    msgs: &[(String, Vec<u8>)],
+    opts: impl FnOnce(&mut MqttOptions),
+) {
     let u = url::Url::parse(url).unwrap();
     static N: AtomicU32 = AtomicU32::new(0);
     let id = format!(
@@ -148,6 +157,7 @@ pub async fn publish_all(url: &str, msgs: &[(String, Vec<u8>)]) {
     );
     let mut o = MqttOptions::new(id, u.host_str().unwrap(), u.port().unwrap());
     o.set_keep_alive(Duration::from_secs(30)).set_inflight(500);
+    opts(&mut o);
     let (client, mut ev) = AsyncClient::new(o, 1000);
     let msgs = msgs.to_vec();
     let total = msgs.len();
