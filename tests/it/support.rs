@@ -198,6 +198,8 @@ pub struct Mosquitto {
     pub url: String,
     /// Working directory (configuration, persistence, test credentials).
     pub dir: PathBuf,
+    conf_path: PathBuf,
+    port: u16,
 }
 
 impl Mosquitto {
@@ -229,31 +231,48 @@ impl Mosquitto {
         );
         let conf_path = dir.join("mosquitto.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect("mosquitto is installed (apt-get install -y mosquitto)");
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("mosquitto starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
         Mosquitto {
-            child,
+            child: spawn_mosquitto(&conf_path, port),
             url: format!("mqtt://127.0.0.1:{port}"),
             dir,
+            conf_path,
+            port,
         }
     }
+
+    /// SIGKILLs the broker (a crash: no final save of its persistence file).
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same port, configuration and persistence.
+    pub fn restart(&mut self) {
+        self.child = spawn_mosquitto(&self.conf_path, self.port);
+    }
+}
+
+fn spawn_mosquitto(conf_path: &std::path::Path, port: u16) -> Child {
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("mosquitto is installed (apt-get install -y mosquitto)");
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(conf_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("mosquitto starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 impl Drop for Mosquitto {
