@@ -137,6 +137,9 @@ async fn raw_broker(url: &str, msgs: &[(String, Vec<u8>)], publishers: usize) ->
         u.host_str().unwrap(),
         u.port().unwrap(),
     );
+    if !u.username().is_empty() {
+        o.set_credentials(u.username(), u.password().unwrap_or_default());
+    }
     o.set_keep_alive(Duration::from_secs(60))
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut ev) = AsyncClient::new(o, 10_000);

@@ -16,6 +16,7 @@ use crate::api::{self, AppState, Health};
 use crate::config::Settings;
 use crate::geo::{GeoConfig, GeoError, GeoIndex};
 use crate::infra::broker::EmbeddedBroker;
+use crate::infra::mqtt_gate::{AclTopics, BrokerCredentials};
 use crate::infra::postgres::{EmbeddedPostgres, PgOptions};
 use crate::ingest::mqtt::{self, Delivery, MqttAcker};
 use crate::ingest::topic::{subscription, TopicPattern};
@@ -62,16 +63,31 @@ pub async fn database(settings: &Settings) -> anyhow::Result<(String, Option<Emb
     Ok((url, Some(pg)))
 }
 
-/// Resolves the broker: the configured URL, or the embedded broker (started here).
+/// Resolves the broker: the configured URL, or the embedded broker (started here),
+/// whose credentials are generated at first start in the data directory.
 pub fn broker(settings: &Settings) -> anyhow::Result<String> {
     if !settings.mqtt.url.is_empty() {
         return Ok(settings.mqtt.url.clone());
     }
-    let b = EmbeddedBroker::start(settings.embedded_broker.port)
-        .or_else(|_| EmbeddedBroker::start(0))
-        .context("starting the embedded MQTT broker")?;
-    tracing::info!(url = %b.url(), "embedded MQTT broker started");
+    let creds = BrokerCredentials::load_or_create(&settings.database.data_dir)?;
+    let topics = AclTopics {
+        fix: TopicPattern::parse(&settings.mqtt.topic)?,
+        alert: alert_topic(settings).to_string(),
+    };
+    let b =
+        EmbeddedBroker::start_with(settings.embedded_broker.port, creds.clone(), topics.clone())
+            .or_else(|_| EmbeddedBroker::start_with(0, creds, topics))
+            .context("starting the embedded MQTT broker")?;
+    tracing::info!(devices = %b.device_url(), "embedded MQTT broker started (devices need credentials: fleetwatch device-credentials create)");
     Ok(b.url())
+}
+
+fn alert_topic(settings: &Settings) -> &str {
+    if settings.alert_topic.is_empty() {
+        "fleet/{cooperative}/{vehicle}/alert"
+    } else {
+        settings.alert_topic.as_str()
+    }
 }
 
 impl App {
@@ -203,11 +219,7 @@ impl App {
         drop(dtx);
         drop(incident_tx);
         let pipe = tokio::spawn(pipeline::run(drx, itx, stage, geo_rx, registry_rx));
-        let alert_topic = if settings.alert_topic.is_empty() {
-            "fleet/{cooperative}/{vehicle}/alert"
-        } else {
-            settings.alert_topic.as_str()
-        };
+        let alert_topic = alert_topic(&settings);
         // Alerts go out on their own connection, so waiting for their acknowledgements
         // never competes with the consumers' acks.
         let mut pub_cfg = settings.mqtt.clone();
@@ -276,7 +288,7 @@ impl App {
                 let _ = r.await;
             }
         });
-        tracing::info!(%http_addr, mqtt = %mqtt_url, database = %redact(&db_url), ?layout, "fleetwatch running");
+        tracing::info!(%http_addr, mqtt = %redact(&mqtt_url), database = %redact(&db_url), ?layout, "fleetwatch running");
         Ok(App {
             db_url,
             mqtt_url,

@@ -162,7 +162,8 @@ pub async fn run_demo(
     let app = App::start(settings).await?;
     println!(
         "fleetwatch demo: broker {}  |  metrics http://{}/metrics  |  Ctrl-C to stop",
-        app.mqtt_url, app.http_addr
+        crate::app::redact(&app.mqtt_url),
+        app.http_addr
     );
     println!("map: {}", map_url(&app).await?);
     let publisher = Publisher::connect(&app.mqtt_url, "fleetwatch-demo-fleet")?;

@@ -2,6 +2,7 @@
 //! so the private PostgreSQL starts once).
 
 mod api;
+mod broker_auth;
 mod broker_faults;
 mod infra;
 mod ingest;

@@ -157,6 +157,9 @@ pub async fn publish_all_with(
     );
     let mut o = MqttOptions::new(id, u.host_str().unwrap(), u.port().unwrap());
     o.set_keep_alive(Duration::from_secs(30)).set_inflight(500);
+    if !u.username().is_empty() {
+        o.set_credentials(u.username(), u.password().unwrap_or_default());
+    }
     opts(&mut o);
     let (client, mut ev) = AsyncClient::new(o, 1000);
     let msgs = msgs.to_vec();
