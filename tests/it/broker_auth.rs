@@ -233,3 +233,134 @@ async fn the_embedded_broker_admits_only_credentials_and_enforces_their_acls() {
     assert!(got.lock().unwrap().is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The shipped Mosquitto ACL sample with a password file: a cooperative's account
+/// cannot publish another cooperative's fixes, nor read its alerts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mosquitto_acl_sample_keeps_cooperatives_apart() {
+    let acl =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/mosquitto-acl.conf");
+    let mosq = Mosquitto::start_with("", |dir| {
+        let passwd = dir.join("passwd");
+        for (i, (user, pass)) in [
+            ("fleetwatch", "fw-pass"),
+            ("HTX-A", "a-pass"),
+            ("HTX-B", "b-pass"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut cmd = std::process::Command::new("mosquitto_passwd");
+            if i == 0 {
+                cmd.arg("-c");
+            }
+            let ok = cmd
+                .arg("-b")
+                .arg(&passwd)
+                .arg(user)
+                .arg(pass)
+                .status()
+                .unwrap();
+            assert!(ok.success(), "mosquitto_passwd");
+        }
+        format!(
+            "password_file {}\nacl_file {}\n",
+            passwd.display(),
+            acl.display()
+        )
+    });
+    let db = fresh_db().await;
+    let mut s = settings(&db, &mosq.url, "fw-mosq-acl");
+    s.mqtt.username = Some("fleetwatch".into());
+    s.mqtt.password = Some("fw-pass".into());
+    let app = start_app(s).await;
+
+    let (granted_all, got_all) =
+        subscriber(opts(&mosq.url, "b-all", Some(("HTX-B", "b-pass"))), &["#"]).await;
+    let (_, got_other) = subscriber(
+        opts(&mosq.url, "b-other", Some(("HTX-B", "b-pass"))),
+        &["fleet/HTX-A/+/alert"],
+    )
+    .await;
+    let (granted_own, got_own) = subscriber(
+        opts(&mosq.url, "b-own", Some(("HTX-B", "b-pass"))),
+        &["fleet/HTX-B/+/alert"],
+    )
+    .await;
+    assert_eq!(granted_own, [true]);
+    let base = base_time();
+    // Mosquitto acks a denied QoS 1 publish with "not authorized" and then drops the
+    // connection (eclipse-mosquitto/mosquitto#2579), so the spoofing publisher may fail.
+    let url = mosq.url.clone();
+    let spoof = tokio::spawn(async move {
+        publish_all_with(
+            &url,
+            &[(
+                topic("HTX-B", "51B-9"),
+                fix("51B-9", base, 10.9, 106.7, 30.0),
+            )],
+            |o| {
+                o.set_credentials("HTX-A", "a-pass");
+            },
+        )
+        .await
+    });
+    let _ = spoof.await;
+    publish_all_with(
+        &mosq.url,
+        &[(
+            topic("HTX-A", "51A-1"),
+            fix("51A-1", base, 10.9, 106.7, 30.0),
+        )],
+        |o| {
+            o.set_credentials("HTX-A", "a-pass");
+        },
+    )
+    .await;
+    wait_until("own fix stored", Duration::from_secs(20), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM fixes").await >= 1 }
+    })
+    .await;
+    publish_all_with(
+        &mosq.url,
+        &[
+            ("fleet/HTX-A/51A-1/alert".to_string(), b"{}".to_vec()),
+            ("fleet/HTX-B/51B-1/alert".to_string(), b"{}".to_vec()),
+        ],
+        |o| {
+            o.set_credentials("fleetwatch", "fw-pass");
+        },
+    )
+    .await;
+    wait_until("own alert received", Duration::from_secs(10), || {
+        let n = got_own.lock().unwrap().len();
+        async move { n >= 1 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.shutdown();
+    app.wait().await;
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let stored: Vec<String> = c
+        .query("SELECT vehicle_id FROM fixes", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stored, ["51A-1"], "the spoofed fix is not stored");
+    assert_eq!(*got_own.lock().unwrap(), ["fleet/HTX-B/51B-1/alert"]);
+    assert!(
+        got_other.lock().unwrap().is_empty(),
+        "another cooperative's alert"
+    );
+    // Mosquitto grants `#` but delivers only what the account may read: its own alerts,
+    // no fixes, nothing of another cooperative.
+    let all = got_all.lock().unwrap().clone();
+    assert_eq!(
+        all,
+        ["fleet/HTX-B/51B-1/alert"],
+        "`#` (granted: {granted_all:?})"
+    );
+}
