@@ -84,6 +84,33 @@ pub struct BrokerCredentials {
     path: Option<PathBuf>,
 }
 
+/// `url` with fleetwatch's own credential of the embedded broker whose credentials are
+/// in `data_dir`, when `url` has no username and points at this machine (what
+/// `simulate` and `replay` use against a local fleetwatch); else `url` unchanged.
+pub fn with_local_credentials(url: &str, data_dir: &Path) -> String {
+    let Ok(mut u) = url::Url::parse(url) else {
+        return url.to_string();
+    };
+    let local = matches!(
+        u.host_str(),
+        Some("127.0.0.1" | "localhost" | "::1" | "[::1]")
+    );
+    if !u.username().is_empty() || !local {
+        return url.to_string();
+    }
+    let Ok(bytes) = std::fs::read(credentials_path(data_dir)) else {
+        return url.to_string();
+    };
+    let Ok(c) = serde_json::from_slice::<BrokerCredentials>(&bytes) else {
+        return url.to_string();
+    };
+    if u.set_username(INTERNAL_USER).is_err() || u.set_password(Some(&c.internal_password)).is_err()
+    {
+        return url.to_string();
+    }
+    u.to_string()
+}
+
 /// The credentials file in a data directory.
 pub fn credentials_path(data_dir: &Path) -> PathBuf {
     data_dir.join("mqtt-credentials.json")
