@@ -1,7 +1,11 @@
 //! End-to-end load run (not criterion: one long measured run).
 //!
 //! `cargo bench --bench e2e -- [--broker embedded|mosquitto|URL] [--fixes N] [--vehicles N]
-//!  [--soak-s S --rate R]`
+//!  [--soak-s S --rate R] [--mosquitto-conf FILE] [--persist]`
+//!
+//! `--persist` keeps the Mosquitto configuration's persistence (files in a fresh
+//! temporary directory) instead of turning it off; `--mosquitto-conf` runs another
+//! configuration than config/mosquitto.conf (e.g. the former one, to compare).
 //!
 //! In one run, on the same machine and broker:
 //! 1. raw broker pass-through: QoS 1 publishers → one QoS 1 subscriber, no processing;
@@ -35,6 +39,8 @@ struct Args {
     soak_s: u64,
     rate: f64,
     no_rules: bool,
+    mosquitto_conf: Option<String>,
+    persist: bool,
 }
 
 fn args() -> Args {
@@ -46,6 +52,8 @@ fn args() -> Args {
         soak_s: 0,
         rate: 10_000.0,
         no_rules: false,
+        mosquitto_conf: None,
+        persist: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -58,6 +66,12 @@ fn args() -> Args {
             "--publishers" => a.publishers = next().parse().expect("--publishers N"),
             "--soak-s" => a.soak_s = next().parse().expect("--soak-s S"),
             "--rate" => a.rate = next().parse().expect("--rate R"),
+            "--mosquitto-conf" => a.mosquitto_conf = Some(next()),
+            "--persist" => {
+                a.persist = true;
+                i += 1;
+                continue;
+            }
             "--no-rules" => {
                 a.no_rules = true;
                 i += 1;
@@ -123,6 +137,9 @@ async fn raw_broker(url: &str, msgs: &[(String, Vec<u8>)], publishers: usize) ->
         u.host_str().unwrap(),
         u.port().unwrap(),
     );
+    if !u.username().is_empty() {
+        o.set_credentials(u.username(), u.password().unwrap_or_default());
+    }
     o.set_keep_alive(Duration::from_secs(60))
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut ev) = AsyncClient::new(o, 10_000);
@@ -234,19 +251,27 @@ impl Drop for Mosquitto {
     }
 }
 
-fn start_mosquitto() -> Mosquitto {
+/// Mosquitto with `conf` (default: the shipped config/mosquitto.conf). `persist`: keep
+/// its persistence settings (files in a fresh temporary directory); else persistence off.
+fn start_mosquitto(conf: Option<&str>, persist: bool) -> Mosquitto {
     let port = free_port().unwrap();
     let dir = std::env::temp_dir().join(format!("fw-bench-mosq-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let shipped = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/mosquitto.conf"
-    ))
-    .unwrap();
+    let path = conf.map_or_else(
+        || concat!(env!("CARGO_MANIFEST_DIR"), "/config/mosquitto.conf").to_string(),
+        str::to_string,
+    );
+    let shipped = std::fs::read_to_string(&path).expect("mosquitto configuration");
+    let persistence = if persist {
+        format!("persistence_location {}/", dir.display())
+    } else {
+        "persistence false".to_string()
+    };
     let conf = dir.join("m.conf");
     std::fs::write(
         &conf,
-        format!("{shipped}\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"),
+        format!("{shipped}\nlistener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\nuser root\n"),
     )
     .unwrap();
     let child = std::process::Command::new("/usr/sbin/mosquitto")
@@ -269,7 +294,7 @@ async fn main() {
     let url = match a.broker.as_str() {
         "embedded" => EmbeddedBroker::start(0).unwrap().url(),
         "mosquitto" => {
-            _mosq = start_mosquitto();
+            _mosq = start_mosquitto(a.mosquitto_conf.as_deref(), a.persist);
             _mosq.1.clone()
         }
         other => other.to_string(),

@@ -16,6 +16,7 @@ use crate::api::{self, AppState, Health};
 use crate::config::Settings;
 use crate::geo::{GeoConfig, GeoError, GeoIndex};
 use crate::infra::broker::EmbeddedBroker;
+use crate::infra::mqtt_gate::{AclTopics, BrokerCredentials};
 use crate::infra::postgres::{EmbeddedPostgres, PgOptions};
 use crate::ingest::mqtt::{self, Delivery, MqttAcker};
 use crate::ingest::topic::{subscription, TopicPattern};
@@ -63,16 +64,31 @@ pub async fn database(settings: &Settings) -> anyhow::Result<(String, Option<Emb
     Ok((url, Some(pg)))
 }
 
-/// Resolves the broker: the configured URL, or the embedded broker (started here).
+/// Resolves the broker: the configured URL, or the embedded broker (started here),
+/// whose credentials are generated at first start in the data directory.
 pub fn broker(settings: &Settings) -> anyhow::Result<String> {
     if !settings.mqtt.url.is_empty() {
         return Ok(settings.mqtt.url.clone());
     }
-    let b = EmbeddedBroker::start(settings.embedded_broker.port)
-        .or_else(|_| EmbeddedBroker::start(0))
-        .context("starting the embedded MQTT broker")?;
-    tracing::info!(url = %b.url(), "embedded MQTT broker started");
+    let creds = BrokerCredentials::load_or_create(&settings.database.data_dir)?;
+    let topics = AclTopics {
+        fix: TopicPattern::parse(&settings.mqtt.topic)?,
+        alert: alert_topic(settings).to_string(),
+    };
+    let b =
+        EmbeddedBroker::start_with(settings.embedded_broker.port, creds.clone(), topics.clone())
+            .or_else(|_| EmbeddedBroker::start_with(0, creds, topics))
+            .context("starting the embedded MQTT broker")?;
+    tracing::info!(devices = %b.device_url(), "embedded MQTT broker started (devices need credentials: fleetwatch device-credentials create)");
     Ok(b.url())
+}
+
+fn alert_topic(settings: &Settings) -> &str {
+    if settings.alert_topic.is_empty() {
+        "fleet/{cooperative}/{vehicle}/alert"
+    } else {
+        settings.alert_topic.as_str()
+    }
 }
 
 impl App {
@@ -192,6 +208,19 @@ impl App {
         .context("restoring rule state")?;
         tracing::info!(restored, replayed, "rule state restored");
 
+        // Incidents (a lost broker session) are stored by their own task.
+        let (incident_tx, incident_rx) = mpsc::channel(64);
+        let incident_task = tokio::spawn(store::incidents::run(
+            db_url.clone(),
+            incident_rx,
+            disconnect.clone(),
+        ));
+        let client_ids: Vec<String> = (0..n_conn)
+            .map(|k| match k {
+                0 => settings.mqtt.client_id.clone(),
+                k => format!("{}-{k}", settings.mqtt.client_id),
+            })
+            .collect();
         let ev: Vec<_> = clients
             .iter()
             .zip(eventloops)
@@ -208,11 +237,16 @@ impl App {
                         disconnect: disconnect.clone(),
                         max_backoff: Duration::from_millis(settings.mqtt.max_backoff_ms),
                         health: health.clone(),
+                        max_message_bytes: settings.mqtt.max_message_bytes,
+                        incidents: Some(incident_tx.clone()),
+                        broker: redact(&mqtt_url),
+                        client_id: client_ids[k].clone(),
                     },
                 ))
             })
             .collect();
         drop(dtx);
+        drop(incident_tx);
         // Its own connection: recomputations read stored fixes without waiting for others.
         let recompute_db = match crate::store::connect(&db_url).await {
             Ok(c) => Some(Arc::new(c)),
@@ -229,11 +263,7 @@ impl App {
             registry_rx,
             recompute_db,
         ));
-        let alert_topic = if settings.alert_topic.is_empty() {
-            "fleet/{cooperative}/{vehicle}/alert"
-        } else {
-            settings.alert_topic.as_str()
-        };
+        let alert_topic = alert_topic(&settings);
         // Alerts go out on their own connection, so waiting for their acknowledgements
         // never competes with the consumers' acks.
         let mut pub_cfg = settings.mqtt.clone();
@@ -300,6 +330,7 @@ impl App {
             }
             disconnect.cancel();
             let _ = outbox.await;
+            let _ = incident_task.await;
             let _ = hup.await;
             let _ = probe.await;
             let _ = geo_recorder.await;
@@ -319,7 +350,7 @@ impl App {
                 let _ = r.await;
             }
         });
-        tracing::info!(%http_addr, mqtt = %mqtt_url, database = %redact(&db_url), ?layout, "fleetwatch running");
+        tracing::info!(%http_addr, mqtt = %redact(&mqtt_url), database = %redact(&db_url), ?layout, "fleetwatch running");
         let app = App {
             db_url,
             mqtt_url,

@@ -398,7 +398,8 @@ pub async fn run_demo(
     .save(&state_path)?;
     println!(
         "fleetwatch demo: broker {}  |  metrics http://{}/metrics  |  Ctrl-C to stop",
-        app.mqtt_url, app.http_addr
+        crate::app::redact(&app.mqtt_url),
+        app.http_addr
     );
     println!("{}", plan.note);
     println!("map: {}", map_url(&app, &map_token));
@@ -584,10 +585,12 @@ pub async fn run_simulate(
         7,
         Utc::now() - chrono::Duration::days(20),
     );
-    let publisher = Publisher::connect(
-        &opts.broker,
-        &format!("fleetwatch-sim-{}", std::process::id()),
-    )?;
+    // Against the embedded broker of a local fleetwatch: its generated credential.
+    let data_dir = crate::config::Settings::load(None)
+        .map(|s| s.database.data_dir)
+        .unwrap_or_else(|_| "data".into());
+    let broker = crate::infra::mqtt_gate::with_local_credentials(&opts.broker, &data_dir);
+    let publisher = Publisher::connect(&broker, &format!("fleetwatch-sim-{}", std::process::id()))?;
     let pb = match opts.count {
         Some(n) => ProgressBar::new(n),
         None => ProgressBar::new_spinner(),

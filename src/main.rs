@@ -44,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage device credentials of the embedded broker (kept in the data directory).
+    DeviceCredentials {
+        #[command(subcommand)]
+        command: DeviceCredentialsCommand,
+    },
     /// Apply database migrations and exit.
     Migrate {
         /// TOML configuration file.
@@ -87,6 +92,38 @@ struct ReportArgs {
     /// TOML configuration file (database, rules.utc_offset).
     #[arg(long, short)]
     config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum DeviceCredentialsCommand {
+    /// Create a credential and print its username and password once (only a hash is
+    /// kept). It may publish fixes of its cooperative (vehicle) only, and read only its
+    /// cooperative's (vehicle's) alerts.
+    Create {
+        /// The cooperative.
+        #[arg(long)]
+        cooperative: String,
+        /// Restrict it to one vehicle.
+        #[arg(long)]
+        vehicle: Option<String>,
+        /// TOML configuration file (for the data directory).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// List the credentials (username, cooperative, vehicle, created).
+    List {
+        /// TOML configuration file (for the data directory).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Revoke a credential by username (new connections are refused at once).
+    Revoke {
+        /// The credential's username.
+        username: String,
+        /// TOML configuration file (for the data directory).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -194,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
             drop(client);
             drop(pg);
         }
+        Command::DeviceCredentials { command } => device_credentials(command)?,
         Command::Migrate { config } => {
             let (client, pg, layout) = open_db(&Settings::load(config.as_deref())?).await?;
             println!("migrated ({layout:?} layout)");
@@ -285,4 +323,45 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
+}
+
+fn device_credentials(command: DeviceCredentialsCommand) -> anyhow::Result<()> {
+    use fleetwatch::infra::mqtt_gate::BrokerCredentials;
+    let data_dir = |config: Option<PathBuf>| -> anyhow::Result<PathBuf> {
+        Ok(Settings::load(config.as_deref())?.database.data_dir)
+    };
+    match command {
+        DeviceCredentialsCommand::Create {
+            cooperative,
+            vehicle,
+            config,
+        } => {
+            let mut c = BrokerCredentials::load_or_create(&data_dir(config)?)?;
+            let (user, pass) = c.create_device(&cooperative, vehicle.as_deref())?;
+            eprintln!("device credential created; the password is shown only this once:");
+            println!("username: {user}\npassword: {pass}");
+        }
+        DeviceCredentialsCommand::List { config } => {
+            let c = BrokerCredentials::load_or_create(&data_dir(config)?)?;
+            println!("username                     cooperative        vehicle      created");
+            for d in &c.devices {
+                println!(
+                    "{:<28} {:<18} {:<12} {}",
+                    d.username,
+                    d.cooperative,
+                    d.vehicle.as_deref().unwrap_or("(any)"),
+                    d.created_at.format("%Y-%m-%d %H:%M UTC")
+                );
+            }
+        }
+        DeviceCredentialsCommand::Revoke { username, config } => {
+            let mut c = BrokerCredentials::load_or_create(&data_dir(config)?)?;
+            if c.revoke(&username)? {
+                println!("revoked {username}");
+            } else {
+                anyhow::bail!("no credential {username}");
+            }
+        }
+    }
+    Ok(())
 }

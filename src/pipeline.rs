@@ -14,8 +14,8 @@ use tokio_postgres::Client;
 
 use crate::domain::{Fix, FixCandidate, FixLimits, Vehicle, VehicleId};
 use crate::geo::GeoIndex;
-use crate::ingest::mqtt::Delivery;
-use crate::ingest::validate::{Flags, Record, Validator};
+use crate::ingest::mqtt::{Delivery, TooLarge};
+use crate::ingest::validate::{Flags, Record, Rejected, Validator};
 use crate::rules::{AlertId, Engine, Output, VehicleState};
 use crate::store::writer::{Derived, Item, Recomputed};
 use crate::store::StoreError;
@@ -168,6 +168,29 @@ impl Stage {
             }
         }
         (records, derived(out))
+    }
+
+    /// A message over the size limit: one `too_large` dead letter with the prefix kept.
+    pub fn too_large(
+        &mut self,
+        topic: &str,
+        prefix: &bytes::Bytes,
+        t: TooLarge,
+        received_at: DateTime<Utc>,
+    ) -> Record {
+        telemetry::fix_rejected("too_large");
+        Record::Rejected(Rejected {
+            topic: topic.to_string(),
+            payload: prefix.clone(),
+            reason: "too_large",
+            detail: format!(
+                "message of {} bytes is over mqtt.max_message_bytes = {}; its first {} bytes are kept",
+                t.size_bytes,
+                t.limit_bytes,
+                prefix.len()
+            ),
+            received_at,
+        })
     }
 
     /// Processing-time duties: release quiet vehicles' buffers, no-signal check.
@@ -581,7 +604,10 @@ pub async fn run(
             d = rx.recv() => {
                 let Some(d) = d else { break };
                 telemetry::message_received();
-                let (records, derived) = stage.message(d.topic(), d.payload(), d.received_at);
+                let (records, derived) = match d.too_large {
+                    Some(t) => (vec![stage.too_large(d.topic(), d.payload(), t, d.received_at)], Derived::default()),
+                    None => stage.message(d.topic(), d.payload(), d.received_at),
+                };
                 Item { records, derived, ack: Some((d.conn, crate::ingest::mqtt::ack_token(&d.publish))), received_at: d.received_at }
             }
             _ = tick.tick() => {

@@ -1130,6 +1130,9 @@ pub async fn run(opts: ReplayOptions, stop: impl Future<Output = ()>) -> anyhow:
             .clone()
             .or_else(|| Some(settings.mqtt.url.clone()).filter(|u| !u.is_empty()))
             .ok_or(ReplayError::NoBroker)?;
+        // Against the embedded broker of a local fleetwatch: its generated credential.
+        let url =
+            crate::infra::mqtt_gate::with_local_credentials(&url, &settings.database.data_dir);
         let mqtt = MqttConfig {
             client_id: format!("fleetwatch-replay-{}", std::process::id()),
             ..settings.mqtt.clone()

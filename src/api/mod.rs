@@ -28,6 +28,10 @@ pub struct Health {
     pub subscribed: AtomicBool,
     /// Messages this instance received from the broker.
     pub messages: AtomicU64,
+    /// Broker connections made (ConnAcks received), all consumer connections together.
+    pub mqtt_connects: AtomicU64,
+    /// Times the broker came back without the session fleetwatch expected.
+    pub mqtt_sessions_lost: AtomicU64,
     /// The database answers: the last probe (`SELECT 1`) or commit succeeded.
     pub database: AtomicBool,
 }

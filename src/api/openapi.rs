@@ -47,6 +47,15 @@ pub fn document() -> Value {
     let vehicle_path =
         json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } });
     // Apart: the document is too deep for one `json!` within the default recursion limit.
+    let ingest_incidents = json!({ "type": "array", "description": "Ingest incidents in the range, for the whole service \
+                        (kind mqtt_session_lost: the broker came back without fleetwatch's session, so messages it had acknowledged \
+                        to devices may be missing beyond what data gaps show). CSV: a second table after a blank line, \
+                        ingest_incident_at,kind,broker,connection,detail, only when there are incidents.",
+                        "items": { "type": "object", "properties": {
+                            "at": { "type": "string", "format": "date-time" }, "kind": { "type": "string", "enum": ["mqtt_session_lost"] },
+                            "broker": { "type": "string", "description": "Broker URL without password" },
+                            "connection": { "type": "string", "description": "MQTT client id" },
+                            "detail": { "type": "string" } } } });
     let computed_from = json!({ "type": "object", "properties": {
                         "roll_up_days": { "type": ["object", "null"], "properties": { "from": { "type": "string", "format": "date" }, "to": { "type": "string", "format": "date" } } },
                         "roll_up_utc_offset": { "type": ["string", "null"] },
@@ -178,6 +187,7 @@ pub fn document() -> Value {
                     data_gap_s sums the gaps starting in the range, and active_s runs from the vehicle's first fix in the range \
                     to its last fix or the end of the last gap starting in the range, whichever is later; null when active_s is 0. \
                     Totals: 1 - sum(data_gap_s) / sum(active_s). \
+                    ingest_incidents lists events (such as a broker that lost fleetwatch's session) in the range that may have lost data beside the data gaps. \
                     Whole local days come from daily roll-ups and partial days from the raw data (computed_from says which); both give the same figures.",
                 "parameters": [
                     q("cooperative", "Cooperative id (a cooperative token: its own; others: every cooperative if absent)", json!({ "type": "string" })),
@@ -252,7 +262,8 @@ pub fn document() -> Value {
                         "vehicles_near_threshold": { "type": "integer" }, "counts": { "$ref": "#/components/schemas/Counts" } } },
                     "computed_from": computed_from,
                     "definitions": { "type": "object", "properties": { "data_completeness": { "type": "string" },
-                        "distance": { "type": "string" }, "lateness": { "type": "string" } } } } }
+                        "distance": { "type": "string" }, "lateness": { "type": "string" } } },
+                    "ingest_incidents": ingest_incidents } }
             }
         }
     })

@@ -23,6 +23,7 @@ use super::error::{ApiError, ApiResult};
 use super::vehicles::rfc3339;
 use super::AppState;
 use crate::rules::UtcOffset;
+use crate::store::incidents::{self, StoredIncident};
 use crate::store::rollup;
 
 /// Longest report range.
@@ -534,6 +535,10 @@ pub struct Report {
     pub computed_from: ComputedFrom,
     /// Definitions of derived figures.
     pub definitions: Definitions,
+    /// Ingest incidents in the range (e.g. a broker that lost fleetwatch's session):
+    /// data may be missing around them beyond what the data gaps show. They concern
+    /// the whole service, so every cooperative's report lists them.
+    pub ingest_incidents: Vec<StoredIncident>,
 }
 
 /// Start and end of local month `YYYY-MM` at `offset`, as UTC.
@@ -689,6 +694,7 @@ pub async fn build(db: &Client, p: &ReportParams) -> Result<Report, ReportError>
             distance: DISTANCE,
             lateness: LATENESS,
         },
+        ingest_incidents: incidents::in_range(db, p.from, p.to).await?,
     })
 }
 
@@ -1034,6 +1040,21 @@ impl Report {
             );
         }
         line("TOTAL", "", "", &self.totals.counts);
+        // A second table after a blank line, only when there is something to show.
+        if !self.ingest_incidents.is_empty() {
+            out.push_str("\ningest_incident_at,kind,broker,connection,detail\n");
+            for i in &self.ingest_incidents {
+                let _ = writeln!(
+                    out,
+                    "{},{},{},{},{}",
+                    i.at,
+                    csv_field(&i.kind),
+                    csv_field(&i.broker),
+                    csv_field(&i.connection),
+                    csv_field(&i.detail)
+                );
+            }
+        }
         out
     }
 }

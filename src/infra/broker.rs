@@ -1,7 +1,15 @@
 //! The embedded MQTT broker (rumqttd), for zero-configuration runs and tests.
+//!
+//! rumqttd listens on a private loopback port and admits only fleetwatch's own
+//! generated credential; devices connect to the gate ([`super::mqtt_gate`]) on the
+//! configured port, which checks their credentials and topic ACLs.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use super::mqtt_gate::{self, AclTopics, BrokerCredentials, INTERNAL_USER};
+use crate::ingest::topic::TopicPattern;
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
@@ -21,13 +29,32 @@ pub enum BrokerError {
 #[derive(Debug, Clone)]
 pub struct EmbeddedBroker {
     addr: SocketAddr,
+    gate: SocketAddr,
+    internal_password: String,
 }
 
 impl EmbeddedBroker {
-    /// Starts a broker on 127.0.0.1 at `port` (0: a free port).
+    /// Starts a broker whose devices' port (the gate) is 127.0.0.1:`port` (0: a free
+    /// port), with credentials held in memory only (no device credentials: tests).
     pub fn start(port: u16) -> Result<Self, BrokerError> {
-        let port = if port == 0 { free_port()? } else { port };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let topics = AclTopics {
+            fix: TopicPattern::parse("fleet/{cooperative}/{vehicle}/fix").expect("valid pattern"),
+            alert: "fleet/{cooperative}/{vehicle}/alert".into(),
+        };
+        Self::start_with(port, BrokerCredentials::ephemeral(), topics)
+    }
+
+    /// Starts a broker with `creds` (fleetwatch's own and the devices'); devices may
+    /// publish and subscribe only as `topics` and their credential allow.
+    pub fn start_with(
+        port: u16,
+        creds: BrokerCredentials,
+        topics: AclTopics,
+    ) -> Result<Self, BrokerError> {
+        let gate_listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        gate_listener.set_nonblocking(true)?;
+        let gate = gate_listener.local_addr()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let server = ServerSettings {
             name: "v4".into(),
             listen: addr,
@@ -39,7 +66,12 @@ impl EmbeddedBroker {
                 // The in-flight window per connection; fleetwatch's pipeline channel
                 // is larger, so the event loop never waits on a full channel.
                 max_inflight_count: 1_000,
-                auth: None,
+                // Only fleetwatch's own clients and the gate (which relays devices
+                // after checking them) connect here.
+                auth: Some(HashMap::from([(
+                    INTERNAL_USER.to_string(),
+                    creds.internal_password.clone(),
+                )])),
                 external_auth: None,
                 dynamic_filters: true,
             },
@@ -74,12 +106,41 @@ impl EmbeddedBroker {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        Ok(Self { addr })
+        let internal_password = creds.internal_password.clone();
+        let (creds, topics) = (Arc::new(creds), Arc::new(topics));
+        std::thread::Builder::new()
+            .name("mqtt-gate".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("gate runtime");
+                rt.block_on(async move {
+                    match tokio::net::TcpListener::from_std(gate_listener) {
+                        Ok(l) => mqtt_gate::run(l, addr, creds, topics).await,
+                        Err(e) => tracing::error!(error = %e, "embedded broker gate did not start"),
+                    }
+                });
+            })?;
+        Ok(Self {
+            addr,
+            gate,
+            internal_password,
+        })
     }
 
-    /// `mqtt://127.0.0.1:PORT`.
+    /// URL of fleetwatch's own clients: `mqtt://fleetwatch-internal:PASSWORD@127.0.0.1:PORT`
+    /// (the private port; redact before logging).
     pub fn url(&self) -> String {
-        format!("mqtt://{}", self.addr)
+        format!(
+            "mqtt://{INTERNAL_USER}:{}@{}",
+            self.internal_password, self.addr
+        )
+    }
+
+    /// URL devices connect to (with their own credentials): `mqtt://127.0.0.1:PORT`.
+    pub fn device_url(&self) -> String {
+        format!("mqtt://{}", self.gate)
     }
 }
 

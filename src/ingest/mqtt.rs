@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Health;
+use crate::store::incidents::{self, Incident};
 use crate::store::writer::Acker;
 
 /// MQTT connection and subscription settings.
@@ -46,7 +47,26 @@ pub struct MqttConfig {
     pub channel_capacity: usize,
     /// Longest wait between reconnect attempts, milliseconds.
     pub max_backoff_ms: u64,
+    /// Largest message payload processed, bytes; a larger one is kept as a `too_large`
+    /// dead letter (topic, size, first 4 KiB), acked, and ingest goes on.
+    pub max_message_bytes: usize,
+    /// Largest MQTT packet read from the broker at all, bytes (default: MQTT's own
+    /// maximum, so no message can make the connection fail). One packet of up to this
+    /// size is held in memory per connection while it is read; bound it with the
+    /// broker's `max_packet_size` (Mosquitto) rather than here, since a packet refused
+    /// here fails the connection and the broker redelivers it forever.
+    pub max_packet_bytes: usize,
 }
+
+/// MQTT's largest packet: 268,435,455 bytes of remaining length + 5 header bytes.
+pub const MQTT_MAX_PACKET_BYTES: usize = 268_435_455 + 5;
+
+/// Bytes of an oversized message kept in its dead letter.
+pub const TOO_LARGE_PREFIX_BYTES: usize = 4096;
+
+/// A connection must stay up this long before the reconnect backoff starts again
+/// from its minimum: one that fails right after ConnAck keeps backing off.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
 impl Default for MqttConfig {
     fn default() -> Self {
@@ -62,6 +82,8 @@ impl Default for MqttConfig {
             keep_alive_s: 30,
             channel_capacity: 20_000,
             max_backoff_ms: 10_000,
+            max_message_bytes: 1 << 20,
+            max_packet_bytes: MQTT_MAX_PACKET_BYTES,
         }
     }
 }
@@ -98,7 +120,7 @@ pub fn options(cfg: &MqttConfig, url: &str) -> Result<MqttOptions, MqttError> {
     o.set_keep_alive(Duration::from_secs(cfg.keep_alive_s.max(5)))
         .set_clean_session(false)
         .set_manual_acks(true)
-        .set_max_packet_size(1 << 20, 1 << 20);
+        .set_max_packet_size(cfg.max_packet_bytes.max(1024), 1 << 20);
     let user = cfg
         .username
         .clone()
@@ -139,6 +161,36 @@ pub struct Delivery {
     pub conn: usize,
     /// When the event loop received it.
     pub received_at: DateTime<Utc>,
+    /// Set when the payload was over `max_message_bytes`: `publish` then holds only
+    /// its first [`TOO_LARGE_PREFIX_BYTES`].
+    pub too_large: Option<TooLarge>,
+}
+
+/// An oversized message's real size and the limit it broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge {
+    /// Payload size as received, bytes.
+    pub size_bytes: usize,
+    /// The configured limit, bytes.
+    pub limit_bytes: usize,
+}
+
+/// Keeps a publish whole, or (over `limit_bytes`) only its first bytes, copied so the
+/// large buffer is freed at once.
+pub fn limit_payload(mut publish: Publish, limit_bytes: usize) -> (Publish, Option<TooLarge>) {
+    let size_bytes = publish.payload.len();
+    if size_bytes <= limit_bytes {
+        return (publish, None);
+    }
+    let keep = size_bytes.min(TOO_LARGE_PREFIX_BYTES);
+    publish.payload = Bytes::copy_from_slice(&publish.payload[..keep]);
+    (
+        publish,
+        Some(TooLarge {
+            size_bytes,
+            limit_bytes,
+        }),
+    )
 }
 
 impl Delivery {
@@ -211,6 +263,14 @@ pub struct LoopControl {
     pub max_backoff: Duration,
     /// Readiness flags to update.
     pub health: Arc<Health>,
+    /// Payloads over this many bytes become `too_large` dead letters.
+    pub max_message_bytes: usize,
+    /// Where a lost session is reported (stored by its own task; never waited on).
+    pub incidents: Option<mpsc::Sender<Incident>>,
+    /// The broker's URL without password, for incidents.
+    pub broker: String,
+    /// This connection's client id, for incidents.
+    pub client_id: String,
 }
 
 /// Polls the event loop until `stop_forwarding` and then `disconnect` fire.
@@ -233,9 +293,18 @@ pub async fn run_event_loop(
         disconnect,
         max_backoff,
         health,
+        max_message_bytes,
+        incidents,
+        broker,
+        client_id,
     } = ctl;
     let mut tx = Some(tx);
-    let mut backoff = Duration::from_millis(50);
+    const MIN_BACKOFF: Duration = Duration::from_millis(50);
+    let mut backoff = MIN_BACKOFF;
+    let mut connected_at: Option<std::time::Instant> = None;
+    // Set once a session was established (subscription confirmed): from then on the
+    // broker must say session present on every reconnect, or it lost what it held.
+    let mut had_session = false;
     let mut disconnecting = false;
     loop {
         if stop_forwarding.is_cancelled() {
@@ -255,10 +324,15 @@ pub async fn run_event_loop(
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 health.messages.fetch_add(1, Ordering::Relaxed);
                 let Some(sender) = tx.as_ref() else { continue };
+                let (publish, too_large) = limit_payload(publish, max_message_bytes);
+                if let Some(t) = too_large {
+                    tracing::warn!(topic = %publish.topic, size_bytes = t.size_bytes, limit_bytes = t.limit_bytes, "message too large: kept as a dead letter");
+                }
                 let d = Delivery {
                     publish,
                     conn,
                     received_at: Utc::now(),
+                    too_large,
                 };
                 // Capacity exceeds the broker's in-flight window, so this waits only
                 // when the pipeline is saturated: that is the backpressure we want.
@@ -268,10 +342,16 @@ pub async fn run_event_loop(
                 }
             }
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                backoff = Duration::from_millis(50);
+                // The backoff restarts from its minimum only once this connection has
+                // proved stable (see the error arm), not on every ConnAck.
+                connected_at = Some(std::time::Instant::now());
+                health.mqtt_connects.fetch_add(1, Ordering::Relaxed);
                 health.mqtt.store(true, Ordering::Relaxed);
                 tracing::info!(session_present = ack.session_present, "connected to broker");
                 metrics::counter!("fleetwatch_mqtt_connects_total").increment(1);
+                if had_session && !ack.session_present {
+                    session_lost(&health, incidents.as_ref(), &broker, &client_id);
+                }
                 // Re-subscribing on a kept session is harmless and covers a broker
                 // that lost its session state (restart without persistence).
                 for s in &subscriptions {
@@ -286,6 +366,7 @@ pub async fn run_event_loop(
                     .iter()
                     .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)));
                 if ok {
+                    had_session = true;
                     tracing::info!("subscription confirmed");
                 } else {
                     tracing::error!(codes = ?ack.return_codes, "broker refused the subscription");
@@ -300,6 +381,12 @@ pub async fn run_event_loop(
                 }
                 health.mqtt.store(false, Ordering::Relaxed);
                 health.subscribed.store(false, Ordering::Relaxed);
+                if connected_at
+                    .take()
+                    .is_some_and(|t| t.elapsed() >= STABLE_CONNECTION)
+                {
+                    backoff = MIN_BACKOFF;
+                }
                 let kind = poll_error_kind(&e);
                 metrics::counter!("fleetwatch_mqtt_poll_errors_total", "kind" => kind).increment(1);
                 tracing::warn!(error = %e, kind, retry_in_ms = backoff.as_millis() as u64, "MQTT poll error");
@@ -309,6 +396,44 @@ pub async fn run_event_loop(
                 }
                 backoff = (backoff * 2).min(max_backoff);
             }
+        }
+    }
+}
+
+/// The broker came back without fleetwatch's session: what it held for fleetwatch
+/// (queued and in-flight messages) and what arrived before the new subscription is
+/// gone. Warn, count, and record an incident for the reports.
+fn session_lost(
+    health: &Health,
+    incidents: Option<&mpsc::Sender<Incident>>,
+    broker: &str,
+    client_id: &str,
+) {
+    health.mqtt_sessions_lost.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("fleetwatch_mqtt_session_lost_total").increment(1);
+    tracing::warn!(
+        broker,
+        client_id,
+        "broker lost fleetwatch's session (CONNACK session present = 0 after an established session): \
+         messages it had acknowledged to devices but not yet delivered may be lost"
+    );
+    let incident = Incident {
+        at: Utc::now(),
+        kind: incidents::SESSION_LOST,
+        broker: broker.to_string(),
+        connection: client_id.to_string(),
+        detail: "the broker accepted the reconnection without the persistent session \
+                 (CONNACK session present = 0): messages it had queued or acknowledged to devices \
+                 before fleetwatch subscribed again may be lost"
+            .to_string(),
+    };
+    if let Some(tx) = incidents {
+        if tx.try_send(incident).is_err() {
+            tracing::error!(
+                broker,
+                client_id,
+                "ingest incident not recorded: its queue is full or closed"
+            );
         }
     }
 }

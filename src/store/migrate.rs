@@ -12,6 +12,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("migrations/0003_api.sql")),
     (4, include_str!("migrations/0004_rollup.sql")),
     (5, include_str!("migrations/0005_live.sql")),
+    (6, include_str!("migrations/0006_incidents.sql")),
     (7, include_str!("migrations/0007_recompute.sql")),
     (9, include_str!("migrations/0009_distance_lateness.sql")),
     (10, include_str!("migrations/0010_geo_versions.sql")),

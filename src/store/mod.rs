@@ -1,6 +1,7 @@
 //! PostgreSQL storage: connection, embedded migrations, batched writes, daily roll-ups.
 
 pub mod geo_versions;
+pub mod incidents;
 pub mod migrate;
 pub mod outbox;
 pub mod probe;

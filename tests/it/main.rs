@@ -2,6 +2,8 @@
 //! so the private PostgreSQL starts once).
 
 mod api;
+mod broker_auth;
+mod broker_faults;
 mod database;
 mod demo;
 mod infra;

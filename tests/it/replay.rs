@@ -210,6 +210,9 @@ type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 async fn collector(url: &str, filter: &str) -> Received {
     let u = url::Url::parse(url).unwrap();
     let mut o = MqttOptions::new("replay-collector", u.host_str().unwrap(), u.port().unwrap());
+    if !u.username().is_empty() {
+        o.set_credentials(u.username(), u.password().unwrap_or_default());
+    }
     o.set_keep_alive(Duration::from_secs(30));
     let (client, mut ev) = AsyncClient::new(o, 100);
     client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();

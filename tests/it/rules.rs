@@ -36,6 +36,9 @@ fn driven(vehicle: &str, ts: DateTime<Utc>, i: usize, speed_kmh: f64) -> Vec<u8>
 async fn alert_listener(url: &str) -> Arc<Mutex<HashMap<String, Vec<String>>>> {
     let u = url::Url::parse(url).unwrap();
     let mut o = MqttOptions::new("alert-listener", u.host_str().unwrap(), u.port().unwrap());
+    if !u.username().is_empty() {
+        o.set_credentials(u.username(), u.password().unwrap_or_default());
+    }
     o.set_keep_alive(Duration::from_secs(30));
     let (client, mut ev) = AsyncClient::new(o, 100);
     client

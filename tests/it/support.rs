@@ -140,6 +140,15 @@ pub async fn count(db_url: &str, sql: &str) -> i64 {
 
 /// Publishes every message at QoS 1 and returns once the broker acked them all.
 pub async fn publish_all(url: &str, msgs: &[(String, Vec<u8>)]) {
+    publish_all_with(url, msgs, |_| {}).await
+}
+
+/// [`publish_all`] with options adjusted by `opts` (credentials, packet size).
+pub async fn publish_all_with(
+    url: &str,
+    msgs: &[(String, Vec<u8>)],
+    opts: impl FnOnce(&mut MqttOptions),
+) {
     let u = url::Url::parse(url).unwrap();
     static N: AtomicU32 = AtomicU32::new(0);
     let id = format!(
@@ -148,9 +157,12 @@ pub async fn publish_all(url: &str, msgs: &[(String, Vec<u8>)]) {
         N.fetch_add(1, Ordering::SeqCst)
     );
     let mut o = MqttOptions::new(id, u.host_str().unwrap(), u.port().unwrap());
-    o.set_keep_alive(Duration::from_secs(30))
-        .set_inflight(500)
+    o.set_keep_alive(Duration::from_secs(30)).set_inflight(500)
         .set_max_packet_size(1 << 20, 1 << 20);
+    if !u.username().is_empty() {
+        o.set_credentials(u.username(), u.password().unwrap_or_default());
+    }
+    opts(&mut o);
     let (client, mut ev) = AsyncClient::new(o, 1000);
     let msgs = msgs.to_vec();
     let total = msgs.len();
@@ -191,6 +203,8 @@ pub struct Mosquitto {
     pub url: String,
     /// Working directory (configuration, persistence, test credentials).
     pub dir: PathBuf,
+    conf_path: PathBuf,
+    port: u16,
 }
 
 impl Mosquitto {
@@ -222,31 +236,48 @@ impl Mosquitto {
         );
         let conf_path = dir.join("mosquitto.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect("mosquitto is installed (apt-get install -y mosquitto)");
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("mosquitto starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
         Mosquitto {
-            child,
+            child: spawn_mosquitto(&conf_path, port),
             url: format!("mqtt://127.0.0.1:{port}"),
             dir,
+            conf_path,
+            port,
         }
     }
+
+    /// SIGKILLs the broker (a crash: no final save of its persistence file).
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same port, configuration and persistence.
+    pub fn restart(&mut self) {
+        self.child = spawn_mosquitto(&self.conf_path, self.port);
+    }
+}
+
+fn spawn_mosquitto(conf_path: &std::path::Path, port: u16) -> Child {
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("mosquitto is installed (apt-get install -y mosquitto)");
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(conf_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("mosquitto starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 impl Drop for Mosquitto {
