@@ -157,7 +157,8 @@ pub async fn publish_all_with(
         N.fetch_add(1, Ordering::SeqCst)
     );
     let mut o = MqttOptions::new(id, u.host_str().unwrap(), u.port().unwrap());
-    o.set_keep_alive(Duration::from_secs(30)).set_inflight(500)
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_inflight(500)
         .set_max_packet_size(1 << 20, 1 << 20);
     if !u.username().is_empty() {
         o.set_credentials(u.username(), u.password().unwrap_or_default());

@@ -97,7 +97,9 @@ pub fn decode_params(query: &[u8]) -> Result<Report, OsmandError> {
             ts,
             lat,
             lon,
-            speed_kmh: num(&["speed"])?.filter(|s| *s >= 0.0).map(|k| k * KMH_PER_KNOT),
+            speed_kmh: num(&["speed"])?
+                .filter(|s| *s >= 0.0)
+                .map(|k| k * KMH_PER_KNOT),
             heading_deg: num(&["bearing", "heading"])?,
             driver: get(&["driverUniqueId"]).map(|(_, v)| v.to_string()),
             ignition,
@@ -196,7 +198,10 @@ mod tests {
         assert_eq!(r.device_id, "123456");
         assert_eq!(r.fix.ts.unwrap().to_rfc3339(), "2024-12-02T04:00:00+00:00");
         assert_eq!((r.fix.lat, r.fix.lon), (10.9804, 106.6519));
-        assert!((r.fix.speed_kmh.unwrap() - 50.004).abs() < 1e-9, "knots to km/h");
+        assert!(
+            (r.fix.speed_kmh.unwrap() - 50.004).abs() < 1e-9,
+            "knots to km/h"
+        );
         assert_eq!(r.fix.heading_deg, Some(91.5));
         assert_eq!(r.fix.accuracy_m, Some(8.5));
         assert_eq!(r.fix.driver.as_deref(), Some("079123456789"));
@@ -220,7 +225,10 @@ mod tests {
     #[test]
     fn location_pair_and_missing_or_bad_values() {
         let r = decode_params(b"deviceid=7&location=10.5,106.25&timestamp=1733112000").unwrap();
-        assert_eq!((r.fix.lat, r.fix.lon, r.fix.speed_kmh), (10.5, 106.25, None));
+        assert_eq!(
+            (r.fix.lat, r.fix.lon, r.fix.speed_kmh),
+            (10.5, 106.25, None)
+        );
         assert_eq!(
             decode_params(b"lat=1&lon=2&timestamp=1"),
             Err(OsmandError::Missing("id"))
