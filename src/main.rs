@@ -166,8 +166,9 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => {
             let settings = Settings::load(config.as_deref())?;
+            let stop = shutdown_signal();
             let app = App::start(settings).await?;
-            shutdown_signal().await;
+            stop.await;
             tracing::info!("shutting down");
             app.shutdown();
             app.wait().await;
@@ -306,22 +307,29 @@ async fn report(args: ReportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: a signal during start-up (before the wait begins) is then
+/// a clean stop once started, instead of the default action killing the process.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).ok();
+    let mut term = signal(SignalKind::terminate()).ok();
+    async move {
+        let recv = |s: &mut Option<tokio::signal::unix::Signal>| {
+            let s = s.take();
+            async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            _ = recv(&mut int) => {}
+            _ = recv(&mut term) => {}
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }
 

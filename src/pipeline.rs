@@ -147,6 +147,12 @@ impl Stage {
                             if a.fix.ts() < h.applied {
                                 a.flags.0 |= Flags::LATE;
                             }
+                            // Held fixes would have been released a reorder window
+                            // behind the newest: one older than that is late too.
+                            let window = chrono::Duration::seconds(i64::from(
+                                self.engine.config().reorder_window_s,
+                            ));
+                            h.applied = h.applied.max(a.fix.ts() - window);
                             h.since = h.since.min(a.fix.ts());
                             h.fixes.push(a.fix.clone());
                         } else {
