@@ -675,8 +675,12 @@ mod tests {
         assert_eq!(p.stored_until, ends);
         // Stopped for two days: on from `history` before now, not over the downtime.
         let old = HashMap::from([("A".to_string(), now - chrono::Duration::days(2))]);
-        let p = plan(now, h6, old, Some(&first));
-        assert_eq!((p.start, p.skip_to), (first.start, now - h6));
+        let long_ago = DemoState {
+            start: now - chrono::Duration::days(3),
+            ..first.clone()
+        };
+        let p = plan(now, h6, old, Some(&long_ago));
+        assert_eq!((p.start, p.skip_to), (long_ago.start, now - h6));
         // Stored data but no state to resume (or another seed): a new fleet after it.
         for previous in [
             None,
