@@ -647,3 +647,53 @@ pub async fn run_simulate(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn a_restart_resumes_the_recorded_simulation_and_never_replays_over_stored_data() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 24, 10, 0, 0).unwrap();
+        let h6 = chrono::Duration::hours(6);
+        let min = chrono::Duration::minutes;
+        // Nothing stored: a new history.
+        let p = plan(now, h6, HashMap::new(), None);
+        assert_eq!((p.start, p.skip_to), (now - h6, now - h6));
+        // Stopped 10 minutes ago: the same simulation, on from the earliest end.
+        let first = DemoState {
+            seed: DEMO_SEED,
+            start: now - h6 - min(30),
+            map_token: None,
+        };
+        let ends = HashMap::from([
+            ("A".to_string(), now - min(11)),
+            ("B".to_string(), now - min(10)),
+        ]);
+        let p = plan(now, h6, ends.clone(), Some(&first));
+        assert_eq!(p.start, first.start);
+        assert_eq!(p.skip_to, now - min(11));
+        assert_eq!(p.stored_until, ends);
+        // Stopped for two days: on from `history` before now, not over the downtime.
+        let old = HashMap::from([("A".to_string(), now - chrono::Duration::days(2))]);
+        let long_ago = DemoState {
+            start: now - chrono::Duration::days(3),
+            ..first.clone()
+        };
+        let p = plan(now, h6, old, Some(&long_ago));
+        assert_eq!((p.start, p.skip_to), (long_ago.start, now - h6));
+        // Stored data but no state to resume (or another seed): a new fleet after it.
+        for previous in [
+            None,
+            Some(&DemoState {
+                seed: 7,
+                ..first.clone()
+            }),
+        ] {
+            let p = plan(now, h6, ends.clone(), previous);
+            assert_eq!(p.start, now - min(10) + chrono::Duration::seconds(1));
+        }
+    }
+}

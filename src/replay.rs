@@ -897,6 +897,12 @@ async fn geography(
             match geo_versions::in_effect(client, at).await? {
                 Some(v) => {
                     match settings.geo.load() {
+                        Ok(files) if files.route_count() == 0 && files.zone_count() == 0 => {
+                            warnings.push(
+                                "the configuration names no routes or zones; using those the service recorded"
+                                    .into(),
+                            );
+                        }
                         Ok(files) if geo_versions::content_hash(&files) != v.content_hash => {
                             warnings.push(format!(
                                 "the configuration's routes and zones ({}: {} routes, {} zones) differ from those the service recorded; \

@@ -664,7 +664,7 @@ async fn map_page_in_headless_chromium_shows_the_demo_fleet_and_replays_a_track(
         .wait_for(
             "routes and zones drawn",
             Duration::from_secs(30),
-            "return !!window.fleetwatch && fleetwatch.geoFeatureCount() === 12",
+            "return !!window.fleetwatch && fleetwatch.geoFeatureCount() === 13",
         )
         .await;
     let url = browser.cmd("GET", "/url", None).await;
