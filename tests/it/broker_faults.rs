@@ -188,7 +188,9 @@ async fn a_broker_crash_loses_no_acked_fix_and_a_lost_session_is_an_incident() {
     let app = start_app(s).await;
     let base = base_time();
     let first = track("HTX-CR", 20, 6_000, base);
-    let second = track("HTX-CR2", 20, 1_000, base + chrono::Duration::minutes(30));
+    // The same cooperative: its vehicles belong to it (another cooperative's fixes for
+    // them would be dead letters, `cooperative_mismatch`).
+    let second = track("HTX-CR", 20, 1_000, base + chrono::Duration::minutes(30));
 
     // 1. A steady stream; the broker is killed about 1.5 s into it.
     let url = mosq.url.clone();
@@ -234,7 +236,13 @@ async fn a_broker_crash_loses_no_acked_fix_and_a_lost_session_is_an_incident() {
         acked_first.len(),
         acked_second.len()
     );
-    assert_eq!((lost_first, lost_second), (0, 0), "acked fixes lost");
+    // Mosquitto 2.0 saves its whole state after every `autosave_interval` (100) changes
+    // (config/mosquitto.conf): what it acknowledged since the last save and had not yet
+    // delivered is the window a crash can still lose (README, "What each broker
+    // guarantees on a crash"). With the old `autosave_interval 30` (seconds) every fix
+    // published while fleetwatch was away was lost (1,000 of 1,000 here).
+    assert!(lost_first <= 100, "{lost_first} acked fixes lost, over the save window");
+    assert_eq!(lost_second, 0, "acked while fleetwatch was away, then lost");
     assert_eq!(app.health.mqtt_sessions_lost.load(Ordering::Relaxed), 0);
     assert_eq!(count(&db, "SELECT count(*) FROM ingest_incidents").await, 0);
 
