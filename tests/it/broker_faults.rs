@@ -241,7 +241,10 @@ async fn a_broker_crash_loses_no_acked_fix_and_a_lost_session_is_an_incident() {
     // delivered is the window a crash can still lose (README, "What each broker
     // guarantees on a crash"). With the old `autosave_interval 30` (seconds) every fix
     // published while fleetwatch was away was lost (1,000 of 1,000 here).
-    assert!(lost_first <= 100, "{lost_first} acked fixes lost, over the save window");
+    assert!(
+        lost_first <= 100,
+        "{lost_first} acked fixes lost, over the save window"
+    );
     assert_eq!(lost_second, 0, "acked while fleetwatch was away, then lost");
     assert_eq!(app.health.mqtt_sessions_lost.load(Ordering::Relaxed), 0);
     assert_eq!(count(&db, "SELECT count(*) FROM ingest_incidents").await, 0);
