@@ -211,21 +211,7 @@ fn batches() -> Vec<Vec<Item<()>>> {
                 .unwrap()
         })
         .collect();
-    let mut stage = Stage {
-        validator: Validator::new(
-            TopicPattern::parse("fleet/{cooperative}/{vehicle}/fix").unwrap(),
-            Default::default(),
-            &registry,
-        ),
-        engine: Engine::new(
-            RulesConfig::default(),
-            std::sync::Arc::new(GeoIndex::empty()),
-            registry.clone(),
-        ),
-        checkpoint_every: Duration::from_secs(3600),
-        rules: true,
-        recompute: Default::default(),
-    };
+    let mut stage = stage_of(registry);
     let mut all: Vec<_> = scripts().iter().flat_map(fixes).collect();
     all.sort_by_key(|a| a.0);
     // Handmade alerts, each delivered at its time: off route opened then closed later;
@@ -677,6 +663,11 @@ fn stage_for(coop: &str, vehicles: &[&str]) -> Stage {
             serde_json::from_value(json!({"id": v, "cooperative": coop, "class": "bus"})).unwrap()
         })
         .collect();
+    stage_of(registry)
+}
+
+/// A pipeline stage (validation and rules) over `registry`, no geography.
+fn stage_of(registry: Vec<Vehicle>) -> Stage {
     Stage {
         validator: Validator::new(
             TopicPattern::parse("fleet/{cooperative}/{vehicle}/fix").unwrap(),
