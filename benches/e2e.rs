@@ -25,7 +25,7 @@ use fleetwatch::config::Settings;
 use fleetwatch::demo::Publisher;
 use fleetwatch::infra::broker::{free_port, EmbeddedBroker};
 
-use fleetwatch::ingest::topic::TopicPattern;
+use fleetwatch::pipeline::topic::TopicPattern;
 use fleetwatch::sim::Simulator;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 

@@ -5,9 +5,9 @@ use std::hint::black_box;
 use bytes::Bytes;
 use chrono::Utc;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fleetwatch::ingest::decode::Decoder;
-use fleetwatch::ingest::topic::TopicPattern;
-use fleetwatch::ingest::validate::{ValidateConfig, Validator};
+use fleetwatch::pipeline::decode::Decoder;
+use fleetwatch::pipeline::topic::TopicPattern;
+use fleetwatch::pipeline::validate::{ValidateConfig, Validator};
 
 fn payload(i: usize) -> String {
     let ts = Utc::now() - chrono::Duration::seconds(3600 - i as i64);

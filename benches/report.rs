@@ -22,8 +22,8 @@ use fleetwatch::api::reports::{self, ReportParams, ReportQuery, Source};
 use fleetwatch::domain::Vehicle;
 use fleetwatch::geo::GeoIndex;
 
-use fleetwatch::ingest::topic::TopicPattern;
-use fleetwatch::ingest::validate::Validator;
+use fleetwatch::pipeline::topic::TopicPattern;
+use fleetwatch::pipeline::validate::Validator;
 use fleetwatch::pipeline::Stage;
 use fleetwatch::rules::{Engine, RulesConfig};
 use fleetwatch::store::rollup;

@@ -1,13 +1,13 @@
 //! Wires the stages together, owns shutdown, drains with a deadline.
 //!
-//! `mqtt event loop → pipeline (decode, validate) → writer (commit) → acks`
+//! `sources (MQTT event loops, device gateway) → pipeline (decode, validate, rules)
+//! → writer (commit) → acks to each source`
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rumqttc::Publish;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -18,11 +18,13 @@ use crate::geo::{GeoConfig, GeoError, GeoIndex};
 use crate::infra::broker::EmbeddedBroker;
 use crate::infra::mqtt_gate::{AclTopics, BrokerCredentials};
 use crate::infra::postgres::{EmbeddedPostgres, PgOptions};
-use crate::ingest::mqtt::{self, Delivery, MqttAcker};
-use crate::ingest::topic::{subscription, TopicPattern};
-use crate::ingest::validate::Validator;
+use crate::pipeline::delivery::{Ack, Delivery};
+use crate::pipeline::topic::{subscription, TopicPattern};
+use crate::pipeline::validate::Validator;
 use crate::pipeline::{self, Stage};
 use crate::rules::Engine;
+use crate::sources::mqtt::{self, MqttAcker};
+use crate::sources::Acks;
 use crate::store::migrate::{self, Layout};
 use crate::store::outbox;
 use crate::store::writer::{self, Item};
@@ -157,7 +159,7 @@ impl App {
             eventloops.push(e);
         }
         let (dtx, drx) = mpsc::channel::<Delivery>(settings.mqtt.channel_capacity.max(1));
-        let (itx, irx) = mpsc::channel::<Item<(usize, Publish)>>(ITEM_QUEUE);
+        let (itx, irx) = mpsc::channel::<Item<Ack>>(ITEM_QUEUE);
         let disconnect = CancellationToken::new();
         let alerts_ready = Arc::new(tokio::sync::Notify::new());
 
@@ -166,7 +168,9 @@ impl App {
             db_url.clone(),
             settings.batch.clone(),
             irx,
-            MqttAcker(clients.clone()),
+            Acks {
+                mqtt: Some(MqttAcker(clients.clone())),
+            },
             shutdown.clone(),
             health.clone(),
             alerts_ready.clone(),

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::Vehicle;
 use crate::geo::GeoConfig;
-use crate::ingest::mqtt::MqttConfig;
-use crate::ingest::validate::ValidateConfig;
+use crate::pipeline::validate::ValidateConfig;
 use crate::rules::RulesConfig;
+use crate::sources::mqtt::MqttConfig;
 use crate::store::migrate::LayoutConfig;
 use crate::store::writer::BatchConfig;
 

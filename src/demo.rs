@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use crate::app::App;
 use crate::config::Settings;
 use crate::domain::Vehicle;
-use crate::ingest::topic::TopicPattern;
+use crate::pipeline::topic::TopicPattern;
 use crate::sim::{SimFix, Simulator, DEMO_SEED};
 use crate::telemetry;
 
@@ -75,7 +75,7 @@ pub struct Publisher {
 impl Publisher {
     /// Connects to `url` with `client_id`.
     pub fn connect(url: &str, client_id: &str) -> anyhow::Result<Publisher> {
-        let cfg = crate::ingest::mqtt::MqttConfig {
+        let cfg = crate::sources::mqtt::MqttConfig {
             client_id: client_id.to_string(),
             ..Default::default()
         };
@@ -84,10 +84,10 @@ impl Publisher {
 
     /// Connects to `url` with the client id, credentials and CA file of `cfg`.
     pub fn connect_with(
-        cfg: &crate::ingest::mqtt::MqttConfig,
+        cfg: &crate::sources::mqtt::MqttConfig,
         url: &str,
-    ) -> Result<Publisher, crate::ingest::mqtt::MqttError> {
-        let mut o: MqttOptions = crate::ingest::mqtt::options(cfg, url)?;
+    ) -> Result<Publisher, crate::sources::mqtt::MqttError> {
+        let mut o: MqttOptions = crate::sources::mqtt::options(cfg, url)?;
         // A publisher needs no session and acks automatically.
         o.set_clean_session(true)
             .set_manual_acks(false)
@@ -516,11 +516,11 @@ fn map_url(app: &App, token: &str) -> String {
 
 /// Prints every alert fleetwatch publishes, as a cooperative's dispatcher would see it.
 fn print_alerts(url: &str) -> anyhow::Result<JoinHandle<()>> {
-    let cfg = crate::ingest::mqtt::MqttConfig {
+    let cfg = crate::sources::mqtt::MqttConfig {
         client_id: "fleetwatch-demo-dispatcher".into(),
         ..Default::default()
     };
-    let mut o = crate::ingest::mqtt::options(&cfg, url)?;
+    let mut o = crate::sources::mqtt::options(&cfg, url)?;
     o.set_clean_session(true).set_manual_acks(false);
     let (client, mut ev) = AsyncClient::new(o, 100);
     Ok(tokio::spawn(async move {

@@ -26,11 +26,11 @@ use crate::config::Settings;
 use crate::demo::Publisher;
 use crate::domain::{CooperativeId, Fix, IdError, VehicleId};
 use crate::geo::GeoError;
-use crate::ingest::decode::canonical;
-use crate::ingest::mqtt::{MqttConfig, MqttError};
-use crate::ingest::topic::{TopicError, TopicPattern};
+use crate::pipeline::decode::canonical;
+use crate::pipeline::topic::{TopicError, TopicPattern};
 use crate::pipeline::{self, SKIPPED_BY_RULES};
 use crate::rules::{Alert, AlertKind, AlertStatus, Engine, RulesConfig};
+use crate::sources::mqtt::{MqttConfig, MqttError};
 use crate::store::StoreError;
 
 /// Options of `fleetwatch replay`.

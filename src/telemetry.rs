@@ -8,8 +8,6 @@ use std::sync::{Mutex, OnceLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::store::writer::BatchOutcome;
-
 /// Process-wide counters for the live summary.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -118,8 +116,19 @@ pub fn fix_rejected(reason: &'static str) {
     metrics::counter!("fleetwatch_fixes_rejected_total", "reason" => reason).increment(1);
 }
 
+/// What a committed batch stored: new fixes, duplicates, dead letters.
+#[derive(Debug, Clone, Copy)]
+pub struct Committed {
+    /// New rows in `fixes`.
+    pub stored: u64,
+    /// Fixes already stored.
+    pub duplicates: u64,
+    /// New rows in `dead_letters`.
+    pub dead_letters: u64,
+}
+
 /// A batch committed.
-pub fn batch_committed(outcome: &BatchOutcome, records: usize, commit_s: f64) {
+pub fn batch_committed(outcome: Committed, records: usize, commit_s: f64) {
     let s = stats();
     s.stored.fetch_add(outcome.stored, Ordering::Relaxed);
     s.duplicates

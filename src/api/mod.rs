@@ -10,7 +10,7 @@ pub mod reports;
 pub mod time;
 pub mod vehicles;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -19,22 +19,7 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-/// Readiness of the parts the service needs.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// Connected to the broker (ConnAck received, not lost since).
-    pub mqtt: AtomicBool,
-    /// The subscription was confirmed (SubAck) on the current connection.
-    pub subscribed: AtomicBool,
-    /// Messages this instance received from the broker.
-    pub messages: AtomicU64,
-    /// Broker connections made (ConnAcks received), all consumer connections together.
-    pub mqtt_connects: AtomicU64,
-    /// Times the broker came back without the session fleetwatch expected.
-    pub mqtt_sessions_lost: AtomicU64,
-    /// The database answers: the last probe (`SELECT 1`) or commit succeeded.
-    pub database: AtomicBool,
-}
+pub use crate::health::Health;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]

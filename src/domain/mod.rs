@@ -2,8 +2,10 @@
 
 pub mod fix;
 pub mod ids;
+pub mod record;
 pub mod vehicle;
 
 pub use fix::{Fix, FixCandidate, FixError, FixLimits};
 pub use ids::{CooperativeId, DriverId, IdError, VehicleId};
+pub use record::{Accepted, Flags, Record, Rejected};
 pub use vehicle::{Vehicle, VehicleClass};

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use super::mqtt_gate::{self, AclTopics, BrokerCredentials, INTERNAL_USER};
-use crate::ingest::topic::TopicPattern;
+use crate::pipeline::topic::TopicPattern;
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 

@@ -29,7 +29,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
-use crate::ingest::topic::TopicPattern;
+use crate::pipeline::topic::TopicPattern;
 
 /// Username of fleetwatch's own clients on the embedded broker.
 pub const INTERNAL_USER: &str = "fleetwatch-internal";

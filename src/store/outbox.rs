@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{connect, StoreError};
 use crate::domain::{CooperativeId, VehicleId};
-use crate::ingest::topic::TopicPattern;
+use crate::pipeline::topic::TopicPattern;
 
 /// Most alerts published in one round (and awaited together).
 const ROUND: usize = 500;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::Health;
+use crate::health::Health;
 
 /// Probes until `stop`; sets `health.database` after every probe.
 pub async fn run(

@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::rollup::{self, Plan};
 use super::{connect, fnv1a64, pg_text, StoreError};
-use crate::api::Health;
 use crate::domain::VehicleId;
-use crate::ingest::validate::{Record, Rejected};
+use crate::domain::{Record, Rejected};
+use crate::health::Health;
 use crate::rules::{Alert, AlertKind, Trip, VehicleState};
 
 /// Batching settings.
@@ -842,7 +842,12 @@ pub async fn run<K: Acker>(
         backoff = Duration::from_millis(100);
         let elapsed = started.elapsed();
         let now = Utc::now();
-        crate::telemetry::batch_committed(&outcome, n_records, elapsed.as_secs_f64());
+        let committed = crate::telemetry::Committed {
+            stored: outcome.stored,
+            duplicates: outcome.duplicates,
+            dead_letters: outcome.dead_letters,
+        };
+        crate::telemetry::batch_committed(committed, n_records, elapsed.as_secs_f64());
         if outcome.alerts_changed > 0 {
             alerts_ready.notify_one();
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fleetwatch::infra::broker::EmbeddedBroker;
 use fleetwatch::infra::mqtt_gate::{AclTopics, BrokerCredentials};
-use fleetwatch::ingest::topic::TopicPattern;
+use fleetwatch::pipeline::topic::TopicPattern;
 use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 
 use crate::support::*;

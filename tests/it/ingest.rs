@@ -235,7 +235,7 @@ pub async fn reqwest_get(addr: std::net::SocketAddr, path: &str) -> String {
 /// (3 km accuracy) are flagged as poor accuracy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owntracks_recording_is_stored_with_derived_speeds_and_accuracy_flags() {
-    use fleetwatch::ingest::validate::{haversine_m, Flags};
+    use fleetwatch::pipeline::validate::{haversine_m, Flags};
     let broker = EmbeddedBroker::start(0).unwrap();
     let db = fresh_db().await;
     let app = start_app(settings(&db, &broker.url(), "fw-owntracks-car")).await;

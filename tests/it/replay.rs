@@ -10,9 +10,9 @@ use fleetwatch::domain::{
     CooperativeId, Fix, FixCandidate, FixLimits, Vehicle, VehicleClass, VehicleId,
 };
 use fleetwatch::infra::broker::EmbeddedBroker;
-use fleetwatch::ingest::decode::Decoder;
-use fleetwatch::ingest::mqtt::MqttConfig;
+use fleetwatch::pipeline::decode::Decoder;
 use fleetwatch::replay::{self, Difference, PublishTarget, Speed, TopicChoice, TrackRange};
+use fleetwatch::sources::mqtt::MqttConfig;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use crate::support::*;

@@ -13,8 +13,8 @@ use fleetwatch::api::reports::{self, ReportParams, ReportQuery, Source};
 use fleetwatch::domain::Vehicle;
 use fleetwatch::geo::GeoIndex;
 use fleetwatch::infra::broker::EmbeddedBroker;
-use fleetwatch::ingest::topic::TopicPattern;
-use fleetwatch::ingest::validate::Validator;
+use fleetwatch::pipeline::topic::TopicPattern;
+use fleetwatch::pipeline::validate::Validator;
 use fleetwatch::pipeline::Stage;
 use fleetwatch::rules::{Alert, AlertKind, AlertStatus, Engine, RulesConfig};
 use fleetwatch::store::rollup;
@@ -270,7 +270,7 @@ fn batches() -> Vec<Vec<Item<()>>> {
 }
 
 fn item(
-    records: Vec<fleetwatch::ingest::validate::Record>,
+    records: Vec<fleetwatch::pipeline::validate::Record>,
     derived: Derived,
     at: DateTime<Utc>,
 ) -> Item<()> {

@@ -277,7 +277,7 @@ fn record(r: &mut Reader<'_>, codec: u8) -> Option<DevicePosition> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::device::hex;
+    use crate::sources::device::hex;
 
     // Packets below are captures from real units, as published with open-source
     // tracking servers' decoder tests.

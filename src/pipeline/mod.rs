@@ -1,6 +1,12 @@
-//! The processing stage between the MQTT event loop and the writer: decode and
-//! validate each message, run the rules on its fixes (event time), and hand records,
-//! alerts and periodic rule checkpoints to the writer in order.
+//! The pipeline: the processing stage between the sources and the writer. It decodes
+//! and validates each delivery, runs the rules on its fixes (event time), and hands
+//! records, alerts and periodic rule checkpoints to the writer in order, each with
+//! the ack handle of the delivery it came from.
+
+pub mod decode;
+pub mod delivery;
+pub mod topic;
+pub mod validate;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -8,18 +14,17 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, Utc};
 use futures_util::{pin_mut, TryStreamExt};
-use rumqttc::Publish;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 
 use crate::domain::{Fix, FixCandidate, FixLimits, Vehicle, VehicleId};
 use crate::geo::GeoIndex;
-use crate::ingest::mqtt::{Delivery, TooLarge};
-use crate::ingest::validate::{Flags, Record, Rejected, Validator};
+use crate::pipeline::validate::{Flags, Record, Rejected, Validator};
 use crate::rules::{AlertId, Engine, Output, VehicleState};
 use crate::store::writer::{Derived, Item, Recomputed};
 use crate::store::StoreError;
 use crate::telemetry;
+use delivery::{Ack, Body, Delivery, DeviceReport, TooLarge, Unusable};
 
 /// Flags of stored fixes the rules do not apply: jumps (bad positions, kept out).
 /// Late fixes (older than what the rules had already applied) are applied by a
@@ -135,8 +140,37 @@ impl Stage {
         received_at: DateTime<Utc>,
     ) -> (Vec<Record>, Derived) {
         let mut records = self.validator.process(topic, payload, received_at);
+        let derived = self.apply(&mut records);
+        (records, derived)
+    }
+
+    /// Processes the positions of one device frame into an item for the writer.
+    pub fn device(
+        &mut self,
+        report: &DeviceReport,
+        received_at: DateTime<Utc>,
+    ) -> (Vec<Record>, Derived) {
+        let mut records = self.validator.process_device(report, received_at);
+        let derived = self.apply(&mut records);
+        (records, derived)
+    }
+
+    /// A frame a source could not use: one dead letter.
+    pub fn unusable(&mut self, u: Unusable, received_at: DateTime<Utc>) -> Record {
+        telemetry::fix_rejected(u.reason);
+        Record::Rejected(Rejected {
+            topic: u.source,
+            payload: u.bytes,
+            reason: u.reason,
+            detail: u.detail,
+            received_at,
+        })
+    }
+
+    /// Runs the rules on the accepted fixes of `records` (flagging late ones).
+    fn apply(&mut self, records: &mut [Record]) -> Derived {
         let mut out = Output::default();
-        for r in &mut records {
+        for r in records.iter_mut() {
             match r {
                 Record::Accepted(a) if self.rules => {
                     self.engine.heard(a.fix.vehicle(), a.received_at);
@@ -173,7 +207,7 @@ impl Stage {
                 Record::Rejected(r) => telemetry::fix_rejected(r.reason),
             }
         }
-        (records, derived(out))
+        derived(out)
     }
 
     /// A message over the size limit: one `too_large` dead letter with the prefix kept.
@@ -433,7 +467,7 @@ pub async fn restore(
     client: &Client,
     stage: &mut Stage,
     max_age_s: i64,
-    tx: &mpsc::Sender<Item<(usize, Publish)>>,
+    tx: &mpsc::Sender<Item<Ack>>,
 ) -> Result<(usize, u64), StoreError> {
     let rows = client
         .query("SELECT vehicle_id, state FROM rule_state", &[])
@@ -563,7 +597,7 @@ pub(crate) fn fix_from_row(row: &tokio_postgres::Row, limits: &FixLimits) -> Opt
     Fix::validate(c, vehicle, limits, received_at).ok()
 }
 
-async fn send_derived(tx: &mpsc::Sender<Item<(usize, Publish)>>, d: Derived) {
+async fn send_derived(tx: &mpsc::Sender<Item<Ack>>, d: Derived) {
     if d.is_empty() {
         return;
     }
@@ -581,7 +615,7 @@ async fn send_derived(tx: &mpsc::Sender<Item<(usize, Publish)>>, d: Derived) {
 /// `db` reads stored fixes for recomputations (none: late fixes wait).
 pub async fn run(
     mut rx: mpsc::Receiver<Delivery>,
-    tx: mpsc::Sender<Item<(usize, Publish)>>,
+    tx: mpsc::Sender<Item<Ack>>,
     mut stage: Stage,
     mut geo: watch::Receiver<Arc<GeoIndex>>,
     mut registry: watch::Receiver<Arc<Vec<Vehicle>>>,
@@ -610,11 +644,15 @@ pub async fn run(
             d = rx.recv() => {
                 let Some(d) = d else { break };
                 telemetry::message_received();
-                let (records, derived) = match d.too_large {
-                    Some(t) => (vec![stage.too_large(d.topic(), d.payload(), t, d.received_at)], Derived::default()),
-                    None => stage.message(d.topic(), d.payload(), d.received_at),
+                let (records, derived) = match d.body {
+                    Body::Message { topic, payload, too_large: Some(t) } => {
+                        (vec![stage.too_large(&topic, &payload, t, d.received_at)], Derived::default())
+                    }
+                    Body::Message { topic, payload, too_large: None } => stage.message(&topic, &payload, d.received_at),
+                    Body::Device(report) => stage.device(&report, d.received_at),
+                    Body::Unusable(u) => (vec![stage.unusable(u, d.received_at)], Derived::default()),
                 };
-                Item { records, derived, ack: Some((d.conn, crate::ingest::mqtt::ack_token(&d.publish))), received_at: d.received_at }
+                Item { records, derived, ack: d.ack, received_at: d.received_at }
             }
             _ = tick.tick() => {
                 let mut derived = stage.tick(Utc::now());

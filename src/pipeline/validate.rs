@@ -9,48 +9,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::decode::Decoder;
+use super::delivery::DeviceReport;
 use super::topic::TopicPattern;
+pub use crate::domain::record::{Accepted, Flags, Record, Rejected};
 use crate::domain::{CooperativeId, Fix, FixLimits, Vehicle, VehicleId};
-
-/// Quality flags on an accepted fix, stored as a bit set (`fixes.flags`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct Flags(pub i16);
-
-impl Flags {
-    /// Implies an impossible speed from the vehicle's previous accepted fix.
-    pub const JUMP: i16 = 1;
-    /// Few satellites, high HDOP, or a large accuracy radius.
-    pub const POOR_ACCURACY: i16 = 2;
-    /// Vehicle not in the registry.
-    pub const UNREGISTERED: i16 = 4;
-    /// Older than a fix already received for the same vehicle.
-    pub const OUT_OF_ORDER: i16 = 8;
-    /// Older than a fix the rules already applied (beyond the reorder window): data
-    /// quality only; applied by a recomputation of its vehicle. Set by the rules stage.
-    pub const LATE: i16 = 16;
-    /// The device did not know its speed (OwnTracks `vel` -1 or absent): the stored
-    /// speed is the average from the vehicle's previous accepted fix (0 for its first).
-    pub const SPEED_DERIVED: i16 = 32;
-
-    /// Whether `flag` is set.
-    pub fn has(self, flag: i16) -> bool {
-        self.0 & flag != 0
-    }
-    /// Names of the set flags, for metrics labels.
-    pub fn names(self) -> impl Iterator<Item = &'static str> {
-        [
-            (Self::JUMP, "jump"),
-            (Self::POOR_ACCURACY, "poor_accuracy"),
-            (Self::UNREGISTERED, "unregistered"),
-            (Self::OUT_OF_ORDER, "out_of_order"),
-            (Self::LATE, "late"),
-            (Self::SPEED_DERIVED, "speed_derived"),
-        ]
-        .into_iter()
-        .filter(move |(f, _)| self.has(*f))
-        .map(|(_, n)| n)
-    }
-}
 
 /// Validation settings (docs/rules.md "Validation of a fix").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,46 +43,6 @@ impl Default for ValidateConfig {
             max_batch: 10_000,
         }
     }
-}
-
-/// A fix that passed validation, ready to store.
-#[derive(Debug, Clone)]
-pub struct Accepted {
-    /// The fix.
-    pub fix: Fix,
-    /// Cooperative from the topic.
-    pub cooperative: CooperativeId,
-    /// Quality flags.
-    pub flags: Flags,
-    /// When fleetwatch received the message.
-    pub received_at: DateTime<Utc>,
-    /// MQTT topic it came on and the bytes of the fix (the payload, or one element of
-    /// a batch): kept as a dead letter if the database refuses the row.
-    pub source: (String, Bytes),
-}
-
-/// A message or element that failed, kept as a dead letter.
-#[derive(Debug, Clone)]
-pub struct Rejected {
-    /// MQTT topic it came on.
-    pub topic: String,
-    /// The bytes that failed (the whole payload, or one element of a batch).
-    pub payload: Bytes,
-    /// Low-cardinality reason label.
-    pub reason: &'static str,
-    /// Human-readable explanation.
-    pub detail: String,
-    /// When fleetwatch received the message.
-    pub received_at: DateTime<Utc>,
-}
-
-/// Outcome for one fix or element.
-#[derive(Debug, Clone)]
-pub enum Record {
-    /// Stored in `fixes`.
-    Accepted(Accepted),
-    /// Stored in `dead_letters`.
-    Rejected(Rejected),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -206,22 +128,8 @@ impl Validator {
         // A vehicle belongs to one cooperative: the one it is registered to, or for an
         // unregistered one, the one whose fix was accepted first. Anything else from
         // another cooperative is refused, so its data and alerts never mix.
-        if let Some(reg) = self.registry.get(&vehicle) {
-            if reg.cooperative != coop {
-                let detail = format!(
-                    "vehicle {vehicle} is registered to {} not {coop}",
-                    reg.cooperative
-                );
-                return vec![reject(payload.clone(), "cooperative_mismatch", detail)];
-            }
-        } else if let Some(owner) = self.owners.get(&vehicle) {
-            if *owner != coop {
-                let detail = format!(
-                    "unregistered vehicle {vehicle} belongs to {owner} (its first fixes came \
-                     from there), not {coop}; registering it to {coop} moves it"
-                );
-                return vec![reject(payload.clone(), "cooperative_mismatch", detail)];
-            }
+        if let Err(detail) = self.owned_by(&vehicle, &coop) {
+            return vec![reject(payload.clone(), "cooperative_mismatch", detail)];
         }
         let elements = match self.decoder.decode(payload) {
             Ok(e) => e,
@@ -254,32 +162,127 @@ impl Validator {
                     }
                 }
             }
-            let mut candidate = candidate;
-            let derived = candidate.speed_kmh.is_none();
-            if derived {
-                candidate.speed_kmh = Some(self.derive_speed_kmh(&vehicle, &candidate));
-            }
-            match Fix::validate(candidate, vehicle.clone(), &self.cfg.limits, received_at) {
-                Ok(fix) => {
-                    let mut flags = self.flags(&fix);
-                    if derived {
-                        flags.0 |= Flags::SPEED_DERIVED;
-                    }
-                    if !self.owners.contains_key(&vehicle) {
-                        self.owners.insert(vehicle.clone(), coop.clone());
-                    }
-                    out.push(Record::Accepted(Accepted {
-                        fix,
-                        cooperative: coop.clone(),
-                        flags,
-                        received_at,
-                        source: (topic.to_string(), element_bytes()),
-                    }));
-                }
-                Err(e) => out.push(reject(element_bytes(), e.label(), e.to_string())),
-            }
+            out.push(self.accept(
+                candidate,
+                &vehicle,
+                &coop,
+                (topic, element_bytes()),
+                received_at,
+            ));
         }
         out
+    }
+
+    /// Validates the positions a device sent in one frame: every position yields
+    /// exactly one record. The gateway resolved the vehicle from the device's
+    /// identity; a vehicle owned by another cooperative is refused as for MQTT.
+    pub fn process_device(&mut self, r: &DeviceReport, received_at: DateTime<Utc>) -> Vec<Record> {
+        // One dead letter per rejected position: each gets its own topic (the frame's
+        // bytes are the same), stable across reconnections so a resent frame is one.
+        let several = r.positions.len() > 1;
+        let topic = |i: usize| match several {
+            true => format!("{}#{i}", r.source),
+            false => r.source.clone(),
+        };
+        let reject = |i: usize, reason: &'static str, detail: String| {
+            Record::Rejected(Rejected {
+                topic: topic(i),
+                payload: r.frame.clone(),
+                reason,
+                detail: format!("{detail} (from {})", r.remote),
+                received_at,
+            })
+        };
+        if let Err(detail) = self.owned_by(&r.vehicle, &r.cooperative) {
+            return (0..r.positions.len())
+                .map(|i| reject(i, "cooperative_mismatch", detail.clone()))
+                .collect();
+        }
+        let mut out = Vec::with_capacity(r.positions.len());
+        for (i, p) in r.positions.iter().enumerate() {
+            if !p.gps_valid {
+                // The receiver had no fix: the position repeats the last known place.
+                let detail = "the device reports no GPS fix for this position".to_string();
+                out.push(reject(i, "no_gps_fix", detail));
+                continue;
+            }
+            let record = self.accept(
+                p.fix.clone(),
+                &r.vehicle,
+                &r.cooperative,
+                (&topic(i), r.frame.clone()),
+                received_at,
+            );
+            out.push(match record {
+                Record::Rejected(mut rej) => {
+                    rej.detail = format!("{} (from {})", rej.detail, r.remote);
+                    Record::Rejected(rej)
+                }
+                accepted => accepted,
+            });
+        }
+        out
+    }
+
+    /// Whether fixes of `vehicle` may come from `coop`: the registered cooperative,
+    /// or for an unregistered vehicle the one whose fix was accepted first.
+    fn owned_by(&self, vehicle: &VehicleId, coop: &CooperativeId) -> Result<(), String> {
+        if let Some(reg) = self.registry.get(vehicle) {
+            if reg.cooperative != *coop {
+                return Err(format!(
+                    "vehicle {vehicle} is registered to {} not {coop}",
+                    reg.cooperative
+                ));
+            }
+        } else if let Some(owner) = self.owners.get(vehicle) {
+            if owner != coop {
+                return Err(format!(
+                    "unregistered vehicle {vehicle} belongs to {owner} (its first fixes came \
+                     from there), not {coop}; registering it to {coop} moves it"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates one candidate of `vehicle` into a record.
+    fn accept(
+        &mut self,
+        mut candidate: crate::domain::FixCandidate,
+        vehicle: &VehicleId,
+        coop: &CooperativeId,
+        (topic, bytes): (&str, Bytes),
+        received_at: DateTime<Utc>,
+    ) -> Record {
+        let derived = candidate.speed_kmh.is_none();
+        if derived {
+            candidate.speed_kmh = Some(self.derive_speed_kmh(vehicle, &candidate));
+        }
+        match Fix::validate(candidate, vehicle.clone(), &self.cfg.limits, received_at) {
+            Ok(fix) => {
+                let mut flags = self.flags(&fix);
+                if derived {
+                    flags.0 |= Flags::SPEED_DERIVED;
+                }
+                if !self.owners.contains_key(vehicle) {
+                    self.owners.insert(vehicle.clone(), coop.clone());
+                }
+                Record::Accepted(Accepted {
+                    fix,
+                    cooperative: coop.clone(),
+                    flags,
+                    received_at,
+                    source: (topic.to_string(), bytes),
+                })
+            }
+            Err(e) => Record::Rejected(Rejected {
+                topic: topic.to_string(),
+                payload: bytes,
+                reason: e.label(),
+                detail: e.to_string(),
+                received_at,
+            }),
+        }
     }
 
     /// A speed for a fix whose device did not give one: the average from the vehicle's

@@ -327,7 +327,7 @@ pub fn encode(extended: bool, protocol: u8, body: &[u8], serial: u16) -> Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::device::hex;
+    use crate::sources::device::hex;
 
     fn frame(raw: &[u8]) -> Frame<'_> {
         assert_eq!(scan(raw), Scan::Frame(raw.len()));

@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::Health;
+use crate::health::Health;
+use crate::pipeline::delivery::{Ack, Body, Delivery, TooLarge};
 use crate::store::incidents::{self, Incident};
-use crate::store::writer::Acker;
 
 /// MQTT connection and subscription settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,29 +152,6 @@ fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
-/// One message handed to the pipeline.
-#[derive(Debug)]
-pub struct Delivery {
-    /// The publish, kept whole: with `conn`, it is the ack token.
-    pub publish: Publish,
-    /// Which of the consumer's connections received it (acks go back on it).
-    pub conn: usize,
-    /// When the event loop received it.
-    pub received_at: DateTime<Utc>,
-    /// Set when the payload was over `max_message_bytes`: `publish` then holds only
-    /// its first [`TOO_LARGE_PREFIX_BYTES`].
-    pub too_large: Option<TooLarge>,
-}
-
-/// An oversized message's real size and the limit it broke.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TooLarge {
-    /// Payload size as received, bytes.
-    pub size_bytes: usize,
-    /// The configured limit, bytes.
-    pub limit_bytes: usize,
-}
-
 /// Keeps a publish whole, or (over `limit_bytes`) only its first bytes, copied so the
 /// large buffer is freed at once.
 pub fn limit_payload(mut publish: Publish, limit_bytes: usize) -> (Publish, Option<TooLarge>) {
@@ -193,25 +170,14 @@ pub fn limit_payload(mut publish: Publish, limit_bytes: usize) -> (Publish, Opti
     )
 }
 
-impl Delivery {
-    /// Topic of the message.
-    pub fn topic(&self) -> &str {
-        &self.publish.topic
-    }
-    /// Payload bytes.
-    pub fn payload(&self) -> &Bytes {
-        &self.publish.payload
-    }
-}
-
 /// Acks publishes, on the connection that received each, after the writer commits.
 #[derive(Clone)]
 pub struct MqttAcker(pub Vec<AsyncClient>);
 
-impl Acker for MqttAcker {
-    type Token = (usize, Publish);
-
-    fn try_ack(&self, (conn, p): (usize, Publish)) -> Result<(), (usize, Publish)> {
+impl MqttAcker {
+    /// Queues the ack of `p` on connection `conn` without waiting; gives it back
+    /// when there is no room.
+    pub fn try_ack(&self, (conn, p): (usize, Publish)) -> Result<(), (usize, Publish)> {
         let Some(client) = self.0.get(conn) else {
             return Ok(());
         };
@@ -220,7 +186,8 @@ impl Acker for MqttAcker {
         client.try_ack(&p).map_err(|_| (conn, p))
     }
 
-    async fn ack(&self, (conn, p): (usize, Publish)) {
+    /// Queues the ack, waiting for room (shutdown: the event loop still runs).
+    pub async fn ack(&self, (conn, p): (usize, Publish)) {
         if let Some(client) = self.0.get(conn) {
             if let Err(e) = client.ack(&p).await {
                 tracing::warn!(error = %e, "ack not sent");
@@ -328,11 +295,15 @@ pub async fn run_event_loop(
                 if let Some(t) = too_large {
                     tracing::warn!(topic = %publish.topic, size_bytes = t.size_bytes, limit_bytes = t.limit_bytes, "message too large: kept as a dead letter");
                 }
+                let ack = Ack::Mqtt(conn, ack_token(&publish));
                 let d = Delivery {
-                    publish,
-                    conn,
+                    body: Body::Message {
+                        topic: publish.topic,
+                        payload: publish.payload,
+                        too_large,
+                    },
                     received_at: Utc::now(),
-                    too_large,
+                    ack: Some(ack),
                 };
                 // Capacity exceeds the broker's in-flight window, so this waits only
                 // when the pipeline is saturated: that is the backpressure we want.

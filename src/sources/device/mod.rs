@@ -8,7 +8,7 @@ pub mod jt808;
 pub mod osmand;
 pub mod teltonika;
 
-use crate::domain::FixCandidate;
+pub use crate::pipeline::delivery::{Alarm, DevicePosition};
 
 /// What a protocol's scanner found at the start of a receive buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,52 +20,6 @@ pub enum Scan {
     /// This many bytes that cannot start a frame (line noise, a frame cut short):
     /// kept as a dead letter and skipped, so the stream resynchronises.
     Garbage(usize),
-}
-
-/// An alarm a device reports with a position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Alarm {
-    /// Emergency button.
-    Sos,
-    /// Main power cut or disconnected.
-    PowerCut,
-    /// Shock or vibration sensor.
-    Vibration,
-    /// Backup battery low.
-    LowBattery,
-    /// The device's own overspeed alarm (fleetwatch judges speed itself).
-    Overspeed,
-    /// Any other alarm, kept as the device's raw code.
-    Other(u32),
-}
-
-impl Alarm {
-    /// Stable name, for logs, metrics and stored events.
-    pub fn name(self) -> &'static str {
-        match self {
-            Alarm::Sos => "sos",
-            Alarm::PowerCut => "power_cut",
-            Alarm::Vibration => "vibration",
-            Alarm::LowBattery => "low_battery",
-            Alarm::Overspeed => "device_overspeed",
-            Alarm::Other(_) => "other",
-        }
-    }
-}
-
-/// A position as a device reported it, with what the device adds to it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DevicePosition {
-    /// The fix, to be validated like any other (the vehicle comes from the device's
-    /// identity, not from the frame).
-    pub fix: FixCandidate,
-    /// The receiver had a position fix; a position without one repeats the last known
-    /// place and must not feed the rules.
-    pub gps_valid: bool,
-    /// The device marks this position as uploaded from its buffer (blind area).
-    pub buffered: bool,
-    /// Alarms the device reported with this position.
-    pub alarms: Vec<Alarm>,
 }
 
 /// Reads a big-endian unsigned integer of `N` bytes at `at`.

@@ -470,7 +470,7 @@ pub fn encode(msg_id: u16, edition: Edition, phone: &str, serial: u16, body: &[u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::device::hex;
+    use crate::sources::device::hex;
 
     const GMT8: i32 = 8 * 3600;
 

@@ -1,0 +1,1 @@
+//! Device gateway: TCP/UDP/HTTP listeners for journey monitors and phones.
