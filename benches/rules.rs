@@ -159,6 +159,7 @@ fn world() -> World {
                 _ => VehicleClass::Tractor,
             },
             route: (i < BUSES).then(|| format!("R{:03}", i % ROUTES)),
+            device_id: None,
         })
         .collect();
 

@@ -23,6 +23,7 @@ use crate::pipeline::topic::{subscription, TopicPattern};
 use crate::pipeline::validate::Validator;
 use crate::pipeline::{self, Stage};
 use crate::rules::Engine;
+use crate::sources::gateway::Gateway;
 use crate::sources::mqtt::{self, MqttAcker};
 use crate::sources::Acks;
 use crate::store::migrate::{self, Layout};
@@ -42,6 +43,8 @@ pub struct App {
     pub layout: Layout,
     /// Readiness flags.
     pub health: Arc<Health>,
+    /// The device listeners running (protocol, address).
+    pub gateway: Vec<(&'static str, SocketAddr)>,
     shutdown: CancellationToken,
     tasks: JoinHandle<()>,
     // Dropped last: stops the private server after the writer is done.
@@ -249,6 +252,27 @@ impl App {
                 ))
             })
             .collect();
+        // The device gateway feeds the same pipeline; its connections stop reading at
+        // shutdown and send the replies of what is committed before they close.
+        let gateway = match settings.gateway.any() {
+            true => Some(
+                Gateway::start(
+                    &settings.gateway,
+                    &settings.database.data_dir,
+                    registry_rx.clone(),
+                    dtx.clone(),
+                    shutdown.clone(),
+                )
+                .await
+                .context("starting the device gateway")?,
+            ),
+            false => None,
+        };
+        let devices = gateway.as_ref().map(|g| g.book.clone()).unwrap_or_default();
+        let gateway_addrs = gateway
+            .as_ref()
+            .map(|g| g.listening.clone())
+            .unwrap_or_default();
         drop(dtx);
         drop(incident_tx);
         // Its own connection: recomputations read stored fixes without waiting for others.
@@ -300,6 +324,7 @@ impl App {
             geo: geo_view,
             registry: Arc::new(registry_tx),
             heavy: api::HeavyLimiter::new(settings.http.max_heavy_requests_per_token),
+            devices,
         };
         let http_stop = shutdown.clone();
         let srv = tokio::spawn(async move {
@@ -327,6 +352,9 @@ impl App {
             let drained = tokio::time::timeout(deadline, async {
                 let _ = pipe.await;
                 let _ = wr.await;
+                if let Some(g) = gateway {
+                    g.join().await;
+                }
             })
             .await;
             if drained.is_err() {
@@ -361,6 +389,7 @@ impl App {
             http_addr,
             layout,
             health,
+            gateway: gateway_addrs,
             shutdown,
             tasks,
             pg,

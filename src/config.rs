@@ -10,6 +10,7 @@ use crate::domain::Vehicle;
 use crate::geo::GeoConfig;
 use crate::pipeline::validate::ValidateConfig;
 use crate::rules::RulesConfig;
+use crate::sources::gateway::GatewayConfig;
 use crate::sources::mqtt::MqttConfig;
 use crate::store::migrate::LayoutConfig;
 use crate::store::writer::BatchConfig;
@@ -130,6 +131,8 @@ pub struct Settings {
     pub alert_topic: String,
     /// Vehicle registry.
     pub vehicles: Vec<Vehicle>,
+    /// Device listeners (GT06, JT/T 808, Teltonika, OsmAnd).
+    pub gateway: GatewayConfig,
 }
 
 /// How often rule state is saved.
@@ -165,6 +168,14 @@ pub enum ConfigError {
     /// The named file does not exist.
     #[error("configuration file {0} not found")]
     Missing(PathBuf),
+    /// A vehicle's device id is malformed or fitted to two vehicles.
+    #[error("configuration: vehicle {vehicle}: {why}")]
+    Device {
+        /// The vehicle.
+        vehicle: String,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 impl Settings {
@@ -191,6 +202,19 @@ impl Settings {
             s.alert_topic = "fleet/{cooperative}/{vehicle}/alert".into();
         }
         s.rules.validate()?;
+        let mut fitted = std::collections::HashMap::new();
+        for v in &mut s.vehicles {
+            let Some(raw) = &v.device_id else { continue };
+            let err = |why: String| ConfigError::Device {
+                vehicle: v.id.to_string(),
+                why,
+            };
+            let d = crate::domain::vehicle::device_id(raw).map_err(err)?;
+            if let Some(other) = fitted.insert(d.clone(), v.id.clone()) {
+                return Err(err(format!("device {d} is also fitted to {other}")));
+            }
+            v.device_id = Some(d);
+        }
         Ok(s)
     }
 }

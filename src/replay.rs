@@ -1240,6 +1240,7 @@ mod tests {
             cooperative: CooperativeId::parse("HTX-R").unwrap(),
             class: VehicleClass::Bus,
             route: None,
+            device_id: None,
         };
         Engine::new(config(), Arc::new(GeoIndex::empty()), vec![bus])
     }

@@ -40,6 +40,8 @@ pub struct AppState {
     pub registry: Arc<tokio::sync::watch::Sender<Arc<Vec<crate::domain::Vehicle>>>>,
     /// Heavy requests (track pages, reports) in progress per token.
     pub heavy: Arc<HeavyLimiter>,
+    /// The devices the gateway has heard.
+    pub devices: Arc<crate::sources::gateway::DeviceBook>,
 }
 
 /// Counts the heavy requests (track pages, compliance reports) each token has in
@@ -181,6 +183,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/vehicles/{id}/track", get(vehicles::track))
         .route("/api/v1/vehicles/{id}/trips", get(vehicles::trips))
+        .route("/api/v1/devices", get(devices))
         .route("/api/v1/alerts", get(alerts::list))
         .route("/api/v1/alerts/{id}/ack", axum::routing::post(alerts::ack))
         .route("/api/v1/reports/compliance", get(reports::compliance))
@@ -214,6 +217,14 @@ fn up(b: bool) -> &'static str {
 
 async fn metrics(State(s): State<AppState>) -> String {
     s.metrics.render()
+}
+
+/// `GET /api/v1/devices`: the devices the gateway has heard since it started (an
+/// admin or regulator sees every one, refused unknown devices included; a cooperative
+/// its own).
+async fn devices(State(s): State<AppState>, caller: auth::Caller) -> axum::Json<serde_json::Value> {
+    let list = s.devices.list(caller.scope());
+    axum::Json(serde_json::json!({ "devices": list }))
 }
 
 /// `POST /admin/reload-geo` (admin token).

@@ -176,6 +176,9 @@ pub struct VehicleBody {
     pub plate: Option<String>,
     /// Registered route (fixed-route buses): a route id of the loaded routes.
     pub route_id: Option<String>,
+    /// The GPS device fitted (IMEI, JT/T 808 terminal phone number, OsmAnd app id);
+    /// taken off any other vehicle that had it.
+    pub device_id: Option<String>,
 }
 
 /// `PUT /api/v1/vehicles/{id}` (admin): registers or changes a vehicle; the running
@@ -195,6 +198,11 @@ pub async fn put(
         class: b.class.parse().map_err(ApiError::bad)?,
         plate: b.plate,
         route: b.route_id,
+        device_id: b
+            .device_id
+            .map(|d| crate::domain::vehicle::device_id(&d))
+            .transpose()
+            .map_err(|e| ApiError::bad(format!("device_id: {e}")))?,
     };
     if let Some(r) = &vehicle.route {
         if s.geo.borrow().route(r).is_none() {
@@ -212,6 +220,7 @@ pub async fn put(
         "class": vehicle.class.as_str(),
         "plate": vehicle.plate,
         "route_id": vehicle.route,
+        "device_id": vehicle.device_id,
         "registered": true,
     })))
 }

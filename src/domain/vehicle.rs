@@ -77,4 +77,24 @@ pub struct Vehicle {
     /// Registered route id (fixed-route buses).
     #[serde(default)]
     pub route: Option<String>,
+    /// Id of the GPS device fitted (IMEI, JT/T 808 terminal phone number, OsmAnd app
+    /// id): the device gateway maps its frames to this vehicle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+}
+
+/// Checks a device id (IMEI, terminal phone number, app id): 1 to 32 ASCII letters,
+/// digits, `-` or `_`, as devices report them; returns it trimmed.
+pub fn device_id(raw: &str) -> Result<String, String> {
+    let d = raw.trim();
+    let ok = !d.is_empty()
+        && d.len() <= 32
+        && d.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    match ok {
+        true => Ok(d.to_string()),
+        false => Err(format!(
+            "{raw:?} is not a device id: 1 to 32 letters, digits, '-' or '_'"
+        )),
+    }
 }

@@ -122,17 +122,7 @@ fn generate_password() -> String {
 
 /// Writes `text` to `path` readable by its owner only.
 fn write_private(path: &Path, text: &str) -> Result<(), PgError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(format!("creating {}", path.display())))?;
-    f.write_all(text.as_bytes())
-        .map_err(io(format!("writing {}", path.display())))
+    super::write_private(path, text).map_err(io(format!("writing {}", path.display())))
 }
 
 /// Password authentication for every connection (no unix socket is opened).

@@ -382,6 +382,7 @@ mod tests {
             cooperative: CooperativeId::parse("HTX-TDM").unwrap(),
             class: VehicleClass::Bus,
             route: None,
+            device_id: None,
         }];
         Validator::new(
             TopicPattern::parse("fleet/{cooperative}/{vehicle}/fix").unwrap(),
@@ -576,6 +577,7 @@ mod tests {
             cooperative: CooperativeId::parse("HTX-B").unwrap(),
             class: VehicleClass::Bus,
             route: None,
+            device_id: None,
         };
         v.set_registry(std::slice::from_ref(&to_b));
         assert_eq!(reasons(&v.process(b, &p(-5), now())), ["ok"]);

@@ -88,6 +88,7 @@ fn vehicle(id: &str, class: VehicleClass, route: Option<&str>) -> Vehicle {
         cooperative: CooperativeId::parse("HTX-BD").unwrap(),
         class,
         route: route.map(str::to_string),
+        device_id: None,
     }
 }
 

@@ -70,6 +70,7 @@ impl SimVehicle {
             cooperative: self.cooperative.clone(),
             class: self.class,
             route: self.route.clone(),
+            device_id: None,
         }
     }
 }

@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (7, include_str!("migrations/0007_recompute.sql")),
     (9, include_str!("migrations/0009_distance_lateness.sql")),
     (10, include_str!("migrations/0010_geo_versions.sql")),
+    (11, include_str!("migrations/0011_devices.sql")),
 ];
 
 /// Storage-layout settings applied at migration time.

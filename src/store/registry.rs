@@ -10,21 +10,30 @@ use super::StoreError;
 use crate::domain::{CooperativeId, Vehicle, VehicleClass, VehicleId};
 
 /// Registers (or updates) `vehicles`; the configuration file is applied this way at
-/// every start, so it wins over earlier API changes to the same vehicles.
+/// every start, so it wins over earlier API changes to the same vehicles. A device
+/// given to a vehicle is taken off any other vehicle first: it was moved.
 pub async fn register(db: &impl GenericClient, vehicles: &[Vehicle]) -> Result<(), StoreError> {
     for v in vehicles {
+        if let Some(d) = &v.device_id {
+            db.execute(
+                "UPDATE vehicles SET device_id = NULL WHERE device_id = $1 AND vehicle_id <> $2",
+                &[d, &v.id.as_str()],
+            )
+            .await?;
+        }
         db.execute(
-            "INSERT INTO vehicles (vehicle_id, cooperative_id, plate, class, route_id, registered)
-             VALUES ($1, $2, $3, $4, $5, true)
+            "INSERT INTO vehicles (vehicle_id, cooperative_id, plate, class, route_id, device_id, registered)
+             VALUES ($1, $2, $3, $4, $5, $6, true)
              ON CONFLICT (vehicle_id) DO UPDATE SET cooperative_id = EXCLUDED.cooperative_id,
                  plate = EXCLUDED.plate, class = EXCLUDED.class,
-                 route_id = EXCLUDED.route_id, registered = true",
+                 route_id = EXCLUDED.route_id, device_id = EXCLUDED.device_id, registered = true",
             &[
                 &v.id.as_str(),
                 &v.cooperative.as_str(),
                 &v.plate,
                 &v.class.as_str(),
                 &v.route,
+                &v.device_id,
             ],
         )
         .await?;
@@ -48,7 +57,7 @@ pub async fn deregister(db: &impl GenericClient, vehicle: &VehicleId) -> Result<
 pub async fn load(db: &impl GenericClient) -> Result<Vec<Vehicle>, StoreError> {
     let rows = db
         .query(
-            "SELECT vehicle_id, cooperative_id, plate, class, route_id FROM vehicles
+            "SELECT vehicle_id, cooperative_id, plate, class, route_id, device_id FROM vehicles
              WHERE registered ORDER BY vehicle_id",
             &[],
         )
@@ -63,6 +72,7 @@ pub async fn load(db: &impl GenericClient) -> Result<Vec<Vehicle>, StoreError> {
                 plate: r.get(2),
                 class: VehicleClass::from_str(r.get::<_, Option<&str>>(3)?).ok()?,
                 route: r.get(4),
+                device_id: r.get(5),
             })
         })();
         match parsed {

@@ -177,6 +177,7 @@ fn bus(id: &str, coop: &str, route: &str) -> Vehicle {
         cooperative: CooperativeId::parse(coop).unwrap(),
         class: VehicleClass::Bus,
         route: Some(route.into()),
+        device_id: None,
     }
 }
 

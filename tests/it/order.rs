@@ -194,6 +194,7 @@ fn registered(id: &str) -> fleetwatch::domain::Vehicle {
         cooperative: CooperativeId::parse("HTX-O").unwrap(),
         class: VehicleClass::Bus,
         route: None,
+        device_id: None,
     }
 }
 

@@ -26,6 +26,7 @@ fn bus(id: &str, route: Option<&str>) -> Vehicle {
         cooperative: CooperativeId::parse(COOP).unwrap(),
         class: VehicleClass::Bus,
         route: route.map(str::to_string),
+        device_id: None,
     }
 }
 

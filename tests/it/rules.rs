@@ -19,6 +19,7 @@ fn bus(id: &str) -> Vehicle {
         cooperative: CooperativeId::parse("HTX-R").unwrap(),
         class: VehicleClass::Bus,
         route: None,
+        device_id: None,
     }
 }
 

@@ -1,0 +1,114 @@
+//! OsmAnd / Traccar Client over HTTP: one position per request (query string, form
+//! or JSON body), answered 200 once it is committed; the app keeps and resends a
+//! position until it gets its 200.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::Router;
+use chrono::Utc;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use super::session::{Kind, Session, OSMAND};
+use super::Shared;
+use crate::pipeline::delivery::{Ack, Body, Delivery, DevicePosition};
+use crate::sources::device::osmand;
+
+/// Largest request body read, bytes (a position is a few hundred).
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Serves until the gateway stops.
+pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let stop = shared.stop.clone();
+    let app = Router::new()
+        .fallback(handle)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(shared);
+    let r = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned())
+    .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "OsmAnd listener failed");
+    }
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    metrics::counter!("fleetwatch_gateway_frames_total", "protocol" => OSMAND).increment(1);
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains("json"))
+        || body.first() == Some(&b'{');
+    let query = uri.query().unwrap_or("");
+    let (raw, decoded) = if !query.is_empty() {
+        (
+            Bytes::copy_from_slice(query.as_bytes()),
+            osmand::decode_params(query.as_bytes()),
+        )
+    } else if json {
+        (body.clone(), osmand::decode_json(&body))
+    } else {
+        (body.clone(), osmand::decode_params(&body))
+    };
+    let (delivery, ok) = match decoded {
+        Ok(r) => match shared.identify(OSMAND, &r.device_id, remote) {
+            Some(who) => {
+                let device = who.device_id.clone();
+                shared.book.update(OSMAND, &device, |d| {
+                    d.frames += 1;
+                    d.positions += 1;
+                    d.last_frame = Some(Utc::now());
+                });
+                let s = Session::identified(Kind::Osmand, remote, Some(who));
+                let p = DevicePosition {
+                    fix: r.fix,
+                    gps_valid: true,
+                    buffered: false,
+                    alarms: Vec::new(),
+                };
+                (s.report(raw, vec![p]), true)
+            }
+            None => {
+                return (
+                    StatusCode::FORBIDDEN,
+                    format!("unknown device {}: register it to a vehicle\n", r.device_id),
+                )
+            }
+        },
+        Err(e) => {
+            let s = Session::identified(Kind::Osmand, remote, None);
+            (s.unusable(raw, e.label(), e.to_string()), false)
+        }
+    };
+    let detail = match &delivery {
+        Body::Unusable(u) => u.detail.clone(),
+        _ => String::new(),
+    };
+    let (tx, rx) = oneshot::channel();
+    let d = Delivery {
+        body: delivery,
+        received_at: Utc::now(),
+        ack: Some(Ack::Device(tx)),
+    };
+    if shared.tx.send(d).await.is_err() || rx.await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+    }
+    match ok {
+        true => (StatusCode::OK, "OK\n".into()),
+        // Kept as a dead letter; resending the same request would not help.
+        false => (StatusCode::BAD_REQUEST, format!("{detail}\n")),
+    }
+}
