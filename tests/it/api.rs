@@ -27,7 +27,7 @@ impl Resp {
 }
 
 /// A minimal HTTP/1.1 client: one request per connection.
-async fn http(
+pub(crate) async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,

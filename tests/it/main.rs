@@ -6,6 +6,7 @@ mod broker_auth;
 mod broker_faults;
 mod database;
 mod demo;
+mod gateway;
 mod infra;
 mod ingest;
 mod map;
