@@ -605,3 +605,102 @@ async fn http_get(at: SocketAddr, path: &str) -> (u16, String) {
     let r = crate::api::http(at, "GET", path, None, None).await;
     (r.status, r.body)
 }
+
+/// Registers and authenticates `phone` on a new connection to `at`.
+async fn jt_login(at: SocketAddr, phone: &str) -> (TcpStream, Vec<u8>) {
+    let e = jt808::Edition::V2013;
+    let mut s = TcpStream::connect(at).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(&jt808::encode(jt808::REGISTER, e, phone, 1, &jt_register()))
+        .await
+        .unwrap();
+    let (_, body) = jt_reply_body(&read_frame(&mut s, &mut buf, jt808::scan).await);
+    s.write_all(&jt808::encode(jt808::AUTH, e, phone, 2, &body[3..]))
+        .await
+        .unwrap();
+    let (_, body) = jt_reply_body(&read_frame(&mut s, &mut buf, jt808::scan).await);
+    assert_eq!(body[4], 0, "authenticated");
+    (s, buf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_commit_before_the_reply_the_terminal_resends_and_its_fix_is_stored_once()
+{
+    let db = fresh_db().await;
+    let dir = std::env::temp_dir().join(format!("fleetwatch-gw-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = fleetwatch::infra::broker::free_port().unwrap();
+    let config = dir.join("fleetwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"{db}\"\ndata_dir = \"{d}\"\n[embedded_broker]\nport = 0\n\
+             [mqtt]\nclient_id = \"fw-gw-kill\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [batch]\nmax_wait_ms = 20\n\
+             [gateway]\njt808_auth_secret = \"kill test\"\n[gateway.jt808]\nlisten = \"127.0.0.1:{port}\"\n\
+             [[vehicles]]\nid = \"GW-K\"\ncooperative = \"{COOP}\"\nclass = \"container\"\ndevice_id = \"013900000001\"\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let at: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let phone = "013900000001";
+    let e = jt808::Edition::V2013;
+    let t0 = base_time();
+    let (l1, l2) = (t0, t0 + chrono::TimeDelta::seconds(30));
+
+    // 1. Aborts right after its first commit (the position), before the reply.
+    let first = Instance::start(&config, Some(1));
+    let (mut s, _) = jt_login(at, phone).await;
+    s.write_all(&jt808::encode(
+        jt808::LOCATION,
+        e,
+        phone,
+        3,
+        &jt_location(l1, 10.9, 106.6, 20.0),
+    ))
+    .await
+    .unwrap();
+    assert!(closed(&mut s).await, "no reply: the process died first");
+    let status = tokio::task::spawn_blocking(move || {
+        let mut first = first;
+        first.child.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!status.success(), "fault injection aborted it: {status}");
+    assert_eq!(
+        stored_at(&db, "GW-K", l1).await,
+        1,
+        "committed before the abort"
+    );
+
+    // 2. Restarted: the terminal logs in with the same code, resends the unanswered
+    // position and goes on; each position is stored once.
+    let second = Instance::start(&config, None);
+    let (mut s, mut buf) = jt_login(at, phone).await;
+    for (serial, t) in [(3u16, l1), (4, l2)] {
+        s.write_all(&jt808::encode(
+            jt808::LOCATION,
+            e,
+            phone,
+            serial,
+            &jt_location(t, 10.9, 106.6, 20.0),
+        ))
+        .await
+        .unwrap();
+        let (id, body) = jt_reply_body(&read_frame(&mut s, &mut buf, jt808::scan).await);
+        assert_eq!((id, body[4]), (jt808::PLATFORM_RESPONSE, 0));
+    }
+    assert_eq!(
+        stored_at(&db, "GW-K", l1).await,
+        1,
+        "the resent position once"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM fixes WHERE vehicle_id = 'GW-K'").await,
+        2
+    );
+    second.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}

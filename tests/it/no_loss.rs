@@ -1,66 +1,9 @@
 //! No data loss: the real `fleetwatch` binary is aborted after a commit but before its
 //! acks, then killed mid-stream, then restarted; every published fix is stored once.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::support::*;
-
-struct Instance {
-    child: Child,
-}
-
-impl Instance {
-    /// Starts `fleetwatch run` and waits until its subscription is confirmed.
-    fn start(config: &std::path::Path, abort_after_commits: Option<u32>) -> Instance {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetwatch"));
-        cmd.arg("run")
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(n) = abort_after_commits {
-            cmd.env("FLEETWATCH_FAULT_ABORT_AFTER_COMMITS", n.to_string());
-        }
-        let mut child = cmd.spawn().expect("fleetwatch binary starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("subscription confirmed") {
-                    let _ = tx.send(Ok(()));
-                }
-                seen.push(line);
-            }
-            // The process ended: hand its log to the test if it was still waiting.
-            let _ = tx.send(Err(seen.join("\n")));
-        });
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(())) => {}
-            Ok(Err(log)) => panic!("fleetwatch exited before subscribing:\n{log}"),
-            Err(e) => panic!("fleetwatch did not subscribe within 30 s: {e}"),
-        }
-        Instance { child }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_before_ack_and_kill_mid_stream_lose_nothing_and_duplicate_nothing() {

@@ -3,6 +3,7 @@
 //! and polling with a deadline instead of sleeps.
 
 use std::future::Future;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -332,4 +333,61 @@ pub fn track(
             (topic(coop, &v), fix(&v, ts, lat, 106.7, 30.0))
         })
         .collect()
+}
+
+/// The real `fleetwatch run` binary, killed when dropped.
+pub struct Instance {
+    /// The process.
+    pub child: Child,
+}
+
+impl Instance {
+    /// Starts `fleetwatch run` and waits until its subscription is confirmed.
+    pub fn start(config: &std::path::Path, abort_after_commits: Option<u32>) -> Instance {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetwatch"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(n) = abort_after_commits {
+            cmd.env("FLEETWATCH_FAULT_ABORT_AFTER_COMMITS", n.to_string());
+        }
+        let mut child = cmd.spawn().expect("fleetwatch binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("subscription confirmed") {
+                    let _ = tx.send(Ok(()));
+                }
+                seen.push(line);
+            }
+            // The process ended: hand its log to the test if it was still waiting.
+            let _ = tx.send(Err(seen.join("\n")));
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(())) => {}
+            Ok(Err(log)) => panic!("fleetwatch exited before subscribing:\n{log}"),
+            Err(e) => panic!("fleetwatch did not subscribe within 30 s: {e}"),
+        }
+        Instance { child }
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
