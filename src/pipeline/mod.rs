@@ -151,7 +151,27 @@ impl Stage {
         received_at: DateTime<Utc>,
     ) -> (Vec<Record>, Derived) {
         let mut records = self.validator.process_device(report, received_at);
-        let derived = self.apply(&mut records);
+        let mut derived = self.apply(&mut records);
+        // Alarms the device raised with an accepted position become alerts (one
+        // record per position, in order).
+        let protocol = report.source.split('/').next().unwrap_or("");
+        for (r, p) in records.iter().zip(&report.positions) {
+            let Record::Accepted(a) = r else { continue };
+            for alarm in &p.alarms {
+                let code = match alarm {
+                    delivery::Alarm::Other(c) => Some(*c),
+                    _ => None,
+                };
+                telemetry::alert_emitted("device_alarm");
+                derived.alerts.push(crate::rules::device_alarm(
+                    &a.fix,
+                    &a.cooperative,
+                    alarm.name(),
+                    code,
+                    protocol,
+                ));
+            }
+        }
         (records, derived)
     }
 

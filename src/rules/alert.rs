@@ -73,6 +73,9 @@ pub enum AlertKind {
     NoSignal,
     /// A gap between consecutive fixes above the sending cadence.
     DataGap,
+    /// An alarm the device itself raised (SOS button, power cut...), with a position.
+    /// Not a rule's result: replays and recomputations leave it alone.
+    DeviceAlarm,
 }
 
 impl AlertKind {
@@ -89,6 +92,7 @@ impl AlertKind {
             Self::ZoneExit => "zone_exit",
             Self::NoSignal => "no_signal",
             Self::DataGap => "data_gap",
+            Self::DeviceAlarm => "device_alarm",
         }
     }
 }
@@ -168,6 +172,49 @@ pub struct Alert {
     /// Rule-specific facts: `max_speed_kmh`, `limit_kmh`, `duration_s`, `zone_id`,
     /// `distance_m`, `driving_s` ...
     pub details: Value,
+}
+
+/// The alert of an alarm a device raised with `fix`: SOS and power cut are warnings
+/// (someone must look at once), the rest information; `code` is the device's raw
+/// alarm code where the alarm is not one of ours. Its id comes from the vehicle, the
+/// fix time and the alarm, so a resent frame updates it instead of adding one.
+pub fn device_alarm(
+    fix: &crate::domain::Fix,
+    cooperative: &CooperativeId,
+    alarm: &'static str,
+    code: Option<u32>,
+    protocol: &str,
+) -> Alert {
+    let level = match alarm {
+        "sos" | "power_cut" => Level::Warning,
+        _ => Level::Info,
+    };
+    let tag = match code {
+        Some(c) => format!("{alarm}:{c}"),
+        None => alarm.to_string(),
+    };
+    let ms = fix.ts().timestamp_millis();
+    Draft {
+        kind: AlertKind::DeviceAlarm,
+        level,
+        status: AlertStatus::Closed,
+        vehicle: fix.vehicle(),
+        cooperative: Some(cooperative),
+        driver: fix.driver(),
+        per_driver: false,
+        start_ms: ms,
+        end_ms: Some(ms),
+        pos: super::state::Sample::from_fix(fix).pos,
+        severity: None,
+        tag: &tag,
+        details: serde_json::json!({
+            "alarm": alarm,
+            "code": code,
+            "protocol": protocol,
+            "speed_kmh": fix.speed_kmh(),
+        }),
+    }
+    .build()
 }
 
 /// Milliseconds since the epoch to a UTC time (the rules keep event time in ms).

@@ -20,7 +20,7 @@ mod zones;
 #[cfg(test)]
 mod scenarios;
 
-pub use alert::{Alert, AlertId, AlertKind, AlertStatus, Level};
+pub use alert::{device_alarm, Alert, AlertId, AlertKind, AlertStatus, Level};
 pub use config::{
     ClassLimitsKmh, DrivingConfig, GapsConfig, NoSignalConfig, OffRouteConfig, OverspeedConfig,
     RestrictedTrigger, RulesConfig, RulesConfigError, SeverityBands, StopsConfig, UtcOffset,

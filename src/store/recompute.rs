@@ -29,7 +29,7 @@ pub(crate) async fn retract(
                 "UPDATE alerts SET retracted_at = now(), retraction_reason = $4,
                         updated_at = now(), published_at = NULL
                  WHERE vehicle_id = $1 AND start_ts >= $2 AND retracted_at IS NULL
-                   AND kind <> 'no_signal' AND NOT (alert_id = ANY ($3::text[]))
+                   AND kind NOT IN ('no_signal', 'device_alarm') AND NOT (alert_id = ANY ($3::text[]))
                  RETURNING start_ts, kind",
                 &[
                     &span.vehicle.as_str(),

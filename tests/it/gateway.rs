@@ -445,6 +445,35 @@ async fn gt06_bad_frames_are_kept_and_the_listener_keeps_serving() {
         }
     })
     .await;
+    // An SOS alarm packet: answered once stored, and an alert for the dispatcher.
+    let t_sos = t0 + chrono::TimeDelta::seconds(40);
+    let mut sos = gt_position(t_sos, 10.8, 106.7, 0);
+    sos.extend_from_slice(&[9, 1, 0xc4, 4, 0x30, 0x39, 0x00, 0x3f, 0x12]); // LBS, own length
+    sos.extend_from_slice(&[0x02, 4, 3, 0x01, 0x02]); // ACC on, voltage, GSM, SOS, language
+    b.write_all(&gt06::encode(false, gt06::GPS_LBS_STATUS_1, &sos, 4))
+        .await
+        .unwrap();
+    let ack = read_frame(&mut b, &mut bbuf, gt06::scan).await;
+    let ack = gt06::parse(&ack).unwrap();
+    assert_eq!((ack.protocol, ack.serial), (gt06::GPS_LBS_STATUS_1, 4));
+    assert_eq!(
+        stored_at(&db, "GW-GT2", t_sos).await,
+        1,
+        "stored before the answer"
+    );
+    wait_until("SOS alert", Duration::from_secs(10), || {
+        let db = db.clone();
+        async move {
+            count(
+                &db,
+                "SELECT count(*) FROM alerts WHERE vehicle_id = 'GW-GT2' AND kind = 'device_alarm'
+                 AND level = 'warning' AND details->>'alarm' = 'sos'",
+            )
+            .await
+                == 1
+        }
+    })
+    .await;
     let list = app_devices(&app).await;
     let refused = list
         .iter()
