@@ -103,7 +103,8 @@ pub fn document() -> Value {
                             "cooperative_id": { "type": "string" },
                             "class": { "type": "string", "enum": ["bus", "coach", "container", "tractor", "light_truck", "car"] },
                             "plate": { "type": "string" },
-                            "route_id": { "type": "string", "description": "A route id of the loaded routes" } } } } } },
+                            "route_id": { "type": "string", "description": "A route id of the loaded routes" },
+                            "device_id": { "type": "string", "description": "The GPS device fitted (IMEI, JT/T 808 terminal phone number, OsmAnd app id; 1-32 letters, digits, - or _); taken off any other vehicle that had it" } } } } } },
                     "responses": with(json!({ "description": "The vehicle as registered" }), &["400", "401", "403"])
                 },
                 "delete": {
@@ -136,6 +137,12 @@ pub fn document() -> Value {
                 "responses": with(json!({ "description": "Trips", "content": { "application/json": {
                     "schema": { "type": "object", "properties": { "trips": { "type": "array", "items": { "$ref": "#/components/schemas/Trip" } } } } } } }),
                     &["400", "401", "403", "404"])
+            }},
+            "/api/v1/devices": { "get": {
+                "summary": "Devices the gateway has heard since this instance started: protocol, vehicle, status (registered, unregistered, refused), connected, remote address, last connection and frame, counts, model and firmware where the protocol says them",
+                "description": "A cooperative token sees its own devices; regulator and admin tokens every device, refused unknown devices included.",
+                "responses": with(json!({ "description": "Devices", "content": { "application/json": {
+                    "schema": { "type": "object", "properties": { "devices": { "type": "array", "items": { "$ref": "#/components/schemas/Device" } } } } } } }), &["401"])
             }},
             "/api/v1/alerts": { "get": {
                 "summary": "Alerts, newest first",
@@ -227,12 +234,21 @@ pub fn document() -> Value {
                 "VehicleList": { "type": "object", "properties": { "vehicles": { "type": "array", "items": { "type": "object", "properties": {
                     "vehicle_id": { "type": "string" }, "cooperative_id": { "type": "string" }, "plate": { "type": ["string", "null"] },
                     "class": { "type": ["string", "null"] }, "route_id": { "type": ["string", "null"] }, "registered": { "type": "boolean" },
+                    "device_id": { "type": "string", "description": "The GPS device fitted, when registered with one" },
                     "last_seen": { "type": ["string", "null"], "format": "date-time" },
                     "position": { "oneOf": [{ "$ref": "#/components/schemas/Position" }, { "type": "null" }] },
                     "status": { "type": "string", "enum": ["no_signal", "off_route", "moving", "stopped", "unknown"] },
                     "open_alerts": { "type": "array", "items": { "type": "object", "properties": {
                         "id": { "type": "string" }, "kind": { "type": "string" }, "level": { "type": "string" },
                         "start": { "type": "string", "format": "date-time" } } } } } } } } },
+                "Device": { "type": "object", "properties": {
+                    "protocol": { "type": "string", "enum": ["gt06", "jt808", "teltonika", "osmand"] }, "device_id": { "type": "string" },
+                    "vehicle": { "type": ["string", "null"] }, "cooperative": { "type": ["string", "null"] },
+                    "status": { "type": "string", "enum": ["registered", "unregistered", "refused"] }, "connected": { "type": "boolean" },
+                    "remote": { "type": "string" }, "last_connection": { "type": "string", "format": "date-time" },
+                    "last_frame": { "type": ["string", "null"], "format": "date-time" }, "connections": { "type": "integer" },
+                    "frames": { "type": "integer" }, "positions": { "type": "integer" },
+                    "model": { "type": ["string", "null"] }, "firmware": { "type": ["string", "null"] } } },
                 "Trip": { "type": "object", "properties": {
                     "start": { "type": "string", "format": "date-time" }, "end": { "type": "string", "format": "date-time" },
                     "driver_id": { "type": ["string", "null"] }, "distance_m": { "type": "number" }, "max_speed_kmh": { "type": "number" } } },

@@ -39,7 +39,7 @@ pub async fn list(State(s): State<AppState>, caller: Caller) -> ApiResult<Respon
         .query(
             "SELECT vehicle_id, cooperative_id, plate, class, route_id, registered, last_seen,
                     last_fix_ts, last_lat, last_lon, last_speed_kmh, last_heading_deg,
-                    last_driver_id
+                    last_driver_id, device_id
              FROM vehicles
              WHERE ($1::text IS NULL OR cooperative_id = $1)
              ORDER BY vehicle_id COLLATE \"C\"",
@@ -100,6 +100,7 @@ pub async fn list(State(s): State<AppState>, caller: Caller) -> ApiResult<Respon
                 plate: r.get(2),
                 class: r.get(3),
                 route_id: r.get(4),
+                device_id: r.get(13),
                 registered: r.get(5),
                 last_seen: r.get::<_, Option<DateTime<Utc>>>(6).map(Rfc3339),
                 position,
@@ -128,6 +129,8 @@ struct LiveVehicle {
     plate: Option<String>,
     class: Option<String>,
     route_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_id: Option<String>,
     registered: bool,
     last_seen: Option<Rfc3339>,
     position: Option<Position>,

@@ -480,6 +480,19 @@ async fn gt06_bad_frames_are_kept_and_the_listener_keeps_serving() {
         .find(|d| d["device_id"] == "111111111111111")
         .expect("refused device listed");
     assert_eq!(refused["status"], "refused");
+    // A cooperative sees its own devices only; another sees none of them.
+    let c = fleetwatch::store::connect(&app.db_url).await.unwrap();
+    for (coop, expected) in [(COOP, 2), ("coop-other", 0)] {
+        let token = create_token(&c, Role::Cooperative, Some(coop), None)
+            .await
+            .unwrap();
+        let body = crate::api::get(app.http_addr, "/api/v1/devices", &token)
+            .await
+            .json();
+        let seen = body["devices"].as_array().unwrap();
+        assert_eq!(seen.len(), expected, "{coop}: {seen:?}");
+        assert!(seen.iter().all(|d| d["cooperative"] == COOP.to_uppercase()));
+    }
     app.shutdown();
     app.wait().await;
 }

@@ -20,6 +20,9 @@ use super::Shared;
 use crate::pipeline::delivery::{Ack, Body, Delivery};
 use crate::sources::device::Scan;
 
+/// Longest wait for a device to take a reply.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Bytes of a run of garbage (or an overlong frame) kept in its dead letter.
 const KEPT_BYTES: usize = 4096;
 
@@ -190,8 +193,11 @@ async fn run(
             }
             let p = pending.pop_front().expect("front exists");
             if let Some(r) = p.reply {
-                if wr.write_all(&r).await.is_err() {
-                    return (End::Peer, device(&session));
+                // A device that stops reading holds only its own connection, and not
+                // for long.
+                match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&r)).await {
+                    Ok(Ok(())) => {}
+                    _ => return (End::Peer, device(&session)),
                 }
             }
         }
