@@ -1122,7 +1122,12 @@ mod tests {
             utc_offset_s in -12 * 3600..=14 * 3600,
             v2019 in any::<bool>(),
         ) {
-            let phone = if v2019 { Jt808Phone::v2019("13912345678") } else { Jt808Phone::new("13912345678") }.unwrap();
+            let phone = if v2019 {
+                Jt808Phone::v2019("13912345678")
+            } else {
+                Jt808Phone::new("13912345678")
+            }
+            .unwrap();
             let p = jt808_positions(&jt808_location(&phone, &f, utc_offset_s, 1), utc_offset_s);
             assert_same(&p[0].fix, &f, &JT808);
         }
