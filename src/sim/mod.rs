@@ -31,6 +31,7 @@
 //! stopped, every 60 s parked with ignition off, and once more the second a vehicle
 //! moves off.
 
+pub mod devices;
 mod fixtures;
 mod path;
 mod payload;

@@ -78,6 +78,9 @@ pub fn scan(buf: &[u8]) -> Scan {
         Some(0x7e) => match buf[1..].iter().position(|&b| b == 0x7e) {
             // Two flags in a row: the first closed a frame we lost the start of.
             Some(0) => Scan::Garbage(1),
+            // Longer than any frame: skip it up to its closing flag, which may open
+            // the next one.
+            Some(i) if i + 2 > MAX_FRAME => Scan::Garbage(i + 1),
             Some(i) => Scan::Frame(i + 2),
             None if buf.len() > MAX_FRAME => Scan::Garbage(buf.len()),
             None => Scan::Incomplete,
@@ -681,6 +684,25 @@ mod tests {
         s.extend_from_slice(&hb);
         assert_eq!(scan(&s), Scan::Garbage(4));
         assert_eq!(scan(&hex("7e7e00027e")), Scan::Garbage(1));
+    }
+
+    #[test]
+    fn flags_further_apart_than_the_largest_frame_are_skipped() {
+        // Found by fuzzing: the scanner delimited a "frame" of any length between two
+        // flags, past MAX_FRAME.
+        let hb = hex("7e0002000004304832546500b7ca7e");
+        let mut s = vec![0x7e];
+        s.resize(MAX_FRAME, 0x55);
+        s.push(0x7e);
+        s.extend_from_slice(&hb);
+        assert_eq!(scan(&s), Scan::Garbage(MAX_FRAME));
+        // What is left, the closing flag and the heartbeat, resynchronises.
+        assert_eq!(scan(&s[MAX_FRAME..]), Scan::Garbage(1));
+        assert_eq!(scan(&s[MAX_FRAME + 1..]), Scan::Frame(hb.len()));
+        // A frame of exactly the largest size is still one.
+        let mut largest = vec![0x7e; MAX_FRAME];
+        largest[1..MAX_FRAME - 1].fill(0x55);
+        assert_eq!(scan(&largest), Scan::Frame(MAX_FRAME));
     }
 
     #[test]

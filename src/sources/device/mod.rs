@@ -3,6 +3,8 @@
 //! per protocol: a listener feeds the bytes it read in and writes the replies out,
 //! only after what a frame carried is stored.
 
+#[cfg(test)]
+mod fuzz;
 pub mod gt06;
 pub mod jt808;
 pub mod osmand;

@@ -35,8 +35,8 @@ pub const MAX_PACKET: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TeltonikaError {
     /// The CRC does not match.
-    #[error("bad CRC-16/IBM: packet says {stated:04x}, bytes give {computed:04x}")]
-    BadChecksum { stated: u16, computed: u16 },
+    #[error("bad CRC-16/IBM: packet says {stated:08x}, bytes give {computed:04x}")]
+    BadChecksum { stated: u32, computed: u16 },
     /// A codec we do not decode (e.g. 12/13/14: commands and their answers).
     #[error("unsupported codec 0x{0:02x}")]
     UnsupportedCodec(u8),
@@ -109,9 +109,10 @@ pub fn scan(buf: &[u8]) -> Scan {
 /// the unit sent them.
 pub fn decode(packet: &[u8]) -> Result<Vec<DevicePosition>, TeltonikaError> {
     let data = &packet[8..packet.len() - 4];
-    let stated = be::<4>(packet, packet.len() - 4).unwrap_or(0) as u16;
+    // The CRC field is 4 bytes whose first two are zero: all four must match.
+    let stated = be::<4>(packet, packet.len() - 4).unwrap_or(0) as u32;
     let computed = CRC_IBM.checksum(data);
-    if stated != computed {
+    if stated != u32::from(computed) {
         return Err(TeltonikaError::BadChecksum { stated, computed });
     }
     records(data)
@@ -356,6 +357,18 @@ mod tests {
             decode(&raw),
             Err(TeltonikaError::BadChecksum { .. })
         ));
+        // Found by fuzzing: a corrupted upper half of the 4-byte CRC field was not
+        // checked, so the packet was accepted.
+        let mut raw = hex("000000000000004508010000015eb70a86d00024089d4d21dee3860137005f12005f000e06ef01f00150011503c800450108b5000bb6000642382718005fcd057ace19d3430f57440000000001000002bf");
+        let n = raw.len();
+        raw[n - 4] ^= 0x01;
+        assert_eq!(
+            decode(&raw),
+            Err(TeltonikaError::BadChecksum {
+                stated: 0x0100_02bf,
+                computed: 0x02bf
+            })
+        );
         // A packet whose stated length and CRC are wrong (as some units send).
         let raw = hex("0000000000000000080100000113fc208dff00209cca800f14f650006f00d60400040004030101150316030001460000015d000100000000");
         assert_eq!(scan(&raw), Scan::Garbage(4));
