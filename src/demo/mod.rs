@@ -14,6 +14,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::task::JoinHandle;
 
+mod devices;
+
 use crate::app::App;
 use crate::config::Settings;
 use crate::domain::Vehicle;
@@ -191,6 +193,16 @@ impl DemoState {
     }
 }
 
+/// 127.0.0.1:`port` when it is free (TCP and UDP), else any free port.
+fn demo_listen(port: u16) -> std::net::SocketAddr {
+    let at = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let free = std::net::TcpListener::bind(at).is_ok() && std::net::UdpSocket::bind(at).is_ok();
+    match free {
+        true => at,
+        false => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+    }
+}
+
 /// Label of the demo's map token in `api_tokens`.
 const DEMO_TOKEN_LABEL: &str = "demo map";
 
@@ -334,11 +346,21 @@ pub async fn run_demo(
     opts: DemoOptions,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let fleet: Vec<Vehicle> = Simulator::demo(DEMO_SEED, Utc::now())
+    let mut fleet: Vec<Vehicle> = Simulator::demo(DEMO_SEED, Utc::now())
         .vehicles()
         .iter()
         .map(crate::sim::SimVehicle::registration)
         .collect();
+    devices::fit_devices(&mut fleet);
+    // The device listeners on their usual ports (a free one where taken), unless the
+    // configuration names its own: part of the fleet reports through them.
+    if !settings.gateway.any() {
+        let g = &mut settings.gateway;
+        g.gt06.listen = Some(demo_listen(5023));
+        g.jt808.listen = Some(demo_listen(5015));
+        g.teltonika.listen = Some(demo_listen(5027));
+        g.osmand.listen = Some(demo_listen(5055));
+    }
     // The demo fleet is registered unless the configuration already lists it.
     for v in &fleet {
         if !settings.vehicles.iter().any(|r| r.id == v.id) {
@@ -404,6 +426,10 @@ pub async fn run_demo(
     println!("{}", plan.note);
     println!("map: {}", map_url(&app, &map_token));
     let publisher = Publisher::connect(&app.mqtt_url, "fleetwatch-demo-fleet")?;
+    let devices = devices::Devices::start(&app.gateway);
+    if !devices.summary.is_empty() {
+        println!("devices: {}", devices.summary.join("  |  "));
+    }
     let alerts = print_alerts(&app.mqtt_url)?;
     let deadline = opts
         .duration_s
@@ -433,8 +459,11 @@ pub async fn run_demo(
                 {
                     continue;
                 }
-                publisher.publish(topic_of(&pattern, &f), f.payload).await?;
                 sent += 1;
+                if devices.send(&f).await {
+                    continue;
+                }
+                publisher.publish(topic_of(&pattern, &f), f.payload).await?;
             }
         }
         if report.elapsed() >= Duration::from_secs(2) {
@@ -457,7 +486,11 @@ pub async fn run_demo(
         }
     }
     println!("stopping: waiting for the last fixes to be stored");
-    publisher.finish(sent, Duration::from_secs(10)).await;
+    let to_devices = devices.sent.load(Ordering::Relaxed);
+    publisher
+        .finish(sent - to_devices, Duration::from_secs(10))
+        .await;
+    devices.finish().await;
     // The embedded broker dies with this process: let the pipeline take in all it
     // has before stopping (bounded), so the demo's own last fixes are not left behind.
     let s = telemetry::stats();
