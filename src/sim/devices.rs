@@ -6,8 +6,9 @@
 //! [`crate::sources::device`], through their `encode` functions where they have one.
 //! Each field is written at the protocol's resolution, as a device rounds it; a value
 //! the field cannot hold saturates as a device's counter would (GT06 speed at
-//! 255 km/h, satellites at 15). GT06 and JT/T 808 write the year in two digits: fix
-//! times must be in 2000–2099.
+//! 255 km/h, satellites at 15). GT06 and JT/T 808 carry whole seconds (a fraction is
+//! dropped) and a two-digit year: fix times must be in 2000–2099. Teltonika carries
+//! milliseconds, OsmAnd milliseconds as a decimal of seconds.
 
 use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
 use crc::{Crc, CRC_16_ARC};
