@@ -50,6 +50,20 @@ async fn cluster() -> &'static Cluster {
                 .await
                 .unwrap();
             drop(c);
+            // TimescaleDB's scheduler connects to every database with the extension,
+            // and a database being copied must have no sessions: the template takes
+            // none (the copies do).
+            let admin = fleetwatch::store::connect(&pg.url("postgres"))
+                .await
+                .unwrap();
+            admin
+                .batch_execute(&format!(
+                    "ALTER DATABASE {TEMPLATE} WITH ALLOW_CONNECTIONS false;
+                     SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = '{TEMPLATE}' AND pid <> pg_backend_pid();"
+                ))
+                .await
+                .unwrap();
             Cluster { pg }
         })
         .await
