@@ -28,6 +28,7 @@ pub const KINDS: &[&str] = &[
     "zone_enter",
     "zone_exit",
     "no_signal",
+    "device_alarm",
 ];
 /// Alert levels.
 pub const LEVELS: &[&str] = &["info", "warning", "violation"];
@@ -61,6 +62,9 @@ pub struct AlertQuery {
     pub to: Option<DateTime<Utc>>,
     /// At most this many (default 100, at most 1,000).
     pub limit: Option<i64>,
+    /// Also alerts a recomputation retracted (a late fix showed the episode did not
+    /// happen); default false: they are left out.
+    pub include_retracted: Option<bool>,
 }
 
 fn one_of(name: &str, v: Option<String>, allowed: &[&str]) -> ApiResult<Option<String>> {
@@ -89,6 +93,8 @@ fn alert_json(r: &tokio_postgres::Row) -> Value {
         "lat": r.get::<_, f64>(10),
         "lon": r.get::<_, f64>(11),
         "details": r.get::<_, Value>(12),
+        "retracted_at": r.get::<_, Option<DateTime<Utc>>>(13).map(rfc3339),
+        "retraction_reason": r.get::<_, Option<String>>(14),
     })
 }
 
@@ -97,7 +103,7 @@ fn alert_json(r: &tokio_postgres::Row) -> Value {
 const SELECT_ALERT: &str =
     "SELECT a.alert_id, a.vehicle_id, COALESCE(a.cooperative_id, v.cooperative_id),
         a.driver_id, a.kind, a.level, a.status, a.severity, a.start_ts, a.end_ts, a.lat, a.lon,
-        a.details
+        a.details, a.retracted_at, a.retraction_reason
  FROM alerts a LEFT JOIN vehicles v ON v.vehicle_id = a.vehicle_id";
 
 /// `GET /api/v1/alerts`: filtered, newest first.
@@ -133,6 +139,7 @@ pub async fn list(
            AND ($7::timestamptz IS NULL OR a.start_ts >= $7)
            AND ($8::timestamptz IS NULL OR a.start_ts < $8)
            AND ($10::int2 IS NULL OR a.severity >= $10)
+           AND ($11 OR a.retracted_at IS NULL)
          ORDER BY a.start_ts DESC, a.alert_id
          LIMIT $9"
     );
@@ -150,6 +157,7 @@ pub async fn list(
                 &q.to,
                 &limit,
                 &q.min_severity,
+                &q.include_retracted.unwrap_or(false),
             ],
         )
         .await?;

@@ -157,6 +157,7 @@ pub fn document() -> Value {
                     time("from", "Alerts starting at or after"),
                     time("to", "Alerts starting before"),
                     q("limit", "At most this many", json!({ "type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100 })),
+                    q("include_retracted", "Also alerts a recomputation retracted (a late fix showed the episode did not happen); they carry retracted_at and retraction_reason", json!({ "type": "boolean", "default": false })),
                 ],
                 "responses": with(json!({ "description": "Alerts", "content": { "application/json": {
                     "schema": { "type": "object", "properties": {
@@ -258,7 +259,9 @@ pub fn document() -> Value {
                     "level": { "type": "string", "enum": LEVELS }, "status": { "type": "string", "enum": STATUSES },
                     "severity": { "type": ["integer", "null"], "minimum": 1, "maximum": 4 },
                     "start": { "type": "string", "format": "date-time" }, "end": { "type": ["string", "null"], "format": "date-time" },
-                    "lat": { "type": "number" }, "lon": { "type": "number" }, "details": { "type": "object" } } },
+                    "lat": { "type": "number" }, "lon": { "type": "number" }, "details": { "type": "object" },
+                    "retracted_at": { "type": ["string", "null"], "format": "date-time", "description": "Set when a recomputation for late fixes showed the episode did not happen (listed only with include_retracted=true)" },
+                    "retraction_reason": { "type": ["string", "null"] } } },
                 "Reminder": { "type": "object", "properties": {
                     "id": { "type": "integer" }, "alert_id": { "type": "string" }, "at": { "type": "string", "format": "date-time" },
                     "channel": { "type": "string" }, "status": { "type": "string" }, "actor": { "type": "string" }, "note": { "type": ["string", "null"] } } },

@@ -364,3 +364,53 @@ async fn the_mosquitto_acl_sample_keeps_cooperatives_apart() {
         "`#` (granted: {granted_all:?})"
     );
 }
+
+/// `fleetwatch simulate` (and `replay`, which shares the lookup) against the
+/// embedded broker of a local fleetwatch: it takes fleetwatch's own credential from
+/// the data directory and its fixes are stored; from another data directory it has
+/// none and the broker refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_uses_the_local_fleetwatch_credential_of_the_embedded_broker() {
+    let db = fresh_db().await;
+    let dir = std::env::temp_dir().join(format!("fleetwatch-sim-cred-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut s = settings(&db, "", "fw-sim-cred");
+    s.database.data_dir = dir.clone();
+    s.embedded_broker.port = 0;
+    let app = start_app(s).await;
+    // The broker's address as a user would type it: no credentials.
+    let mut plain = url::Url::parse(&app.mqtt_url).unwrap();
+    plain.set_username("").unwrap();
+    plain.set_password(None).unwrap();
+    let simulate = |data_dir: &std::path::Path, secs: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
+            .args(["simulate", "--broker", plain.as_str(), "--vehicles", "3"])
+            .args(["--count", "30", "--rate", "200", "--duration-s", secs])
+            .env("FLEETWATCH__DATABASE__DATA_DIR", data_dir)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("fleetwatch runs")
+    };
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let refused = simulate(&elsewhere, "3");
+    assert!(
+        !refused.status.success() || count(&db, "SELECT count(*) FROM fixes").await == 0,
+        "no credential, nothing stored"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM fixes").await, 0);
+    let out = simulate(&dir, "30");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("the simulated fixes stored", Duration::from_secs(20), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM fixes").await == 30 }
+    })
+    .await;
+    app.shutdown();
+    app.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -382,6 +382,30 @@ async fn an_alert_the_true_order_does_not_produce_is_retracted_published_and_log
         1,
         "kept, not deleted"
     );
+    // The API leaves it out unless asked, and then says why it was retracted.
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let token = fleetwatch::api::auth::create_token(
+        &c,
+        fleetwatch::api::auth::Role::Regulator,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    let listed = crate::api::get(app.http_addr, "/api/v1/alerts?kind=overspeed", &token)
+        .await
+        .json();
+    assert_eq!(listed["count"], 0, "{listed}");
+    let all = crate::api::get(
+        app.http_addr,
+        "/api/v1/alerts?kind=overspeed&include_retracted=true",
+        &token,
+    )
+    .await
+    .json();
+    assert_eq!(all["count"], 1, "{all}");
+    assert!(all["alerts"][0]["retracted_at"].is_string(), "{all}");
+    assert!(all["alerts"][0]["retraction_reason"].is_string(), "{all}");
     app.shutdown();
     app.wait().await;
     replay_agrees(&db, &s, V, at(0), at(90)).await;
