@@ -930,6 +930,20 @@ async fn a_cooperative_sees_and_manages_only_its_own_destinations_and_deliveries
         400
     );
 
+    // Described in the OpenAPI document.
+    let doc = http(e.app.http_addr, "GET", "/api/v1/openapi.json", None, None)
+        .await
+        .json();
+    for p in [
+        "/api/v1/destinations",
+        "/api/v1/destinations/{id}",
+        "/api/v1/destinations/{id}/unpark",
+        "/api/v1/deliveries",
+    ] {
+        assert!(doc["paths"][p].is_object(), "{p}");
+    }
+    assert!(doc["components"]["schemas"]["Destination"]["properties"]["quiet_hours"].is_object());
+
     assert_eq!(
         e.call(
             "DELETE",
