@@ -232,6 +232,8 @@ mod tests {
         let s = Settings::load(Some(&path)).unwrap();
         assert_eq!(s.mqtt.topic, "fleet/{cooperative}/{vehicle}/fix");
         assert!(!s.vehicles.is_empty());
+        // The file states the defaults of [deliveries] (its destinations are examples).
+        assert_eq!(s.deliveries, DeliveriesConfig::default());
     }
 
     /// `docs/rules.md` ends with a table of every rules and validation setting and
