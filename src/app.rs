@@ -123,6 +123,9 @@ impl App {
         store::rollup::ensure(&mut client, settings.rules.utc_offset, layout).await?;
         // The configuration's vehicles, then every registered one (admin changes too).
         store::registry::register(&client, &settings.vehicles).await?;
+        store::deliver::destinations::apply_config(&mut client, &settings.deliveries.destinations)
+            .await
+            .context("applying [[deliveries.destinations]]")?;
         let registry = store::registry::load(&client).await?;
         let (registry_tx, registry_rx) = watch::channel(Arc::new(registry.clone()));
         let mqtt_url = broker(&settings)?;
@@ -307,6 +310,16 @@ impl App {
             alerts_ready,
             disconnect.clone(),
         ));
+        // Deliveries stop with the outbox: after the drain, so the last alerts committed
+        // are fanned out (and sent, if their destinations answer) before the exit.
+        let deliveries = settings.deliveries.enabled.then(|| {
+            tokio::spawn(store::deliver::run(
+                db_url.clone(),
+                settings.deliveries.clone(),
+                settings.rules.utc_offset.seconds(),
+                disconnect.clone(),
+            ))
+        });
         let hup = tokio::spawn(reload_on_sighup(reloader.clone(), shutdown.clone()));
         let probe = tokio::spawn(store::probe::run(
             db_url.clone(),
@@ -362,6 +375,9 @@ impl App {
             }
             disconnect.cancel();
             let _ = outbox.await;
+            if let Some(d) = deliveries {
+                let _ = d.await;
+            }
             let _ = incident_task.await;
             let _ = hup.await;
             let _ = probe.await;

@@ -12,6 +12,7 @@ use crate::pipeline::validate::ValidateConfig;
 use crate::rules::RulesConfig;
 use crate::sources::gateway::GatewayConfig;
 use crate::sources::mqtt::MqttConfig;
+use crate::store::deliver::DeliveriesConfig;
 use crate::store::migrate::LayoutConfig;
 use crate::store::writer::BatchConfig;
 
@@ -133,6 +134,8 @@ pub struct Settings {
     pub vehicles: Vec<Vehicle>,
     /// Device listeners (GT06, JT/T 808, Teltonika, OsmAnd).
     pub gateway: GatewayConfig,
+    /// Alerts to the cooperatives' webhooks and mailboxes.
+    pub deliveries: DeliveriesConfig,
 }
 
 /// How often rule state is saved.
@@ -229,6 +232,8 @@ mod tests {
         let s = Settings::load(Some(&path)).unwrap();
         assert_eq!(s.mqtt.topic, "fleet/{cooperative}/{vehicle}/fix");
         assert!(!s.vehicles.is_empty());
+        // The file states the defaults of [deliveries] (its destinations are examples).
+        assert_eq!(s.deliveries, DeliveriesConfig::default());
     }
 
     /// `docs/rules.md` ends with a table of every rules and validation setting and

@@ -22,6 +22,9 @@ pub enum ApiError {
     /// Anything else: logged with its cause, answered without it (500).
     #[error("internal error: {0}")]
     Internal(String),
+    /// The change conflicts with what is stored (409).
+    #[error("{0}")]
+    Conflict(String),
     /// Too many heavy requests of this token at once (429, retry after a second).
     #[error("{0}")]
     TooManyRequests(String),
@@ -46,6 +49,18 @@ impl From<tokio_postgres::Error> for ApiError {
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         Self::Internal(e.to_string())
+    }
+}
+
+impl From<crate::store::deliver::DeliverError> for ApiError {
+    fn from(e: crate::store::deliver::DeliverError) -> Self {
+        use crate::store::deliver::DeliverError as E;
+        match e {
+            E::NotFound(id) => Self::NotFound(format!("no destination {id}")),
+            E::Conflict(m) => Self::Conflict(m),
+            E::Pool(p) => Self::Unavailable(p.to_string()),
+            other => Self::Internal(other.to_string()),
+        }
     }
 }
 
@@ -75,6 +90,7 @@ impl IntoResponse for ApiError {
             Self::NotFound(m) => (StatusCode::NOT_FOUND, m),
             Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             Self::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, m),
+            Self::Conflict(m) => (StatusCode::CONFLICT, m),
             Self::Internal(cause) => {
                 tracing::error!(error = %cause, "API request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())

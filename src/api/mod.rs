@@ -3,6 +3,7 @@
 
 pub mod alerts;
 pub mod auth;
+pub mod deliveries;
 pub mod error;
 pub mod map;
 pub mod openapi;
@@ -187,6 +188,21 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/alerts", get(alerts::list))
         .route("/api/v1/alerts/{id}/ack", axum::routing::post(alerts::ack))
         .route("/api/v1/reports/compliance", get(reports::compliance))
+        .route(
+            "/api/v1/destinations",
+            get(deliveries::list).post(deliveries::create),
+        )
+        .route(
+            "/api/v1/destinations/{id}",
+            get(deliveries::get)
+                .put(deliveries::replace)
+                .delete(deliveries::delete),
+        )
+        .route(
+            "/api/v1/destinations/{id}/unpark",
+            axum::routing::post(deliveries::unpark),
+        )
+        .route("/api/v1/deliveries", get(deliveries::deliveries))
         .route("/api/v1/geo", get(map::geo))
         .route("/map", get(map::page))
         .route("/map/config.json", get(map::config))

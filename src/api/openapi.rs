@@ -25,6 +25,7 @@ fn errors(codes: &[&str]) -> Value {
             "401" => "Missing or invalid bearer token",
             "403" => "The token's cooperative may not see this",
             "404" => "Unknown (or invisible) resource",
+            "409" => "Conflicts with what is stored (a name taken, a destination of the configuration file)",
             _ => "Error",
         };
         m.insert(
@@ -75,7 +76,7 @@ pub fn document() -> Value {
                     "data_completeness": { "type": ["number", "null"], "minimum": 0, "maximum": 1 },
                     "late_fixes": { "type": "integer" },
                     "late_p50_s": { "type": ["number", "null"] }, "late_p99_s": { "type": ["number", "null"] } } });
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "fleetwatch API",
@@ -285,7 +286,120 @@ pub fn document() -> Value {
                     "ingest_incidents": ingest_incidents } }
             }
         }
-    })
+    });
+    add_deliveries(&mut doc);
+    doc
+}
+
+/// The delivery endpoints and their schemas (apart: the document is too deep for one
+/// `json!`).
+fn add_deliveries(doc: &mut Value) {
+    use super::deliveries::{MAX_LIMIT, STATUSES};
+    let id =
+        json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } });
+    let one = |desc: &str| {
+        json!({ "description": desc, "content": { "application/json": {
+        "schema": { "$ref": "#/components/schemas/Destination" } } } })
+    };
+    let body = json!({ "required": true, "content": { "application/json": {
+        "schema": { "$ref": "#/components/schemas/DestinationInput" } } } });
+    let writers = "Admin tokens for any cooperative, cooperative tokens for their own; regulator tokens are read-only (403).";
+    let mut created = errors(&["400", "401", "403", "409"]);
+    created["201"] = one("The destination");
+    let paths = json!({
+        "/api/v1/destinations": {
+            "get": {
+                "summary": "Delivery destinations (webhooks, mailboxes) with their state: active or parked (and why), failures in a row, pending deliveries",
+                "description": "A cooperative token sees its own. Secrets are never shown.",
+                "responses": with(json!({ "description": "Destinations", "content": { "application/json": { "schema": {
+                    "type": "object", "properties": { "count": { "type": "integer" },
+                    "destinations": { "type": "array", "items": { "$ref": "#/components/schemas/Destination" } } } } } } }), &["401"])
+            },
+            "post": {
+                "summary": "Create a destination: it gets the alerts that change from now on",
+                "description": writers, "requestBody": body.clone(), "responses": created
+            }
+        },
+        "/api/v1/destinations/{id}": {
+            "get": { "summary": "One destination", "parameters": [id.clone()],
+                      "responses": with(one("The destination"), &["401", "404"]) },
+            "put": { "summary": "Replace a destination's target, filter and presentation (not one of the configuration file: 409); its pending deliveries go to the new target",
+                     "description": writers, "parameters": [id.clone()], "requestBody": body,
+                     "responses": with(one("The destination"), &["400", "401", "403", "404", "409"]) },
+            "delete": { "summary": "Delete a destination (not one of the configuration file: 409): its pending deliveries are cancelled, the reminder log stays",
+                        "description": writers, "parameters": [id.clone()],
+                        "responses": { "204": { "description": "Deleted" }, "401": errors(&["401"])["401"],
+                                       "403": errors(&["403"])["403"], "404": errors(&["404"])["404"], "409": errors(&["409"])["409"] } }
+        },
+        "/api/v1/destinations/{id}/unpark": { "post": {
+            "summary": "Unpark a destination: attempts resume at once from its oldest pending delivery",
+            "description": writers, "parameters": [id],
+            "responses": with(one("The destination"), &["401", "403", "404"])
+        }},
+        "/api/v1/deliveries": { "get": {
+            "summary": "Deliveries (one per destination and alert revision), newest first",
+            "description": "Every attempt is also in the reminder log (channel, destination, target, revision, attempt, outcome and its detail).",
+            "parameters": [
+                q("destination", "Destination id", json!({ "type": "integer" })),
+                q("alert", "Alert id", json!({ "type": "string" })),
+                q("status", "Status", json!({ "type": "string", "enum": STATUSES })),
+                time("from", "Enqueued at or after"),
+                time("to", "Enqueued before"),
+                q("limit", "At most this many", json!({ "type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100 })),
+            ],
+            "responses": with(json!({ "description": "Deliveries", "content": { "application/json": { "schema": {
+                "type": "object", "properties": { "count": { "type": "integer" },
+                "deliveries": { "type": "array", "items": { "$ref": "#/components/schemas/Delivery" } } } } } } }), &["400", "401"])
+        }}
+    });
+    let filter = json!({
+        "kinds": { "type": ["array", "null"], "items": { "type": "string", "enum": KINDS }, "description": "Default: every kind" },
+        "min_level": { "type": "string", "enum": LEVELS, "default": "info" },
+        "min_severity": { "type": ["integer", "null"], "minimum": 1, "maximum": 4, "description": "Overspeed alerts of this band or higher; other kinds pass" },
+        "vehicles": { "type": ["array", "null"], "items": { "type": "string" }, "description": "Default: every vehicle" },
+        "quiet_hours": { "type": ["string", "null"], "pattern": "^\\d{2}:\\d{2}-\\d{2}:\\d{2}$", "description": "Local time (rules.utc_offset) when info events wait, e.g. 22:00-06:00" },
+        "digest": { "type": "boolean", "default": false, "description": "Info events in one message per local hour; warnings and violations at once" },
+        "language": { "type": "string", "enum": ["vi", "en"], "default": "vi" }
+    });
+    let mut input = json!({ "type": "object", "required": ["name", "channel"], "additionalProperties": false, "properties": {
+        "cooperative": { "type": "string", "description": "Required with an admin token; a cooperative token's own by default" },
+        "name": { "type": "string", "maxLength": 100, "description": "Unique within the cooperative" },
+        "channel": { "type": "string", "enum": ["webhook", "email"] },
+        "url": { "type": "string", "format": "uri", "description": "Webhook: http(s) URL; private addresses need deliveries.allow_private_targets" },
+        "secret": { "type": "string", "minLength": 16, "description": "Webhook: HMAC-SHA256 key of X-Fleetwatch-Signature" },
+        "email": { "type": "string", "format": "email", "description": "Email: the recipient" } } });
+    let mut dest = json!({ "type": "object", "properties": {
+        "id": { "type": "integer" }, "cooperative": { "type": "string" }, "name": { "type": "string" },
+        "channel": { "type": "string", "enum": ["webhook", "email"] },
+        "url": { "type": ["string", "null"] }, "email": { "type": ["string", "null"] },
+        "secret_set": { "type": "boolean" },
+        "source": { "type": "string", "enum": ["config", "api"] },
+        "status": { "type": "string", "enum": ["active", "parked"] },
+        "consecutive_failures": { "type": "integer" }, "last_error": { "type": ["string", "null"] },
+        "parked_at": { "type": ["string", "null"], "format": "date-time" }, "parked_reason": { "type": ["string", "null"] },
+        "pending": { "type": "integer" },
+        "created_at": { "type": "string", "format": "date-time" }, "updated_at": { "type": "string", "format": "date-time" } } });
+    for (k, v) in filter.as_object().expect("an object") {
+        input["properties"][k] = v.clone();
+        dest["properties"][k] = v.clone();
+    }
+    let delivery = json!({ "type": "object", "properties": {
+        "id": { "type": "integer" }, "destination_id": { "type": "integer" }, "destination": { "type": "string" },
+        "channel": { "type": "string" }, "cooperative": { "type": "string" },
+        "alert_id": { "type": "string" }, "revision": { "type": "integer", "description": "The alert's revision: +1 at every change" },
+        "idempotency_key": { "type": "string", "description": "alert_id:revision" },
+        "status": { "type": "string", "enum": STATUSES }, "digest": { "type": "boolean" },
+        "due_at": { "type": "string", "format": "date-time", "description": "Not sent before (quiet hours, digest hour)" },
+        "attempts": { "type": "integer" }, "last_attempt_at": { "type": ["string", "null"], "format": "date-time" },
+        "last_error": { "type": ["string", "null"] }, "batch_id": { "type": ["integer", "null"], "description": "The digest it went in" },
+        "created_at": { "type": "string", "format": "date-time" }, "delivered_at": { "type": ["string", "null"], "format": "date-time" } } });
+    for (k, v) in paths.as_object().expect("an object") {
+        doc["paths"][k] = v.clone();
+    }
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["DestinationInput"] = input;
+    schemas["Destination"] = dest;
+    schemas["Delivery"] = delivery;
 }
 
 /// `GET /api/v1/openapi.json` (no token needed: it describes, it does not disclose).

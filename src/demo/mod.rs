@@ -213,13 +213,17 @@ async fn forget_vehicles(
 ) -> anyhow::Result<()> {
     client.batch_execute("BEGIN").await?;
     let r = async {
-        client
-            .execute(
-                "DELETE FROM reminder_log WHERE alert_id IN
-                     (SELECT alert_id FROM alerts WHERE vehicle_id = ANY($1))",
-                &[&vehicles],
-            )
-            .await?;
+        for table in ["reminder_log", "deliveries"] {
+            client
+                .execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE alert_id IN
+                             (SELECT alert_id FROM alerts WHERE vehicle_id = ANY($1))"
+                    ),
+                    &[&vehicles],
+                )
+                .await?;
+        }
         for table in [
             "alerts",
             "fixes",

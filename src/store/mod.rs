@@ -1,5 +1,7 @@
-//! PostgreSQL storage: connection, embedded migrations, batched writes, daily roll-ups.
+//! PostgreSQL storage: connection, embedded migrations, batched writes, daily roll-ups,
+//! and the sinks after them: the alert outbox (MQTT) and deliveries (webhook, email).
 
+pub mod deliver;
 pub mod geo_versions;
 pub mod incidents;
 pub mod migrate;

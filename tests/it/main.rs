@@ -5,6 +5,7 @@ mod api;
 mod broker_auth;
 mod broker_faults;
 mod database;
+mod deliver;
 mod demo;
 mod gateway;
 mod infra;

@@ -103,10 +103,24 @@ pub async fn fresh_db() -> String {
     let admin = fleetwatch::store::connect(&c.pg.url("postgres"))
         .await
         .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
-        .await
-        .unwrap();
+    // The template's last session (the migration's, TimescaleDB's scheduler) may take
+    // a moment to end: PostgreSQL refuses the copy until then (SQLSTATE 55006).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match admin
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+            .await
+        {
+            Ok(()) => break,
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("creating {name}: {e:?}"),
+        }
+    }
     c.pg.url(&name)
 }
 

@@ -26,7 +26,7 @@ fn run(dir: &Path, args: &[&str]) {
 }
 
 /// A CA, and a certificate it signs for localhost; a password file with `fleet`.
-fn credentials(dir: &Path) {
+pub(crate) fn credentials(dir: &Path) {
     let ext = dir.join("san.ext");
     std::fs::write(&ext, "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
     run(
