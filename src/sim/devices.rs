@@ -967,26 +967,13 @@ mod tests {
 
     // Teltonika
 
-    /// CRC-16/IBM written out bit by bit, independent of the `crc` crate.
-    fn crc16_ibm(data: &[u8]) -> u16 {
-        let mut crc = 0u16;
-        for &b in data {
-            crc ^= u16::from(b);
-            for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0xa001
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        crc
-    }
-
     #[test]
     fn reference_crc_matches_a_real_unit() {
         let raw = crate::sources::device::hex("000000000000004508010000015eb70a86d00024089d4d21dee3860137005f12005f000e06ef01f00150011503c800450108b5000bb6000642382718005fcd057ace19d3430f57440000000001000002bf");
-        assert_eq!(crc16_ibm(&raw[8..raw.len() - 4]), 0x02bf);
+        assert_eq!(
+            crate::sources::device::crc16_ibm_bitwise(&raw[8..raw.len() - 4]),
+            0x02bf
+        );
     }
 
     #[test]
@@ -1016,7 +1003,7 @@ mod tests {
         assert_eq!(&raw[n - 4..n - 2], &[0, 0]);
         assert_eq!(
             u16::from_be_bytes([raw[n - 2], raw[n - 1]]),
-            crc16_ibm(&raw[8..n - 4])
+            crate::sources::device::crc16_ibm_bitwise(&raw[8..n - 4])
         );
     }
 

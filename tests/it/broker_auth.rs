@@ -405,10 +405,14 @@ async fn simulate_uses_the_local_fleetwatch_credential_of_the_embedded_broker() 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_until("the simulated fixes stored", Duration::from_secs(20), || {
-        let db = db.clone();
-        async move { count(&db, "SELECT count(*) FROM fixes").await == 30 }
-    })
+    wait_until(
+        "the simulated fixes stored",
+        Duration::from_secs(20),
+        || {
+            let db = db.clone();
+            async move { count(&db, "SELECT count(*) FROM fixes").await == 30 }
+        },
+    )
     .await;
     app.shutdown();
     app.wait().await;

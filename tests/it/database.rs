@@ -338,17 +338,13 @@ async fn timescaledb_installed_but_not_preloaded_gives_the_plain_layout_on_a_liv
 async fn the_private_server_preloads_timescaledb_when_installed() {
     let db = fresh_db().await;
     let c = fleetwatch::store::connect(&db).await.unwrap();
-    let preload: String = c
-        .query_one("SHOW shared_preload_libraries", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let preloaded = timescale_preloaded(&c).await;
     let hyper = count(
         &db,
         "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'",
     )
     .await;
-    if preload.contains("timescaledb") {
+    if preloaded {
         assert_eq!(hyper, 1, "migrations took the Timescale layout");
     } else {
         eprintln!("TimescaleDB not installed: plain layout");
@@ -468,12 +464,7 @@ async fn a_trust_cluster_of_an_older_fleetwatch_gets_a_password() {
 async fn timescale_compression_and_retention_jobs_keep_reports_and_dedup_exact() {
     let db = fresh_db().await;
     let c = fleetwatch::store::connect(&db).await.unwrap();
-    let preload: String = c
-        .query_one("SHOW shared_preload_libraries", &[])
-        .await
-        .unwrap()
-        .get(0);
-    if !preload.contains("timescaledb") {
+    if !timescale_preloaded(&c).await {
         eprintln!("TimescaleDB not installed: nothing to check (scripts/test installs it)");
         return;
     }
@@ -573,4 +564,14 @@ async fn timescale_compression_and_retention_jobs_keep_reports_and_dedup_exact()
     );
     app.shutdown();
     app.wait().await;
+}
+
+/// Whether the server `c` talks to preloads TimescaleDB.
+async fn timescale_preloaded(c: &tokio_postgres::Client) -> bool {
+    let preload: String = c
+        .query_one("SHOW shared_preload_libraries", &[])
+        .await
+        .unwrap()
+        .get(0);
+    preload.contains("timescaledb")
 }

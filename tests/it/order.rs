@@ -1,64 +1,12 @@
 //! Rules exact whatever the order and timing of fixes: restarts of the real binary
 //! (issue 13).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fleetwatch::infra::broker::EmbeddedBroker;
 
 use crate::support::*;
-
-/// The real `fleetwatch run`, killed with SIGKILL on drop.
-struct Binary {
-    child: Child,
-}
-
-impl Binary {
-    /// Starts `fleetwatch run --config config` and waits for its subscription.
-    fn start(config: &std::path::Path) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fleetwatch"))
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("fleetwatch binary starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("subscription confirmed") {
-                    let _ = tx.send(Ok(()));
-                }
-                if line.contains("rule state restored") {
-                    eprintln!("{line}");
-                }
-                seen.push(line);
-            }
-            let _ = tx.send(Err(seen.join("\n")));
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Ok(())) => {}
-            Ok(Err(log)) => panic!("fleetwatch exited before subscribing:\n{log}"),
-            Err(e) => panic!("fleetwatch did not subscribe within 60 s: {e}"),
-        }
-        Binary { child }
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
 
 /// A driving fix of driver 079000000013 at `ts`, `i` steps east of the start.
 fn driving(vehicle: &str, ts: DateTime<Utc>, i: usize, speed_kmh: f64) -> Vec<u8> {
@@ -106,7 +54,7 @@ async fn sigkill_before_the_first_checkpoint_loses_no_driving_time() {
         .map(|i| (t.clone(), driving(V, at(i), i, 50.0)))
         .collect();
 
-    let bin = Binary::start(&config);
+    let bin = Instance::start(&config, None);
     publish_all(&broker.url(), &first).await;
     wait_until("3 h of driving stored", Duration::from_secs(60), || {
         let db = db.clone();
@@ -121,7 +69,7 @@ async fn sigkill_before_the_first_checkpoint_loses_no_driving_time() {
         "killed before any checkpoint"
     );
 
-    let bin = Binary::start(&config);
+    let bin = Instance::start(&config, None);
     publish_all(&broker.url(), &second).await;
     wait_until("1 h 05 more stored", Duration::from_secs(60), || {
         let db = db.clone();
@@ -384,14 +332,10 @@ async fn an_alert_the_true_order_does_not_produce_is_retracted_published_and_log
     );
     // The API leaves it out unless asked, and then says why it was retracted.
     let c = fleetwatch::store::connect(&db).await.unwrap();
-    let token = fleetwatch::api::auth::create_token(
-        &c,
-        fleetwatch::api::auth::Role::Regulator,
-        None,
-        None,
-    )
-    .await
-    .unwrap();
+    let token =
+        fleetwatch::api::auth::create_token(&c, fleetwatch::api::auth::Role::Regulator, None, None)
+            .await
+            .unwrap();
     let listed = crate::api::get(app.http_addr, "/api/v1/alerts?kind=overspeed", &token)
         .await
         .json();

@@ -75,22 +75,6 @@ fn crc16_x25(data: &[u8]) -> u16 {
     !crc
 }
 
-/// CRC-16/IBM (ARC, Teltonika's), bit by bit.
-fn crc16_ibm(data: &[u8]) -> u16 {
-    let mut crc = 0u16;
-    for &b in data {
-        crc ^= u16::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xa001
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
-}
-
 /// Whether a GT06 frame's stated CRC is that of its length-to-serial bytes.
 fn gt06_checksum_ok(frame: &[u8]) -> bool {
     let n = frame.len();
@@ -122,7 +106,7 @@ fn jt808_unescape(frame: &[u8]) -> Option<Vec<u8>> {
 fn teltonika_checksum_ok(packet: &[u8]) -> bool {
     let n = packet.len();
     let stated = u32::from_be_bytes([packet[n - 4], packet[n - 3], packet[n - 2], packet[n - 1]]);
-    stated == u32::from(crc16_ibm(&packet[8..n - 4]))
+    stated == u32::from(crate::sources::device::crc16_ibm_bitwise(&packet[8..n - 4]))
 }
 
 // The read loop.
@@ -408,7 +392,7 @@ fn teltonika_frame(data: &[u8]) -> Vec<u8> {
     let mut p = vec![0, 0, 0, 0];
     p.extend_from_slice(&(data.len() as u32).to_be_bytes());
     p.extend_from_slice(data);
-    p.extend_from_slice(&u32::from(crc16_ibm(data)).to_be_bytes());
+    p.extend_from_slice(&u32::from(crate::sources::device::crc16_ibm_bitwise(data)).to_be_bytes());
     p
 }
 

@@ -45,6 +45,24 @@ pub(crate) fn bcd(bytes: &[u8]) -> Option<String> {
     Some(s)
 }
 
+/// CRC-16/IBM (ARC, Teltonika's) written out bit by bit, independent of the `crc`
+/// crate (tests check the codecs and encoders against it).
+#[cfg(test)]
+pub(crate) fn crc16_ibm_bitwise(data: &[u8]) -> u16 {
+    let mut crc = 0u16;
+    for &b in data {
+        crc ^= u16::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xa001
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
+
 /// Parses a hex string of a captured frame (tests).
 #[cfg(test)]
 pub(crate) fn hex(s: &str) -> Vec<u8> {

@@ -11,11 +11,10 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::Router;
 use chrono::Utc;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 use super::session::{Kind, Session, OSMAND};
 use super::Shared;
-use crate::pipeline::delivery::{Ack, Body, Delivery, DevicePosition};
+use crate::pipeline::delivery::{Body, DevicePosition};
 use crate::sources::device::osmand;
 
 /// Largest request body read, bytes (a position is a few hundred).
@@ -97,12 +96,7 @@ async fn handle(
         Body::Unusable(u) => u.detail.clone(),
         _ => String::new(),
     };
-    let (tx, rx) = oneshot::channel();
-    let d = Delivery {
-        body: delivery,
-        received_at: Utc::now(),
-        ack: Some(Ack::Device(tx)),
-    };
+    let (d, rx) = super::delivery(delivery);
     if shared.tx.send(d).await.is_err() || rx.await.is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
     }

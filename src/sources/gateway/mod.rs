@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{CooperativeId, Vehicle, VehicleId};
-use crate::pipeline::delivery::Delivery;
+use crate::pipeline::delivery::{Ack, Body, Delivery};
 
 /// One listener's address and the time zone its devices send.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -513,6 +513,18 @@ fn secret(path: &Path) -> Result<Vec<u8>, GatewayError> {
     }
     crate::infra::write_private(path, &text).map_err(err)?;
     Ok(text.into_bytes())
+}
+
+/// A delivery of `body` whose ack handle is a oneshot: the receiver resolves once the
+/// writer has committed what `body` carries (dropped: not committed).
+fn delivery(body: Body) -> (Delivery, tokio::sync::oneshot::Receiver<()>) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let d = Delivery {
+        body,
+        received_at: Utc::now(),
+        ack: Some(Ack::Device(tx)),
+    };
+    (d, rx)
 }
 
 /// Metric of a frame a connection could not use.

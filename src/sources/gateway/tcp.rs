@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use chrono::Utc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
@@ -17,7 +16,7 @@ use tokio::time::Instant;
 
 use super::session::{Kind, Out, Session};
 use super::Shared;
-use crate::pipeline::delivery::{Ack, Body, Delivery};
+use crate::pipeline::delivery::Body;
 use crate::sources::device::Scan;
 
 /// Longest wait for a device to take a reply.
@@ -304,12 +303,7 @@ async fn deliver(
     body: Body,
     reply: Option<Vec<u8>>,
 ) -> bool {
-    let (tx, rx) = oneshot::channel();
-    let d = Delivery {
-        body,
-        received_at: Utc::now(),
-        ack: Some(Ack::Device(tx)),
-    };
+    let (d, rx) = super::delivery(body);
     if shared.tx.send(d).await.is_err() {
         return false;
     }

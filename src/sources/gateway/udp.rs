@@ -6,12 +6,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::Utc;
 use tokio::net::UdpSocket;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::session::{Kind, Session, TELTONIKA};
 use super::Shared;
-use crate::pipeline::delivery::{Ack, Delivery};
 use crate::sources::device::teltonika;
 
 /// Datagrams waiting for their commit at once; reading stops at this many.
@@ -66,12 +65,7 @@ pub(super) async fn serve(sock: UdpSocket, shared: Arc<Shared>) {
                 (s.unusable(data.clone(), e.label(), e.to_string()), None)
             }
         };
-        let (tx, rx) = oneshot::channel();
-        let d = Delivery {
-            body,
-            received_at: Utc::now(),
-            ack: Some(Ack::Device(tx)),
-        };
+        let (d, rx) = super::delivery(body);
         if shared.tx.send(d).await.is_err() {
             break;
         }
