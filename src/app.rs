@@ -231,6 +231,29 @@ impl App {
                 k => format!("{}-{k}", settings.mqtt.client_id),
             })
             .collect();
+        // The device gateway feeds the same pipeline; its connections stop reading at
+        // shutdown and send the replies of what is committed before they close. Up
+        // before the MQTT consumers, so a confirmed subscription means every source is.
+        let gateway = match settings.gateway.any() {
+            true => Some(
+                Gateway::start(
+                    &settings.gateway,
+                    &db_url,
+                    &settings.database.data_dir,
+                    registry_rx.clone(),
+                    dtx.clone(),
+                    shutdown.clone(),
+                )
+                .await
+                .context("starting the device gateway")?,
+            ),
+            false => None,
+        };
+        let devices = gateway.as_ref().map(|g| g.book.clone()).unwrap_or_default();
+        let gateway_addrs = gateway
+            .as_ref()
+            .map(|g| g.listening.clone())
+            .unwrap_or_default();
         let ev: Vec<_> = clients
             .iter()
             .zip(eventloops)
@@ -255,27 +278,6 @@ impl App {
                 ))
             })
             .collect();
-        // The device gateway feeds the same pipeline; its connections stop reading at
-        // shutdown and send the replies of what is committed before they close.
-        let gateway = match settings.gateway.any() {
-            true => Some(
-                Gateway::start(
-                    &settings.gateway,
-                    &settings.database.data_dir,
-                    registry_rx.clone(),
-                    dtx.clone(),
-                    shutdown.clone(),
-                )
-                .await
-                .context("starting the device gateway")?,
-            ),
-            false => None,
-        };
-        let devices = gateway.as_ref().map(|g| g.book.clone()).unwrap_or_default();
-        let gateway_addrs = gateway
-            .as_ref()
-            .map(|g| g.listening.clone())
-            .unwrap_or_default();
         drop(dtx);
         drop(incident_tx);
         // Its own connection: recomputations read stored fixes without waiting for others.

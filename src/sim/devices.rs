@@ -827,6 +827,7 @@ mod tests {
             assert_eq!(
                 jt808::decode(&f, GMT7).unwrap(),
                 jt808::Message::Register {
+                    model: "fleetwatch-sim".into(),
                     terminal_id: "SIM0001".into(),
                     plate: Some("苏BA6860".into())
                 }
@@ -862,6 +863,7 @@ mod tests {
         assert_eq!(
             jt808::decode(&jt808_frame(&raw), 0).unwrap(),
             jt808::Message::Register {
+                model: "fleetwatch-sim".into(),
                 terminal_id: "7".into(),
                 plate: None
             }

@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (9, include_str!("migrations/0009_distance_lateness.sql")),
     (10, include_str!("migrations/0010_geo_versions.sql")),
     (11, include_str!("migrations/0011_devices.sql")),
+    (12, include_str!("migrations/0012_gateway_devices.sql")),
     (13, include_str!("migrations/0013_deliveries.sql")),
 ];
 

@@ -2,6 +2,7 @@
 //! and the sinks after them: the alert outbox (MQTT) and deliveries (webhook, email).
 
 pub mod deliver;
+pub mod devices;
 pub mod geo_versions;
 pub mod incidents;
 pub mod migrate;

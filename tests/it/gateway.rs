@@ -97,6 +97,11 @@ fn bcd_time(t: DateTime<Utc>, offset_s: i64) -> Vec<u8> {
 
 /// A JT/T 808 0x0200 body: positioned, ignition on, at `t` (GMT+8 local time).
 fn jt_location(t: DateTime<Utc>, lat: f64, lon: f64, speed_kmh: f64) -> Vec<u8> {
+    jt_location_at(t, 8 * 3600, lat, lon, speed_kmh)
+}
+
+/// [`jt_location`] from a terminal set to `offset_s` from UTC.
+fn jt_location_at(t: DateTime<Utc>, offset_s: i64, lat: f64, lon: f64, speed_kmh: f64) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&0u32.to_be_bytes()); // alarms
     b.extend_from_slice(&0x03u32.to_be_bytes()); // ACC on, positioned
@@ -105,7 +110,7 @@ fn jt_location(t: DateTime<Utc>, lat: f64, lon: f64, speed_kmh: f64) -> Vec<u8> 
     b.extend_from_slice(&12u16.to_be_bytes()); // altitude
     b.extend_from_slice(&((speed_kmh * 10.0) as u16).to_be_bytes());
     b.extend_from_slice(&90u16.to_be_bytes());
-    b.extend_from_slice(&bcd_time(t, 8 * 3600));
+    b.extend_from_slice(&bcd_time(t, offset_s));
     b.extend_from_slice(&[0x01, 4]); // mileage, 0.1 km
     b.extend_from_slice(&1234u32.to_be_bytes());
     b
@@ -115,7 +120,7 @@ fn jt_location(t: DateTime<Utc>, lat: f64, lon: f64, speed_kmh: f64) -> Vec<u8> 
 fn jt_register() -> Vec<u8> {
     let mut b = vec![0, 44, 0, 1]; // province, city
     b.extend_from_slice(b"MAKER");
-    b.extend_from_slice(&[b'M'; 20]);
+    b.extend_from_slice(b"FW-M7\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0");
     b.extend_from_slice(b"FW-T1\0\0");
     b.push(1);
     b.extend_from_slice(b"61C12345");
@@ -232,7 +237,7 @@ async fn jt808_terminal_registers_authenticates_and_each_reply_follows_its_commi
         .expect("listed");
     assert_eq!(d["vehicle"], "GW-JT");
     assert_eq!(d["status"], "registered");
-    assert_eq!(d["model"], "FW-T1");
+    assert_eq!(d["model"], "FW-M7");
     assert_eq!(d["positions"], 8);
     assert_eq!(d["connected"], true);
     app.shutdown();
@@ -745,4 +750,74 @@ async fn killed_after_the_commit_before_the_reply_the_terminal_resends_and_its_f
     );
     second.kill();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_keeps_its_time_zone_and_the_device_list_its_history_across_a_restart() {
+    let db = fresh_db().await;
+    let mut cfg = gateway_settings(&db, "", "fw-gw-model");
+    cfg.gateway
+        .model_utc_offsets
+        .insert("FW-M7".into(), 7 * 3600);
+    let phone = "013912345678";
+    let e = jt808::Edition::V2013;
+    let t0 = base_time();
+
+    // Registers (model FW-M7, set to GMT+7) and reports in its local time.
+    let app = start_app(cfg.clone()).await;
+    let (mut s, mut buf) = jt_login(addr(&app, "jt808"), phone).await;
+    let body = jt_location_at(t0, 7 * 3600, 10.9, 106.6, 20.0);
+    s.write_all(&jt808::encode(jt808::LOCATION, e, phone, 3, &body))
+        .await
+        .unwrap();
+    read_frame(&mut s, &mut buf, jt808::scan).await;
+    assert_eq!(stored_at(&db, "GW-JT", t0).await, 1, "GMT+7 of its model");
+    // Its code, as a terminal keeps it.
+    let code = {
+        let mut r = TcpStream::connect(addr(&app, "jt808")).await.unwrap();
+        let mut b = Vec::new();
+        r.write_all(&jt808::encode(jt808::REGISTER, e, phone, 1, &jt_register()))
+            .await
+            .unwrap();
+        let (_, body) = jt_reply_body(&read_frame(&mut r, &mut b, jt808::scan).await);
+        body[3..].to_vec()
+    };
+    drop(s);
+    app.shutdown();
+    app.wait().await;
+
+    // After a restart it only authenticates: the model it registered with still sets
+    // its time zone, and the list still knows it.
+    let app = start_app(cfg).await;
+    let mut s = TcpStream::connect(addr(&app, "jt808")).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(&jt808::encode(jt808::AUTH, e, phone, 2, &code))
+        .await
+        .unwrap();
+    let (_, body) = jt_reply_body(&read_frame(&mut s, &mut buf, jt808::scan).await);
+    assert_eq!(body[4], 0, "authenticated without registering");
+    let t1 = t0 + chrono::TimeDelta::seconds(30);
+    let body = jt_location_at(t1, 7 * 3600, 10.9, 106.6, 20.0);
+    s.write_all(&jt808::encode(jt808::LOCATION, e, phone, 4, &body))
+        .await
+        .unwrap();
+    read_frame(&mut s, &mut buf, jt808::scan).await;
+    assert_eq!(
+        stored_at(&db, "GW-JT", t1).await,
+        1,
+        "still GMT+7 after the restart"
+    );
+    let list = app_devices(&app).await;
+    let d = list
+        .iter()
+        .find(|d| d["device_id"] == phone)
+        .expect("listed");
+    assert_eq!(d["model"], "FW-M7");
+    assert_eq!(
+        d["connections"], 4,
+        "two logins and two registrations, over both runs"
+    );
+    assert_eq!(d["positions"], 2);
+    app.shutdown();
+    app.wait().await;
 }

@@ -190,6 +190,8 @@ pub fn parse(frame: &[u8]) -> Result<Frame, Jt808Error> {
 pub enum Message {
     /// A terminal registers: it gets an auth code it presents from then on.
     Register {
+        /// Terminal model (manufacturer's, ASCII, zero padding removed).
+        model: String,
         /// Terminal id (manufacturer's, ASCII, zero padding removed).
         terminal_id: String,
         /// Licence plate as registered in the terminal (GBK decoded), if any.
@@ -238,12 +240,14 @@ pub fn decode(f: &Frame, utc_offset_s: i32) -> Result<Message, Jt808Error> {
                 Edition::V2019 { .. } => (11, 30, 30),
             };
             let id_at = 4 + maker + model;
+            let model = ascii(b.get(4 + maker..id_at).ok_or(short.clone())?);
             let terminal_id = ascii(b.get(id_at..id_at + id).ok_or(short.clone())?);
             let plate = b.get(id_at + id + 1..).filter(|p| !p.is_empty()).map(|p| {
                 let (s, _, _) = encoding_rs::GBK.decode(p);
                 s.trim_end_matches('\0').trim().to_string()
             });
             Ok(Message::Register {
+                model,
                 terminal_id,
                 plate: plate.filter(|p| !p.is_empty()),
             })
@@ -496,6 +500,7 @@ mod tests {
         assert_eq!(
             decode(&f, GMT8).unwrap(),
             Message::Register {
+                model: "HB-R03GBD".into(),
                 terminal_id: "2366104".into(),
                 plate: Some("苏BA6860".into())
             }

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -72,6 +72,10 @@ pub struct GatewayConfig {
     /// Time zone of single devices configured to send another one: device id →
     /// offset from UTC, seconds.
     pub utc_offsets: BTreeMap<String, i32>,
+    /// Time zone of every device of a model (as a JT/T 808 terminal names its model
+    /// when it registers): model → offset from UTC, seconds. A device's own entry in
+    /// `utc_offsets` wins.
+    pub model_utc_offsets: BTreeMap<String, i32>,
     /// Open connections per listener; one more is closed at once.
     pub max_connections: usize,
     /// A connection without a frame for this long is closed, seconds (devices send
@@ -100,6 +104,7 @@ impl Default for GatewayConfig {
             unknown_devices: UnknownDevices::Refuse,
             unknown_cooperative: "unassigned".into(),
             utc_offsets: BTreeMap::new(),
+            model_utc_offsets: BTreeMap::new(),
             max_connections: 20_000,
             idle_timeout_s: 600,
             max_buffer_bytes: 16 * 1024,
@@ -178,52 +183,50 @@ impl Directory {
     }
 }
 
-/// State of one device, for `GET /api/v1/devices`.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeviceStatus {
-    /// Protocol it speaks.
-    pub protocol: &'static str,
-    /// Its id.
-    pub device_id: String,
-    /// Its vehicle (`None`: refused).
-    pub vehicle: Option<String>,
-    /// The vehicle's cooperative (`None`: refused).
-    pub cooperative: Option<String>,
-    /// `registered`, `unregistered` (accepted unknown) or `refused`.
-    pub status: &'static str,
-    /// Connected now.
-    pub connected: bool,
-    /// Remote address of the last connection.
-    pub remote: String,
-    /// Last login (or refusal).
-    pub last_connection: DateTime<Utc>,
-    /// Last frame received after login.
-    pub last_frame: Option<DateTime<Utc>>,
-    /// Logins (and refusals) since start.
-    pub connections: u64,
-    /// Frames received since start.
-    pub frames: u64,
-    /// Positions received since start.
-    pub positions: u64,
-    /// Model or terminal id, where the protocol says it (JT/T 808 registration).
-    pub model: Option<String>,
-    /// Firmware version, where the protocol says it.
-    pub firmware: Option<String>,
-}
+pub use crate::store::devices::DeviceStatus;
 
-/// The devices this instance has heard since it started.
+/// The devices the gateway has heard (loaded from the database at start, saved back
+/// every few seconds).
 #[derive(Debug, Default)]
 pub struct DeviceBook {
-    devices: Mutex<HashMap<(&'static str, String), DeviceStatus>>,
+    devices: Mutex<HashMap<(&'static str, String), Entry>>,
+}
+
+/// A device and whether it changed since it was last saved.
+#[derive(Debug)]
+struct Entry {
+    status: DeviceStatus,
+    dirty: bool,
 }
 
 impl DeviceBook {
+    /// A book holding `stored` devices.
+    pub fn with(stored: Vec<DeviceStatus>) -> Self {
+        let devices = stored
+            .into_iter()
+            .map(|status| {
+                let key = (status.protocol, status.device_id.clone());
+                (
+                    key,
+                    Entry {
+                        status,
+                        dirty: false,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            devices: Mutex::new(devices),
+        }
+    }
+
     /// Every device, by protocol and id; only those of `cooperative` when given
     /// (refused devices belong to no cooperative: listed to unscoped callers only).
     pub fn list(&self, cooperative: Option<&str>) -> Vec<DeviceStatus> {
         let map = self.devices.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<DeviceStatus> = map
             .values()
+            .map(|e| &e.status)
             .filter(|d| cooperative.is_none() || d.cooperative.as_deref() == cooperative)
             .cloned()
             .collect();
@@ -231,10 +234,40 @@ impl DeviceBook {
         out
     }
 
+    /// The model `device_id` reported, if it ever did.
+    fn model(&self, protocol: &'static str, device_id: &str) -> Option<String> {
+        let map = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&(protocol, device_id.to_string()))
+            .and_then(|e| e.status.model.clone())
+    }
+
     fn update(&self, protocol: &'static str, device_id: &str, f: impl FnOnce(&mut DeviceStatus)) {
         let mut map = self.devices.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(d) = map.get_mut(&(protocol, device_id.to_string())) {
-            f(d);
+        if let Some(e) = map.get_mut(&(protocol, device_id.to_string())) {
+            f(&mut e.status);
+            e.dirty = true;
+        }
+    }
+
+    /// The devices changed since the last call (marked saved).
+    fn take_changed(&self) -> Vec<DeviceStatus> {
+        let mut map = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        map.values_mut()
+            .filter(|e| e.dirty)
+            .map(|e| {
+                e.dirty = false;
+                e.status.clone()
+            })
+            .collect()
+    }
+
+    /// Marks `devices` changed again (their save failed).
+    fn mark_changed(&self, devices: &[DeviceStatus]) {
+        let mut map = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        for d in devices {
+            if let Some(e) = map.get_mut(&(d.protocol, d.device_id.clone())) {
+                e.dirty = true;
+            }
         }
     }
 
@@ -247,24 +280,29 @@ impl DeviceBook {
     ) {
         let mut map = self.devices.lock().unwrap_or_else(|e| e.into_inner());
         let now = Utc::now();
-        let d = map
+        let e = map
             .entry((protocol, device_id.to_string()))
-            .or_insert_with(|| DeviceStatus {
-                protocol,
-                device_id: device_id.to_string(),
-                vehicle: None,
-                cooperative: None,
-                status: "refused",
-                connected: false,
-                remote: String::new(),
-                last_connection: now,
-                last_frame: None,
-                connections: 0,
-                frames: 0,
-                positions: 0,
-                model: None,
-                firmware: None,
+            .or_insert_with(|| Entry {
+                status: DeviceStatus {
+                    protocol,
+                    device_id: device_id.to_string(),
+                    vehicle: None,
+                    cooperative: None,
+                    status: "refused",
+                    connected: false,
+                    remote: String::new(),
+                    last_connection: now,
+                    last_frame: None,
+                    connections: 0,
+                    frames: 0,
+                    positions: 0,
+                    model: None,
+                    firmware: None,
+                },
+                dirty: true,
             });
+        e.dirty = true;
+        let d = &mut e.status;
         d.vehicle = who.map(|w| w.vehicle.to_string());
         d.cooperative = who.map(|w| w.cooperative.to_string());
         d.status = match who {
@@ -276,6 +314,45 @@ impl DeviceBook {
         d.remote = remote.to_string();
         d.last_connection = now;
         d.connections += 1;
+    }
+}
+
+/// Seconds between saves of the device book.
+const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Saves the book's changes every few seconds, and once more at `stop`.
+async fn save_devices(db_url: String, book: Arc<DeviceBook>, stop: CancellationToken) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut tick = tokio::time::interval(SAVE_EVERY);
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.cancelled() => true,
+        };
+        // After the stop, the connections' last frames: give them a moment.
+        if last {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let changed = book.take_changed();
+        if !changed.is_empty() {
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = crate::store::connect(&db_url).await.ok();
+            }
+            let saved = match client.as_mut() {
+                Some(c) => crate::store::devices::save(c, &changed)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("database unreachable".to_string()),
+            };
+            if let Err(e) = saved {
+                tracing::warn!(error = %e, devices = changed.len(), "device list not saved; retrying");
+                book.mark_changed(&changed);
+                client = None;
+            }
+        }
+        if last {
+            return;
+        }
     }
 }
 
@@ -339,12 +416,18 @@ impl Shared {
     /// Offset from UTC of `device_id`'s times, seconds.
     fn utc_offset_s(
         &self,
+        protocol: &'static str,
         device_id: Option<&str>,
         listener: &ListenerConfig,
         default: i32,
     ) -> i32 {
+        let by_model = || {
+            let model = self.book.model(protocol, device_id?)?;
+            self.cfg.model_utc_offsets.get(&model).copied()
+        };
         device_id
             .and_then(|d| self.cfg.utc_offsets.get(d).copied())
+            .or_else(by_model)
             .or(listener.utc_offset_s)
             .unwrap_or(default)
     }
@@ -365,6 +448,7 @@ impl Gateway {
     /// of what was committed.
     pub async fn start(
         cfg: &GatewayConfig,
+        db_url: &str,
         data_dir: &Path,
         registry: watch::Receiver<Arc<Vec<Vehicle>>>,
         tx: mpsc::Sender<Delivery>,
@@ -383,7 +467,22 @@ impl Gateway {
             dir_tx,
             stop.clone(),
         ))];
-        let book = Arc::new(DeviceBook::default());
+        let stored = match crate::store::connect(db_url).await {
+            Ok(c) => crate::store::devices::load(&c).await,
+            Err(e) => Err(e),
+        };
+        let book = Arc::new(match stored {
+            Ok(devices) => DeviceBook::with(devices),
+            Err(e) => {
+                tracing::warn!(error = %e, "stored device list not read: it starts empty");
+                DeviceBook::default()
+            }
+        });
+        tasks.push(tokio::spawn(save_devices(
+            db_url.to_string(),
+            book.clone(),
+            stop.clone(),
+        )));
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             unknown_cooperative,
@@ -402,9 +501,7 @@ impl Gateway {
             }
         };
         if let Some(addr) = cfg.gt06.listen {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(bind(session::GT06, addr))?;
+            let l = bind_tcp(addr).map_err(bind(session::GT06, addr))?;
             listening.push((session::GT06, l.local_addr().unwrap_or(addr)));
             tasks.push(tokio::spawn(tcp::accept(
                 l,
@@ -413,9 +510,7 @@ impl Gateway {
             )));
         }
         if let Some(addr) = cfg.jt808.listen {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(bind(session::JT808, addr))?;
+            let l = bind_tcp(addr).map_err(bind(session::JT808, addr))?;
             listening.push((session::JT808, l.local_addr().unwrap_or(addr)));
             tasks.push(tokio::spawn(tcp::accept(
                 l,
@@ -424,9 +519,7 @@ impl Gateway {
             )));
         }
         if let Some(addr) = cfg.teltonika.listen {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(bind(session::TELTONIKA, addr))?;
+            let l = bind_tcp(addr).map_err(bind(session::TELTONIKA, addr))?;
             let local = l.local_addr().unwrap_or(addr);
             // UDP on the same port as TCP, as units are configured.
             let u = tokio::net::UdpSocket::bind(local)
@@ -441,9 +534,7 @@ impl Gateway {
             tasks.push(tokio::spawn(udp::serve(u, shared.clone())));
         }
         if let Some(addr) = cfg.osmand.listen {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(bind(session::OSMAND, addr))?;
+            let l = bind_tcp(addr).map_err(bind(session::OSMAND, addr))?;
             listening.push((session::OSMAND, l.local_addr().unwrap_or(addr)));
             tasks.push(tokio::spawn(http::serve(l, shared.clone())));
         }
@@ -471,6 +562,21 @@ impl Gateway {
             let _ = t.await;
         }
     }
+}
+
+/// Pending connections a listener queues: after a restart every device reconnects at
+/// once, and the default of 128 overflows into SYN retries of a second or more.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+/// A TCP listener on `addr` with [`ACCEPT_BACKLOG`].
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let sock = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(ACCEPT_BACKLOG)
 }
 
 /// Rebuilds the device directory whenever the registry changes.

@@ -190,7 +190,7 @@ impl Session {
             if n > 0 {
                 shared
                     .book
-                    .update(self.protocol(), &w.device_id, |d| d.positions += n as u64);
+                    .update(self.protocol(), &w.device_id, |d| d.positions += n as i64);
             }
         }
         out
@@ -207,6 +207,7 @@ impl Session {
             }
         };
         let offset = shared.utc_offset_s(
+            GT06,
             self.who.as_ref().map(|w| w.device_id.as_str()),
             &shared.cfg.gt06,
             0,
@@ -276,6 +277,7 @@ impl Session {
             }
         }
         let offset = shared.utc_offset_s(
+            JT808,
             Some(&f.phone),
             &shared.cfg.jt808,
             super::JT808_DEFAULT_UTC_OFFSET_S,
@@ -290,11 +292,11 @@ impl Session {
             }
         };
         match msg {
-            jt808::Message::Register { terminal_id, .. } => {
+            jt808::Message::Register { model, .. } => {
                 match shared.identify(JT808, &f.phone, self.remote) {
                     Some(_) => {
                         shared.book.update(JT808, &f.phone, |d| {
-                            d.model = Some(terminal_id).filter(|t| !t.is_empty())
+                            d.model = Some(model).filter(|m| !m.is_empty())
                         });
                         let code = auth_code(&shared.jt808_secret, &f.phone);
                         vec![Out::Reply(jt808::register_response(

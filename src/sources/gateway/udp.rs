@@ -52,7 +52,7 @@ pub(super) async fn serve(sock: UdpSocket, shared: Arc<Shared>) {
                     let s = Session::identified(Kind::Teltonika, remote, Some(who));
                     shared.book.update(TELTONIKA, &d.imei, |st| {
                         st.frames += 1;
-                        st.positions += u64::from(count);
+                        st.positions += i64::from(count);
                         st.last_frame = Some(Utc::now());
                     });
                     (s.report(data.clone(), d.positions), Some(answer))
