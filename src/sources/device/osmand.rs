@@ -67,9 +67,11 @@ pub fn decode_params(query: &[u8]) -> Result<Report, OsmandError> {
             Some((name, v)) => v.parse::<f64>().map(Some).map_err(|_| bad(name, v)),
         }
     };
-    let device_id = get(&["id", "deviceid"])
+    // An empty id names no device: as good as none.
+    let device_id = ["id", "deviceid"]
+        .iter()
+        .find_map(|n| p.get(*n).filter(|v| !v.is_empty()))
         .ok_or(OsmandError::Missing("id"))?
-        .1
         .to_string();
     let (lat, lon) = match (num(&["lat"])?, num(&["lon"])?) {
         (Some(lat), Some(lon)) => (lat, lon),
@@ -138,6 +140,9 @@ struct Coords {
 /// Decodes a JSON body of newer Traccar Client versions.
 pub fn decode_json(body: &[u8]) -> Result<Report, OsmandError> {
     let b: Body = serde_json::from_slice(body).map_err(|e| OsmandError::Json(e.to_string()))?;
+    if b.device_id.is_empty() {
+        return Err(OsmandError::Missing("device_id"));
+    }
     let ts =
         timestamp(&b.location.timestamp).ok_or_else(|| bad("timestamp", &b.location.timestamp))?;
     let c = b.location.coords;
@@ -251,6 +256,20 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_id_is_no_device_id() {
+        assert_eq!(
+            decode_params(b"id=&lat=1&lon=2&timestamp=1733112000"),
+            Err(OsmandError::Missing("id"))
+        );
+        assert_eq!(
+            decode_params(b"deviceid=&lat=1&lon=2&timestamp=1733112000"),
+            Err(OsmandError::Missing("id"))
+        );
+        let r = decode_params(b"id=&deviceid=7&lat=1&lon=2&timestamp=1733112000").unwrap();
+        assert_eq!(r.device_id, "7", "the other name still counts");
+    }
+
+    #[test]
     fn json_body_of_newer_clients() {
         let body = br#"{"location":{"timestamp":"2024-12-02T04:00:00.000Z","coords":{"latitude":10.98,"longitude":106.65,"accuracy":5,"speed":10,"heading":-1,"altitude":3},"is_moving":true,"odometer":1234.5,"battery":{"level":0.5}},"device_id":"phone-7"}"#;
         let r = decode_json(body).unwrap();
@@ -259,5 +278,10 @@ mod tests {
         assert_eq!(r.fix.heading_deg, None, "-1 is unknown");
         assert_eq!(r.fix.odometer_m, Some(1234.5));
         assert!(decode_json(b"{\"device_id\":1}").is_err());
+        let unnamed = String::from_utf8_lossy(body).replace("phone-7", "");
+        assert_eq!(
+            decode_json(unnamed.as_bytes()),
+            Err(OsmandError::Missing("device_id"))
+        );
     }
 }
