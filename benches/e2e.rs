@@ -353,7 +353,7 @@ async fn run(a: Args, open_files: (u64, u64)) {
     let (pg, db, mut c, _) = support::private_db(&dir, false, "bench").await;
 
     if a.gateway > 0 {
-        gateway(&a, &url, &db, &mut c, open_files).await;
+        gateway(&a, &url, (&db, pg.cluster_dir()), &mut c, open_files).await;
         drop(pg);
         let _ = std::fs::remove_dir_all(dir);
         return;
@@ -490,7 +490,7 @@ async fn pipeline_rate(app: &App, url: &str, msgs: &[(String, Vec<u8>)], publish
 async fn gateway(
     a: &Args,
     url: &str,
-    db: &str,
+    (db, pg_dir): (&str, &std::path::Path),
     c: &mut tokio_postgres::Client,
     (soft, hard): (u64, u64),
 ) {
@@ -535,11 +535,19 @@ async fn gateway(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let fleet = fleet_args(a);
-    let run = device_fleet::measure(addr, db, &fleet, rss_mib).await;
+    let run = device_fleet::measure(addr, db, pg_dir, &fleet, rss_mib).await;
     report_gateway(&run, &fleet, cores);
 
     let msgs = messages(n * a.burst, a.vehicles);
+    let (cpu0, pg0, m0) = (
+        device_fleet::cpu_s(),
+        device_fleet::pg_cpu_s(pg_dir),
+        device_fleet::machine_jiffies(),
+    );
+    let t = Instant::now();
     let mqtt = pipeline_rate(&app, url, &msgs, a.publishers).await;
+    let secs = t.elapsed().as_secs_f64();
+    let per_fix_us = |cpu_s: f64| 1e6 * cpu_s / msgs.len() as f64;
     let burst = run.phases.iter().find(|p| p.client.phase == "burst");
     let gw = burst.map_or(0.0, |p| p.rows as f64 / p.client.secs);
     println!(
@@ -548,6 +556,14 @@ async fn gateway(
         a.vehicles,
         a.publishers,
         if a.no_rules { "off" } else { "on" }
+    );
+    println!(
+        "    CPU: this process (fleetwatch, publishers, embedded broker if used) {:.0} % of one core = {:.1} µs per fix; PostgreSQL {:.0} % = {:.1} µs per fix; machine {:.0} % of {cores} cores",
+        100.0 * (device_fleet::cpu_s() - cpu0) / secs,
+        per_fix_us(device_fleet::cpu_s() - cpu0),
+        100.0 * (device_fleet::pg_cpu_s(pg_dir) - pg0) / secs,
+        per_fix_us(device_fleet::pg_cpu_s(pg_dir) - pg0),
+        100.0 * (device_fleet::machine_jiffies().0 - m0.0) as f64 / 100.0 / secs / cores.max(1) as f64,
     );
     println!(
         "gateway burst / MQTT pipeline: {gw:.0} / {mqtt:.0} fixes/s = {:.2}",
@@ -585,9 +601,16 @@ fn report_gateway(run: &device_fleet::GatewayRun, f: &device_fleet::FleetArgs, c
                 c.p50_ms, c.p99_ms, c.max_ms
             );
         }
+        let per_fix = |cpu_s: f64| match c.phase.as_str() {
+            "login" => String::new(),
+            _ => format!(" = {:.1} µs per fix", 1e6 * cpu_s / p.rows.max(1) as f64),
+        };
         println!(
-            "    CPU: server {:.0} % of one core, client {:.0} % of its one thread, machine {:.0} % of {cores} cores; RSS end {:.0} MiB, peak {:.0} MiB; kernel TCP memory {:.0} MiB",
+            "    CPU: server {:.0} % of one core{}, PostgreSQL {:.0} %{}, client {:.0} % of its one thread, machine {:.0} % of {cores} cores (the rest: other work on the box); RSS end {:.0} MiB, peak {:.0} MiB; kernel TCP memory {:.0} MiB",
             100.0 * p.server_cpu_s / c.secs,
+            per_fix(p.server_cpu_s),
+            100.0 * p.pg_cpu_s / c.secs,
+            per_fix(p.pg_cpu_s),
             100.0 * c.client_cpu_s / c.secs,
             100.0 * p.machine_cpu_s / c.secs / cores.max(1) as f64,
             p.rss_end_mib,

@@ -83,14 +83,54 @@ pub fn raise_open_files() -> (u64, u64) {
 }
 
 /// CPU seconds (user + system) this process used so far.
-fn cpu_s() -> f64 {
+pub fn cpu_s() -> f64 {
     let u = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
     let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
     secs(u.user_time()) + secs(u.system_time())
 }
 
+/// CPU seconds the private PostgreSQL of cluster directory `dir` used so far: the
+/// postmaster and its live processes, and those that ended (its children's time).
+pub fn pg_cpu_s(dir: &std::path::Path) -> f64 {
+    let Some(postmaster) = std::fs::read_to_string(dir.join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next()?.trim().parse::<u32>().ok())
+    else {
+        return 0.0;
+    };
+    // Fields after the command name: state, ppid, ..., utime (12th), stime, cutime,
+    // cstime, in clock ticks (1/100 s).
+    let stat = |pid: &str| -> Option<Vec<u64>> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &s[s.rfind(')')? + 1..];
+        Some(
+            rest.split_whitespace()
+                .skip(1)
+                .map(|x| x.parse().unwrap_or(0))
+                .collect(),
+        )
+    };
+    let mut ticks = 0;
+    if let Some(f) = stat(&postmaster.to_string()) {
+        ticks += f[10..14].iter().sum::<u64>();
+    }
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Some(f) = stat(pid).filter(|f| f.first() == Some(&u64::from(postmaster))) {
+            ticks += f[10] + f[11];
+        }
+    }
+    ticks as f64 / 100.0
+}
+
 /// Busy and total jiffies of the whole machine (all cores), from /proc/stat.
-fn machine_jiffies() -> (u64, u64) {
+pub fn machine_jiffies() -> (u64, u64) {
     let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let v: Vec<u64> = s
         .lines()
@@ -474,6 +514,8 @@ pub struct ServerPhase {
     pub rss_peak_mib: f64,
     /// CPU this process (fleetwatch and its embedded broker) used, seconds.
     pub server_cpu_s: f64,
+    /// CPU PostgreSQL used, seconds.
+    pub pg_cpu_s: f64,
     /// CPU the whole machine used (all processes, all cores), seconds.
     pub machine_cpu_s: f64,
     /// Kernel memory of TCP sockets at the end of the phase, MiB.
@@ -496,11 +538,12 @@ pub struct GatewayRun {
 }
 
 /// Drives the fleet in a child process against the JT/T 808 listener at `addr` and
-/// measures this process (the server) phase by phase; `rss_mib` reads this process's
-/// RSS.
+/// measures this process (the server) and PostgreSQL (data directory `pg_dir`) phase
+/// by phase; `rss_mib` reads this process's RSS.
 pub async fn measure(
     addr: SocketAddr,
     db: &str,
+    pg_dir: &std::path::Path,
     a: &FleetArgs,
     rss_mib: fn() -> f64,
 ) -> GatewayRun {
@@ -554,6 +597,7 @@ pub async fn measure(
     let mut from_child = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut rows0 = rows().await;
     let mut cpu0 = cpu_s();
+    let mut pg0 = pg_cpu_s(pg_dir);
     let mut m0 = machine_jiffies();
     for _ in 0..3 {
         let line = from_child
@@ -572,6 +616,7 @@ pub async fn measure(
             rss_end_mib,
             rss_peak_mib: (peak.load(Ordering::Relaxed) as f64 / 1024.0).max(rss_end_mib),
             server_cpu_s: cpu_s() - cpu0,
+            pg_cpu_s: pg_cpu_s(pg_dir) - pg0,
             machine_cpu_s,
             tcp_kernel_mib: tcp_kernel_mib(),
             client: report,
@@ -588,6 +633,7 @@ pub async fn measure(
         run.phases.push(p);
         rows0 = rows1;
         cpu0 = cpu_s();
+        pg0 = pg_cpu_s(pg_dir);
         m0 = machine_jiffies();
         peak.store(0, Ordering::Relaxed);
         to_child.write_all(b"next\n").await.unwrap();
