@@ -98,10 +98,6 @@ fn bench(c: &mut Criterion) {
         BATCH
     );
     assert!(osmand::decode_params(osmand.as_bytes()).is_ok());
-    assert_eq!(
-        osmand::decode_params(osmand.as_bytes()),
-        osmand_before::decode_params(osmand.as_bytes())
-    );
     assert!(osmand::decode_json(osmand_json.as_bytes()).is_ok());
 
     let mut g = c.benchmark_group("device decode per frame");
@@ -117,9 +113,6 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("osmand query", |b| {
         b.iter(|| osmand::decode_params(black_box(osmand.as_bytes())))
-    });
-    g.bench_function("osmand query, before (map of owned strings)", |b| {
-        b.iter(|| osmand_before::decode_params(black_box(osmand.as_bytes())))
     });
     g.bench_function("osmand json", |b| {
         b.iter(|| osmand::decode_json(black_box(osmand_json.as_bytes())))
@@ -138,103 +131,6 @@ fn bench(c: &mut Criterion) {
         b.iter(|| teltonika::decode_udp(black_box(&udp_many)))
     });
     g.finish();
-}
-
-/// The OsmAnd query decoder as it was before it stopped building a map of owned
-/// strings (fleetwatch dd5ed36), timed next to the new one in the same build for
-/// BENCHMARKS.md; removed once measured.
-mod osmand_before {
-    use chrono::{DateTime, NaiveDateTime, Utc};
-    use fleetwatch::domain::FixCandidate;
-    use fleetwatch::sources::device::osmand::{OsmandError, Report};
-
-    const KMH_PER_KNOT: f64 = 1.852;
-
-    pub fn decode_params(query: &[u8]) -> Result<Report, OsmandError> {
-        let mut p = std::collections::HashMap::new();
-        for (k, v) in url::form_urlencoded::parse(query) {
-            p.insert(k.into_owned(), v.into_owned());
-        }
-        let get = |names: &[&'static str]| {
-            names
-                .iter()
-                .find_map(|n| p.get(*n).map(|v| (*n, v.as_str())))
-        };
-        let num = |names: &[&'static str]| -> Result<Option<f64>, OsmandError> {
-            match get(names) {
-                None => Ok(None),
-                Some((_, "")) => Ok(None),
-                Some((name, v)) => v.parse::<f64>().map(Some).map_err(|_| bad(name, v)),
-            }
-        };
-        let device_id = get(&["id", "deviceid"])
-            .ok_or(OsmandError::Missing("id"))?
-            .1
-            .to_string();
-        let (lat, lon) = match (num(&["lat"])?, num(&["lon"])?) {
-            (Some(lat), Some(lon)) => (lat, lon),
-            _ => match get(&["location"]) {
-                Some((_, v)) => {
-                    let (a, b) = v.split_once(',').ok_or_else(|| bad("location", v))?;
-                    (
-                        a.trim().parse().map_err(|_| bad("location", v))?,
-                        b.trim().parse().map_err(|_| bad("location", v))?,
-                    )
-                }
-                None => return Err(OsmandError::Missing("lat")),
-            },
-        };
-        let ts = match get(&["timestamp"]) {
-            None => return Err(OsmandError::Missing("timestamp")),
-            Some((_, v)) => Some(timestamp(v).ok_or_else(|| bad("timestamp", v))?),
-        };
-        let ignition = get(&["ignition"]).map(|(_, v)| matches!(v, "true" | "1"));
-        let accuracy_m = num(&["accuracy"])?;
-        Ok(Report {
-            device_id,
-            fix: FixCandidate {
-                vehicle: None,
-                ts,
-                lat,
-                lon,
-                speed_kmh: num(&["speed"])?
-                    .filter(|s| *s >= 0.0)
-                    .map(|k| k * KMH_PER_KNOT),
-                heading_deg: num(&["bearing", "heading"])?,
-                driver: get(&["driverUniqueId"]).map(|(_, v)| v.to_string()),
-                ignition,
-                satellites: None,
-                hdop: num(&["hdop"])?,
-                odometer_m: None,
-                accuracy_m,
-            },
-        })
-    }
-
-    fn timestamp(v: &str) -> Option<DateTime<Utc>> {
-        if let Ok(n) = v.parse::<i64>() {
-            return if n > 100_000_000_000 {
-                DateTime::from_timestamp_millis(n)
-            } else {
-                DateTime::from_timestamp(n, 0)
-            };
-        }
-        if let Ok(f) = v.parse::<f64>() {
-            return DateTime::from_timestamp_millis((f * 1000.0).round() as i64);
-        }
-        if let Ok(t) = DateTime::parse_from_rfc3339(v) {
-            return Some(t.with_timezone(&Utc));
-        }
-        NaiveDateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S")
-            .ok()
-            .map(|t| t.and_utc())
-    }
-    fn bad(name: &'static str, v: &str) -> OsmandError {
-        OsmandError::Bad {
-            name,
-            value: v.chars().take(64).collect(),
-        }
-    }
 }
 
 criterion_group! {
