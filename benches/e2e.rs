@@ -15,6 +15,12 @@
 //!
 //! and reports 3 as a ratio of the slower of 1 and 2. With `--soak-s`, publishes at
 //! `--rate` for that long and samples the process RSS every 10 s.
+//!
+//! `--gateway N [--gateway-s S] [--burst K]` measures the device gateway instead of 1
+//! and 2: N JT/T 808 terminals on their own TCP connections (in a child process) log
+//! in, report one location every 10 s for S s (60), then send K locations each (20)
+//! back to back, each after the previous one's reply; then 3 runs with N × K fixes
+//! for comparison, in the same run and process. See `device_fleet`.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -29,6 +35,7 @@ use fleetwatch::pipeline::topic::TopicPattern;
 use fleetwatch::sim::Simulator;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
+mod device_fleet;
 mod support;
 
 struct Args {
@@ -41,6 +48,13 @@ struct Args {
     no_rules: bool,
     mosquitto_conf: Option<String>,
     persist: bool,
+    /// Device connections of the gateway run (0: no gateway run).
+    gateway: usize,
+    gateway_s: u64,
+    gateway_interval_s: u64,
+    burst: usize,
+    /// Set in the child process that plays the terminals: the listener's address.
+    gateway_client: Option<std::net::SocketAddr>,
 }
 
 fn args() -> Args {
@@ -54,6 +68,11 @@ fn args() -> Args {
         no_rules: false,
         mosquitto_conf: None,
         persist: false,
+        gateway: 0,
+        gateway_s: 60,
+        gateway_interval_s: 10,
+        burst: 20,
+        gateway_client: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -67,6 +86,15 @@ fn args() -> Args {
             "--soak-s" => a.soak_s = next().parse().expect("--soak-s S"),
             "--rate" => a.rate = next().parse().expect("--rate R"),
             "--mosquitto-conf" => a.mosquitto_conf = Some(next()),
+            "--gateway" => a.gateway = next().parse().expect("--gateway N"),
+            "--gateway-s" => a.gateway_s = next().parse().expect("--gateway-s S"),
+            "--gateway-interval-s" => {
+                a.gateway_interval_s = next().parse().expect("--gateway-interval-s S")
+            }
+            "--burst" => a.burst = next().parse().expect("--burst K"),
+            "--gateway-client" => {
+                a.gateway_client = Some(next().parse().expect("--gateway-client ADDR"))
+            }
             "--persist" => {
                 a.persist = true;
                 i += 1;
@@ -287,9 +315,31 @@ fn start_mosquitto(conf: Option<&str>, persist: bool) -> Mosquitto {
     Mosquitto(child, format!("mqtt://127.0.0.1:{port}"))
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let a = args();
+    // Both processes of the gateway run hold one socket per terminal.
+    let open_files = device_fleet::raise_open_files();
+    if let Some(addr) = a.gateway_client {
+        device_fleet::client_main(addr, fleet_args(&a));
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run(a, open_files));
+}
+
+fn fleet_args(a: &Args) -> device_fleet::FleetArgs {
+    device_fleet::FleetArgs {
+        terminals: a.gateway,
+        steady_s: a.gateway_s,
+        interval_s: a.gateway_interval_s,
+        burst: a.burst,
+    }
+}
+
+async fn run(a: Args, open_files: (u64, u64)) {
     let _mosq;
     let url = match a.broker.as_str() {
         "embedded" => EmbeddedBroker::start(0).unwrap().url(),
@@ -300,7 +350,14 @@ async fn main() {
         other => other.to_string(),
     };
     let dir = std::env::temp_dir().join(format!("fw-bench-pg-{}", std::process::id()));
-    let (pg, db, _, _) = support::private_db(&dir, false, "bench").await;
+    let (pg, db, mut c, _) = support::private_db(&dir, false, "bench").await;
+
+    if a.gateway > 0 {
+        gateway(&a, &url, (&db, pg.cluster_dir()), &mut c, open_files).await;
+        drop(pg);
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    }
 
     println!(
         "machine: {} cores; broker {} ({url}); {} fixes, {} vehicles, {} publishers",
@@ -319,45 +376,8 @@ async fn main() {
     let copy_key_rate = raw_copy(&db, a.fixes, true).await;
     println!("raw binary COPY (with primary key): {copy_key_rate:>10.0} rows/s");
 
-    let mut s = Settings::default();
-    s.database.url = db.clone();
-    s.mqtt.url = url.clone();
-    s.mqtt.client_id = format!("bench-fleetwatch-{}", std::process::id());
-    s.http.listen = "127.0.0.1:0".parse().unwrap();
-    s.disable_rules = a.no_rules;
-    // What `fleetwatch demo` does on its embedded broker (100 in flight per connection).
-    if a.broker == "embedded" {
-        s.mqtt.connections = 4;
-    }
-    let app = App::start(s).await.unwrap();
-    while !app.health.subscribed.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let stats = fleetwatch::telemetry::stats();
-    let stored0 = stats.stored.load(Ordering::Relaxed);
-    let started = Instant::now();
-    let h = app.health.clone();
-    let progress = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            eprintln!(
-                "  progress: received {} processed {} stored {}",
-                h.messages.load(Ordering::Relaxed),
-                stats.messages.load(Ordering::Relaxed),
-                stats.stored.load(Ordering::Relaxed)
-            );
-        }
-    });
-    publish_parallel(&url, &msgs, a.publishers).await;
-    eprintln!(
-        "  published all after {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    while stats.stored.load(Ordering::Relaxed) - stored0 < a.fixes as u64 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    progress.abort();
-    let e2e = a.fixes as f64 / started.elapsed().as_secs_f64();
+    let app = App::start(settings(&a, &url, &db)).await.unwrap();
+    let e2e = pipeline_rate(&app, &url, &msgs, a.publishers).await;
     let slower = broker_rate.min(copy_rate);
     println!("pipeline end to end, rules {} (acks after commit): {e2e:>10.0} fixes/s = {:.0} % of the slower raw limit ({slower:.0}/s)",
         if a.no_rules { "off" } else { "on" }, 100.0 * e2e / slower);
@@ -367,6 +387,8 @@ async fn main() {
     );
 
     if a.soak_s > 0 {
+        let stats = fleetwatch::telemetry::stats();
+        let stored0 = stats.stored.load(Ordering::Relaxed);
         let pattern = TopicPattern::parse("fleet/{cooperative}/{vehicle}/fix").unwrap();
         let mut sim = Simulator::load_with_interval(
             a.vehicles,
@@ -413,4 +435,211 @@ async fn main() {
     app.wait().await;
     drop(pg);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// fleetwatch's settings for the run: the private database, the broker at `url`.
+fn settings(a: &Args, url: &str, db: &str) -> Settings {
+    let mut s = Settings::default();
+    s.database.url = db.to_string();
+    s.mqtt.url = url.to_string();
+    s.mqtt.client_id = format!("bench-fleetwatch-{}", std::process::id());
+    s.http.listen = "127.0.0.1:0".parse().unwrap();
+    s.disable_rules = a.no_rules;
+    // What `fleetwatch demo` does on its embedded broker (100 in flight per connection).
+    if a.broker == "embedded" {
+        s.mqtt.connections = 4;
+    }
+    s
+}
+
+/// The pipeline (3 above): publishes `msgs` and waits until `app` stored them all;
+/// fixes/s from the first publish to the last commit.
+async fn pipeline_rate(app: &App, url: &str, msgs: &[(String, Vec<u8>)], publishers: usize) -> f64 {
+    while !app.health.subscribed.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = fleetwatch::telemetry::stats();
+    let stored0 = stats.stored.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let h = app.health.clone();
+    let progress = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            eprintln!(
+                "  progress: received {} processed {} stored {}",
+                h.messages.load(Ordering::Relaxed),
+                stats.messages.load(Ordering::Relaxed),
+                stats.stored.load(Ordering::Relaxed)
+            );
+        }
+    });
+    publish_parallel(url, msgs, publishers).await;
+    eprintln!(
+        "  published all after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    while stats.stored.load(Ordering::Relaxed) - stored0 < msgs.len() as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    progress.abort();
+    msgs.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The gateway run: the terminals' phases, then the MQTT pipeline with as many fixes
+/// as the burst, on the same fleetwatch.
+async fn gateway(
+    a: &Args,
+    url: &str,
+    (db, pg_dir): (&str, &std::path::Path),
+    c: &mut tokio_postgres::Client,
+    (soft, hard): (u64, u64),
+) {
+    let n = a.gateway;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "machine: {cores} cores, load average {}; open files per process: soft {soft}, hard {hard}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    if let Err(e) = device_fleet::fits(n, soft) {
+        eprintln!("--gateway {n}: {e}");
+        std::process::exit(2);
+    }
+    // One transaction: one commit for the whole registry, not one per vehicle.
+    let t = Instant::now();
+    let tx = c.transaction().await.unwrap();
+    fleetwatch::store::registry::register(&tx, &device_fleet::vehicles(n))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    println!(
+        "registered {n} vehicles with JT/T 808 terminals in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let mut s = settings(a, url, db);
+    s.gateway.jt808.listen = Some("127.0.0.1:0".parse().unwrap());
+    s.gateway.jt808_auth_secret = Some("bench secret".into());
+    s.gateway.max_connections = n + 1000;
+    let app = App::start(s).await.unwrap();
+    let addr = app
+        .gateway
+        .iter()
+        .find(|(p, _)| *p == "jt808")
+        .map(|(_, a)| *a)
+        .expect("the JT/T 808 listener runs");
+    while !app.health.subscribed.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fleet = fleet_args(a);
+    let run = device_fleet::measure(addr, db, pg_dir, &fleet, rss_mib).await;
+    report_gateway(&run, &fleet, cores);
+
+    let msgs = messages(n * a.burst, a.vehicles);
+    let (cpu0, pg0, m0) = (
+        device_fleet::cpu_s(),
+        device_fleet::pg_cpu_s(pg_dir),
+        device_fleet::machine_jiffies(),
+    );
+    let t = Instant::now();
+    let mqtt = pipeline_rate(&app, url, &msgs, a.publishers).await;
+    let secs = t.elapsed().as_secs_f64();
+    let per_fix_us = |cpu_s: f64| 1e6 * cpu_s / msgs.len() as f64;
+    let burst = run.phases.iter().find(|p| p.client.phase == "burst");
+    let gw = burst.map_or(0.0, |p| p.rows as f64 / p.client.secs);
+    println!(
+        "MQTT pipeline, same run and process ({} fixes, {} vehicles, {} publishers, rules {}): {mqtt:.0} fixes/s",
+        msgs.len(),
+        a.vehicles,
+        a.publishers,
+        if a.no_rules { "off" } else { "on" }
+    );
+    println!(
+        "    CPU: this process (fleetwatch, publishers, embedded broker if used) {:.0} % of one core = {:.1} µs per fix; PostgreSQL {:.0} % = {:.1} µs per fix; machine {:.0} % of {cores} cores",
+        100.0 * (device_fleet::cpu_s() - cpu0) / secs,
+        per_fix_us(device_fleet::cpu_s() - cpu0),
+        100.0 * (device_fleet::pg_cpu_s(pg_dir) - pg0) / secs,
+        per_fix_us(device_fleet::pg_cpu_s(pg_dir) - pg0),
+        100.0 * (device_fleet::machine_jiffies().0 - m0.0) as f64 / 100.0 / secs / cores.max(1) as f64,
+    );
+    println!(
+        "gateway burst / MQTT pipeline: {gw:.0} / {mqtt:.0} fixes/s = {:.2}",
+        gw / mqtt
+    );
+    println!("RSS at the end: {:.0} MiB", rss_mib());
+    app.shutdown();
+    app.wait().await;
+}
+
+fn report_gateway(run: &device_fleet::GatewayRun, f: &device_fleet::FleetArgs, cores: usize) {
+    let n = f.terminals;
+    println!("device gateway, JT/T 808 over TCP: {n} terminals (in a child process, one thread)");
+    let mut acked = 0;
+    for p in &run.phases {
+        let c = &p.client;
+        let what = match c.phase.as_str() {
+            "login" => "login (register + authenticate)".to_string(),
+            "steady" => format!(
+                "steady, 1 location / {} s each for {} s",
+                f.interval_s, f.steady_s
+            ),
+            _ => format!("burst, {} locations each, back to back", f.burst),
+        };
+        if c.phase == "login" {
+            println!(
+                "  {what}: {}/{n} terminals in {:.1} s ({:.0}/s), {} failed; login p50 {:.1} ms, p99 {:.1} ms",
+                c.acked, c.secs, c.acked as f64 / c.secs, c.failed, c.p50_ms, c.p99_ms
+            );
+        } else {
+            acked += c.acked;
+            println!(
+                "  {what}: {} sent, {} acked, {} failed; {} rows stored in {:.1} s = {:.0} fixes/s; fix to ack p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                c.sent, c.acked, c.failed, p.rows, c.secs, p.rows as f64 / c.secs,
+                c.p50_ms, c.p99_ms, c.max_ms
+            );
+        }
+        let per_fix = |cpu_s: f64| match c.phase.as_str() {
+            "login" => String::new(),
+            _ => format!(" = {:.1} µs per fix", 1e6 * cpu_s / p.rows.max(1) as f64),
+        };
+        println!(
+            "    CPU: server {:.0} % of one core{}, PostgreSQL {:.0} %{}, client {:.0} % of its one thread, machine {:.0} % of {cores} cores (the rest: other work on the box); RSS end {:.0} MiB, peak {:.0} MiB; kernel TCP memory {:.0} MiB",
+            100.0 * p.server_cpu_s / c.secs,
+            per_fix(p.server_cpu_s),
+            100.0 * p.pg_cpu_s / c.secs,
+            per_fix(p.pg_cpu_s),
+            100.0 * c.client_cpu_s / c.secs,
+            100.0 * p.machine_cpu_s / c.secs / cores.max(1) as f64,
+            p.rss_end_mib,
+            p.rss_peak_mib,
+            p.tcp_kernel_mib
+        );
+    }
+    if let Some(login) = run.phases.first() {
+        let grown = login.rss_end_mib - run.rss_before_mib;
+        println!(
+            "  RSS of the server process: {:.0} MiB before the connections, {:.0} MiB with {} connected: +{grown:.0} MiB = {:.1} KiB per connection; {:.0} MiB after they closed",
+            run.rss_before_mib,
+            login.rss_end_mib,
+            login.client.connections,
+            grown * 1024.0 / login.client.connections.max(1) as f64,
+            run.rss_after_close_mib
+        );
+        println!(
+            "  kernel TCP memory (both ends, outside RSS): {:.0} MiB before, {:.0} MiB connected",
+            run.tcp_kernel_before_mib, login.tcp_kernel_mib
+        );
+    }
+    println!(
+        "  rows of the fleet stored: {} (acked locations: {acked}){}",
+        run.rows_total,
+        if run.rows_total == acked as i64 {
+            ""
+        } else {
+            " MISMATCH"
+        }
+    );
 }

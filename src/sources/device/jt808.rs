@@ -260,7 +260,11 @@ pub fn decode(f: &Frame, utc_offset_s: i32) -> Result<Message, Jt808Error> {
             Edition::V2019 { .. } => {
                 let n = usize::from(*b.first().ok_or(short.clone())?);
                 let code = ascii(b.get(1..1 + n).ok_or(short.clone())?);
-                let imei = b.get(1 + n..1 + n + 15).map(ascii);
+                // Terminals without one send the field zero-filled.
+                let imei = b
+                    .get(1 + n..1 + n + 15)
+                    .map(ascii)
+                    .filter(|i| !i.is_empty());
                 Ok(Message::Auth { code, imei })
             }
         },
@@ -521,6 +525,37 @@ mod tests {
                 code: "authentication".into(),
                 imei: None
             }
+        );
+    }
+
+    #[test]
+    fn authentication_2019_with_and_without_an_imei() {
+        let phone = "00000000013912345678";
+        let v2019 = Edition::V2019 { version: 1 };
+        let body = |imei: &[u8; 15]| {
+            let mut b = vec![6];
+            b.extend_from_slice(b"code-1");
+            b.extend_from_slice(imei);
+            // Software version, zero-padded to 20 bytes.
+            b.extend_from_slice(b"1.0.2");
+            b.resize(1 + 6 + 15 + 20, 0);
+            b
+        };
+        let auth = |imei| decode(&frame(&encode(AUTH, v2019, phone, 1, &body(imei))), GMT8);
+        assert_eq!(
+            auth(b"864717003283581").unwrap(),
+            Message::Auth {
+                code: "code-1".into(),
+                imei: Some("864717003283581".into())
+            }
+        );
+        assert_eq!(
+            auth(&[0; 15]).unwrap(),
+            Message::Auth {
+                code: "code-1".into(),
+                imei: None
+            },
+            "a zero-filled IMEI is none"
         );
     }
 

@@ -6,6 +6,8 @@
 //! HTTP 200 once the position is stored; the client keeps and resends the position
 //! until it gets it.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Deserialize;
 
@@ -49,32 +51,61 @@ pub struct Report {
     pub fix: FixCandidate,
 }
 
+/// The parameters [`decode_params`] reads, as sent (a name given twice counts with
+/// its last value).
+#[derive(Default)]
+struct Params<'a> {
+    id: Option<Cow<'a, str>>,
+    deviceid: Option<Cow<'a, str>>,
+    lat: Option<Cow<'a, str>>,
+    lon: Option<Cow<'a, str>>,
+    location: Option<Cow<'a, str>>,
+    timestamp: Option<Cow<'a, str>>,
+    speed: Option<Cow<'a, str>>,
+    bearing: Option<Cow<'a, str>>,
+    heading: Option<Cow<'a, str>>,
+    hdop: Option<Cow<'a, str>>,
+    accuracy: Option<Cow<'a, str>>,
+    ignition: Option<Cow<'a, str>>,
+    driver: Option<Cow<'a, str>>,
+}
+
 /// Decodes query-string or form parameters (`a=1&b=2`, percent-encoded).
 pub fn decode_params(query: &[u8]) -> Result<Report, OsmandError> {
-    let mut p = std::collections::HashMap::new();
+    // One pass matching the names we use: values stay borrowed from the query unless
+    // they carry escapes, and the others are skipped without a copy (this runs per
+    // request on the listener).
+    let mut p = Params::default();
     for (k, v) in url::form_urlencoded::parse(query) {
-        p.insert(k.into_owned(), v.into_owned());
+        let slot = match &*k {
+            "id" => &mut p.id,
+            "deviceid" => &mut p.deviceid,
+            "lat" => &mut p.lat,
+            "lon" => &mut p.lon,
+            "location" => &mut p.location,
+            "timestamp" => &mut p.timestamp,
+            "speed" => &mut p.speed,
+            "bearing" => &mut p.bearing,
+            "heading" => &mut p.heading,
+            "hdop" => &mut p.hdop,
+            "accuracy" => &mut p.accuracy,
+            "ignition" => &mut p.ignition,
+            "driverUniqueId" => &mut p.driver,
+            _ => continue,
+        };
+        *slot = Some(v);
     }
-    let get = |names: &[&'static str]| {
-        names
-            .iter()
-            .find_map(|n| p.get(*n).map(|v| (*n, v.as_str())))
-    };
-    let num = |names: &[&'static str]| -> Result<Option<f64>, OsmandError> {
-        match get(names) {
-            None => Ok(None),
-            Some((_, "")) => Ok(None),
-            Some((name, v)) => v.parse::<f64>().map(Some).map_err(|_| bad(name, v)),
-        }
-    };
-    let device_id = get(&["id", "deviceid"])
+    // An empty id names no device: as good as none.
+    let device_id = [p.id, p.deviceid]
+        .into_iter()
+        .flatten()
+        .find(|v| !v.is_empty())
         .ok_or(OsmandError::Missing("id"))?
-        .1
-        .to_string();
-    let (lat, lon) = match (num(&["lat"])?, num(&["lon"])?) {
+        .into_owned();
+    let (lat, lon) = match (num("lat", &p.lat)?, num("lon", &p.lon)?) {
         (Some(lat), Some(lon)) => (lat, lon),
-        _ => match get(&["location"]) {
-            Some((_, v)) => {
+        _ => match p.location.as_deref() {
+            Some(v) => {
                 let (a, b) = v.split_once(',').ok_or_else(|| bad("location", v))?;
                 (
                     a.trim().parse().map_err(|_| bad("location", v))?,
@@ -84,12 +115,21 @@ pub fn decode_params(query: &[u8]) -> Result<Report, OsmandError> {
             None => return Err(OsmandError::Missing("lat")),
         },
     };
-    let ts = match get(&["timestamp"]) {
+    let ts = match p.timestamp.as_deref() {
         None => return Err(OsmandError::Missing("timestamp")),
-        Some((_, v)) => Some(timestamp(v).ok_or_else(|| bad("timestamp", v))?),
+        Some(v) => Some(timestamp(v).ok_or_else(|| bad("timestamp", v))?),
     };
-    let ignition = get(&["ignition"]).map(|(_, v)| matches!(v, "true" | "1"));
-    let accuracy_m = num(&["accuracy"])?;
+    let ignition = p.ignition.map(|v| matches!(&*v, "true" | "1"));
+    let accuracy_m = num("accuracy", &p.accuracy)?;
+    let speed_kmh = num("speed", &p.speed)?
+        .filter(|s| *s >= 0.0)
+        .map(|k| k * KMH_PER_KNOT);
+    // `bearing` wins over `heading` when both are sent, even empty.
+    let heading_deg = match &p.bearing {
+        Some(_) => num("bearing", &p.bearing)?,
+        None => num("heading", &p.heading)?,
+    };
+    let hdop = num("hdop", &p.hdop)?;
     Ok(Report {
         device_id,
         fix: FixCandidate {
@@ -97,18 +137,24 @@ pub fn decode_params(query: &[u8]) -> Result<Report, OsmandError> {
             ts,
             lat,
             lon,
-            speed_kmh: num(&["speed"])?
-                .filter(|s| *s >= 0.0)
-                .map(|k| k * KMH_PER_KNOT),
-            heading_deg: num(&["bearing", "heading"])?,
-            driver: get(&["driverUniqueId"]).map(|(_, v)| v.to_string()),
+            speed_kmh,
+            heading_deg,
+            driver: p.driver.map(Cow::into_owned),
             ignition,
             satellites: None,
-            hdop: num(&["hdop"])?,
+            hdop,
             odometer_m: None,
             accuracy_m,
         },
     })
+}
+
+/// A numeric parameter: absent or empty is `None`.
+fn num(name: &'static str, v: &Option<Cow<'_, str>>) -> Result<Option<f64>, OsmandError> {
+    match v.as_deref() {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse::<f64>().map(Some).map_err(|_| bad(name, v)),
+    }
 }
 
 #[derive(Deserialize)]
@@ -138,6 +184,9 @@ struct Coords {
 /// Decodes a JSON body of newer Traccar Client versions.
 pub fn decode_json(body: &[u8]) -> Result<Report, OsmandError> {
     let b: Body = serde_json::from_slice(body).map_err(|e| OsmandError::Json(e.to_string()))?;
+    if b.device_id.is_empty() {
+        return Err(OsmandError::Missing("device_id"));
+    }
     let ts =
         timestamp(&b.location.timestamp).ok_or_else(|| bad("timestamp", &b.location.timestamp))?;
     let c = b.location.coords;
@@ -191,6 +240,118 @@ fn bad(name: &'static str, v: &str) -> OsmandError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The reading `decode_params` replaced, kept as its specification: every pair
+    /// into a map of owned strings, then the names looked up in order of preference.
+    fn decode_params_with_a_map(query: &[u8]) -> Result<Report, OsmandError> {
+        let mut p = std::collections::HashMap::new();
+        for (k, v) in url::form_urlencoded::parse(query) {
+            p.insert(k.into_owned(), v.into_owned());
+        }
+        let get = |names: &[&'static str]| {
+            names
+                .iter()
+                .find_map(|n| p.get(*n).map(|v| (*n, v.as_str())))
+        };
+        let num = |names: &[&'static str]| -> Result<Option<f64>, OsmandError> {
+            match get(names) {
+                None => Ok(None),
+                Some((_, "")) => Ok(None),
+                Some((name, v)) => v.parse::<f64>().map(Some).map_err(|_| bad(name, v)),
+            }
+        };
+        // An empty id names no device: as good as none.
+        let device_id = ["id", "deviceid"]
+            .iter()
+            .find_map(|n| p.get(*n).filter(|v| !v.is_empty()))
+            .ok_or(OsmandError::Missing("id"))?
+            .to_string();
+        let (lat, lon) = match (num(&["lat"])?, num(&["lon"])?) {
+            (Some(lat), Some(lon)) => (lat, lon),
+            _ => match get(&["location"]) {
+                Some((_, v)) => {
+                    let (a, b) = v.split_once(',').ok_or_else(|| bad("location", v))?;
+                    (
+                        a.trim().parse().map_err(|_| bad("location", v))?,
+                        b.trim().parse().map_err(|_| bad("location", v))?,
+                    )
+                }
+                None => return Err(OsmandError::Missing("lat")),
+            },
+        };
+        let ts = match get(&["timestamp"]) {
+            None => return Err(OsmandError::Missing("timestamp")),
+            Some((_, v)) => Some(timestamp(v).ok_or_else(|| bad("timestamp", v))?),
+        };
+        let ignition = get(&["ignition"]).map(|(_, v)| matches!(v, "true" | "1"));
+        let accuracy_m = num(&["accuracy"])?;
+        Ok(Report {
+            device_id,
+            fix: FixCandidate {
+                vehicle: None,
+                ts,
+                lat,
+                lon,
+                speed_kmh: num(&["speed"])?
+                    .filter(|s| *s >= 0.0)
+                    .map(|k| k * KMH_PER_KNOT),
+                heading_deg: num(&["bearing", "heading"])?,
+                driver: get(&["driverUniqueId"]).map(|(_, v)| v.to_string()),
+                ignition,
+                satellites: None,
+                hdop: num(&["hdop"])?,
+                odometer_m: None,
+                accuracy_m,
+            },
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn reads_what_the_map_based_reading_did(
+            pairs in proptest::collection::vec(
+                (
+                    prop::sample::select(vec![
+                        "id", "deviceid", "lat", "lon", "location", "timestamp", "speed",
+                        "bearing", "heading", "hdop", "accuracy", "ignition",
+                        "driverUniqueId", "batt", "altitude", "%69d", "la+t",
+                    ]),
+                    // Mostly values that read, so that later parameters are reached.
+                    prop_oneof![
+                        3 => "-?[0-9]{1,3}(\\.[0-9]{1,4})?",
+                        1 => any::<f64>().prop_map(|f| f.to_string()),
+                        1 => (1_600_000_000i64..1_900_000_000).prop_map(|n| n.to_string()),
+                        1 => Just(String::new()),
+                        1 => Just("true".to_string()),
+                        1 => Just("10.5,106.25".to_string()),
+                        1 => "[-+0-9.eE:TZ ,]{0,24}",
+                        1 => ".{0,12}",
+                    ],
+                ),
+                0..10,
+            ),
+            valid_head in any::<bool>(),
+            raw_tail in prop_oneof![Just(""), Just("&"), Just("&&=x"), Just("&lat=%zz")],
+        ) {
+            // Repeated names, unknown ones, escapes and empty values included; half the
+            // queries start as a valid position, so the pairs also override good values.
+            let head = if valid_head { "id=7&lat=10.5&lon=106.5&timestamp=1733112000&" } else { "" };
+            let mut query = url::form_urlencoded::Serializer::new(head.to_string())
+                .extend_pairs(&pairs)
+                .finish()
+                .replace("%2569d", "%69d")
+                .replace("la%2Bt", "la+t");
+            query.push_str(raw_tail);
+            // Compared as printed: a NaN coordinate is the same NaN either way.
+            prop_assert_eq!(
+                format!("{:?}", decode_params(query.as_bytes())),
+                format!("{:?}", decode_params_with_a_map(query.as_bytes())),
+                "{}",
+                query
+            );
+        }
+    }
 
     #[test]
     fn traccar_client_query() {
@@ -251,6 +412,20 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_id_is_no_device_id() {
+        assert_eq!(
+            decode_params(b"id=&lat=1&lon=2&timestamp=1733112000"),
+            Err(OsmandError::Missing("id"))
+        );
+        assert_eq!(
+            decode_params(b"deviceid=&lat=1&lon=2&timestamp=1733112000"),
+            Err(OsmandError::Missing("id"))
+        );
+        let r = decode_params(b"id=&deviceid=7&lat=1&lon=2&timestamp=1733112000").unwrap();
+        assert_eq!(r.device_id, "7", "the other name still counts");
+    }
+
+    #[test]
     fn json_body_of_newer_clients() {
         let body = br#"{"location":{"timestamp":"2024-12-02T04:00:00.000Z","coords":{"latitude":10.98,"longitude":106.65,"accuracy":5,"speed":10,"heading":-1,"altitude":3},"is_moving":true,"odometer":1234.5,"battery":{"level":0.5}},"device_id":"phone-7"}"#;
         let r = decode_json(body).unwrap();
@@ -259,5 +434,10 @@ mod tests {
         assert_eq!(r.fix.heading_deg, None, "-1 is unknown");
         assert_eq!(r.fix.odometer_m, Some(1234.5));
         assert!(decode_json(b"{\"device_id\":1}").is_err());
+        let unnamed = String::from_utf8_lossy(body).replace("phone-7", "");
+        assert_eq!(
+            decode_json(unnamed.as_bytes()),
+            Err(OsmandError::Missing("device_id"))
+        );
     }
 }
