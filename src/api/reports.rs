@@ -22,7 +22,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::vehicles::rfc3339;
 use super::AppState;
-use crate::rules::UtcOffset;
+use crate::domain::time::UtcOffset;
 use crate::store::incidents::{self, StoredIncident};
 use crate::store::rollup;
 

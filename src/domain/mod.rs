@@ -1,8 +1,12 @@
 //! Domain values of fleetwatch: ids, fixes, vehicles. Valid by construction.
 
+pub mod alert;
 pub mod fix;
 pub mod ids;
 pub mod record;
+pub mod time;
+pub mod topic;
+pub mod trip;
 pub mod vehicle;
 
 pub use fix::{Fix, FixCandidate, FixError, FixLimits};

@@ -10,6 +10,7 @@
 //! [`GeoIndex`] is built once from routes and zones, is immutable, and is shared
 //! behind an `Arc` and swapped whole on reload.
 
+pub mod demo;
 mod error;
 mod frame;
 mod geojson;

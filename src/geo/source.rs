@@ -27,11 +27,11 @@ impl GeoConfig {
         let mut zones = Vec::new();
         if self.demo {
             routes.extend(geo::parse_routes_geojson(
-                crate::sim::DEMO_ROUTES_GEOJSON,
+                super::demo::DEMO_ROUTES_GEOJSON,
                 "built-in demo routes",
             )?);
             zones.extend(geo::parse_zones_geojson(
-                crate::sim::DEMO_ZONES_GEOJSON,
+                super::demo::DEMO_ZONES_GEOJSON,
                 "built-in demo zones",
             )?);
         }

@@ -5,7 +5,8 @@
 
 pub mod decode;
 pub mod delivery;
-pub mod topic;
+/// Topic patterns (shared vocabulary, in [`crate::domain::topic`]).
+pub use crate::domain::topic;
 pub mod validate;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -21,7 +22,7 @@ use crate::domain::{Fix, FixCandidate, FixLimits, Vehicle, VehicleId};
 use crate::geo::GeoIndex;
 use crate::pipeline::validate::{Flags, Record, Rejected, Validator};
 use crate::rules::{AlertId, Engine, Output, VehicleState};
-use crate::store::writer::{Derived, Item, Recomputed};
+use crate::store::writer::{Checkpoint, Derived, Item, Recomputed};
 use crate::store::StoreError;
 use crate::telemetry;
 use delivery::{Ack, Body, Delivery, DeviceReport, TooLarge, Unusable};
@@ -617,6 +618,28 @@ pub(crate) fn fix_from_row(row: &tokio_postgres::Row, limits: &FixLimits) -> Opt
     Fix::validate(c, vehicle, limits, received_at).ok()
 }
 
+/// The rules' states as the writer stores them (JSON text and watermark).
+fn checkpoints(states: Vec<(VehicleId, VehicleState)>) -> Vec<Checkpoint> {
+    states
+        .into_iter()
+        .filter_map(|(vehicle, s)| {
+            let state = match serde_json::value::to_raw_value(&s) {
+                Ok(j) => j,
+                Err(e) => {
+                    // Not stored: a restart rebuilds this vehicle from its fixes.
+                    tracing::error!(vehicle = %vehicle, error = %e, "rule state not serialisable");
+                    return None;
+                }
+            };
+            Some(Checkpoint {
+                vehicle,
+                watermark: s.newest_ts(),
+                state,
+            })
+        })
+        .collect()
+}
+
 async fn send_derived(tx: &mpsc::Sender<Item<Ack>>, d: Derived) {
     if d.is_empty() {
         return;
@@ -677,7 +700,7 @@ pub async fn run(
             _ = tick.tick() => {
                 let mut derived = stage.tick(Utc::now());
                 if stage.rules && last_checkpoint.elapsed() >= stage.checkpoint_every {
-                    derived.checkpoint = stage.engine.checkpoint_changed();
+                    derived.checkpoint = checkpoints(stage.engine.checkpoint_changed());
                     last_checkpoint = Instant::now();
                 }
                 if derived.is_empty() {
@@ -718,7 +741,7 @@ pub async fn run(
     }
     // Last checkpoint after the last message, so a clean restart replays nothing.
     let derived = Derived {
-        checkpoint: stage.engine.checkpoint_changed(),
+        checkpoint: checkpoints(stage.engine.checkpoint_changed()),
         ..Derived::default()
     };
     send_derived(&tx, derived).await;

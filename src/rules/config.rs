@@ -2,8 +2,6 @@
 //! `docs/rules.md` (laws change and cooperatives differ: nothing here is a constant
 //! in code), and the integer form the rules use on the hot path.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use crate::domain::VehicleClass;
@@ -302,63 +300,11 @@ impl Default for StopsConfig {
     }
 }
 
-/// A fixed offset of local time from UTC, written `"+07:00"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct UtcOffset {
-    seconds: i32,
-}
-
-impl UtcOffset {
-    /// An offset of `seconds` east of UTC.
-    pub fn from_seconds(seconds: i32) -> Self {
-        Self { seconds }
-    }
-
-    /// Seconds east of UTC.
-    pub fn seconds(self) -> i32 {
-        self.seconds
-    }
-}
-
-impl TryFrom<String> for UtcOffset {
-    type Error = RulesConfigError;
-    fn try_from(s: String) -> Result<Self, RulesConfigError> {
-        let bad = || RulesConfigError::BadOffset(s.clone());
-        let (sign, rest) = match s.trim().split_at_checked(1) {
-            Some(("+", r)) => (1, r),
-            Some(("-", r)) => (-1, r),
-            _ => return Err(bad()),
-        };
-        let (h, m) = rest.split_once(':').ok_or_else(bad)?;
-        let (h, m): (i32, i32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
-        if !(0..=14).contains(&h) || !(0..60).contains(&m) {
-            return Err(bad());
-        }
-        Ok(Self::from_seconds(sign * (h * 3600 + m * 60)))
-    }
-}
-
-impl From<UtcOffset> for String {
-    fn from(o: UtcOffset) -> String {
-        o.to_string()
-    }
-}
-
-impl fmt::Display for UtcOffset {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sign = if self.seconds < 0 { '-' } else { '+' };
-        let a = self.seconds.abs();
-        write!(f, "{sign}{:02}:{:02}", a / 3600, a % 3600 / 60)
-    }
-}
+pub use crate::domain::time::UtcOffset;
 
 /// A setting out of its sensible range.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RulesConfigError {
-    /// `utc_offset` is not `"+HH:MM"` / `"-HH:MM"`.
-    #[error("utc_offset must look like \"+07:00\", got {0:?}")]
-    BadOffset(String),
     /// A value that must be positive (or non-negative) is not.
     #[error("{0} must be a positive number")]
     NotPositive(&'static str),

@@ -7,10 +7,7 @@ use serde::Deserialize;
 
 use super::path::{Path, SpeedZone};
 
-/// Registered bus routes and truck corridors (GeoJSON LineStrings, `[lon, lat]`).
-pub const DEMO_ROUTES_GEOJSON: &str = include_str!("../../fixtures/demo/routes.geojson");
-/// Depots, terminals, ports, restricted and speed zones (GeoJSON Polygons, `[lon, lat]`).
-pub const DEMO_ZONES_GEOJSON: &str = include_str!("../../fixtures/demo/zones.geojson");
+pub use crate::geo::demo::{DEMO_ROUTES_GEOJSON, DEMO_ZONES_GEOJSON};
 
 /// Why an embedded fixture could not be read (a broken fixture, caught by the tests).
 #[derive(Debug, thiserror::Error)]

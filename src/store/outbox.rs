@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::{connect, StoreError};
+use crate::domain::topic::TopicPattern;
 use crate::domain::{CooperativeId, VehicleId};
-use crate::pipeline::topic::TopicPattern;
 
 /// Most alerts published in one round (and awaited together).
 const ROUND: usize = 500;

@@ -25,7 +25,7 @@ use tokio_postgres::{Client, GenericClient, Transaction};
 
 use super::migrate::Layout;
 use super::StoreError;
-use crate::rules::UtcOffset;
+use crate::domain::time::UtcOffset;
 
 /// How the roll-ups are kept, as recorded in `rollup_meta`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

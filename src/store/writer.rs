@@ -22,10 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::rollup::{self, Plan};
 use super::{connect, fnv1a64, pg_text, StoreError};
+use crate::domain::alert::{Alert, AlertId, AlertKind};
+use crate::domain::trip::Trip;
 use crate::domain::VehicleId;
 use crate::domain::{Record, Rejected};
 use crate::health::Health;
-use crate::rules::{Alert, AlertKind, Trip, VehicleState};
 
 /// Batching settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,9 +72,20 @@ pub struct Derived {
     /// Completed trips.
     pub trips: Vec<Trip>,
     /// Rule state of every vehicle, reflecting all items before this one.
-    pub checkpoint: Vec<(VehicleId, VehicleState)>,
+    pub checkpoint: Vec<Checkpoint>,
     /// Spans the rules recomputed (late fixes): their alerts are reconciled.
     pub recomputed: Vec<Recomputed>,
+}
+
+/// A vehicle's rule state as the rules saved it, stored so a restart resumes from it.
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// The vehicle.
+    pub vehicle: VehicleId,
+    /// The rules' state, serialised (JSON).
+    pub state: Box<serde_json::value::RawValue>,
+    /// Newest fix time the state reflects.
+    pub watermark: Option<DateTime<Utc>>,
 }
 
 /// A vehicle's span recomputed in event-time order: the stored alerts of the
@@ -86,7 +98,7 @@ pub struct Recomputed {
     /// Start of the span (inclusive).
     pub after: DateTime<Utc>,
     /// Alerts the recomputation produced.
-    pub keep: Vec<crate::rules::AlertId>,
+    pub keep: Vec<AlertId>,
 }
 
 impl Derived {
@@ -718,11 +730,12 @@ async fn write_derived(
         .map(|d| &d.checkpoint)
         .find(|c| !c.is_empty())
     {
-        let ids: Vec<&str> = cp.iter().map(|(v, _)| v.as_str()).collect();
-        // Serialised straight into the statement's buffer: no JSON value tree, which
-        // for thousands of vehicles costs many times the text's size.
-        let states: Vec<Json<&VehicleState>> = cp.iter().map(|(_, s)| Json(s)).collect();
-        let marks: Vec<Option<DateTime<Utc>>> = cp.iter().map(|(_, s)| s.newest_ts()).collect();
+        let ids: Vec<&str> = cp.iter().map(|c| c.vehicle.as_str()).collect();
+        // JSON text as the rules wrote it: no value tree, which for thousands of
+        // vehicles costs many times the text's size.
+        let states: Vec<Json<&serde_json::value::RawValue>> =
+            cp.iter().map(|c| Json(&*c.state)).collect();
+        let marks: Vec<Option<DateTime<Utc>>> = cp.iter().map(|c| c.watermark).collect();
         tx.execute(
             "INSERT INTO rule_state (vehicle_id, state, watermark, updated_at)
              SELECT v, s, w, now() FROM unnest($1::text[], $2::jsonb[], $3::timestamptz[]) AS u(v, s, w)

@@ -16,7 +16,7 @@ use super::destinations;
 use super::render::AlertView;
 use super::schedule::{self, Facts};
 use super::DeliverError;
-use crate::rules::{AlertKind, Level};
+use crate::domain::alert::{AlertKind, Level};
 
 /// Alerts fanned out per transaction.
 const ROUND: i64 = 500;

@@ -7,7 +7,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{json, Value};
 
 use super::spec::Language;
-use crate::rules::{AlertKind, Level};
+use crate::domain::alert::{AlertKind, Level};
 
 /// One revision of an alert, as delivered: kept with its delivery, since the alert
 /// row itself moves on to later revisions.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::spec::Spec;
-use crate::rules::{AlertKind, Level};
+use crate::domain::alert::{AlertKind, Level};
 
 /// What a destination's filter looks at in an alert.
 #[derive(Debug, Clone, Copy)]

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::alert::{AlertKind, Level};
 use crate::domain::{CooperativeId, VehicleId};
-use crate::rules::{AlertKind, Level};
 
 /// Why a destination was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

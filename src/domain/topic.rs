@@ -1,6 +1,6 @@
 //! Topic layout: `fleet/{cooperative}/{vehicle}/fix` by default, configurable.
 
-use crate::domain::{CooperativeId, IdError, VehicleId};
+use super::{CooperativeId, IdError, VehicleId};
 
 /// Why a topic pattern or a concrete topic was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
