@@ -841,7 +841,7 @@ mod tests {
 
             let raw = jt808_auth(&phone, &code, 2).unwrap();
             let f = jt808_frame(&raw);
-            let jt808::Message::Auth { code, imei } = jt808::decode(&f, GMT7).unwrap() else {
+            let jt808::Message::Auth { code, imei, .. } = jt808::decode(&f, GMT7).unwrap() else {
                 panic!("not an authentication")
             };
             assert_eq!(code, "c0de-7");

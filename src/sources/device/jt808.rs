@@ -203,6 +203,8 @@ pub enum Message {
         code: String,
         /// IMEI (2019 edition only).
         imei: Option<String>,
+        /// Software version (2019 edition only): the terminal's firmware.
+        software: Option<String>,
     },
     /// Heartbeat.
     Heartbeat,
@@ -256,6 +258,7 @@ pub fn decode(f: &Frame, utc_offset_s: i32) -> Result<Message, Jt808Error> {
             Edition::V2013 => Ok(Message::Auth {
                 code: ascii(b),
                 imei: None,
+                software: None,
             }),
             Edition::V2019 { .. } => {
                 let n = usize::from(*b.first().ok_or(short.clone())?);
@@ -265,7 +268,15 @@ pub fn decode(f: &Frame, utc_offset_s: i32) -> Result<Message, Jt808Error> {
                     .get(1 + n..1 + n + 15)
                     .map(ascii)
                     .filter(|i| !i.is_empty());
-                Ok(Message::Auth { code, imei })
+                let software = b
+                    .get(1 + n + 15..1 + n + 15 + 20)
+                    .map(ascii)
+                    .filter(|v| !v.is_empty());
+                Ok(Message::Auth {
+                    code,
+                    imei,
+                    software,
+                })
             }
         },
         LOCATION => Ok(Message::Positions(vec![location(
@@ -523,7 +534,8 @@ mod tests {
             decode(&frame(&raw), GMT8).unwrap(),
             Message::Auth {
                 code: "authentication".into(),
-                imei: None
+                imei: None,
+                software: None
             }
         );
     }
@@ -546,14 +558,16 @@ mod tests {
             auth(b"864717003283581").unwrap(),
             Message::Auth {
                 code: "code-1".into(),
-                imei: Some("864717003283581".into())
+                imei: Some("864717003283581".into()),
+                software: Some("1.0.2".into())
             }
         );
         assert_eq!(
             auth(&[0; 15]).unwrap(),
             Message::Auth {
                 code: "code-1".into(),
-                imei: None
+                imei: None,
+                software: Some("1.0.2".into())
             },
             "a zero-filled IMEI is none"
         );

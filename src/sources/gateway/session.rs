@@ -311,7 +311,7 @@ impl Session {
                     ],
                 }
             }
-            jt808::Message::Auth { code, .. } => {
+            jt808::Message::Auth { code, software, .. } => {
                 let expected = auth_code(&shared.jt808_secret, &f.phone);
                 let good: bool =
                     subtle::ConstantTimeEq::ct_eq(code.as_bytes(), expected.as_bytes()).into();
@@ -325,6 +325,11 @@ impl Session {
                 }
                 match shared.identify(JT808, &f.phone, self.remote) {
                     Some(w) => {
+                        if software.is_some() {
+                            shared
+                                .book
+                                .update(JT808, &f.phone, |d| d.firmware = software);
+                        }
                         self.who = Some(w);
                         vec![Out::Reply(respond(Outcome::Ok))]
                     }
