@@ -26,6 +26,7 @@ fn errors(codes: &[&str]) -> Value {
             "403" => "The token's cooperative may not see this",
             "404" => "Unknown (or invisible) resource",
             "409" => "Conflicts with what is stored (a name taken, a destination of the configuration file)",
+            "429" => "This token already has http.max_heavy_requests_per_token (default 4) track pages or reports in progress: retry after Retry-After seconds",
             _ => "Error",
         };
         m.insert(
@@ -130,7 +131,7 @@ pub fn document() -> Value {
                 "responses": with(json!({ "description": "The track", "content": {
                     "application/geo+json": { "schema": { "type": "object" } },
                     "application/gpx+xml": { "schema": { "type": "string" } },
-                    "text/csv": { "schema": { "type": "string" } } } }), &["400", "401", "403", "404"])
+                    "text/csv": { "schema": { "type": "string" } } } }), &["400", "401", "403", "404", "429"])
             }},
             "/api/v1/vehicles/{id}/trips": { "get": {
                 "summary": "Trips of a vehicle starting in a range (at most http.max_track_days), and the stops between consecutive trips (start, end, duration_s, lat, lon where the trip before ended)",
@@ -210,7 +211,7 @@ pub fn document() -> Value {
                 ],
                 "responses": with(json!({ "description": "The report", "content": {
                     "application/json": { "schema": { "$ref": "#/components/schemas/Report" } },
-                    "text/csv": { "schema": { "type": "string" } } } }), &["400", "401", "403"])
+                    "text/csv": { "schema": { "type": "string" } } } }), &["400", "401", "403", "429"])
             }},
             "/api/v1/geo": { "get": {
                 "summary": "Routes and zones in use, as GeoJSON (lon/lat degrees)",
