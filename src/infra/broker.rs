@@ -54,6 +54,11 @@ impl EmbeddedBroker {
         let gate_listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
         gate_listener.set_nonblocking(true)?;
         let gate = gate_listener.local_addr()?;
+        // One start at a time in this process: the private port is picked free, then
+        // bound by rumqttd's thread; two starts at once could pick the same port, and
+        // the loser's gate would relay to the winner's broker.
+        static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = STARTING.lock().unwrap_or_else(|e| e.into_inner());
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let server = ServerSettings {
             name: "v4".into(),
@@ -90,19 +95,25 @@ impl EmbeddedBroker {
             v4: Some(HashMap::from([("v4".to_string(), server)])),
             ..Default::default()
         };
+        let (failed_tx, failed) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("rumqttd".into())
             .spawn(move || {
                 let mut broker = Broker::new(config);
                 if let Err(e) = broker.start() {
                     tracing::error!(error = %e, "embedded broker stopped");
+                    let _ = failed_tx.send(());
                 }
             })?;
-        // Wait until it accepts connections (bounded; the thread binds quickly).
+        // Wait until it accepts connections (bounded; the thread binds quickly), and
+        // is ours: a broker that failed to bind says so.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            if std::time::Instant::now() > deadline {
+        loop {
+            if failed.try_recv().is_ok() || std::time::Instant::now() > deadline {
                 return Err(BrokerError::NotListening(addr));
+            }
+            if std::net::TcpStream::connect(addr).is_ok() {
+                break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
