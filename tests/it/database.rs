@@ -503,15 +503,7 @@ async fn timescale_compression_and_retention_jobs_keep_reports_and_dedup_exact()
     );
 
     // The compression policy's job, run now rather than on its schedule.
-    c.batch_execute(
-        "DO $$ DECLARE j int; BEGIN
-           SELECT job_id INTO j FROM timescaledb_information.jobs
-             WHERE proc_name = 'policy_compression' AND hypertable_name = 'fixes';
-           CALL run_job(j);
-         END $$",
-    )
-    .await
-    .unwrap();
+    run_policy(&c, "policy_compression").await;
     let compressed = count(
         &db,
         "SELECT count(*) FROM chunk_compression_stats('fixes') WHERE compression_status = 'Compressed'",
@@ -548,15 +540,11 @@ async fn timescale_compression_and_retention_jobs_keep_reports_and_dedup_exact()
     // goes with its chunk when the retention job runs.
     c.batch_execute(
         "INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, flags, received_at)
-         VALUES ('TS-1', now() - interval '500 days', 'HTX-TS', 10.9, 106.7, 10, 0, now());
-         DO $$ DECLARE j int; BEGIN
-           SELECT job_id INTO j FROM timescaledb_information.jobs
-             WHERE proc_name = 'policy_retention' AND hypertable_name = 'fixes';
-           CALL run_job(j);
-         END $$",
+         VALUES ('TS-1', now() - interval '500 days', 'HTX-TS', 10.9, 106.7, 10, 0, now())",
     )
     .await
     .unwrap();
+    run_policy(&c, "policy_retention").await;
     assert_eq!(
         count(&db, "SELECT count(*) FROM fixes").await,
         721,
@@ -574,4 +562,18 @@ async fn timescale_preloaded(c: &tokio_postgres::Client) -> bool {
         .unwrap()
         .get(0);
     preload.contains("timescaledb")
+}
+
+/// Runs the job of the TimescaleDB policy `proc` (e.g. `policy_compression`) on `fixes`
+/// now, as its schedule would.
+async fn run_policy(c: &tokio_postgres::Client, proc: &str) {
+    c.batch_execute(&format!(
+        "DO $$ DECLARE j int; BEGIN
+           SELECT job_id INTO j FROM timescaledb_information.jobs
+             WHERE proc_name = '{proc}' AND hypertable_name = 'fixes';
+           CALL run_job(j);
+         END $$"
+    ))
+    .await
+    .unwrap();
 }
