@@ -9,7 +9,6 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::Router;
-use chrono::Utc;
 use tokio::net::TcpListener;
 
 use super::session::{Kind, Session, OSMAND};
@@ -65,12 +64,7 @@ async fn handle(
     let (delivery, ok) = match decoded {
         Ok(r) => match shared.identify(OSMAND, &r.device_id, remote) {
             Some(who) => {
-                let device = who.device_id.clone();
-                shared.book.update(OSMAND, &device, |d| {
-                    d.frames += 1;
-                    d.positions += 1;
-                    d.last_frame = Some(Utc::now());
-                });
+                shared.book.heard(OSMAND, &who.device_id, 1);
                 let s = Session::identified(Kind::Osmand, remote, Some(who));
                 let p = DevicePosition {
                     fix: r.fix,

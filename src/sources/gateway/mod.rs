@@ -249,6 +249,15 @@ impl DeviceBook {
         }
     }
 
+    /// A frame of a logged-in device, carrying `positions` positions.
+    fn heard(&self, protocol: &'static str, device_id: &str, positions: usize) {
+        self.update(protocol, device_id, |d| {
+            d.frames += 1;
+            d.positions += positions as i64;
+            d.last_frame = Some(Utc::now());
+        });
+    }
+
     /// The devices changed since the last call (marked saved).
     fn take_changed(&self) -> Vec<DeviceStatus> {
         let mut map = self.devices.lock().unwrap_or_else(|e| e.into_inner());

@@ -164,19 +164,15 @@ impl Session {
     pub fn frame(&mut self, frame: Bytes, shared: &Shared) -> Vec<Out> {
         metrics::counter!("fleetwatch_gateway_frames_total", "protocol" => self.protocol())
             .increment(1);
-        if let Some(w) = &self.who {
-            shared.book.update(self.protocol(), &w.device_id, |d| {
-                d.frames += 1;
-                d.last_frame = Some(chrono::Utc::now());
-            });
-        }
+        // Counted for a device that was logged in before this frame (not its login).
+        let logged_in = self.who.is_some();
         let out = match self.kind {
             Kind::Gt06 => self.gt06(frame, shared),
             Kind::Jt808 => self.jt808(frame, shared),
             Kind::Teltonika => self.teltonika(frame, shared),
             Kind::Osmand => Vec::new(),
         };
-        if let Some(w) = &self.who {
+        if let Some(w) = self.who.as_ref().filter(|_| logged_in) {
             let n: usize = out
                 .iter()
                 .map(|o| match o {
@@ -187,11 +183,7 @@ impl Session {
                     _ => 0,
                 })
                 .sum();
-            if n > 0 {
-                shared
-                    .book
-                    .update(self.protocol(), &w.device_id, |d| d.positions += n as i64);
-            }
+            shared.book.heard(self.protocol(), &w.device_id, n);
         }
         out
     }

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::Utc;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -50,11 +49,7 @@ pub(super) async fn serve(sock: UdpSocket, shared: Arc<Shared>) {
                     let count = d.positions.len().min(255) as u8;
                     let answer = teltonika::reply_udp(&d, count);
                     let s = Session::identified(Kind::Teltonika, remote, Some(who));
-                    shared.book.update(TELTONIKA, &d.imei, |st| {
-                        st.frames += 1;
-                        st.positions += i64::from(count);
-                        st.last_frame = Some(Utc::now());
-                    });
+                    shared.book.heard(TELTONIKA, &d.imei, usize::from(count));
                     (s.report(data.clone(), d.positions), Some(answer))
                 }
                 // Refused: no answer, so a unit that is registered later sends again.
