@@ -41,6 +41,8 @@ pub enum Body {
 /// Positions from one frame of an identified device.
 #[derive(Debug)]
 pub struct DeviceReport {
+    /// The protocol the device speaks (`gt06`, `jt808`, `teltonika`, `osmand`).
+    pub protocol: &'static str,
     /// Where they came from (`protocol/device`): the topic of their dead letters.
     pub source: String,
     /// The connection's remote address, for dead letters' details.

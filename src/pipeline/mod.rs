@@ -155,7 +155,6 @@ impl Stage {
         let mut derived = self.apply(&mut records);
         // Alarms the device raised with an accepted position become alerts (one
         // record per position, in order).
-        let protocol = report.source.split('/').next().unwrap_or("");
         for (r, p) in records.iter().zip(&report.positions) {
             let Record::Accepted(a) = r else { continue };
             for alarm in &p.alarms {
@@ -169,7 +168,7 @@ impl Stage {
                     &a.cooperative,
                     alarm.name(),
                     code,
-                    protocol,
+                    report.protocol,
                 ));
             }
         }

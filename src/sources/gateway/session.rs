@@ -138,6 +138,7 @@ impl Session {
         metrics::counter!("fleetwatch_gateway_positions_total", "protocol" => self.protocol())
             .increment(positions.len() as u64);
         Body::Device(DeviceReport {
+            protocol: self.protocol(),
             source: self.source(),
             remote: self.remote.to_string(),
             vehicle: who.vehicle.clone(),
