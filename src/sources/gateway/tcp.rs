@@ -142,27 +142,24 @@ async fn serve(stream: TcpStream, remote: SocketAddr, kind: Kind, shared: &Share
     let open = metrics::gauge!("fleetwatch_gateway_connections", "protocol" => protocol);
     open.increment(1.0);
     metrics::counter!("fleetwatch_gateway_connections_total", "protocol" => protocol).increment(1);
-    let end = run(stream, remote, kind, shared).await;
+    let mut session = Session::new(kind, remote);
+    let end = run(stream, &mut session, shared).await;
     open.decrement(1.0);
-    metrics::counter!("fleetwatch_gateway_disconnects_total", "protocol" => protocol, "reason" => end.0.name())
+    metrics::counter!("fleetwatch_gateway_disconnects_total", "protocol" => protocol, "reason" => end.name())
         .increment(1);
-    if let Some(device) = end.1 {
+    if let Some(w) = session.who() {
         shared
             .book
-            .update(protocol, &device, |d| d.connected = false);
+            .update(protocol, &w.device_id, |d| d.connected = false);
     }
-    tracing::debug!(protocol, %remote, reason = end.0.name(), "device connection closed");
+    tracing::debug!(protocol, %remote, reason = end.name(), "device connection closed");
 }
 
-async fn run(
-    stream: TcpStream,
-    remote: SocketAddr,
-    kind: Kind,
-    shared: &Shared,
-) -> (End, Option<String>) {
+/// Reads, delivers and replies until the connection ends; `session` is left as the
+/// connection ended (who the device was).
+async fn run(stream: TcpStream, session: &mut Session, shared: &Shared) -> End {
     let cfg = &shared.cfg;
-    let protocol = kind.name();
-    let mut session = Session::new(kind, remote);
+    let protocol = session.protocol();
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(2048);
     let mut pending: VecDeque<Pending> = VecDeque::new();
@@ -171,7 +168,6 @@ async fn run(
     let mut idle_at = Instant::now() + idle;
     let mut throttle = Throttle::new(cfg.max_frames_per_s);
     let ack_latency = metrics::histogram!("fleetwatch_gateway_ack_seconds", "protocol" => protocol);
-    let device = |s: &Session| s.who().map(|w| w.device_id.clone());
     loop {
         // Write the replies that are due, in order: a reply never overtakes one whose
         // frame is still being stored.
@@ -186,7 +182,7 @@ async fn run(
                     // Not committed (the writer gave up at shutdown): no reply, so the
                     // device sends it again to the next instance.
                     Err(oneshot::error::TryRecvError::Closed) => {
-                        return (End::Shutdown, device(&session))
+                        return End::Shutdown;
                     }
                 }
             }
@@ -196,14 +192,14 @@ async fn run(
                 // for long.
                 match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&r)).await {
                     Ok(Ok(())) => {}
-                    _ => return (End::Peer, device(&session)),
+                    _ => return End::Peer,
                 }
             }
         }
         if let Some(end) = closing {
             if pending.is_empty() {
                 let _ = wr.shutdown().await;
-                return (end, device(&session));
+                return end;
             }
         }
         let can_read = closing.is_none() && pending.len() < cfg.max_pending_frames.max(1);
@@ -212,7 +208,7 @@ async fn run(
                 Ok(0) | Err(_) => {
                     // What was handed to the pipeline is stored all the same; the
                     // replies have nowhere to go.
-                    return (End::Peer, device(&session));
+                    return End::Peer;
                 }
                 Ok(_) => {}
             },
@@ -224,7 +220,7 @@ async fn run(
                             front.committed = None;
                         }
                     }
-                    Err(_) => return (End::Shutdown, device(&session)),
+                    Err(_) => return End::Shutdown,
                 }
                 continue;
             }
@@ -252,7 +248,7 @@ async fn run(
                         );
                         let body = session.unusable(kept, "frame_too_long", detail);
                         if !deliver(shared, &mut pending, body, None).await {
-                            return (End::Shutdown, device(&session));
+                            return End::Shutdown;
                         }
                         closing = Some(End::Overlong);
                     }
@@ -267,7 +263,7 @@ async fn run(
                     );
                     let body = session.unusable(kept, "garbage", detail);
                     if !deliver(shared, &mut pending, body, None).await {
-                        return (End::Shutdown, device(&session));
+                        return End::Shutdown;
                     }
                 }
                 Scan::Frame(n) => {
@@ -283,7 +279,7 @@ async fn run(
                             }),
                             Out::Deliver { body, reply } => {
                                 if !deliver(shared, &mut pending, body, reply).await {
-                                    return (End::Shutdown, device(&session));
+                                    return End::Shutdown;
                                 }
                             }
                             Out::Close => closing = Some(End::Protocol),
