@@ -509,43 +509,31 @@ impl Gateway {
                 source,
             }
         };
-        if let Some(addr) = cfg.gt06.listen {
-            let l = bind_tcp(addr).map_err(bind(session::GT06, addr))?;
-            listening.push((session::GT06, l.local_addr().unwrap_or(addr)));
-            tasks.push(tokio::spawn(tcp::accept(
-                l,
-                shared.clone(),
-                session::Kind::Gt06,
-            )));
-        }
-        if let Some(addr) = cfg.jt808.listen {
-            let l = bind_tcp(addr).map_err(bind(session::JT808, addr))?;
-            listening.push((session::JT808, l.local_addr().unwrap_or(addr)));
-            tasks.push(tokio::spawn(tcp::accept(
-                l,
-                shared.clone(),
-                session::Kind::Jt808,
-            )));
-        }
-        if let Some(addr) = cfg.teltonika.listen {
-            let l = bind_tcp(addr).map_err(bind(session::TELTONIKA, addr))?;
+        let listeners = [
+            (&cfg.gt06, session::Kind::Gt06),
+            (&cfg.jt808, session::Kind::Jt808),
+            (&cfg.teltonika, session::Kind::Teltonika),
+            (&cfg.osmand, session::Kind::Osmand),
+        ];
+        for (listener, kind) in listeners {
+            let Some(addr) = listener.listen else {
+                continue;
+            };
+            let protocol = kind.name();
+            let l = bind_tcp(addr).map_err(bind(protocol, addr))?;
             let local = l.local_addr().unwrap_or(addr);
-            // UDP on the same port as TCP, as units are configured.
-            let u = tokio::net::UdpSocket::bind(local)
-                .await
-                .map_err(bind(session::TELTONIKA, local))?;
-            listening.push((session::TELTONIKA, local));
-            tasks.push(tokio::spawn(tcp::accept(
-                l,
-                shared.clone(),
-                session::Kind::Teltonika,
-            )));
-            tasks.push(tokio::spawn(udp::serve(u, shared.clone())));
-        }
-        if let Some(addr) = cfg.osmand.listen {
-            let l = bind_tcp(addr).map_err(bind(session::OSMAND, addr))?;
-            listening.push((session::OSMAND, l.local_addr().unwrap_or(addr)));
-            tasks.push(tokio::spawn(http::serve(l, shared.clone())));
+            listening.push((protocol, local));
+            match kind {
+                session::Kind::Osmand => tasks.push(tokio::spawn(http::serve(l, shared.clone()))),
+                _ => tasks.push(tokio::spawn(tcp::accept(l, shared.clone(), kind))),
+            }
+            if kind == session::Kind::Teltonika {
+                // UDP on the same port as TCP, as units are configured.
+                let u = tokio::net::UdpSocket::bind(local)
+                    .await
+                    .map_err(bind(protocol, local))?;
+                tasks.push(tokio::spawn(udp::serve(u, shared.clone())));
+            }
         }
         for (protocol, addr) in &listening {
             tracing::info!(protocol, %addr, "device listener up");
