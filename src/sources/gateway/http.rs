@@ -61,7 +61,8 @@ async fn handle(
     } else {
         (body.clone(), osmand::decode_params(&body))
     };
-    let (delivery, ok) = match decoded {
+    // What to store, and the answer once it is stored.
+    let (delivery, answer) = match decoded {
         Ok(r) => match shared.identify(OSMAND, &r.device_id, remote) {
             Some(who) => {
                 shared.book.heard(OSMAND, &who.device_id, 1);
@@ -72,7 +73,7 @@ async fn handle(
                     buffered: false,
                     alarms: Vec::new(),
                 };
-                (s.report(raw, vec![p]), true)
+                (s.report(raw, vec![p]), (StatusCode::OK, "OK\n".to_string()))
             }
             None => {
                 return (
@@ -83,20 +84,18 @@ async fn handle(
         },
         Err(e) => {
             let s = Session::identified(Kind::Osmand, remote, None);
-            (s.unusable(raw, e.label(), e.to_string()), false)
+            let body = s.unusable(raw, e.label(), e.to_string());
+            let detail = match &body {
+                Body::Unusable(u) => format!("{}\n", u.detail),
+                _ => String::new(),
+            };
+            // Kept as a dead letter; resending the same request would not help.
+            (body, (StatusCode::BAD_REQUEST, detail))
         }
-    };
-    let detail = match &delivery {
-        Body::Unusable(u) => u.detail.clone(),
-        _ => String::new(),
     };
     let (d, rx) = super::delivery(delivery);
     if shared.tx.send(d).await.is_err() || rx.await.is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
     }
-    match ok {
-        true => (StatusCode::OK, "OK\n".into()),
-        // Kept as a dead letter; resending the same request would not help.
-        false => (StatusCode::BAD_REQUEST, format!("{detail}\n")),
-    }
+    answer
 }
