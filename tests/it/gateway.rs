@@ -273,14 +273,10 @@ fn gt_position(t: DateTime<Utc>, lat: f64, lon: f64, speed_kmh: u8) -> Vec<u8> {
     b
 }
 
+/// A GT06 login of `imei`, serial 1 (the simulator's encoder).
 fn gt_login(imei: &str) -> Vec<u8> {
-    let digits = format!("0{imei}");
-    let bcd: Vec<u8> = digits
-        .as_bytes()
-        .chunks(2)
-        .map(|p| ((p[0] - b'0') << 4) | (p[1] - b'0'))
-        .collect();
-    gt06::encode(false, gt06::LOGIN, &bcd, 1)
+    let imei = fleetwatch::sim::devices::Imei::new(imei).expect("15 digits");
+    fleetwatch::sim::devices::gt06_login(&imei, 1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
