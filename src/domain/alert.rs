@@ -172,6 +172,11 @@ pub struct Alert {
     /// Rule-specific facts: `max_speed_kmh`, `limit_kmh`, `duration_s`, `zone_id`,
     /// `distance_m`, `driving_s` ...
     pub details: Value,
+    /// Event time of the fix whose processing produced this version (`None`: made on
+    /// processing time, as no-signal). A recomputation from a snapshot reconciles
+    /// the alerts emitted at or after it, whenever their episode started. Not published.
+    #[serde(skip)]
+    pub emitted: Option<DateTime<Utc>>,
 }
 
 /// Milliseconds since the epoch to a UTC time (the rules keep event time in ms).

@@ -79,9 +79,26 @@ struct Active {
     after: DateTime<Utc>,
     /// Alerts (ids) the recomputation produced.
     ids: HashSet<AlertId>,
+    /// Starts of the trips and data gaps it produced.
+    trips: Vec<DateTime<Utc>>,
+    gaps: Vec<DateTime<Utc>>,
     /// Event times (ms) of the stored fixes replayed, sorted.
     replayed_ms: Vec<i64>,
     held: Held,
+}
+
+impl Active {
+    /// Notes what the recomputation produced: the reconciliation keeps it.
+    fn produced(&mut self, out: &Output) {
+        for a in &out.alerts {
+            if a.kind == crate::rules::AlertKind::DataGap {
+                self.gaps.push(a.start);
+            } else {
+                self.ids.insert(a.id.clone());
+            }
+        }
+        self.trips.extend(out.trips.iter().map(|t| t.start));
+    }
 }
 
 /// What the loader of a recomputation sends back.
@@ -285,6 +302,8 @@ impl Stage {
             vehicle: vehicle.clone(),
             after,
             ids: HashSet::new(),
+            trips: Vec::new(),
+            gaps: Vec::new(),
             replayed_ms: Vec::new(),
             held: Held {
                 since: held.since,
@@ -318,7 +337,7 @@ impl Stage {
                     .replayed_ms
                     .extend(fixes.iter().map(|f| f.ts().timestamp_millis()));
                 let out = self.engine.replay(&fixes);
-                active.ids.extend(out.alerts.iter().map(|a| a.id.clone()));
+                active.produced(&out);
                 derived(out)
             }
             Loaded::Done => {
@@ -350,14 +369,18 @@ impl Stage {
                     out.append(o);
                 }
                 self.engine.end_recompute(&vehicle);
-                active.ids.extend(out.alerts.iter().map(|a| a.id.clone()));
+                active.produced(&out);
                 let mut d = derived(out);
                 let mut keep: Vec<AlertId> = active.ids.into_iter().collect();
                 keep.sort();
+                active.trips.sort_unstable();
+                active.gaps.sort_unstable();
                 d.recomputed.push(Recomputed {
                     vehicle: vehicle.clone(),
                     after: active.after,
                     keep,
+                    trips: active.trips,
+                    gaps: active.gaps,
                 });
                 if let Some(t) = late {
                     // Older than what was just recomputed and not stored in time

@@ -28,7 +28,7 @@ pub fn device_alarm(
         None => alarm.to_string(),
     };
     let ms = fix.ts().timestamp_millis();
-    Draft {
+    let mut alert = Draft {
         kind: AlertKind::DeviceAlarm,
         level,
         status: AlertStatus::Closed,
@@ -48,7 +48,9 @@ pub fn device_alarm(
             "speed_kmh": fix.speed_kmh(),
         }),
     }
-    .build()
+    .build();
+    alert.emitted = Some(fix.ts());
+    alert
 }
 
 /// An alert before its id is derived.
@@ -98,6 +100,7 @@ impl Draft<'_> {
             lon: self.pos.lon(),
             severity: self.severity,
             details: self.details,
+            emitted: None,
         }
     }
 }

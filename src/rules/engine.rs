@@ -629,12 +629,14 @@ fn process(
 
     let moving = s.moving(p);
     let prev = core.last.take();
+    let first_alert = out.alerts.len();
+    let at_ms = s.ts_ms;
     let mut ctx = Ctx {
         p,
         vehicle: vid,
         cooperative: reg.map(|v| &v.cooperative),
         driver: s.driver.as_ref(),
-        out,
+        out: &mut *out,
     };
     if let Some(pr) = &prev {
         let prev_moving = pr.moving(p);
@@ -664,4 +666,9 @@ fn process(
     zones::update(&mut ctx, &mut core.zones, &s, &here, geo);
     trips::update(&mut ctx, &mut core.motion, prev.as_ref(), &s, moving);
     core.last = Some(s);
+    // What this fix's processing emitted: a recomputation from a snapshot at or
+    // before it reconciles these.
+    for a in &mut out.alerts[first_alert..] {
+        a.emitted = Some(super::alert::utc(at_ms));
+    }
 }

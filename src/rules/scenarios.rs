@@ -1231,10 +1231,18 @@ struct Stored {
 }
 
 impl Stored {
+    /// The writer's upserts: an alert's version replaces the stored one when it
+    /// differs (an identical one keeps the stored emission time), trips by start.
     fn apply(&mut self, out: Output) {
         for a in out.alerts {
+            let same = self.alerts.get(&a.id).is_some_and(|s| {
+                (s.status, s.end, s.severity, &s.details)
+                    == (a.status, a.end, a.severity, &a.details)
+            });
+            if !same || self.retracted.contains(&a.id) {
+                self.alerts.insert(a.id.clone(), a.clone());
+            }
             self.retracted.remove(&a.id);
-            self.alerts.insert(a.id.clone(), a);
         }
         for t in out.trips {
             self.trips.insert((t.vehicle.clone(), t.start), t);
@@ -1242,23 +1250,36 @@ impl Stored {
     }
 
     /// The writer's reconciliation of a span of `vehicle` from `after` on recomputed
-    /// into `out`.
+    /// into `out`: alerts emitted from `after` on that it did not produce are
+    /// retracted, trips ending from `after` on that it did not produce deleted.
     fn reconcile(&mut self, vehicle: &VehicleId, after: DateTime<Utc>, out: Output) {
         let produced: std::collections::HashSet<&AlertId> =
             out.alerts.iter().map(|a| &a.id).collect();
         for (id, a) in &self.alerts {
-            if a.vehicle == *vehicle && a.start >= after && !produced.contains(id) {
+            if a.vehicle == *vehicle
+                && a.kind != AlertKind::NoSignal
+                && a.emitted.unwrap_or(a.start) >= after
+                && !produced.contains(id)
+            {
                 self.retracted.insert(id.clone());
             }
         }
-        self.trips.retain(|(v, _), t| v != vehicle || t.end < after);
+        let trips: std::collections::HashSet<DateTime<Utc>> =
+            out.trips.iter().map(|t| t.start).collect();
+        self.trips
+            .retain(|(v, start), t| v != vehicle || t.end < after || trips.contains(start));
         self.apply(out);
     }
 
-    fn live(&self) -> Vec<&Alert> {
+    /// The alerts not retracted, as published (the emission time is bookkeeping).
+    fn live(&self) -> Vec<Alert> {
         self.alerts
             .values()
             .filter(|a| !self.retracted.contains(&a.id))
+            .map(|a| Alert {
+                emitted: None,
+                ..a.clone()
+            })
             .collect()
     }
 }
@@ -1308,13 +1329,8 @@ proptest! {
     /// Any arrival order (delays, interleavings across vehicles, duplicates) gives the
     /// same non-retracted alerts (ids and every field) and trips as the in-order run,
     /// once every episode has ended.
-    ///
-    /// Known to fail on some inputs (issue 13, open): an alert emitted after the
-    /// snapshot for a run already in progress at it (a continuous-driving warning whose
-    /// run began before the snapshot) and that the event-time order no longer produces
-    /// starts before the snapshot, so the reconciliation does not retract it.
     #[test]
-    #[ignore = "known gap: alerts of runs in progress at the snapshot are not retracted (see doc)"]
+    #[ignore = "fails on a recorded case (proptest-regressions): an overspeed alert missing after a recomputation; being fixed"]
     fn any_arrival_order_gives_the_in_order_results(
         steps in proptest::collection::vec(step(), 1..500),
         delays in proptest::collection::vec(arrival(), 500),

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (11, include_str!("migrations/0011_devices.sql")),
     (12, include_str!("migrations/0012_gateway_devices.sql")),
     (13, include_str!("migrations/0013_deliveries.sql")),
+    (14, include_str!("migrations/0014_emitted.sql")),
 ];
 
 /// Storage-layout settings applied at migration time.

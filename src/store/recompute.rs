@@ -1,6 +1,7 @@
-//! Reconciliation of a recomputed span with the stored alerts: an alert of the span
-//! the recomputation did not produce is retracted (kept, with when and why, and
-//! published again as retracted); the others were upserted by id with the batch.
+//! Reconciliation of a recomputed span with the stored alerts, trips and data gaps: an
+//! alert of the span the recomputation did not produce is retracted (kept, with when
+//! and why, and published again as retracted), a trip or gap it did not produce is
+//! deleted; the others were upserted by id (or start) with the batches.
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Transaction;
@@ -12,14 +13,15 @@ use super::StoreError;
 /// Why a recomputation retracts an alert.
 pub const RETRACTED_BY_LATE_FIXES: &str = "late fixes: not produced in event-time order";
 
-/// Retracts, for each recomputed span, the vehicle's alerts starting at or after the
-/// span's start that it did not produce (no-signal runs on processing time: left alone),
-/// and refreshes the roll-ups of their days. Run after the batch's alerts are
-/// upserted. Returns how many alerts were retracted.
+/// Retracts, for each recomputed span, the vehicle's alerts emitted at or after the
+/// span's start (whenever their episode began) that it did not produce (no-signal runs
+/// on processing time: left alone), deletes the trips and gaps it no longer gives, and
+/// refreshes the roll-ups of their days. Run after the batch's alerts, trips and gaps
+/// are upserted. Returns how many alerts were retracted.
 pub(crate) async fn retract(
     tx: &Transaction<'_>,
     plan: Option<&Plan>,
-    spans: &[&Recomputed],
+    spans: &[Recomputed],
 ) -> Result<u64, StoreError> {
     let mut n = 0;
     for span in spans {
@@ -28,7 +30,8 @@ pub(crate) async fn retract(
             .query(
                 "UPDATE alerts SET retracted_at = now(), retraction_reason = $4,
                         updated_at = now(), published_at = NULL
-                 WHERE vehicle_id = $1 AND start_ts >= $2 AND retracted_at IS NULL
+                 WHERE vehicle_id = $1 AND COALESCE(emitted_ts, start_ts) >= $2
+                   AND retracted_at IS NULL
                    AND kind NOT IN ('no_signal', 'device_alarm') AND NOT (alert_id = ANY ($3::text[]))
                  RETURNING start_ts, kind",
                 &[
@@ -55,6 +58,32 @@ pub(crate) async fn retract(
                 )
             });
             rollup::refresh_alert_days(tx, p.offset_s, &vehicles, &days, drivers).await?;
+        }
+        // Trips and data gaps are emitted when they end: those ending in the span that
+        // the event-time order no longer gives are gone (a late fix inside a "stop"
+        // joins two trips; one inside a gap splits it).
+        let gone = tx
+            .query(
+                "WITH t AS (DELETE FROM trips WHERE vehicle_id = $1 AND end_ts >= $2
+                              AND NOT (start_ts = ANY ($3::timestamptz[])) RETURNING start_ts),
+                      g AS (DELETE FROM data_gaps WHERE vehicle_id = $1 AND end_ts >= $2
+                              AND NOT (start_ts = ANY ($4::timestamptz[])) RETURNING start_ts)
+                 SELECT start_ts FROM t UNION ALL SELECT start_ts FROM g",
+                &[&span.vehicle.as_str(), &span.after, &span.trips, &span.gaps],
+            )
+            .await?;
+        if !gone.is_empty() {
+            metrics::counter!("fleetwatch_recompute_deleted_total").increment(gone.len() as u64);
+        }
+        if let (Some(p), false) = (plan, gone.is_empty()) {
+            let mut days: Vec<chrono::NaiveDate> = gone
+                .iter()
+                .map(|r| rollup::local_day(r.get::<_, DateTime<Utc>>(0), p.offset_s))
+                .collect();
+            days.sort_unstable();
+            days.dedup();
+            let vehicles = vec![span.vehicle.as_str().to_string(); days.len()];
+            rollup::refresh_trip_gap_days(tx, p.offset_s, &vehicles, &days).await?;
         }
     }
     if n > 0 {

@@ -366,6 +366,48 @@ pub(crate) fn gaps_sql(src: &str, off: &str) -> String {
     )
 }
 
+/// Recomputes the trip and data-gap columns of the given (vehicle, local day) keys from
+/// `trips` and `data_gaps`: after a recomputation changed or deleted some of them.
+pub(crate) async fn refresh_trip_gap_days(
+    tx: &Transaction<'_>,
+    offset_s: i32,
+    vehicles: &[String],
+    days: &[NaiveDate],
+) -> Result<(), StoreError> {
+    if vehicles.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        &format!(
+            "WITH k AS (
+               SELECT DISTINCT vehicle_id, day,
+                 to_timestamp(((day - date '1970-01-01') * 86400 - $3::int4)::float8) AS lo,
+                 to_timestamp(((day - date '1970-01-01' + 1) * 86400 - $3::int4)::float8) AS hi
+               FROM unnest($1::text[], $2::date[]) AS u(vehicle_id, day)),
+             c AS (
+               SELECT k.vehicle_id, k.day,
+                 (SELECT count(*) FROM trips t WHERE t.vehicle_id = k.vehicle_id
+                    AND t.start_ts >= k.lo AND t.start_ts < k.hi) AS trips,
+                 g.n, g.us, g.last
+               FROM k, LATERAL (
+                 SELECT count(*) AS n, COALESCE(sum({GAP_US}), 0)::int8 AS us, max(end_ts) AS last
+                 FROM data_gaps d WHERE d.vehicle_id = k.vehicle_id
+                   AND d.start_ts >= k.lo AND d.start_ts < k.hi) g)
+             INSERT INTO rollup_daily AS r (vehicle_id, day, cooperative_id, trips, data_gaps,
+                                            data_gap_us, last_gap_end_ts)
+             SELECT c.vehicle_id, c.day, v.cooperative_id, c.trips, c.n, c.us, c.last
+             FROM c LEFT JOIN vehicles v USING (vehicle_id) ORDER BY 1, 2
+             ON CONFLICT (vehicle_id, day) DO UPDATE SET
+                 trips = EXCLUDED.trips, data_gaps = EXCLUDED.data_gaps,
+                 data_gap_us = EXCLUDED.data_gap_us, last_gap_end_ts = EXCLUDED.last_gap_end_ts,
+                 cooperative_id = COALESCE(r.cooperative_id, EXCLUDED.cooperative_id)"
+        ),
+        &[&vehicles, &days, &offset_s],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Recomputes the alert counts of the given (vehicle, local day) keys from `alerts`,
 /// and with `drivers` their per-driver driving-time rows.
 pub(crate) async fn refresh_alert_days(

@@ -89,16 +89,21 @@ pub struct Checkpoint {
 }
 
 /// A vehicle's span recomputed in event-time order: the stored alerts of the
-/// vehicle starting at or after `after` that the recomputation did not produce (`keep`)
-/// are retracted (see [`super::recompute`]).
+/// vehicle emitted at or after `after` that the recomputation did not produce (`keep`)
+/// are retracted, its trips and data gaps ending at or after `after` that it did not
+/// produce are deleted (see [`super::recompute`]).
 #[derive(Debug, Clone)]
 pub struct Recomputed {
     /// The vehicle.
     pub vehicle: VehicleId,
     /// Start of the span (inclusive).
     pub after: DateTime<Utc>,
-    /// Alerts the recomputation produced.
+    /// Alerts the recomputation produced (data gaps aside).
     pub keep: Vec<AlertId>,
+    /// Starts of the trips it produced.
+    pub trips: Vec<DateTime<Utc>>,
+    /// Starts of the data gaps it produced.
+    pub gaps: Vec<DateTime<Utc>>,
 }
 
 impl Derived {
@@ -555,6 +560,31 @@ static FIXES_INSERT_RETURNING: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The batch's recomputed spans, each also keeping what outputs after it in the batch
+/// wrote for its vehicle: spans are reconciled once the whole batch is upserted, and
+/// a later output (the next recomputation, live fixes) is newer than the span.
+fn spans_in_batch(derived: &[&Derived]) -> Vec<Recomputed> {
+    let mut spans = Vec::new();
+    for (i, d) in derived.iter().enumerate() {
+        for span in &d.recomputed {
+            let mut span = span.clone();
+            for later in &derived[i + 1..] {
+                for a in later.alerts.iter().filter(|a| a.vehicle == span.vehicle) {
+                    if a.kind == AlertKind::DataGap {
+                        span.gaps.push(a.start);
+                    } else {
+                        span.keep.push(a.id.clone());
+                    }
+                }
+                let trips = later.trips.iter().filter(|t| t.vehicle == span.vehicle);
+                span.trips.extend(trips.map(|t| t.start));
+            }
+            spans.push(span);
+        }
+    }
+    spans
+}
+
 /// Alerts (upsert, never back from closed to open), data gaps, trips and the last
 /// checkpoint of each vehicle in the batch, with their roll-ups. Returns alerts
 /// inserted or changed.
@@ -597,18 +627,20 @@ async fn write_derived(
         let lats: Vec<f64> = alerts.iter().map(|a| a.lat).collect();
         let lons: Vec<f64> = alerts.iter().map(|a| a.lon).collect();
         let details: Vec<&serde_json::Value> = alerts.iter().map(|a| &a.details).collect();
+        let emitted: Vec<Option<DateTime<Utc>>> = alerts.iter().map(|a| a.emitted).collect();
         let upserted = tx
             .query(
                 "INSERT INTO alerts (alert_id, vehicle_id, cooperative_id, driver_id, kind, level,
-                                     status, severity, start_ts, end_ts, lat, lon, details)
+                                     status, severity, start_ts, end_ts, lat, lon, details,
+                                     emitted_ts)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                      $6::text[], $7::text[], $8::int2[], $9::timestamptz[], $10::timestamptz[],
-                     $11::float8[], $12::float8[], $13::jsonb[])
+                     $11::float8[], $12::float8[], $13::jsonb[], $14::timestamptz[])
                  ON CONFLICT (alert_id) DO UPDATE SET
                      status = EXCLUDED.status, end_ts = EXCLUDED.end_ts,
                      severity = EXCLUDED.severity, details = EXCLUDED.details,
                      driver_id = EXCLUDED.driver_id, updated_at = now(), published_at = NULL,
-                     retracted_at = NULL, retraction_reason = NULL
+                     retracted_at = NULL, retraction_reason = NULL, emitted_ts = EXCLUDED.emitted_ts
                  WHERE (NOT (alerts.status = 'closed' AND EXCLUDED.status = 'open')
                         OR alerts.retracted_at IS NOT NULL)
                    AND (alerts.status, alerts.end_ts, alerts.severity, alerts.details, alerts.retracted_at IS NULL)
@@ -617,7 +649,7 @@ async fn write_derived(
                  RETURNING vehicle_id, start_ts, kind",
                 &[
                     &ids, &vehicles, &coops, &drivers, &kinds, &levels, &statuses, &severity,
-                    &starts, &ends, &lats, &lons, &details,
+                    &starts, &ends, &lats, &lons, &details, &emitted,
                 ],
             )
             .await?;
@@ -649,26 +681,41 @@ async fn write_derived(
             .map(|g| g.cooperative.as_ref().map(|c| c.as_str()))
             .collect();
         let details: Vec<&serde_json::Value> = gaps.iter().map(|g| &g.details).collect();
+        // A redelivered gap is the same row; a recomputation may end it elsewhere.
         let insert = "INSERT INTO data_gaps (vehicle_id, start_ts, end_ts, cooperative_id, details)
              SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::jsonb[])
-             ON CONFLICT DO NOTHING";
+             ON CONFLICT (vehicle_id, start_ts) DO UPDATE SET
+                 end_ts = EXCLUDED.end_ts, details = EXCLUDED.details
+             WHERE (data_gaps.end_ts, data_gaps.details) IS DISTINCT FROM (EXCLUDED.end_ts, EXCLUDED.details)";
         match plan {
             Some(p) => {
+                // New gaps are added to the roll-up; the days of changed ones recounted.
                 let sql = format!(
-                    "WITH ins AS ({insert} RETURNING vehicle_id, cooperative_id, start_ts, end_ts) {}",
-                    rollup::gaps_sql("ins", "$6")
+                    "WITH ins AS ({insert} RETURNING vehicle_id, cooperative_id, start_ts, end_ts,
+                                                  xmax = 0 AS inserted),
+                     added AS ({})
+                     SELECT vehicle_id, start_ts FROM ins WHERE NOT inserted",
+                    rollup::gaps_sql("(SELECT * FROM ins WHERE inserted) i", "$6")
                 );
-                tx.execute(
-                    &sql,
-                    &[&vehicles, &starts, &ends, &coops, &details, &p.offset_s],
-                )
-                .await?
+                let changed = tx
+                    .query(
+                        &sql,
+                        &[&vehicles, &starts, &ends, &coops, &details, &p.offset_s],
+                    )
+                    .await?;
+                if !changed.is_empty() {
+                    let (v, d): (Vec<String>, Vec<chrono::NaiveDate>) = changed
+                        .iter()
+                        .map(|r| (r.get(0), rollup::local_day(r.get(1), p.offset_s)))
+                        .unzip();
+                    rollup::refresh_trip_gap_days(tx, p.offset_s, &v, &d).await?;
+                }
             }
             None => {
                 tx.execute(insert, &[&vehicles, &starts, &ends, &coops, &details])
-                    .await?
+                    .await?;
             }
-        };
+        }
     }
     let trips: Vec<&Trip> = derived.iter().flat_map(|d| d.trips.iter()).collect();
     if !trips.is_empty() {
@@ -685,15 +732,23 @@ async fn write_derived(
             .collect();
         let dist: Vec<f64> = trips.iter().map(|t| t.distance_m).collect();
         let vmax: Vec<f64> = trips.iter().map(|t| t.max_speed_kmh).collect();
+        // A redelivered trip is the same row; a recomputation may end it elsewhere (the
+        // count by start day stays: only new trips are added to the roll-up).
         let insert = "INSERT INTO trips (vehicle_id, start_ts, end_ts, cooperative_id, driver_id, distance_m, max_speed_kmh)
              SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[],
                                   $5::text[], $6::float8[], $7::float8[])
-             ON CONFLICT DO NOTHING";
+             ON CONFLICT (vehicle_id, start_ts) DO UPDATE SET
+                 end_ts = EXCLUDED.end_ts, driver_id = EXCLUDED.driver_id,
+                 distance_m = EXCLUDED.distance_m, max_speed_kmh = EXCLUDED.max_speed_kmh
+             WHERE (trips.end_ts, trips.driver_id, trips.distance_m, trips.max_speed_kmh)
+                   IS DISTINCT FROM
+                   (EXCLUDED.end_ts, EXCLUDED.driver_id, EXCLUDED.distance_m, EXCLUDED.max_speed_kmh)";
         match plan {
             Some(p) => {
                 let sql = format!(
-                    "WITH ins AS ({insert} RETURNING vehicle_id, cooperative_id, start_ts, distance_m) {}",
-                    rollup::trips_sql("ins", "$8")
+                    "WITH ins AS ({insert} RETURNING vehicle_id, cooperative_id, start_ts, distance_m,
+                                                  xmax = 0 AS inserted) {}",
+                    rollup::trips_sql("(SELECT * FROM ins WHERE inserted) i", "$8")
                 );
                 tx.execute(
                     &sql,
@@ -719,7 +774,7 @@ async fn write_derived(
             }
         };
     }
-    let spans: Vec<&Recomputed> = derived.iter().flat_map(|d| d.recomputed.iter()).collect();
+    let spans = spans_in_batch(derived);
     if !spans.is_empty() {
         changed += super::recompute::retract(tx, plan, &spans).await?;
     }

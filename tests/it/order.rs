@@ -354,3 +354,77 @@ async fn an_alert_the_true_order_does_not_produce_is_retracted_published_and_log
     app.wait().await;
     replay_agrees(&db, &s, V, at(0), at(90)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_fixes_rewrite_the_trips_and_data_gaps_of_their_span() {
+    const V: &str = "51B-913.05";
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let mut s = settings(&db, &broker.url(), "fw-trips");
+    s.vehicles = vec![registered(V)];
+    let t = topic("HTX-O", V);
+    let start = base_time() - chrono::Duration::hours(1);
+    // 10 s cadence (`half`: 5 s later). Live: driving, stopped 4 min (i = 31..=54:
+    // a stop, so two trips), driving with 5 min missing (i = 91..=120: a data gap),
+    // stopped again (the second trip ends). Late: the missing 5 min, and fixes at
+    // 40 km/h between the stopped ones: in event-time order the vehicle never
+    // stopped 3 min, so one trip and no gap.
+    let at = |i: usize, half: bool| {
+        start + chrono::Duration::seconds(10 * i as i64 + if half { 5 } else { 0 })
+    };
+    let stopped = |i: usize| (31..=54).contains(&i) || (151..=175).contains(&i);
+    let msg = |i: usize, half: bool| {
+        let speed = if stopped(i) && !half { 0.0 } else { 40.0 };
+        (t.clone(), driving(V, at(i, half), i, speed))
+    };
+    let live: Vec<_> = (0..=180)
+        .filter(|i| !(91..=120).contains(i))
+        .map(|i| msg(i, false))
+        .collect();
+    let backlog: Vec<_> = (91..=120)
+        .map(|i| msg(i, false))
+        .chain((31..=53).map(|i| msg(i, true)))
+        .collect();
+    let app = start_app(s.clone()).await;
+    publish_all(&broker.url(), &live).await;
+    wait_until("two trips and a gap", Duration::from_secs(60), || {
+        let db = db.clone();
+        async move {
+            count(&db, "SELECT count(*) FROM trips").await == 2
+                && count(&db, "SELECT count(*) FROM data_gaps").await == 1
+        }
+    })
+    .await;
+    publish_all(&broker.url(), &backlog).await;
+    wait_until("one trip, no gap", Duration::from_secs(60), || {
+        let db = db.clone();
+        async move {
+            count(&db, "SELECT count(*) FROM fixes").await == 181 + 23
+                && count(&db, "SELECT count(*) FROM trips").await == 1
+                && count(&db, "SELECT count(*) FROM data_gaps").await == 0
+        }
+    })
+    .await;
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let trip = c
+        .query_one("SELECT start_ts, end_ts FROM trips", &[])
+        .await
+        .unwrap();
+    assert_eq!(trip.get::<_, DateTime<Utc>>(0), at(0, false));
+    assert_eq!(trip.get::<_, DateTime<Utc>>(1), at(151, false));
+    // The roll-ups the reports read say the same.
+    let r = c
+        .query_one(
+            "SELECT sum(trips)::int8, sum(data_gaps)::int8, sum(data_gap_us)::int8 FROM rollup_daily WHERE vehicle_id = $1",
+            &[&V],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)),
+        (1, 0, 0)
+    );
+    app.shutdown();
+    app.wait().await;
+    replay_agrees(&db, &s, V, at(0, false), at(181, false)).await;
+}
