@@ -21,6 +21,7 @@ use tokio_postgres::Client;
 use crate::domain::{Fix, FixCandidate, FixLimits, Vehicle, VehicleId};
 use crate::geo::GeoIndex;
 use crate::pipeline::validate::{Flags, Record, Rejected, Validator};
+use crate::rules::Alert;
 use crate::rules::{AlertId, Engine, Output, VehicleState};
 use crate::store::writer::{Checkpoint, Derived, Item, Recomputed};
 use crate::store::StoreError;
@@ -82,6 +83,8 @@ struct Active {
     /// Starts of the trips and data gaps it produced.
     trips: Vec<DateTime<Utc>>,
     gaps: Vec<DateTime<Utc>>,
+    /// The alerts open at the snapshot, stated again with the first output.
+    restated: Vec<Alert>,
     /// Event times (ms) of the stored fixes replayed, sorted.
     replayed_ms: Vec<i64>,
     held: Held,
@@ -295,15 +298,16 @@ impl Stage {
             Some(s) => s.at(),
             None => week_start(held.since, self.engine.config().utc_offset.seconds()),
         };
-        self.engine.begin_recompute(&vehicle, snap.as_ref());
+        let restated = self.engine.begin_recompute(&vehicle, snap.as_ref());
         let barrier = held.barrier;
         tracing::debug!(vehicle = %vehicle, %after, "recomputing for a late fix");
         self.recompute.active = Some(Active {
             vehicle: vehicle.clone(),
             after,
-            ids: HashSet::new(),
+            ids: restated.iter().map(|a| a.id.clone()).collect(),
             trips: Vec::new(),
             gaps: Vec::new(),
+            restated,
             replayed_ms: Vec::new(),
             held: Held {
                 since: held.since,
@@ -338,7 +342,9 @@ impl Stage {
                     .extend(fixes.iter().map(|f| f.ts().timestamp_millis()));
                 let out = self.engine.replay(&fixes);
                 active.produced(&out);
-                derived(out)
+                let mut d = derived(out);
+                d.restated = std::mem::take(&mut active.restated);
+                d
             }
             Loaded::Done => {
                 let mut active = self.recompute.active.take().expect("active");
@@ -371,6 +377,7 @@ impl Stage {
                 self.engine.end_recompute(&vehicle);
                 active.produced(&out);
                 let mut d = derived(out);
+                d.restated = std::mem::take(&mut active.restated);
                 let mut keep: Vec<AlertId> = active.ids.into_iter().collect();
                 keep.sort();
                 active.trips.sort_unstable();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::alert::Alert;
+use super::alert::{Alert, AlertKind, AlertStatus};
 use super::config::{ckmh, Params, RulesConfig};
 use super::driving::{self, DrivingState};
 use super::state::{Ctx, Sample, VehicleCore, VehicleState};
@@ -418,8 +418,11 @@ impl Engine {
 
     /// Runs the rules over the buffered fixes of slot `vi` up to `upto_ms`, in time order.
     fn release(&mut self, vi: usize, upto_ms: i64, out: &mut Output) {
-        let slot = &mut self.slots[vi];
-        while slot.core.buffer.first().is_some_and(|b| b.ts_ms <= upto_ms) {
+        loop {
+            let slot = &mut self.slots[vi];
+            if slot.core.buffer.first().is_none_or(|b| b.ts_ms > upto_ms) {
+                break;
+            }
             slot.dirty = true;
             let s = slot.core.buffer.remove(0);
             if slot
@@ -429,7 +432,35 @@ impl Engine {
             {
                 take_snapshot(&self.drivers, vi, slot, s.ts_ms);
             }
+            let first = out.alerts.len();
             process(&self.p, &self.geo, &mut self.drivers, vi, slot, s, out);
+            for a in &out.alerts[first..] {
+                self.track_open(a);
+            }
+        }
+    }
+
+    /// Keeps the open-alert list of the alert's vehicle (a driver's alert may be
+    /// closed while the driver is on another vehicle) current.
+    fn track_open(&mut self, a: &Alert) {
+        if matches!(
+            a.kind,
+            AlertKind::NoSignal | AlertKind::DeviceAlarm | AlertKind::DataGap
+        ) {
+            return;
+        }
+        let Some(&vi) = self.index.get(&a.vehicle) else {
+            return;
+        };
+        let open = &mut self.slots[vi as usize].core.open;
+        let at = open.iter().position(|o| o.id == a.id);
+        match (a.status, at) {
+            (AlertStatus::Open, Some(i)) => open[i] = a.clone(),
+            (AlertStatus::Open, None) => open.push(a.clone()),
+            (AlertStatus::Closed, Some(i)) => {
+                open.remove(i);
+            }
+            (AlertStatus::Closed, None) => {}
         }
     }
 
@@ -471,7 +502,10 @@ impl Engine {
     /// slot is frozen until [`Engine::end_recompute`]. Then feed the fixes from
     /// the snapshot's time on, in time order with [`Engine::push`]. The no-signal state
     /// (processing time) is kept.
-    pub fn begin_recompute(&mut self, vehicle: &VehicleId, from: Option<&Snapshot>) {
+    ///
+    /// Returns the alerts open at the snapshot, as they stood then: the recomputation
+    /// states them again (see [`VehicleCore`]'s `open`).
+    pub fn begin_recompute(&mut self, vehicle: &VehicleId, from: Option<&Snapshot>) -> Vec<Alert> {
         let vi = self.slot_of(vehicle);
         let at_ms = from.map_or(i64::MIN, |s| s.at_ms);
         let state = from.map(|s| s.state.clone()).unwrap_or_default();
@@ -500,6 +534,7 @@ impl Engine {
         slot.snaps.retain(|s| s.at_ms < at_ms);
         slot.frozen = true;
         slot.dirty = true;
+        slot.core.open.clone()
     }
 
     /// Ends a recomputation: the vehicle's buffer is released on processing time again.

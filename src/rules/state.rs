@@ -114,6 +114,12 @@ pub(crate) struct VehicleCore {
     pub off_route: OffRouteState,
     pub zones: Vec<Stay>,
     pub motion: MotionState,
+    /// The last version of each alert of the vehicle still open (no-signal aside): a
+    /// recomputation from a snapshot states them again, so a version the wrong
+    /// arrival order emitted after it (a "break" that was only missing fixes) is
+    /// replaced by the true one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub open: Vec<super::alert::Alert>,
 }
 
 /// Checkpoint of one vehicle: its rule state plus the driving-time state of the

@@ -67,6 +67,9 @@ pub struct Item<A> {
 /// Rule output stored in the same transaction as the fixes it came from.
 #[derive(Debug, Default)]
 pub struct Derived {
+    /// Alerts open at the snapshot a recomputation starts from, as they stood then:
+    /// written before `alerts`, even over a closed version (the wrong order's).
+    pub restated: Vec<Alert>,
     /// Alerts opened or closed (data gaps go to `data_gaps`).
     pub alerts: Vec<Alert>,
     /// Completed trips.
@@ -569,7 +572,8 @@ fn spans_in_batch(derived: &[&Derived]) -> Vec<Recomputed> {
         for span in &d.recomputed {
             let mut span = span.clone();
             for later in &derived[i + 1..] {
-                for a in later.alerts.iter().filter(|a| a.vehicle == span.vehicle) {
+                let alerts = later.restated.iter().chain(&later.alerts);
+                for a in alerts.filter(|a| a.vehicle == span.vehicle) {
                     if a.kind == AlertKind::DataGap {
                         span.gaps.push(a.start);
                     } else {
@@ -596,17 +600,24 @@ async fn write_derived(
     // The last version of each alert wins: one statement cannot update a row twice.
     let mut alerts: Vec<&Alert> = Vec::new();
     let mut gaps: Vec<&Alert> = Vec::new();
+    // Whether the version kept is a restatement: it may reopen a closed alert.
+    let mut restated: Vec<bool> = Vec::new();
     let mut seen: HashMap<&str, usize> = HashMap::new();
-    for a in derived.iter().flat_map(|d| d.alerts.iter()) {
+    let versions = derived.iter().flat_map(|d| {
+        let r = d.restated.iter().map(|a| (a, true));
+        r.chain(d.alerts.iter().map(|a| (a, false)))
+    });
+    for (a, r) in versions {
         if a.kind == AlertKind::DataGap {
             gaps.push(a);
             continue;
         }
         match seen.get(a.id.as_str()) {
-            Some(&i) => alerts[i] = a,
+            Some(&i) => (alerts[i], restated[i]) = (a, r),
             None => {
                 seen.insert(a.id.as_str(), alerts.len());
                 alerts.push(a);
+                restated.push(r);
             }
         }
     }
@@ -628,6 +639,12 @@ async fn write_derived(
         let lons: Vec<f64> = alerts.iter().map(|a| a.lon).collect();
         let details: Vec<&serde_json::Value> = alerts.iter().map(|a| &a.details).collect();
         let emitted: Vec<Option<DateTime<Utc>>> = alerts.iter().map(|a| a.emitted).collect();
+        let reopen: Vec<&str> = alerts
+            .iter()
+            .zip(&restated)
+            .filter(|(_, &r)| r)
+            .map(|(a, _)| a.id.as_str())
+            .collect();
         let upserted = tx
             .query(
                 "INSERT INTO alerts (alert_id, vehicle_id, cooperative_id, driver_id, kind, level,
@@ -642,18 +659,30 @@ async fn write_derived(
                      driver_id = EXCLUDED.driver_id, updated_at = now(), published_at = NULL,
                      retracted_at = NULL, retraction_reason = NULL, emitted_ts = EXCLUDED.emitted_ts
                  WHERE (NOT (alerts.status = 'closed' AND EXCLUDED.status = 'open')
-                        OR alerts.retracted_at IS NOT NULL)
-                   AND (alerts.status, alerts.end_ts, alerts.severity, alerts.details, alerts.retracted_at IS NULL)
+                        OR alerts.retracted_at IS NOT NULL OR EXCLUDED.alert_id = ANY ($15::text[]))
+                   AND (alerts.status, alerts.end_ts, alerts.severity, alerts.details,
+                        alerts.driver_id, alerts.retracted_at IS NULL)
                        IS DISTINCT FROM
-                       (EXCLUDED.status, EXCLUDED.end_ts, EXCLUDED.severity, EXCLUDED.details, true)
+                       (EXCLUDED.status, EXCLUDED.end_ts, EXCLUDED.severity, EXCLUDED.details,
+                        EXCLUDED.driver_id, true)
                  RETURNING vehicle_id, start_ts, kind",
                 &[
                     &ids, &vehicles, &coops, &drivers, &kinds, &levels, &statuses, &severity,
-                    &starts, &ends, &lats, &lons, &details, &emitted,
+                    &starts, &ends, &lats, &lons, &details, &emitted, &reopen,
                 ],
             )
             .await?;
         changed = upserted.len() as u64;
+        // An unchanged alert keeps its row (not published again), but the emission
+        // time is the latest computation's: a recomputation after a late fix may emit
+        // the same version from an earlier fix, and reconciles by that time.
+        tx.execute(
+            "UPDATE alerts a SET emitted_ts = u.emitted
+             FROM unnest($1::text[], $2::timestamptz[]) AS u(id, emitted)
+             WHERE a.alert_id = u.id AND a.emitted_ts IS DISTINCT FROM u.emitted",
+            &[&ids, &emitted],
+        )
+        .await?;
         if let Some(p) = plan {
             // The stored row's vehicle and start (an update keeps them): the days whose
             // counts may have changed are recomputed from `alerts`.
