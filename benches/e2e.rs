@@ -1,7 +1,7 @@
 //! End-to-end load run (not criterion: one long measured run).
 //!
 //! `cargo bench --bench e2e -- [--broker embedded|mosquitto|URL] [--fixes N] [--vehicles N]
-//!  [--soak-s S --rate R] [--mosquitto-conf FILE] [--persist]`
+//!  [--soak-s S --rate R] [--mosquitto-conf FILE] [--persist] [--connections N] [--late P]`
 //!
 //! `--persist` keeps the Mosquitto configuration's persistence (files in a fresh
 //! temporary directory) instead of turning it off; `--mosquitto-conf` runs another
@@ -15,6 +15,11 @@
 //!
 //! and reports 3 as a ratio of the slower of 1 and 2. With `--soak-s`, publishes at
 //! `--rate` for that long and samples the process RSS every 10 s.
+//!
+//! `--late P` adds a second pipeline run on the same fleetwatch: the same number of
+//! fixes a day later in fleet time, a share P of them each held back by 1 min to 2 h of
+//! its vehicle's time (use few vehicles, e.g. `--vehicles 40`, so a vehicle's track
+//! spans hours), and reports it as a share of the in-order run.
 //!
 //! `--gateway N [--gateway-s S] [--burst K]` measures the device gateway instead of 1
 //! and 2: N JT/T 808 terminals on their own TCP connections (in a child process) log
@@ -46,6 +51,10 @@ struct Args {
     soak_s: u64,
     rate: f64,
     no_rules: bool,
+    /// fleetwatch's MQTT connections (shared subscription); 0: its default.
+    connections: usize,
+    /// Share of the fixes arriving late in the second pipeline run (0: no such run).
+    late: f64,
     mosquitto_conf: Option<String>,
     persist: bool,
     /// Device connections of the gateway run (0: no gateway run).
@@ -66,6 +75,8 @@ fn args() -> Args {
         soak_s: 0,
         rate: 10_000.0,
         no_rules: false,
+        late: 0.0,
+        connections: 0,
         mosquitto_conf: None,
         persist: false,
         gateway: 0,
@@ -85,6 +96,8 @@ fn args() -> Args {
             "--publishers" => a.publishers = next().parse().expect("--publishers N"),
             "--soak-s" => a.soak_s = next().parse().expect("--soak-s S"),
             "--rate" => a.rate = next().parse().expect("--rate R"),
+            "--late" => a.late = next().parse().expect("--late P"),
+            "--connections" => a.connections = next().parse().expect("--connections N"),
             "--mosquitto-conf" => a.mosquitto_conf = Some(next()),
             "--gateway" => a.gateway = next().parse().expect("--gateway N"),
             "--gateway-s" => a.gateway_s = next().parse().expect("--gateway-s S"),
@@ -117,13 +130,17 @@ fn args() -> Args {
 
 /// Messages as the simulator makes them (generated before timing starts).
 fn messages(n: usize, vehicles: usize) -> Vec<(String, Vec<u8>)> {
+    messages_from(n, vehicles, Utc::now() - chrono::Duration::days(10))
+}
+
+/// `n` messages of `vehicles` at 1 Hz from `start`, round by round.
+fn messages_from(
+    n: usize,
+    vehicles: usize,
+    start: chrono::DateTime<Utc>,
+) -> Vec<(String, Vec<u8>)> {
     let pattern = TopicPattern::parse("fleet/{cooperative}/{vehicle}/fix").unwrap();
-    let mut sim = Simulator::load_with_interval(
-        vehicles,
-        1,
-        Utc::now() - chrono::Duration::days(10),
-        chrono::Duration::seconds(1),
-    );
+    let mut sim = Simulator::load_with_interval(vehicles, 1, start, chrono::Duration::seconds(1));
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         for f in sim.advance(chrono::Duration::seconds(1)) {
@@ -136,11 +153,45 @@ fn messages(n: usize, vehicles: usize) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// Holds back a share `p` of `msgs` (rounds of `vehicles` messages, 1 s apart) by 1 min
+/// to 2 h of fleet time each (uniform), deterministically; the rest keep their order.
+fn hold_back(msgs: Vec<(String, Vec<u8>)>, vehicles: usize, p: f64) -> Vec<(String, Vec<u8>)> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rnd = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut keyed: Vec<(usize, usize, (String, Vec<u8>))> = msgs
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let delay_s = if rnd() < p {
+                60.0 + rnd() * 7140.0
+            } else {
+                0.0
+            };
+            (i + delay_s as usize * vehicles, i, m)
+        })
+        .collect();
+    keyed.sort_by_key(|&(k, i, _)| (k, i));
+    keyed.into_iter().map(|(_, _, m)| m).collect()
+}
+
 async fn publish_parallel(url: &str, msgs: &[(String, Vec<u8>)], publishers: usize) {
-    let chunk = msgs.len().div_ceil(publishers);
+    // Each publisher takes whole vehicles (by topic), so a vehicle's fixes go out in
+    // the order given: parallel publishers do not make them late.
+    let mut parts: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); publishers.max(1)];
+    for m in msgs {
+        let h =
+            m.0.bytes()
+                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let k = (h % parts.len() as u64) as usize;
+        parts[k].push(m.clone());
+    }
     let mut tasks = Vec::new();
-    for (k, part) in msgs.chunks(chunk).enumerate() {
-        let part = part.to_vec();
+    for (k, part) in parts.into_iter().enumerate() {
         let url = url.to_string();
         tasks.push(tokio::spawn(async move {
             let p =
@@ -385,6 +436,30 @@ async fn run(a: Args, open_files: (u64, u64)) {
         "RSS after the run: {:.0} MiB (this process: app + broker if embedded + publishers)",
         rss_mib()
     );
+    if a.late > 0.0 {
+        let start = Utc::now() - chrono::Duration::days(9);
+        let late = hold_back(
+            messages_from(a.fixes, a.vehicles, start),
+            a.vehicles,
+            a.late,
+        );
+        let stats = fleetwatch::telemetry::stats();
+        let replayed0 = stats.replayed.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let rate = pipeline_rate(&app, &url, &late, a.publishers).await;
+        // Stored is not the end: the recomputations for the late fixes finish after.
+        while stats.recomputing.load(Ordering::Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let all = late.len() as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "pipeline with {:.0} % of the fixes 1 min to 2 h late: stored {rate:.0} fixes/s = {:.0} % of in order; rules done {all:.0} fixes/s = {:.0} %; {} stored fixes replayed",
+            100.0 * a.late,
+            100.0 * rate / e2e,
+            100.0 * all / e2e,
+            stats.replayed.load(Ordering::Relaxed) - replayed0
+        );
+    }
 
     if a.soak_s > 0 {
         let stats = fleetwatch::telemetry::stats();
@@ -445,10 +520,11 @@ fn settings(a: &Args, url: &str, db: &str) -> Settings {
     s.mqtt.client_id = format!("bench-fleetwatch-{}", std::process::id());
     s.http.listen = "127.0.0.1:0".parse().unwrap();
     s.disable_rules = a.no_rules;
-    // What `fleetwatch demo` does on its embedded broker (100 in flight per connection).
-    if a.broker == "embedded" {
-        s.mqtt.connections = 4;
-    }
+    s.mqtt.connections = match a.connections {
+        // What `run` does on its embedded broker (100 in flight per connection).
+        0 if a.broker == "embedded" => 4,
+        n => n,
+    };
     s
 }
 

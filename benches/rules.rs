@@ -3,6 +3,9 @@
 //! of 2,000 vertices each, 1,000 vehicles (600 buses on those routes, 400 trucks).
 //!
 //! Run: `cargo bench --bench rules`. Target: at most 2 µs per fix for geo + rules.
+//! `late_fix_*`: the rules' work for one fix arriving 1 h, 6 h or 24 h late for a bus
+//! at 1 Hz (snapshot, replay of the fixes after it, in memory; target under 5 ms at
+//! 1 h). The store's read of those fixes is measured end to end, not here.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -280,5 +283,71 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// One fix arriving late for a bus at 1 Hz that has driven its route for 25 h: what
+/// the pipeline's recomputation does in memory, from the snapshot to the last fix.
+fn late(c: &mut Criterion) {
+    let w = world();
+    let bus = w.registry[0].clone();
+    let line = &w.lines[0];
+    let t0: DateTime<Utc> = Utc
+        .with_ymd_and_hms(2026, 11, 24, 0, 0, 0)
+        .single()
+        .expect("valid time");
+    const SECONDS: usize = 25 * 3600;
+    let fix_at = |k: usize, half: bool| {
+        // Back and forth along the route, 2 vertices (50 m) per 5 s: about 36 km/h.
+        let n = line.len();
+        let j = (k * 2 / 5) % (2 * n - 2);
+        let c = line[if j < n { j } else { 2 * n - 2 - j }];
+        let ts = t0 + chrono::Duration::milliseconds(k as i64 * 1000 + if half { 500 } else { 0 });
+        let cand = FixCandidate {
+            ts: Some(ts),
+            lat: c.y,
+            lon: c.x,
+            speed_kmh: Some(36.0),
+            driver: Some("D00000".into()),
+            ignition: Some(true),
+            ..FixCandidate::default()
+        };
+        Fix::validate(cand, bus.id.clone(), &FixLimits::default(), ts).expect("valid fix")
+    };
+    let log: Vec<Fix> = (0..SECONDS).map(|k| fix_at(k, false)).collect();
+    let mut engine = Engine::new(RulesConfig::default(), w.geo.clone(), w.registry.clone());
+    for f in &log {
+        black_box(engine.push(f));
+    }
+    eprintln!(
+        "snapshots of the bus after 25 h at 1 Hz: {} bytes (serialised)",
+        engine.snapshot_bytes(&bus.id)
+    );
+    let mut g = c.benchmark_group("rules");
+    g.sample_size(20).measurement_time(Duration::from_secs(8));
+    for late_h in [1usize, 6, 24] {
+        let mut n = 0usize;
+        g.bench_function(format!("late_fix_{late_h}h"), |b| {
+            b.iter(|| {
+                // A new half-second fix each time, `late_h` before the newest.
+                let k = SECONDS - late_h * 3600 + n % 600;
+                n += 1;
+                let late = fix_at(k, true);
+                let snap = engine.snapshot_before(&bus.id, late.ts());
+                let from_ms = snap
+                    .as_ref()
+                    .map_or(i64::MIN, |s| s.at().timestamp_millis());
+                let restated = engine.begin_recompute(&bus.id, snap.as_ref());
+                let i = log.partition_point(|f| f.ts().timestamp_millis() < from_ms);
+                let j = log.partition_point(|f| f.ts() < late.ts());
+                let mut replayed = 0usize;
+                replayed += engine.replay(&log[i..j]).alerts.len();
+                replayed += engine.replay(std::slice::from_ref(&late)).alerts.len();
+                replayed += engine.replay(&log[j..]).alerts.len();
+                engine.end_recompute(&bus.id);
+                black_box((restated, replayed))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, late);
 criterion_main!(benches);

@@ -21,6 +21,10 @@ pub struct Stats {
     pub duplicates: AtomicU64,
     /// Alerts emitted by the rules.
     pub alerts: AtomicU64,
+    /// Vehicles waiting for or undergoing a recomputation for late fixes.
+    pub recomputing: AtomicU64,
+    /// Stored fixes the recomputations replayed.
+    pub replayed: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -148,11 +152,13 @@ pub fn alert_emitted(kind: &'static str) {
 
 /// `n` vehicles are waiting for or undergoing a recomputation for late fixes.
 pub fn recompute_queued(n: usize) {
+    stats().recomputing.store(n as u64, Ordering::Relaxed);
     metrics::gauge!("fleetwatch_recompute_queued").set(n as f64);
 }
 
 /// A recomputation replayed `n` stored fixes.
 pub fn recompute_replayed(n: usize) {
+    stats().replayed.fetch_add(n as u64, Ordering::Relaxed);
     metrics::counter!("fleetwatch_recompute_fixes_replayed_total").increment(n as u64);
 }
 
