@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod deliveries;
+pub mod drivers;
 pub mod error;
 pub mod map;
 pub mod openapi;
@@ -185,6 +186,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/vehicles/{id}/track", get(vehicles::track))
         .route("/api/v1/vehicles/{id}/trips", get(vehicles::trips))
         .route("/api/v1/devices", get(devices))
+        .route("/api/v1/drivers/{id}", get(drivers::get))
         .route("/api/v1/alerts", get(alerts::list))
         .route("/api/v1/alerts/{id}/ack", axum::routing::post(alerts::ack))
         .route("/api/v1/reports/compliance", get(reports::compliance))

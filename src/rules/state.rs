@@ -114,6 +114,8 @@ pub(crate) struct VehicleCore {
     pub off_route: OffRouteState,
     pub zones: Vec<Stay>,
     pub motion: MotionState,
+    /// First fix (ms) of the driver logged in at the last fix on this vehicle.
+    pub driver_since_ms: Option<i64>,
 }
 
 /// Checkpoint of one vehicle: its rule state plus the driving-time state of the

@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (12, include_str!("migrations/0012_gateway_devices.sql")),
     (13, include_str!("migrations/0013_deliveries.sql")),
     (14, include_str!("migrations/0014_emitted.sql")),
+    (30, include_str!("migrations/0030_driver_state.sql")),
 ];
 
 /// Storage-layout settings applied at migration time.

@@ -7,6 +7,7 @@ mod broker_faults;
 mod database;
 mod deliver;
 mod demo;
+mod drivers;
 mod gateway;
 mod infra;
 mod ingest;
