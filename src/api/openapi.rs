@@ -305,6 +305,12 @@ fn add_live(doc: &mut Value) {
         "responses": with(json!({ "description": "The driver's state", "content": { "application/json": {
             "schema": { "$ref": "#/components/schemas/Driver" } } } }), &["400", "401", "404"])
     }});
+    doc["paths"]["/api/v1/stream"] = json!({ "get": {
+        "summary": "Server-sent events of the live fleet: a `snapshot` on connect, then `update` events with only what changed, at most one a second",
+        "description": "Authenticated with the Authorization header like every endpoint (no token in the query: browsers read it with fetch streaming). `snapshot`: `{\"vehicles\": [...], \"alerts\": [...]}`, the live list (as GET /api/v1/vehicles) and the 200 newest alerts of the caller's scope, each alert with `acknowledged`. `update`: the same shape with the vehicles whose entry changed (position, status, driving, open alerts) and the alerts new or changed since. A client more than 16 updates behind is disconnected; reconnect for a new snapshot. A comment every 15 s keeps the connection open.",
+        "responses": with(json!({ "description": "An event stream", "content": { "text/event-stream": {
+            "schema": { "type": "string" } } } }), &["401"])
+    }});
     let schemas = &mut doc["components"]["schemas"];
     let item = &mut schemas["VehicleList"]["properties"]["vehicles"]["items"]["properties"];
     item["on_route"] = json!({ "type": ["boolean", "null"], "description": "Inside its route's corridor (no open off_route alert); null without a route" });

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (13, include_str!("migrations/0013_deliveries.sql")),
     (14, include_str!("migrations/0014_emitted.sql")),
     (30, include_str!("migrations/0030_driver_state.sql")),
+    (31, include_str!("migrations/0031_alerts_updated.sql")),
 ];
 
 /// Storage-layout settings applied at migration time.

@@ -17,5 +17,6 @@ mod order;
 mod replay;
 mod reports;
 mod rules;
+mod stream;
 mod support;
 mod tls;
