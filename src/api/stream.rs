@@ -138,7 +138,10 @@ async fn poll(
     let rows = db
         .query(
             &format!(
-                "{} WHERE a.updated_at > $1 ORDER BY a.start_ts",
+                "{} WHERE a.updated_at > $1
+                    OR a.alert_id IN (SELECT l.alert_id FROM reminder_log l
+                                      WHERE l.status = 'acknowledged' AND l.at > $1)
+                 ORDER BY a.start_ts",
                 *SELECT_ALERT_ACKED
             ),
             &[&from],

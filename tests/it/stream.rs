@@ -249,6 +249,58 @@ async fn stream_pushes_a_fix_within_two_seconds_and_only_to_its_cooperative() {
         assert!(!v.to_string().contains("B-1"), "A's stream: {v}");
     }
 
+    // An alert of A-1 is pushed to A's stream, and again once acknowledged.
+    c.execute(
+        "INSERT INTO alerts (alert_id, vehicle_id, cooperative_id, kind, level, status,
+                             start_ts, lat, lon, details)
+         VALUES ('al-stream-1', 'A-1', 'HTX-A', 'overspeed', 'violation', 'open', $1,
+                 10.951, 106.70, '{}')",
+        &[&t0],
+    )
+    .await
+    .unwrap();
+    let alert = |v: &Value| {
+        v["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == "al-stream-1")
+            .cloned()
+    };
+    let seen = loop {
+        let (_, v) = a
+            .next(Duration::from_secs(5))
+            .await
+            .expect("the alert's update");
+        if let Some(al) = alert(&v) {
+            break al;
+        }
+    };
+    assert_eq!(seen["acknowledged"], false);
+    assert_eq!(seen["level"], "violation");
+    let ack = crate::api::http(
+        addr,
+        "POST",
+        "/api/v1/alerts/al-stream-1/ack",
+        Some(&coop_a),
+        Some(r#"{"by":"dispatch"}"#),
+    )
+    .await;
+    assert_eq!(ack.status, 201, "{}", ack.body);
+    loop {
+        let (_, v) = a
+            .next(Duration::from_secs(5))
+            .await
+            .expect("the acknowledgement's update");
+        if alert(&v).is_some_and(|al| al["acknowledged"] == true) {
+            break;
+        }
+    }
+    // B never sees it.
+    while let Some((_, v)) = b.next(Duration::from_millis(1200)).await {
+        assert!(!v.to_string().contains("al-stream-1"), "B's stream: {v}");
+    }
+
     // Shutdown ends the streams (the server does not wait for them to be closed).
     app.shutdown();
     tokio::time::timeout(Duration::from_secs(20), app.wait())
