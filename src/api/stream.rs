@@ -60,15 +60,30 @@ impl LiveFeed {
     }
 }
 
-/// What the poller sent last, by id, with when it was last read (to forget entries
-/// that left the overlap window: a later change reads them again anyway).
+/// What the columns that change a vehicle's entry without an alert said at the last
+/// read: when the writer last heard it, and its driving figures (a recomputation
+/// rewrites them without a new fix).
+type Print = (
+    Option<DateTime<Utc>>,
+    Option<f64>,
+    Option<f64>,
+    Option<bool>,
+);
+
+/// A vehicle's [`Print`], the entry sent (none yet), and when it was last read.
+type SentVehicle = (Print, Option<Arc<Value>>, DateTime<Utc>);
+
+/// What the poller sent last, by id, with when it was last read (entries that left
+/// the overlap window are forgotten: a later change reads them again anyway).
 #[derive(Default)]
 struct Sent {
-    vehicles: HashMap<String, (Arc<Value>, DateTime<Utc>)>,
+    vehicles: HashMap<String, SentVehicle>,
     alerts: HashMap<String, (Arc<Value>, DateTime<Utc>)>,
 }
 
-/// Runs the poller until `shutdown`: once a second, the changes to the feed.
+/// Runs the poller until `shutdown`: once a second, the changes to the feed (paused
+/// while no one is connected; it then resumes from where it was, so a client that
+/// connects meanwhile misses nothing between its snapshot and its first update).
 pub async fn run(feed: Arc<LiveFeed>, state: AppState, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -80,9 +95,6 @@ pub async fn run(feed: Arc<LiveFeed>, state: AppState, shutdown: CancellationTok
             _ = tick.tick() => {}
         }
         if feed.tx.receiver_count() == 0 {
-            // Nobody listens: start afresh when someone does (they get a snapshot).
-            since = None;
-            sent = Sent::default();
             continue;
         }
         match poll(&state, &mut sent, since).await {
@@ -98,8 +110,9 @@ pub async fn run(feed: Arc<LiveFeed>, state: AppState, shutdown: CancellationTok
 }
 
 /// Reads what changed since `since` (the database clock of the previous read; `None`:
-/// start from now, the clients have their snapshot) and returns the read's clock and
-/// the entries that differ from `sent`.
+/// the last seconds) and returns the read's clock and the entries that differ from
+/// `sent`. Cheap columns are compared first: only the vehicles whose columns or
+/// alerts changed get their entry built.
 async fn poll(
     s: &AppState,
     sent: &mut Sent,
@@ -107,34 +120,9 @@ async fn poll(
 ) -> Result<(DateTime<Utc>, Changes), super::error::ApiError> {
     let db = s.db.get().await?;
     let at: DateTime<Utc> = db.query_one("SELECT now()", &[]).await?.get(0);
-    let Some(since) = since else {
-        return Ok((at, Changes::default()));
-    };
-    let from = since - chrono::Duration::milliseconds((OVERLAP_S * 1000.0) as i64);
-    let ids: Vec<String> = db
-        .query(
-            "SELECT vehicle_id FROM vehicles WHERE last_seen > $1
-             UNION SELECT vehicle_id FROM alerts WHERE updated_at > $1",
-            &[&from],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let from = since.unwrap_or(at) - chrono::Duration::milliseconds((OVERLAP_S * 1000.0) as i64);
     let mut changes = Changes::default();
-    if !ids.is_empty() {
-        for v in live_vehicles(&db, None, Some(&ids), &s.settings, Utc::now()).await? {
-            let coop = v.cooperative_id.clone();
-            let id = v.vehicle_id.clone();
-            let value = Arc::new(serde_json::to_value(&v).unwrap_or(Value::Null));
-            if sent.vehicles.get(&id).is_some_and(|(old, _)| *old == value) {
-                sent.vehicles.insert(id, (value, at));
-                continue;
-            }
-            sent.vehicles.insert(id, (value.clone(), at));
-            changes.vehicles.push((coop, value));
-        }
-    }
+    let mut touched: std::collections::HashSet<String> = Default::default();
     let rows = db
         .query(
             &format!(
@@ -155,11 +143,51 @@ async fn poll(
             continue;
         }
         sent.alerts.insert(id, (value.clone(), at));
+        if let Some(v) = value["vehicle_id"].as_str() {
+            touched.insert(v.to_string());
+        }
         let coop = value["cooperative_id"].as_str().map(str::to_string);
         changes.alerts.push((coop, value));
     }
+    let prints = db
+        .query(
+            "SELECT vehicle_id, last_seen, live_continuous_s, live_daily_s, live_on_route
+             FROM vehicles WHERE last_seen > $1",
+            &[&from],
+        )
+        .await?;
+    for r in &prints {
+        let id: String = r.get(0);
+        let print: Print = (r.get(1), r.get(2), r.get(3), r.get(4));
+        match sent.vehicles.get_mut(&id) {
+            Some((p, _, t)) if *p == print => *t = at,
+            _ => {
+                touched.insert(id.clone());
+                let old = sent.vehicles.remove(&id).and_then(|e| e.1);
+                sent.vehicles.insert(id, (print, old, at));
+            }
+        }
+    }
+    if !touched.is_empty() {
+        let ids: Vec<String> = touched.into_iter().collect();
+        for v in live_vehicles(&db, None, Some(&ids), &s.settings, Utc::now()).await? {
+            let coop = v.cooperative_id.clone();
+            let value = Arc::new(serde_json::to_value(&v).unwrap_or(Value::Null));
+            let e = sent.vehicles.entry(v.vehicle_id.clone()).or_insert((
+                (None, None, None, None),
+                None,
+                at,
+            ));
+            e.2 = at;
+            if e.1.as_ref().is_some_and(|old| *old == value) {
+                continue;
+            }
+            e.1 = Some(value.clone());
+            changes.vehicles.push((coop, value));
+        }
+    }
     let keep = at - chrono::Duration::seconds(OVERLAP_S as i64 * 2);
-    sent.vehicles.retain(|_, (_, t)| *t >= keep);
+    sent.vehicles.retain(|_, e| e.2 >= keep);
     sent.alerts.retain(|_, (_, t)| *t >= keep);
     Ok((at, changes))
 }
