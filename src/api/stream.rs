@@ -247,7 +247,14 @@ pub async fn stream(
         scope,
         stop: s.live.stop.clone(),
     };
-    let events = futures_util::stream::unfold(state, |mut c| async move {
+    let events = events(state);
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// A connection's events: its snapshot, then its scope's updates, until shutdown or
+/// until it falls [`STREAM_BUFFER`] updates behind (then it ends: the client is dropped).
+fn events(conn: Conn) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::stream::unfold(conn, |mut c| async move {
         if let Some(e) = c.first.take() {
             return Some((Ok(e), c));
         }
@@ -268,8 +275,7 @@ pub async fn stream(
                 return Some((Ok(e), c));
             }
         }
-    });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    })
 }
 
 /// One connection's state.
@@ -309,5 +315,55 @@ impl Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         metrics::gauge!("fleetwatch_stream_connections").decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    fn change(coop: &str, id: &str) -> Arc<Changes> {
+        Arc::new(Changes {
+            vehicles: vec![(coop.into(), Arc::new(json!({ "vehicle_id": id })))],
+            alerts: Vec::new(),
+        })
+    }
+
+    fn conn(feed: &LiveFeed, scope: Option<&str>) -> Conn {
+        Conn {
+            first: Some(Event::default().event("snapshot").data("{}")),
+            rx: feed.tx.subscribe(),
+            scope: scope.map(str::to_string),
+            stop: feed.stop.clone(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_sees_its_scope_and_is_dropped_when_too_far_behind() {
+        let feed = LiveFeed::new(CancellationToken::new());
+        // Keeping up: the snapshot, then only its cooperative's changes.
+        let mut a = Box::pin(events(conn(&feed, Some("HTX-A"))));
+        feed.tx.send(change("HTX-B", "B-1")).unwrap();
+        feed.tx.send(change("HTX-A", "A-1")).unwrap();
+        assert!(a.next().await.is_some(), "the snapshot");
+        let e = a.next().await.expect("A's update");
+        assert!(format!("{e:?}").contains("A-1") && !format!("{e:?}").contains("B-1"));
+        // Not reading while more than STREAM_BUFFER updates go by: the stream ends
+        // instead of buffering them.
+        let mut slow = Box::pin(events(conn(&feed, None)));
+        assert!(slow.next().await.is_some(), "the snapshot");
+        for i in 0..=STREAM_BUFFER {
+            feed.tx.send(change("HTX-A", &format!("A-{i}"))).unwrap();
+        }
+        assert!(
+            slow.next().await.is_none(),
+            "a client too far behind is dropped"
+        );
+        // Shutdown ends the others.
+        feed.stop.cancel();
+        while let Some(e) = a.next().await {
+            let _ = e;
+        }
     }
 }
