@@ -243,6 +243,7 @@ async fn main() {
         registry: Arc::new(tokio::sync::watch::channel(Arc::new(Vec::new())).0),
         heavy: api::HeavyLimiter::new(a.parallel),
         devices: Default::default(),
+        live: api::stream::LiveFeed::new(Default::default()),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

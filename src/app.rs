@@ -340,7 +340,13 @@ impl App {
             registry: Arc::new(registry_tx),
             heavy: api::HeavyLimiter::new(settings.http.max_heavy_requests_per_token),
             devices,
+            live: api::stream::LiveFeed::new(shutdown.clone()),
         };
+        let live = tokio::spawn(api::stream::run(
+            state.live.clone(),
+            state.clone(),
+            shutdown.clone(),
+        ));
         let http_stop = shutdown.clone();
         let srv = tokio::spawn(async move {
             let r = axum::serve(http, api::router(state))
@@ -383,6 +389,7 @@ impl App {
             let _ = incident_task.await;
             let _ = hup.await;
             let _ = probe.await;
+            let _ = live.await;
             let _ = geo_recorder.await;
             let _ =
                 tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(ev))

@@ -1,5 +1,6 @@
-// fleetwatch live map: vehicles polled from /api/v1/vehicles, our own routes and zones
-// from /api/v1/geo, the alert list, and the replay of a vehicle's track.
+// fleetwatch dispatcher's console: the live fleet and its alerts pushed by
+// /api/v1/stream (server-sent events read with fetch), our own routes and zones from
+// /api/v1/geo, violations announced and acknowledged, and the replay of a track.
 // Plain JavaScript on the vendored Leaflet 1.9.4; no build step.
 'use strict';
 
@@ -11,8 +12,6 @@
   addEventListener('unhandledrejection', (e) => noteError(String(e.reason)));
 
   const TOKEN_KEY = 'fleetwatch.token';
-  const POLL_MS = 5000;
-  const ALERT_POLL_MS = 10000;
   const GEO_POLL_MS = 300000;
   // Labels are drawn for every vehicle when the fleet is small, else only zoomed in.
   const LABEL_ALL_MAX = 300;
@@ -32,7 +31,9 @@
 
   const $ = (id) => document.getElementById(id);
   const el = (tag, props, ...children) => {
-    const e = Object.assign(document.createElement(tag), props);
+    const { dataset, ...rest } = props || {};
+    const e = Object.assign(document.createElement(tag), rest);
+    Object.assign(e.dataset, dataset);
     e.append(...children);
     return e;
   };
@@ -200,8 +201,28 @@
   const legend = L.control({ position: 'bottomleft' });
   legend.onAdd = () => el('div', { className: 'legend' },
     ...Object.values(STATUS).flatMap((s) => [
-      el('i', { style: `background:${s.color}` }), s.label, el('br')]));
+      el('i', { style: `background:${s.color}` }), s.label, el('br')]),
+    el('div', { id: 'geo-legend' }));
   legend.addTo(map);
+
+  /** Routes and zones in the legend, each with its name and colour. */
+  function showGeoLegend(fc) {
+    const rows = [];
+    const feats = fc.features || [];
+    for (const f of feats.filter((x) => x.properties.layer === 'route')) {
+      const p = f.properties;
+      rows.push(el('div', { className: 'geo-row route' }, el('s', { style: 'border-color:#3949ab' }),
+        `route ${p.route_id}${p.name ? ` · ${p.name}` : ''}`));
+    }
+    for (const f of feats.filter((x) => x.properties.layer === 'zone')) {
+      const p = f.properties;
+      const c = ZONE_COLOR[p.kind] || '#555';
+      rows.push(el('div', { className: 'geo-row zone' }, el('b', { style: `background:${c}` }),
+        `${p.name || p.zone_id} (${p.kind.replace(/_/g, ' ')})`));
+    }
+    const box = $('geo-legend');
+    if (box) box.replaceChildren(...rows);
+  }
 
   function geoStyle(f) {
     const p = f.properties;
@@ -222,11 +243,30 @@
 
   // ---- vehicles ----------------------------------------------------------------
 
-  /** id → { v: the API's vehicle, marker: its circle (null without a position) }. */
+  /** id → { v: the API's vehicle, at: when the page received it (ms) }. */
   const vehicles = new Map();
+  /** Spot key → { marker, ids }: vehicles at the same spot share one marker. */
+  const spots = new Map();
+  /** Vehicle id → its spot key. */
+  const spotOf = new Map();
   let fitted = false;
+  let breakS = 900; // replaced by the server's rules.driving.break_min_s
 
-  vehicleLayer.on('click', (e) => select(e.layer.options.vehicleId, false));
+  vehicleLayer.on('click', (e) => {
+    const ids = e.layer.options.ids || [e.layer.options.vehicleId];
+    if (ids.length === 1) {
+      select(ids[0], false);
+      return;
+    }
+    // A group: the vehicles at this spot, each one a link to its panel.
+    L.popup().setLatLng(e.layer.getLatLng()).setContent(el('div', { className: 'spot' },
+      el('b', {}, `${ids.length} vehicles here`), el('br'),
+      ...ids.flatMap((id) => {
+        const a = el('a', { href: '#', className: 'spot-vehicle' }, id);
+        a.addEventListener('click', (ev) => { ev.preventDefault(); map.closePopup(); select(id, false); });
+        return [a, el('br')];
+      }))).openOn(map);
+  });
 
   let geoKey = '';
   async function loadGeo() {
@@ -238,6 +278,7 @@
     geoLayer.clearLayers();
     geoLayer.addData(fc);
     geoLayer.bringToBack();
+    showGeoLegend(fc);
   }
 
   /** Once, at the first positions: every vehicle, route and zone in view. */
@@ -250,66 +291,129 @@
     fitted = true;
   }
 
-  /** How long the last vehicle poll took: request and JSON, then the page's update, ms. */
-  const timings = { fetchMs: 0, updateMs: 0 };
+  /** How the last stream event was handled: its size, then the page's update, ms. */
+  const timings = { fetchMs: 0, updateMs: 0, events: 0, bytes: 0 };
 
-  async function pollVehicles() {
-    const t0 = performance.now();
-    const { vehicles: list } = await api('/api/v1/vehicles');
-    const t1 = performance.now();
+  /** A snapshot (`full`: every vehicle, the rest removed) or an update. */
+  function applyVehicles(list, full) {
+    const now = Date.now();
     const seen = new Set();
     for (const v of list) {
       seen.add(v.vehicle_id);
-      update(v);
+      vehicles.set(v.vehicle_id, { v, at: now });
+      place(v);
     }
-    for (const [id, e] of vehicles) {
-      if (!seen.has(id)) {
-        if (e.marker) e.marker.remove();
-        vehicles.delete(id);
+    if (full) {
+      for (const id of [...vehicles.keys()]) {
+        if (!seen.has(id)) {
+          unplace(id);
+          vehicles.delete(id);
+        }
       }
     }
     if (!fitted) fitAll();
     showCounts();
     updateVehicleIds();
     if (selectedId) showVehicle();
-    $('updated').textContent = `updated ${fmtTime(new Date().toISOString()).slice(11)}`;
-    timings.fetchMs = t1 - t0;
-    timings.updateMs = performance.now() - t1;
   }
 
-  /** Touches the map only where a vehicle changed (position, status, label). */
-  function update(v) {
-    const e = vehicles.get(v.vehicle_id) || {};
-    e.v = v;
-    vehicles.set(v.vehicle_id, e);
+  /** Spot of a position: 1e-4° (about 11 m) cells. */
+  const spotKey = (p) => `${Math.round(p.lat * 1e4)}:${Math.round(p.lon * 1e4)}`;
+
+  function unplace(id) {
+    const key = spotOf.get(id);
+    if (key === undefined) return;
+    spotOf.delete(id);
+    const s = spots.get(key);
+    s.ids = s.ids.filter((x) => x !== id);
+    redrawSpot(key);
+  }
+
+  /** Puts a vehicle on its spot's marker (leaving the one it was on). */
+  function place(v) {
     const p = v.position;
-    if (!p) {
-      if (e.marker) e.marker.remove();
-      e.marker = null;
+    const key = p ? spotKey(p) : undefined;
+    if (spotOf.get(v.vehicle_id) !== key) {
+      unplace(v.vehicle_id);
+      if (key !== undefined) {
+        spotOf.set(v.vehicle_id, key);
+        const s = spots.get(key) || { marker: null, ids: [] };
+        s.ids.push(v.vehicle_id);
+        s.ids.sort();
+        spots.set(key, s);
+      }
+    }
+    if (key !== undefined) redrawSpot(key);
+  }
+
+  /** One marker per spot: the vehicle's own, or a bigger one with the count. */
+  function redrawSpot(key) {
+    const s = spots.get(key);
+    if (!s) return;
+    if (!s.ids.length) {
+      if (s.marker) s.marker.remove();
+      spots.delete(key);
       return;
     }
-    const color = (STATUS[v.status] || STATUS.unknown).color;
-    const label = v.plate && v.plate !== v.vehicle_id ? `${v.plate}` : v.vehicle_id;
-    if (!e.marker) {
-      e.marker = new VehicleMarker([p.lat, p.lon], {
-        radius: 6, weight: 1.5, color: '#fff',
-        fillColor: color, fillOpacity: 1, label, vehicleId: v.vehicle_id,
+    const first = vehicles.get(s.ids[0]).v;
+    const p = first.position;
+    const many = s.ids.length > 1;
+    const worst = many ? groupStatus(s.ids) : first.status;
+    const color = (STATUS[worst] || STATUS.unknown).color;
+    const label = many ? `${s.ids.length} vehicles`
+      : (first.plate && first.plate !== first.vehicle_id ? `${first.plate}` : first.vehicle_id);
+    const radius = many ? 9 : 6;
+    if (!s.marker) {
+      s.marker = new VehicleMarker([p.lat, p.lon], {
+        radius, weight: many ? 2.5 : 1.5, color: '#fff', fillColor: color, fillOpacity: 1,
+        label, vehicleId: s.ids[0], ids: s.ids.slice(),
       }).addTo(vehicleLayer);
     } else {
-      const ll = e.marker.getLatLng();
-      if (ll.lat !== p.lat || ll.lng !== p.lon) e.marker.setLatLng([p.lat, p.lon]);
-      if (e.marker.options.fillColor !== color) e.marker.setStyle({ fillColor: color });
+      const m = s.marker;
+      const ll = m.getLatLng();
+      if (ll.lat !== p.lat || ll.lng !== p.lon) m.setLatLng([p.lat, p.lon]);
+      m.options.ids = s.ids.slice();
+      m.options.vehicleId = s.ids[0];
+      if (m.options.fillColor !== color || m.options.label !== label || m.options.radius !== radius) {
+        m.options.label = label;
+        m.setRadius(radius);
+        m.setStyle({ fillColor: color, weight: many ? 2.5 : 1.5 });
+      }
     }
-    if (v.vehicle_id === selectedId) highlight.setLatLng([p.lat, p.lon]);
+    if (s.ids.includes(selectedId)) highlight.setLatLng([p.lat, p.lon]);
   }
 
+  /** A group's colour: the most urgent status among its vehicles. */
+  function groupStatus(ids) {
+    const order = ['no_signal', 'off_route', 'moving', 'stopped', 'unknown'];
+    let best = 'unknown';
+    for (const id of ids) {
+      const st = vehicles.get(id).v.status;
+      if (order.indexOf(st) < order.indexOf(best)) best = st;
+    }
+    return best;
+  }
+
+  /** The fleet summary: vehicles by status, open violations by kind. */
   function showCounts() {
     const by = {};
-    for (const { v } of vehicles.values()) by[v.status] = (by[v.status] || 0) + 1;
+    const violations = {};
+    for (const { v } of vehicles.values()) {
+      by[v.status] = (by[v.status] || 0) + 1;
+      for (const a of v.open_alerts || []) {
+        if (a.level === 'violation') violations[a.kind] = (violations[a.kind] || 0) + 1;
+      }
+    }
     const parts = Object.entries(STATUS)
       .filter(([k]) => by[k])
       .map(([k, s]) => `${by[k]} ${s.label}`);
-    $('counts').textContent = `${vehicles.size} vehicles${parts.length ? ` · ${parts.join(' · ')}` : ''}`;
+    const n = vehicles.size;
+    $('counts').textContent = `${n} vehicle${n === 1 ? '' : 's'}${parts.length ? ` · ${parts.join(' · ')}` : ''}`;
+    const kinds = Object.entries(violations).sort((a, b) => b[1] - a[1]);
+    $('violations').textContent = kinds.length
+      ? `open violations: ${kinds.map(([k, n]) => `${n} ${k.replace(/_/g, ' ')}`).join(', ')}`
+      : 'no open violations';
+    $('violations').classList.toggle('some', kinds.length > 0);
   }
 
   let idsKey = '';
@@ -321,19 +425,120 @@
     $('vehicle-ids').replaceChildren(...ids.map((id) => el('option', { value: id })));
   }
 
+  // ---- the stream ----------------------------------------------------------------
+
+  /** Reads `GET /api/v1/stream` with the token in the header (fetch streaming: an
+   *  EventSource cannot set it) and reconnects after a failure, backing off. */
+  async function streamLive() {
+    let backoff = 1000;
+    for (;;) {
+      let r;
+      try {
+        r = await fetch('/api/v1/stream', {
+          headers: { Authorization: `Bearer ${token}`, Accept: 'text/event-stream' },
+        });
+      } catch (e) {
+        noteRequest(`/api/v1/stream: ${e.message}`);
+        r = null;
+      }
+      if (r && r.status === 401) {
+        askToken('The token was refused: enter another.');
+        return;
+      }
+      if (r && r.ok) {
+        backoff = 1000;
+        try {
+          await readEvents(r.body.getReader());
+        } catch (e) {
+          if (!(e instanceof TypeError)) onFail(e);
+        }
+        live = false;
+        $('updated').textContent = 'reconnecting…';
+      } else if (r) {
+        const body = await r.json().catch(() => ({}));
+        noteRequest(`/api/v1/stream: ${r.status} ${body.error || r.statusText}`);
+      }
+      await new Promise((ok) => setTimeout(ok, backoff));
+      backoff = Math.min(backoff * 2, 30000);
+    }
+  }
+
+  let live = false;
+  async function readEvents(reader) {
+    const dec = new TextDecoder();
+    let buf = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      timings.bytes += value.length;
+      buf += dec.decode(value, { stream: true });
+      let end;
+      while ((end = buf.indexOf('\n\n')) >= 0) {
+        const block = buf.slice(0, end);
+        buf = buf.slice(end + 2);
+        let name = 'message';
+        let data = '';
+        for (const line of block.split('\n')) {
+          if (line.startsWith('event:')) name = line.slice(6).trim();
+          else if (line.startsWith('data:')) data += line.slice(line[5] === ' ' ? 6 : 5);
+        }
+        if (data) onEvent(name, JSON.parse(data));
+      }
+    }
+  }
+
+  function onEvent(name, data) {
+    const t0 = performance.now();
+    if (name === 'snapshot') {
+      applyVehicles(data.vehicles, true);
+      applyAlerts(data.alerts, true);
+      live = true;
+    } else if (name === 'update') {
+      applyVehicles(data.vehicles, false);
+      applyAlerts(data.alerts, false);
+    }
+    timings.events += 1;
+    timings.updateMs = performance.now() - t0;
+    showProblem('');
+    $('updated').textContent = `live · ${fmtTime(new Date().toISOString()).slice(11)}`;
+  }
+
   // ---- the vehicle panel --------------------------------------------------------
 
   function select(id, pan) {
     selectedId = id;
     const e = vehicles.get(id);
     if (!e) return;
-    if (e.marker) {
-      highlight.setLatLng(e.marker.getLatLng()).addTo(map);
-      if (pan) map.panTo(e.marker.getLatLng());
+    const v = e.v;
+    if (v.position) {
+      const ll = L.latLng(v.position.lat, v.position.lon);
+      highlight.setLatLng(ll).addTo(map);
+      if (pan) map.panTo(ll);
     }
     $('replay-vehicle').value = id;
     showVehicle();
     loadVehicleAlerts(id).catch(onFail);
+  }
+
+  const hms = (s) => {
+    const t = Math.max(0, Math.round(s));
+    return `${Math.floor(t / 3600)}:${pad(Math.floor((t % 3600) / 60))}:${pad(t % 60)}`;
+  };
+
+  /** Driving figures now: while the vehicle drives, the time since its last fix counts
+   *  (up to a break's length: a vehicle silent that long has taken one). */
+  function drivingNow(e) {
+    const d = e.v.driving;
+    if (!d) return null;
+    const since = Math.max(0, (Date.now() - Date.parse(d.as_of)) / 1000);
+    const run = d.moving && d.continuous_s > 0 && since < breakS ? since : 0;
+    return {
+      continuous: d.continuous_s + run,
+      left: Math.max(0, d.continuous_left_s - run),
+      daily: d.daily_s + run,
+      dailyLeft: Math.max(0, d.daily_left_s - run),
+      counting: run > 0,
+    };
   }
 
   function showVehicle() {
@@ -345,35 +550,59 @@
     const { v } = e;
     const p = v.position || {};
     const s = STATUS[v.status] || STATUS.unknown;
+    const d = v.driving || {};
     $('vehicle-title').textContent = v.vehicle_id;
+    const field = (name, text) => el('span', { dataset: { field: name } }, text);
     const rows = [
       ['Status', el('span', { className: `status ${v.status}` }, s.label)],
+      ['Driver', d.driver_id || p.driver_id || (v.driving ? 'no card' : null)],
+      ['Continuous', v.driving ? field('continuous', '') : null],
+      ['Left before 4 h', v.driving ? field('continuous-left', '') : null],
+      ['Today', v.driving ? field('daily', '') : null],
+      ['Route', v.route_id ? `${v.route_id} · ${v.on_route === false ? 'OFF ROUTE' : v.on_route ? 'on route' : '–'}` : null],
       ['Plate', v.plate],
       ['Cooperative', v.cooperative_id],
       ['Class', v.class],
-      ['Route', v.route_id],
       ['Last fix', `${fmtTime(p.ts)} (UTC${offsetLabel})`],
       ['Speed', p.speed_kmh != null ? `${p.speed_kmh.toFixed(0)} km/h` : null],
       ['Heading', p.heading_deg != null ? `${p.heading_deg.toFixed(0)}°` : null],
-      ['Driver', p.driver_id],
       ['Position', p.lat != null ? `${p.lat.toFixed(5)}, ${p.lon.toFixed(5)}` : null],
       ['Registered', v.registered ? 'yes' : 'no'],
     ];
     $('vehicle-details').replaceChildren(...rows.filter(([, x]) => x != null && x !== '')
       .flatMap(([k, x]) => [el('dt', {}, k), el('dd', {}, x)]));
+    tickDriving();
     $('vehicle-panel').hidden = false;
     // Until the details arrive, the live list's open alerts stand in.
     if ($('vehicle-alerts').dataset.vehicle !== v.vehicle_id) {
-      renderAlerts($('vehicle-alerts'), v.open_alerts.map((a) => ({ ...a, vehicle_id: v.vehicle_id, status: 'open' })),
+      renderAlertList($('vehicle-alerts'), v.open_alerts.map((a) => ({ ...a, vehicle_id: v.vehicle_id, status: 'open' })),
         'No open alerts.');
       $('vehicle-alerts').dataset.vehicle = v.vehicle_id;
     }
   }
 
+  /** Every second: the selected vehicle's driving figures, counting down while it drives. */
+  function tickDriving() {
+    const e = vehicles.get(selectedId);
+    const f = e && drivingNow(e);
+    if (!f) return;
+    const set = (name, text, cls) => {
+      const x = document.querySelector(`#vehicle-details [data-field="${name}"]`);
+      if (x) {
+        x.textContent = text;
+        x.className = cls || '';
+      }
+    };
+    set('continuous', hms(f.continuous));
+    set('continuous-left', hms(f.left), f.left <= 0 ? 'over' : f.left < 1800 ? 'low' : f.counting ? 'counting' : '');
+    set('daily', `${hms(f.daily)} (${hms(f.dailyLeft)} left of 10 h)`);
+  }
+  setInterval(tickDriving, 1000);
+
   async function loadVehicleAlerts(id) {
     const { alerts } = await api(`/api/v1/alerts?vehicle=${encodeURIComponent(id)}&status=open&limit=50`);
     if (id !== selectedId) return;
-    renderAlerts($('vehicle-alerts'), alerts, 'No open alerts.');
+    renderAlertList($('vehicle-alerts'), alerts, 'No open alerts.');
   }
 
   $('vehicle-close').addEventListener('click', () => {
@@ -386,18 +615,116 @@
     loadReplay().catch(onFail);
   });
 
-  // ---- alerts ------------------------------------------------------------------
+  // ---- alerts: violations first, new ones announced, acknowledged here -----------
 
-  let alertsKey = '';
-  async function pollAlerts() {
-    const { alerts } = await api('/api/v1/alerts?limit=100');
-    const key = alerts.map((a) => `${a.id}/${a.status}`).join(',');
-    $('alert-count').textContent = `(${alerts.length}${alerts.length === 100 ? '+' : ''})`;
-    if (selectedId) loadVehicleAlerts(selectedId).catch(onFail);
-    if (key === alertsKey) return;
-    alertsKey = key;
-    renderAlerts($('alert-list'), alerts, 'No alerts.');
+  /** id → alert (as the stream sends it, with `acknowledged`). */
+  const alerts = new Map();
+  /** Alerts announced since the page loaded and not yet acknowledged. */
+  const announced = new Set();
+  const LEVEL_RANK = { violation: 0, warning: 1, info: 2 };
+  let levelFilter = localStorage.getItem('fleetwatch.level') || 'warning';
+  $('alert-level').value = levelFilter;
+  $('alert-level').addEventListener('change', (ev) => {
+    levelFilter = ev.target.value;
+    localStorage.setItem('fleetwatch.level', levelFilter);
+    renderAlerts();
+  });
+  $('ack-by').value = localStorage.getItem('fleetwatch.ackBy') || '';
+  $('ack-by').addEventListener('change', (ev) => localStorage.setItem('fleetwatch.ackBy', ev.target.value.trim()));
+  if ('Notification' in window && Notification.permission === 'default') {
+    $('notify').hidden = false;
+    $('notify').addEventListener('click', () => {
+      Notification.requestPermission().then(() => { $('notify').hidden = true; });
+      sound(); // a click also lets the page play sound
+    });
   }
+
+  function applyAlerts(list, full) {
+    if (full) alerts.clear();
+    const fresh = [];
+    for (const a of list) {
+      const old = alerts.get(a.id);
+      if (a.retracted_at) {
+        alerts.delete(a.id);
+        announced.delete(a.id);
+        continue;
+      }
+      alerts.set(a.id, a);
+      // Announced: a violation or warning that opened while the page is live.
+      if (!full && live && !old && a.status === 'open' && !a.acknowledged
+          && (a.level === 'violation' || a.level === 'warning')) {
+        announced.add(a.id);
+        fresh.push(a);
+      }
+      if (a.acknowledged) announced.delete(a.id);
+    }
+    // Only the newest few hundred are kept on the page.
+    if (alerts.size > 500) {
+      const keep = [...alerts.values()].sort((x, y) => Date.parse(y.start) - Date.parse(x.start)).slice(0, 500);
+      alerts.clear();
+      for (const a of keep) alerts.set(a.id, a);
+    }
+    renderAlerts();
+    if (fresh.length) announce(fresh);
+    // The selected vehicle's own open alerts follow.
+    if (selectedId && !full && list.some((a) => a.vehicle_id === selectedId)) {
+      loadVehicleAlerts(selectedId).catch(onFail);
+    }
+  }
+
+  function announce(list) {
+    sound();
+    if ('Notification' in window && Notification.permission === 'granted') {
+      for (const a of list.slice(0, 3)) {
+        try {
+          new Notification(`${a.level}: ${a.kind.replace(/_/g, ' ')} · ${a.vehicle_id}`, {
+            body: `${fmtTime(a.start)} ${alertFacts(a)}`, tag: a.id,
+          });
+        } catch (e) { /* not allowed here: the page still shows it */ }
+      }
+    }
+  }
+
+  let audio = null;
+  /** A short two-tone beep (WebAudio); silent where the browser does not allow it yet. */
+  function sound() {
+    try {
+      audio = audio || new AudioContext();
+      if (audio.state === 'suspended') audio.resume();
+      const o = audio.createOscillator();
+      const g = audio.createGain();
+      o.frequency.setValueAtTime(880, audio.currentTime);
+      o.frequency.setValueAtTime(660, audio.currentTime + 0.15);
+      g.gain.setValueAtTime(0.15, audio.currentTime);
+      g.gain.exponentialRampToValueAtTime(0.001, audio.currentTime + 0.35);
+      o.connect(g).connect(audio.destination);
+      o.start();
+      o.stop(audio.currentTime + 0.4);
+    } catch (e) { /* no audio: the highlight remains */ }
+  }
+
+  /** Violations first (open before closed, newest first), then warnings; info events
+   *  folded under their count. */
+  function renderAlerts() {
+    const min = LEVEL_RANK[levelFilter] ?? 2;
+    const all = [...alerts.values()];
+    const rank = (a) => [LEVEL_RANK[a.level] ?? 3, a.status === 'open' ? 0 : 1, -Date.parse(a.start)];
+    const cmp = (x, y) => {
+      const a = rank(x);
+      const b = rank(y);
+      return a[0] - b[0] || a[1] - b[1] || a[2] - b[2];
+    };
+    const shown = all.filter((a) => (LEVEL_RANK[a.level] ?? 3) <= Math.min(min, 1)).sort(cmp);
+    const info = all.filter((a) => a.level === 'info').sort(cmp);
+    const open = all.filter((a) => a.status === 'open' && a.level !== 'info').length;
+    $('alert-count').textContent = `(${open} open)`;
+    renderAlertList($('alert-list'), shown, 'No warnings or violations.');
+    const fold = $('info-fold');
+    fold.hidden = min < 2 || !info.length;
+    $('info-count').textContent = `${info.length} info event${info.length === 1 ? '' : 's'}`;
+    if (fold.open) renderAlertList($('info-list'), info, '');
+  }
+  $('info-fold').addEventListener('toggle', () => renderAlerts());
 
   function alertFacts(a) {
     const d = a.details || {};
@@ -406,24 +733,65 @@
       d.limit_kmh != null && `limit ${d.limit_kmh}`,
       d.zone_id && `zone ${d.zone_id}`,
       d.distance_m != null && `${Math.round(d.distance_m)} m off`,
+      d.driving_s != null && `driving ${hms(d.driving_s)}`,
     ].filter(Boolean).join(', ');
   }
 
-  /** Newest first (as the API sends them); a click pans to where it happened. */
-  function renderAlerts(ul, alerts, empty) {
-    if (!alerts.length) {
-      ul.replaceChildren(el('li', { className: 'empty' }, empty));
+  /** A list of alerts; a click pans to where it happened; open warnings and violations
+   *  get an acknowledge button. */
+  function renderAlertList(ul, list, empty) {
+    if (!list.length) {
+      ul.replaceChildren(...(empty ? [el('li', { className: 'empty' }, empty)] : []));
       return;
     }
-    ul.replaceChildren(...alerts.map((a) => {
-      const li = el('li', { className: `${a.level} ${a.status || ''}`, title: a.id },
+    ul.replaceChildren(...list.map((a) => {
+      const cls = [a.level, a.status || '', announced.has(a.id) ? 'announced' : '',
+        a.acknowledged ? 'acknowledged' : ''].filter(Boolean).join(' ');
+      const li = el('li', { className: cls, title: a.id, dataset: { alert: a.id } },
         el('span', { className: 'when' }, fmtTime(a.start).slice(5, 16)), ' ',
         el('b', {}, a.kind.replace(/_/g, ' ')), ` ${a.vehicle_id}`,
         a.status === 'closed' ? ' (closed)' : '',
         alertFacts(a) ? el('div', {}, alertFacts(a)) : '');
+      if (a.level !== 'info' && a.status === 'open' && alerts.has(a.id)) {
+        if (alerts.get(a.id).acknowledged) {
+          li.prepend(el('span', { className: 'ack-done' }, '✓ acknowledged'));
+        } else {
+          const b = el('button', { type: 'button', className: 'ack' }, 'Acknowledge');
+          b.addEventListener('click', (ev) => {
+            ev.stopPropagation();
+            acknowledge(a.id, b).catch(onFail);
+          });
+          li.prepend(b);
+        }
+      }
       li.addEventListener('click', () => showAlert(a));
       return li;
     }));
+  }
+
+  async function acknowledge(id, button) {
+    button.disabled = true;
+    const by = $('ack-by').value.trim() || 'dispatcher (map)';
+    let r;
+    try {
+      r = await fetch(`/api/v1/alerts/${encodeURIComponent(id)}/ack`, {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ by }),
+      });
+    } catch (e) {
+      button.disabled = false;
+      throw noteRequest(`acknowledge ${id}: ${e.message}`);
+    }
+    if (!r.ok) {
+      button.disabled = false;
+      const body = await r.json().catch(() => ({}));
+      throw noteRequest(`acknowledge ${id}: ${r.status} ${body.error || r.statusText}`);
+    }
+    const a = alerts.get(id);
+    if (a) a.acknowledged = true;
+    announced.delete(id);
+    renderAlerts();
   }
 
   function showAlert(a) {
@@ -558,6 +926,7 @@
     offsetLabel = c.utc_offset;
     offsetMin = parseOffset(c.utc_offset);
     $('replay-tz').textContent = c.utc_offset;
+    if (c.driving_break_s) breakS = c.driving_break_s;
     if (c.tile_url) {
       L.tileLayer(c.tile_url, { attribution: c.tile_attribution, maxZoom: 19 }).addTo(map);
     }
@@ -573,10 +942,7 @@
     }
     started = true;
     // Routes and zones first, so the first view frames them with the vehicles.
-    every(GEO_POLL_MS, loadGeo).then(() => {
-      every(POLL_MS, pollVehicles);
-      every(ALERT_POLL_MS, pollAlerts);
-    });
+    every(GEO_POLL_MS, loadGeo).then(() => streamLive());
   }
 
   loadConfig().then(() => (token ? start() : askToken('An API token is needed to see the fleet.')),
@@ -586,16 +952,21 @@
   window.fleetwatch = Object.freeze({
     errors: () => errors.slice(),
     requestErrors: () => requestErrors.slice(),
-    vehicleCount: () => vehicleLayer.getLayers().length,
+    /** Vehicles with a position on the map (several at one spot share a marker). */
+    vehicleCount: () => spotOf.size,
+    markerCount: () => vehicleLayer.getLayers().length,
     vehicleIds: () => [...vehicles.keys()],
+    alertIds: () => [...alerts.keys()],
+    announced: () => [...announced],
+    live: () => live,
     geoFeatureCount: () => geoLayer.getLayers().length,
     selected: () => selectedId,
     timings: () => ({ ...timings }),
     /** Page coordinates (CSS px) of a vehicle's marker, for clicking it. */
     vehiclePoint(id) {
-      const e = vehicles.get(id);
-      if (!e || !e.marker) return null;
-      const p = map.latLngToContainerPoint(e.marker.getLatLng());
+      const s = spots.get(spotOf.get(id));
+      if (!s || !s.marker) return null;
+      const p = map.latLngToContainerPoint(s.marker.getLatLng());
       const r = map.getContainer().getBoundingClientRect();
       return { x: Math.round(r.left + p.x), y: Math.round(r.top + p.y) };
     },

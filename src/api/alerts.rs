@@ -78,7 +78,7 @@ fn one_of(name: &str, v: Option<String>, allowed: &[&str]) -> ApiResult<Option<S
 }
 
 /// An alert row as JSON (columns in the order of [`SELECT_ALERT`]).
-fn alert_json(r: &tokio_postgres::Row) -> Value {
+pub(crate) fn alert_json(r: &tokio_postgres::Row) -> Value {
     json!({
         "id": r.get::<_, String>(0),
         "vehicle_id": r.get::<_, String>(1),
@@ -100,7 +100,7 @@ fn alert_json(r: &tokio_postgres::Row) -> Value {
 
 /// An alert's cooperative is its own, or for an unregistered vehicle's alert the one
 /// the vehicle is listed under.
-const SELECT_ALERT: &str =
+pub(crate) const SELECT_ALERT: &str =
     "SELECT a.alert_id, a.vehicle_id, COALESCE(a.cooperative_id, v.cooperative_id),
         a.driver_id, a.kind, a.level, a.status, a.severity, a.start_ts, a.end_ts, a.lat, a.lon,
         a.details, a.retracted_at, a.retraction_reason

@@ -204,6 +204,7 @@ pub async fn config(State(s): State<AppState>) -> Json<Value> {
         "tile_attribution": h.map_tile_attribution,
         "utc_offset": s.settings.rules.utc_offset.to_string(),
         "leaflet_version": LEAFLET_VERSION,
+        "driving_break_s": s.settings.rules.driving.break_min_s,
     }))
 }
 

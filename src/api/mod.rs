@@ -4,10 +4,12 @@
 pub mod alerts;
 pub mod auth;
 pub mod deliveries;
+pub mod drivers;
 pub mod error;
 pub mod map;
 pub mod openapi;
 pub mod reports;
+pub mod stream;
 pub mod time;
 pub mod vehicles;
 
@@ -43,6 +45,8 @@ pub struct AppState {
     pub heavy: Arc<HeavyLimiter>,
     /// The devices the gateway has heard.
     pub devices: Arc<crate::sources::gateway::DeviceBook>,
+    /// Changes of the live fleet for `GET /api/v1/stream` (fed by [`stream::run`]).
+    pub live: Arc<stream::LiveFeed>,
 }
 
 /// Counts the heavy requests (track pages, compliance reports) each token has in
@@ -185,6 +189,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/vehicles/{id}/track", get(vehicles::track))
         .route("/api/v1/vehicles/{id}/trips", get(vehicles::trips))
         .route("/api/v1/devices", get(devices))
+        .route("/api/v1/drivers/{id}", get(drivers::get))
+        .route("/api/v1/stream", get(stream::stream))
         .route("/api/v1/alerts", get(alerts::list))
         .route("/api/v1/alerts/{id}/ack", axum::routing::post(alerts::ack))
         .route("/api/v1/reports/compliance", get(reports::compliance))

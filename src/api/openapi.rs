@@ -289,11 +289,59 @@ pub fn document() -> Value {
         }
     });
     add_deliveries(&mut doc);
+    add_live(&mut doc);
     doc
 }
 
 /// The delivery endpoints and their schemas (apart: the document is too deep for one
 /// `json!`).
+/// The live driving-time state: drivers and the vehicles' figures.
+fn add_live(doc: &mut Value) {
+    let secs = |d: &str| json!({ "type": "number", "description": d });
+    doc["paths"]["/api/v1/drivers/{id}"] = json!({ "get": {
+        "summary": "A driver's live driving time: continuous, today (local day), this local ISO week, time left before the 4 h and 10 h limits, the vehicle and since when, as of the driver's newest fix",
+        "description": "Figures are the rules' state after the driver's newest fix (event time; a recomputation for late fixes rewrites them), read at the time of the request: a break of `rules.driving.break_min_s` since the last driving ends continuous driving, a new local day or week starts from zero. A cooperative token sees the drivers who drove its vehicles (any other: 404, as an unknown driver) and the vehicle only when it is its own.",
+        "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" }, "description": "Driver licence number (as on the card)" }],
+        "responses": with(json!({ "description": "The driver's state", "content": { "application/json": {
+            "schema": { "$ref": "#/components/schemas/Driver" } } } }), &["400", "401", "404"])
+    }});
+    doc["paths"]["/api/v1/stream"] = json!({ "get": {
+        "summary": "Server-sent events of the live fleet: a `snapshot` on connect, then `update` events with only what changed, at most one a second",
+        "description": "Authenticated with the Authorization header like every endpoint (no token in the query: browsers read it with fetch streaming). `snapshot`: `{\"vehicles\": [...], \"alerts\": [...]}`, the live list (as GET /api/v1/vehicles) and the 200 newest alerts of the caller's scope, each alert with `acknowledged`. `update`: the same shape with the vehicles whose entry changed (position, status, driving, open alerts) and the alerts new or changed since. A client more than 16 updates behind is disconnected; reconnect for a new snapshot. A comment every 15 s keeps the connection open.",
+        "responses": with(json!({ "description": "An event stream", "content": { "text/event-stream": {
+            "schema": { "type": "string" } } } }), &["401"])
+    }});
+    let schemas = &mut doc["components"]["schemas"];
+    let item = &mut schemas["VehicleList"]["properties"]["vehicles"]["items"]["properties"];
+    item["on_route"] = json!({ "type": ["boolean", "null"], "description": "Inside its route's corridor (no open off_route alert); null without a route" });
+    item["driving"] =
+        json!({ "oneOf": [{ "$ref": "#/components/schemas/VehicleDriving" }, { "type": "null" }] });
+    schemas["Driver"] = json!({ "type": "object", "properties": {
+        "driver_id": { "type": "string" },
+        "vehicle_id": { "type": ["string", "null"], "description": "The vehicle of the newest fix (null: another cooperative's)" },
+        "on_vehicle_since": { "type": ["string", "null"], "format": "date-time", "description": "First fix of this driver on that vehicle" },
+        "as_of": { "type": "string", "format": "date-time", "description": "Time of the fix the figures are from" },
+        "moving": { "type": "boolean" },
+        "on_route": { "type": ["boolean", "null"] },
+        "continuous_driving_s": secs("Continuous driving so far, s"),
+        "continuous_left_s": secs("Left before the continuous limit (4 h), s"),
+        "daily_driving_s": secs("Driving today (local day), s"),
+        "daily_left_s": secs("Left before the daily limit (10 h), s"),
+        "weekly_driving_s": secs("Driving this local ISO week, s"),
+        "weekly_left_s": { "type": ["number", "null"], "description": "Left before the weekly limit (48 h), s; null when not checked" },
+        "limits": { "type": "object", "properties": { "continuous_s": { "type": "number" }, "daily_s": { "type": "number" },
+            "weekly_s": { "type": ["number", "null"] }, "break_s": { "type": "number" } } } } });
+    schemas["VehicleDriving"] = json!({ "type": "object", "description": "Driving time of whoever drives the vehicle (the vehicle's own without a driver card), read at the request's time", "properties": {
+        "as_of": { "type": "string", "format": "date-time" },
+        "driver_id": { "type": ["string", "null"] },
+        "driver_since": { "type": ["string", "null"], "format": "date-time" },
+        "moving": { "type": "boolean", "description": "Moving at that fix: time left counts down while it is" },
+        "continuous_s": secs("Continuous driving so far, s"),
+        "continuous_left_s": secs("Left before the continuous limit, s"),
+        "daily_s": secs("Driving today, s"),
+        "daily_left_s": secs("Left before the daily limit, s") } });
+}
+
 fn add_deliveries(doc: &mut Value) {
     use super::deliveries::{MAX_LIMIT, STATUSES};
     let id =

@@ -24,35 +24,55 @@ pub const MAX_TRACK_FIXES: i64 = 500_000;
 pub const MOVING_KMH: f32 = 3.0;
 
 /// RFC 3339, UTC, with milliseconds only when needed.
-pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
+pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
-/// `GET /api/v1/vehicles`: every visible vehicle, its latest position, status and
-/// open alerts.
+/// `GET /api/v1/vehicles`: every visible vehicle, its latest position, status,
+/// driving time and open alerts.
 pub async fn list(State(s): State<AppState>, caller: Caller) -> ApiResult<Response> {
     let db = s.db.get().await?;
-    let scope = caller.scope();
+    let vehicles = live_vehicles(&db, caller.scope(), None, &s.settings, Utc::now()).await?;
+    // Serialised straight from the structs: a fleet of 10,000 is megabytes of JSON.
+    let body = serde_json::to_vec(&LiveList { vehicles })
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The live list of the vehicles of `scope` (`None`: all), only those of `only` when
+/// given, sorted by id, with driving figures read at `now`.
+pub(crate) async fn live_vehicles(
+    db: &tokio_postgres::Client,
+    scope: Option<&str>,
+    only: Option<&[String]>,
+    settings: &crate::config::Settings,
+    now: DateTime<Utc>,
+) -> Result<Vec<LiveVehicle>, tokio_postgres::Error> {
     // One row per vehicle: the writer keeps the latest position in `vehicles`. Byte
     // order (COLLATE "C") sorts ids without the cost of a linguistic collation.
     let rows = db
         .query(
             "SELECT vehicle_id, cooperative_id, plate, class, route_id, registered, last_seen,
                     last_fix_ts, last_lat, last_lon, last_speed_kmh, last_heading_deg,
-                    last_driver_id, device_id
+                    last_driver_id, device_id, live_as_of_ts, live_driver_id,
+                    live_driver_since_ts, live_moving, live_continuous_s, live_last_drive_end_ts,
+                    live_day, live_daily_s, live_weekly_s, live_on_route
              FROM vehicles
              WHERE ($1::text IS NULL OR cooperative_id = $1)
+               AND ($2::text[] IS NULL OR vehicle_id = ANY ($2))
              ORDER BY vehicle_id COLLATE \"C\"",
-            &[&scope],
+            &[&scope, &only],
         )
         .await?;
     let open = db
         .query(
             "SELECT a.vehicle_id, a.alert_id, a.kind, a.level, a.start_ts
              FROM alerts a JOIN vehicles v ON v.vehicle_id = a.vehicle_id
-             WHERE a.status = 'open' AND ($1::text IS NULL OR v.cooperative_id = $1)
+             WHERE a.status = 'open' AND a.retracted_at IS NULL
+               AND ($1::text IS NULL OR v.cooperative_id = $1)
+               AND ($2::text[] IS NULL OR a.vehicle_id = ANY ($2))
              ORDER BY a.start_ts",
-            &[&scope],
+            &[&scope, &only],
         )
         .await?;
     let mut by_vehicle: HashMap<String, Vec<OpenAlert>> = HashMap::new();
@@ -64,7 +84,8 @@ pub async fn list(State(s): State<AppState>, caller: Caller) -> ApiResult<Respon
             start: Rfc3339(r.get(4)),
         });
     }
-    let vehicles: Vec<LiveVehicle> = rows
+    let lim = settings.rules.driving_limits();
+    Ok(rows
         .iter()
         .map(|r| {
             let id: String = r.get(0);
@@ -94,6 +115,27 @@ pub async fn list(State(s): State<AppState>, caller: Caller) -> ApiResult<Respon
                 }),
                 _ => None,
             };
+            let driving = r.get::<_, Option<DateTime<Utc>>>(14).map(|as_of| {
+                let f = crate::domain::live::driving_now(
+                    &lim,
+                    now,
+                    r.get::<_, Option<f64>>(18).unwrap_or(0.0),
+                    r.get(19),
+                    r.get(20),
+                    r.get::<_, Option<f64>>(21).unwrap_or(0.0),
+                    r.get::<_, Option<f64>>(22).unwrap_or(0.0),
+                );
+                Driving {
+                    as_of: Rfc3339(as_of),
+                    driver_id: r.get(15),
+                    driver_since: r.get::<_, Option<DateTime<Utc>>>(16).map(Rfc3339),
+                    moving: r.get::<_, Option<bool>>(17).unwrap_or(false),
+                    continuous_s: f.continuous_s.round(),
+                    continuous_left_s: f.continuous_left_s.round(),
+                    daily_s: f.daily_s.round(),
+                    daily_left_s: f.daily_left_s.round(),
+                }
+            });
             LiveVehicle {
                 vehicle_id: id,
                 cooperative_id: r.get(1),
@@ -105,14 +147,12 @@ pub async fn list(State(s): State<AppState>, caller: Caller) -> ApiResult<Respon
                 last_seen: r.get::<_, Option<DateTime<Utc>>>(6).map(Rfc3339),
                 position,
                 status,
+                on_route: r.get(23),
+                driving,
                 open_alerts,
             }
         })
-        .collect();
-    // Serialised straight from the structs: a fleet of 10,000 is megabytes of JSON.
-    let body = serde_json::to_vec(&LiveList { vehicles })
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+        .collect())
 }
 
 /// The live list.
@@ -122,10 +162,10 @@ struct LiveList {
 }
 
 /// One vehicle of the live list.
-#[derive(Serialize)]
-struct LiveVehicle {
-    vehicle_id: String,
-    cooperative_id: String,
+#[derive(Serialize, PartialEq)]
+pub(crate) struct LiveVehicle {
+    pub(crate) vehicle_id: String,
+    pub(crate) cooperative_id: String,
     plate: Option<String>,
     class: Option<String>,
     route_id: Option<String>,
@@ -135,11 +175,31 @@ struct LiveVehicle {
     last_seen: Option<Rfc3339>,
     position: Option<Position>,
     status: &'static str,
+    /// Inside its route's corridor (`None`: no route, or not known yet).
+    on_route: Option<bool>,
+    /// Driving time of whoever drives it (the vehicle's own without a driver card).
+    driving: Option<Driving>,
     open_alerts: Vec<OpenAlert>,
 }
 
+/// Driving time of a vehicle's driver, read at the request's time.
+#[derive(Serialize, PartialEq)]
+struct Driving {
+    /// Fix time the rules' figures are from.
+    as_of: Rfc3339,
+    driver_id: Option<String>,
+    /// Since when this driver has been on the vehicle.
+    driver_since: Option<Rfc3339>,
+    /// Moving at that fix: the page counts the time left down while it is.
+    moving: bool,
+    continuous_s: f64,
+    continuous_left_s: f64,
+    daily_s: f64,
+    daily_left_s: f64,
+}
+
 /// The latest position of a vehicle.
-#[derive(Serialize)]
+#[derive(Serialize, PartialEq)]
 struct Position {
     ts: Rfc3339,
     lat: f64,
@@ -150,7 +210,7 @@ struct Position {
 }
 
 /// An open alert in the live list.
-#[derive(Serialize)]
+#[derive(Serialize, PartialEq)]
 struct OpenAlert {
     id: String,
     kind: String,
@@ -159,6 +219,7 @@ struct OpenAlert {
 }
 
 /// A time serialised as [`rfc3339`].
+#[derive(PartialEq)]
 struct Rfc3339(DateTime<Utc>);
 
 impl Serialize for Rfc3339 {

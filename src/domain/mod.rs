@@ -3,6 +3,7 @@
 pub mod alert;
 pub mod fix;
 pub mod ids;
+pub mod live;
 pub mod record;
 pub mod time;
 pub mod topic;

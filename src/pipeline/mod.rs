@@ -501,6 +501,7 @@ fn derived(out: Output) -> Derived {
     Derived {
         alerts: out.alerts,
         trips: out.trips,
+        live: out.live,
         ..Derived::default()
     }
 }

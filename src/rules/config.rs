@@ -314,6 +314,18 @@ pub enum RulesConfigError {
 }
 
 impl RulesConfig {
+    /// The driving-time limits the live figures are read against.
+    pub fn driving_limits(&self) -> crate::domain::live::DrivingLimits {
+        let d = &self.driving;
+        crate::domain::live::DrivingLimits {
+            continuous_max_s: f64::from(d.continuous_max_s),
+            daily_max_s: f64::from(d.daily_max_s),
+            weekly_max_s: d.weekly_enabled.then_some(f64::from(d.weekly_max_s)),
+            break_s: f64::from(d.break_min_s),
+            utc_offset_s: self.utc_offset.seconds(),
+        }
+    }
+
     /// Checks ranges the rules rely on; call after loading the configuration.
     pub fn validate(&self) -> Result<(), RulesConfigError> {
         let c = &self.overspeed.class_limits_kmh;

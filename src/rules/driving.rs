@@ -61,6 +61,21 @@ impl DrivingState {
         self.last_drive_end_ms.unwrap_or(i64::MIN)
     }
 
+    /// The live figures: continuous driving (ms) and the end of the last driving
+    /// (ms), the local day with its driving (ms), and the week's driving (ms).
+    pub(crate) fn figures(&self) -> (i64, Option<i64>, chrono::NaiveDate, i64, i64) {
+        let day = DateTime::from_timestamp(i64::from(self.day) * 86_400, 0)
+            .unwrap_or(DateTime::UNIX_EPOCH)
+            .date_naive();
+        (
+            self.cont_ms,
+            self.last_drive_end_ms,
+            day,
+            self.day_ms,
+            self.week_ms,
+        )
+    }
+
     /// Starts (ms) of what is in progress: the continuous run when `runs` (the
     /// state is the vehicle's own or its current driver's), and the open alerts that
     /// were opened on `vehicle`.

@@ -12,6 +12,7 @@ use super::config::{ckmh, Params, RulesConfig};
 use super::driving::{self, DrivingState};
 use super::state::{Ctx, Sample, VehicleCore, VehicleState};
 use super::{gaps, no_signal, off_route, overspeed, trips, zones};
+use crate::domain::live::LiveState;
 use crate::domain::{CooperativeId, DriverId, Fix, Vehicle, VehicleId};
 use crate::geo::{GeoIndex, Zone, ZoneKey, ZoneKind};
 
@@ -28,6 +29,9 @@ pub struct Output {
     pub stops: Vec<Stop>,
     /// Trips that ended (at the start of a stop).
     pub trips: Vec<Trip>,
+    /// Driving-time state after the newest fix applied of each vehicle (one per
+    /// vehicle per call, in the order vehicles were last touched).
+    pub live: Vec<LiveState>,
 }
 
 impl Output {
@@ -38,6 +42,7 @@ impl Output {
             && self.duplicates.is_empty()
             && self.stops.is_empty()
             && self.trips.is_empty()
+            && self.live.is_empty()
     }
 
     /// Appends everything of `other`.
@@ -47,6 +52,9 @@ impl Output {
         self.duplicates.append(&mut other.duplicates);
         self.stops.append(&mut other.stops);
         self.trips.append(&mut other.trips);
+        for l in other.live {
+            push_live(&mut self.live, l);
+        }
     }
 }
 
@@ -559,6 +567,19 @@ impl Engine {
     }
 }
 
+/// Adds `l` to `live`, replacing the last state when it is of the same vehicle (a
+/// vehicle's fixes are processed in a run; the writer keeps the newest of any others).
+fn push_live(live: &mut Vec<LiveState>, l: LiveState) {
+    match live.last_mut() {
+        Some(x) if x.vehicle == l.vehicle => {
+            if x.as_of <= l.as_of {
+                *x = l;
+            }
+        }
+        _ => live.push(l),
+    }
+}
+
 /// Records a snapshot of slot `vi` right before its fix at `at_ms`, thinning older
 /// ones so they stay few and spread back in time (the closest pair of neighbours
 /// loses its younger member; the oldest and newest stay).
@@ -700,6 +721,38 @@ fn process(
     }
     zones::update(&mut ctx, &mut core.zones, &s, &here, geo);
     trips::update(&mut ctx, &mut core.motion, prev.as_ref(), &s, moving);
+    core.driver_since_ms = match (&prev, &s.driver) {
+        (_, None) => None,
+        (Some(pr), Some(d)) if pr.driver.as_ref() == Some(d) => {
+            core.driver_since_ms.or(Some(s.ts_ms))
+        }
+        _ => Some(s.ts_ms),
+    };
+    let st = match &s.driver {
+        Some(d) => drivers
+            .index
+            .get(d)
+            .map(|&i| &drivers.slots[i as usize].state),
+        None => Some(&core.driving),
+    };
+    let (cont_ms, end_ms, day, day_ms, week_ms) = st.map_or_else(
+        || (0, None, super::alert::utc(s.ts_ms).date_naive(), 0, 0),
+        |st| st.figures(),
+    );
+    let live = LiveState {
+        vehicle: vid.clone(),
+        driver: s.driver.clone(),
+        driver_since: core.driver_since_ms.map(super::alert::utc),
+        as_of: super::alert::utc(s.ts_ms),
+        moving,
+        continuous_s: super::state::secs(cont_ms),
+        last_drive_end: end_ms.map(super::alert::utc),
+        day,
+        daily_s: super::state::secs(day_ms),
+        weekly_s: super::state::secs(week_ms),
+        on_route: route.map(|_| !core.off_route.is_off()),
+    };
+    push_live(&mut out.live, live);
     core.last = Some(s);
     // What this fix's processing emitted: a recomputation from a snapshot at or
     // before it reconciles these.

@@ -32,6 +32,11 @@ impl OffRouteState {
     pub(crate) fn since_ms(&self) -> Option<i64> {
         self.outside_since.map(|m| m.ts_ms)
     }
+
+    /// An off-route alert is open.
+    pub(crate) fn is_off(&self) -> bool {
+        self.open
+    }
 }
 
 /// Feeds fix `s` located at `loc` relative to `route`; `on_route_anyway` (in a depot

@@ -120,6 +120,8 @@ pub(crate) struct VehicleCore {
     /// replaced by the true one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub open: Vec<super::alert::Alert>,
+    /// First fix (ms) of the driver logged in at the last fix on this vehicle.
+    pub driver_since_ms: Option<i64>,
 }
 
 /// Checkpoint of one vehicle: its rule state plus the driving-time state of the

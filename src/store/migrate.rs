@@ -20,6 +20,9 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (12, include_str!("migrations/0012_gateway_devices.sql")),
     (13, include_str!("migrations/0013_deliveries.sql")),
     (14, include_str!("migrations/0014_emitted.sql")),
+    (30, include_str!("migrations/0030_driver_state.sql")),
+    (31, include_str!("migrations/0031_alerts_updated.sql")),
+    (32, include_str!("migrations/0032_ack_index.sql")),
 ];
 
 /// Storage-layout settings applied at migration time.

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::rollup::{self, Plan};
 use super::{connect, fnv1a64, pg_text, StoreError};
 use crate::domain::alert::{Alert, AlertId, AlertKind};
+use crate::domain::live::LiveState;
 use crate::domain::trip::Trip;
 use crate::domain::VehicleId;
 use crate::domain::{Record, Rejected};
@@ -78,6 +79,9 @@ pub struct Derived {
     pub checkpoint: Vec<Checkpoint>,
     /// Spans the rules recomputed (late fixes): their alerts are reconciled.
     pub recomputed: Vec<Recomputed>,
+    /// Driving-time state after the newest fix of each vehicle (kept in
+    /// `driver_state` and the `vehicles.live_*` columns).
+    pub live: Vec<LiveState>,
 }
 
 /// A vehicle's rule state as the rules saved it, stored so a restart resumes from it.
@@ -116,6 +120,7 @@ impl Derived {
             && self.trips.is_empty()
             && self.checkpoint.is_empty()
             && self.recomputed.is_empty()
+            && self.live.is_empty()
     }
 }
 
@@ -807,6 +812,7 @@ async fn write_derived(
     if !spans.is_empty() {
         changed += super::recompute::retract(tx, plan, &spans).await?;
     }
+    write_live(tx, derived).await?;
     // Only the newest checkpoint in the batch matters.
     if let Some(cp) = derived
         .iter()
@@ -830,6 +836,110 @@ async fn write_derived(
         .await?;
     }
     Ok(changed)
+}
+
+/// Keeps the live driving-time state: the newest state of each vehicle in the batch
+/// goes to its `vehicles.live_*` columns and, with a driver, to `driver_state`, each
+/// only when no newer fix's state is stored (a recomputation's intermediate pages
+/// are older; its last state, after the newest fix, replaces the stored one).
+async fn write_live(tx: &Transaction<'_>, derived: &[&Derived]) -> Result<(), StoreError> {
+    let mut newest: HashMap<&str, &LiveState> = HashMap::new();
+    for l in derived.iter().flat_map(|d| d.live.iter()) {
+        let e = newest.entry(l.vehicle.as_str()).or_insert(l);
+        if l.as_of >= e.as_of {
+            *e = l;
+        }
+    }
+    if newest.is_empty() {
+        return Ok(());
+    }
+    let mut lives: Vec<&LiveState> = newest.into_values().collect();
+    // In id order, as the vehicles upsert locks them.
+    lives.sort_unstable_by(|a, b| a.vehicle.cmp(&b.vehicle));
+    let vehicles: Vec<&str> = lives.iter().map(|l| l.vehicle.as_str()).collect();
+    let drivers: Vec<Option<&str>> = lives
+        .iter()
+        .map(|l| l.driver.as_ref().map(|d| d.as_str()))
+        .collect();
+    let since: Vec<Option<DateTime<Utc>>> = lives.iter().map(|l| l.driver_since).collect();
+    let as_of: Vec<DateTime<Utc>> = lives.iter().map(|l| l.as_of).collect();
+    let moving: Vec<bool> = lives.iter().map(|l| l.moving).collect();
+    let cont: Vec<f64> = lives.iter().map(|l| l.continuous_s).collect();
+    let end: Vec<Option<DateTime<Utc>>> = lives.iter().map(|l| l.last_drive_end).collect();
+    let day: Vec<chrono::NaiveDate> = lives.iter().map(|l| l.day).collect();
+    let daily: Vec<f64> = lives.iter().map(|l| l.daily_s).collect();
+    let weekly: Vec<f64> = lives.iter().map(|l| l.weekly_s).collect();
+    let on_route: Vec<Option<bool>> = lives.iter().map(|l| l.on_route).collect();
+    tx.execute(
+        "UPDATE vehicles v SET live_as_of_ts = u.as_of, live_driver_id = u.driver,
+             live_driver_since_ts = u.since, live_moving = u.moving, live_continuous_s = u.cont,
+             live_last_drive_end_ts = u.drive_end, live_day = u.day, live_daily_s = u.daily,
+             live_weekly_s = u.weekly, live_on_route = u.on_route
+         FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bool[],
+                     $6::float8[], $7::timestamptz[], $8::date[], $9::float8[], $10::float8[],
+                     $11::bool[])
+              AS u(vehicle, driver, since, as_of, moving, cont, drive_end, day, daily, weekly, on_route)
+         WHERE v.vehicle_id = u.vehicle
+           AND (v.live_as_of_ts IS NULL OR u.as_of >= v.live_as_of_ts)",
+        &[
+            &vehicles, &drivers, &since, &as_of, &moving, &cont, &end, &day, &daily, &weekly,
+            &on_route,
+        ],
+    )
+    .await?;
+    // One row per driver: a driver in two vehicles of the batch keeps the newer.
+    let mut by_driver: HashMap<&str, usize> = HashMap::new();
+    for (i, l) in lives.iter().enumerate() {
+        let Some(d) = &l.driver else { continue };
+        let e = by_driver.entry(d.as_str()).or_insert(i);
+        if l.as_of > lives[*e].as_of {
+            *e = i;
+        }
+    }
+    if by_driver.is_empty() {
+        return Ok(());
+    }
+    let mut picked: Vec<(&str, usize)> = by_driver.into_iter().collect();
+    picked.sort_unstable();
+    let pick = |f: &dyn Fn(usize) -> Option<String>| -> Vec<Option<String>> {
+        picked.iter().map(|&(_, i)| f(i)).collect()
+    };
+    let ids: Vec<&str> = picked.iter().map(|p| p.0).collect();
+    let dv = pick(&|i| Some(vehicles[i].to_string()));
+    let ix: Vec<usize> = picked.iter().map(|p| p.1).collect();
+    let sel = |v: &dyn Fn(usize) -> f64| ix.iter().map(|&i| v(i)).collect::<Vec<f64>>();
+    let d_since: Vec<Option<DateTime<Utc>>> = ix.iter().map(|&i| since[i]).collect();
+    let d_as_of: Vec<DateTime<Utc>> = ix.iter().map(|&i| as_of[i]).collect();
+    let d_moving: Vec<bool> = ix.iter().map(|&i| moving[i]).collect();
+    let d_end: Vec<Option<DateTime<Utc>>> = ix.iter().map(|&i| end[i]).collect();
+    let d_day: Vec<chrono::NaiveDate> = ix.iter().map(|&i| day[i]).collect();
+    let (d_cont, d_daily, d_weekly) = (sel(&|i| cont[i]), sel(&|i| daily[i]), sel(&|i| weekly[i]));
+    tx.execute(
+        "INSERT INTO driver_state (driver_id, vehicle_id, since_ts, as_of_ts, moving, continuous_s,
+                                   last_drive_end_ts, day, daily_s, weekly_s)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[],
+                              $5::bool[], $6::float8[], $7::timestamptz[], $8::date[],
+                              $9::float8[], $10::float8[])
+         ON CONFLICT (driver_id) DO UPDATE SET vehicle_id = EXCLUDED.vehicle_id,
+             since_ts = EXCLUDED.since_ts, as_of_ts = EXCLUDED.as_of_ts, moving = EXCLUDED.moving,
+             continuous_s = EXCLUDED.continuous_s, last_drive_end_ts = EXCLUDED.last_drive_end_ts,
+             day = EXCLUDED.day, daily_s = EXCLUDED.daily_s, weekly_s = EXCLUDED.weekly_s,
+             updated_at = now()
+         WHERE EXCLUDED.as_of_ts >= driver_state.as_of_ts",
+        &[
+            &ids, &dv, &d_since, &d_as_of, &d_moving, &d_cont, &d_end, &d_day, &d_daily, &d_weekly,
+        ],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO driver_cooperatives (driver_id, cooperative_id)
+         SELECT u.d, v.cooperative_id FROM unnest($1::text[], $2::text[]) AS u(d, vehicle)
+         JOIN vehicles v ON v.vehicle_id = u.vehicle
+         ON CONFLICT DO NOTHING",
+        &[&ids, &dv],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Runs the writer until `rx` closes (the consumer stopped) and every item in it is

@@ -812,3 +812,197 @@ async fn map_page_in_headless_chromium_shows_the_demo_fleet_and_replays_a_track(
         .unwrap();
     assert!(status.success(), "the demo stops cleanly: {status}");
 }
+
+// ---- the dispatcher's console ------------------------------------------------------
+
+/// A fix of the console's bus, with its driver, `i`-th along an eastward line.
+fn console_fix(ts: chrono::DateTime<chrono::Utc>, i: i64, speed_kmh: f64) -> (String, Vec<u8>) {
+    let body = format!(
+        r#"{{"vehicle":"51B-777.01","ts":"{}","lat":10.97,"lon":{:.6},"speed_kmh":{speed_kmh},"driver_id":"079000000777","ignition":true,"satellites":9,"hdop":0.9}}"#,
+        ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        106.65 + i as f64 * 2e-4
+    );
+    (topic("HTX-C", "51B-777.01"), body.into_bytes())
+}
+
+/// `h:mm:ss` as the console shows durations, in seconds.
+fn hms_s(s: &str) -> i64 {
+    let p: Vec<i64> = s.split(':').map(|x| x.trim().parse().unwrap()).collect();
+    assert_eq!(p.len(), 3, "h:mm:ss: {s}");
+    p[0] * 3600 + p[1] * 60 + p[2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_headless_chromium_announces_a_violation_acknowledges_it_and_counts_down() {
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let dir = std::env::temp_dir().join(format!("fleetwatch-console-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = TempDir(dir.clone());
+    let port = free_port().unwrap();
+    let config = dir.join("fleetwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\nurl = \"{}\"\nclient_id = \"fw-console\"\n\
+             [database]\nurl = \"{db}\"\ndata_dir = \"{}\"\n\
+             [http]\nlisten = \"127.0.0.1:{port}\"\nmap_tile_url = \"\"\n\
+             [batch]\nmax_wait_ms = 20\n\
+             [[vehicles]]\nid = \"51B-777.01\"\ncooperative = \"HTX-C\"\nclass = \"bus\"\n",
+            broker.url(),
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let _app = Instance::start(&config, None);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let token = create_token(&c, Role::Cooperative, Some("HTX-C"), Some("console test"))
+        .await
+        .unwrap();
+
+    // The bus has been driving for two minutes at 40 km/h.
+    let now = chrono::Utc::now();
+    let at = |s: i64| now + chrono::TimeDelta::seconds(s);
+    let drive: Vec<_> = (0..=16)
+        .map(|i| console_fix(at(-120 + 5 * i), i, 40.0))
+        .collect();
+    publish_all(&broker.url(), &drive).await;
+
+    let browser = Browser::start().await;
+    let url = format!("http://{addr}/map#token={token}");
+    browser
+        .cmd("POST", "/url", Some(json!({ "url": url })))
+        .await;
+    browser
+        .wait_for(
+            "the stream's snapshot with the bus",
+            Duration::from_secs(30),
+            "return !!window.fleetwatch && fleetwatch.live() && fleetwatch.vehicleCount() === 1",
+        )
+        .await;
+    // Its panel: driver, continuous driving, time left before 4 h, today, counting down.
+    let p = browser
+        .js("return fleetwatch.vehiclePoint('51B-777.01')")
+        .await;
+    browser
+        .click_at(p["x"].as_i64().unwrap(), p["y"].as_i64().unwrap())
+        .await;
+    browser
+        .wait_for(
+            "the bus's panel with its driving time",
+            Duration::from_secs(10),
+            "const x = document.querySelector('#vehicle-details [data-field=\"continuous-left\"]');
+             return !!x && /^\\d+:\\d\\d:\\d\\d$/.test(x.textContent)",
+        )
+        .await;
+    let details = browser
+        .js("return document.getElementById('vehicle-details').textContent")
+        .await;
+    assert!(
+        details.as_str().unwrap().contains("079000000777"),
+        "the driver: {details}"
+    );
+    let left = "return document.querySelector('#vehicle-details [data-field=\"continuous-left\"]').textContent";
+    let first = hms_s(browser.js(left).await.as_str().unwrap());
+    assert!(
+        (14_400 - 200..14_400 - 60).contains(&first),
+        "about 4 h less two minutes left: {first}"
+    );
+    // Redrawn every second: 3 s later it shows at least 2 s less.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let second = hms_s(browser.js(left).await.as_str().unwrap());
+    assert!(
+        second <= first - 2,
+        "the time left counts down while it drives: {first} then {second}"
+    );
+
+    // 35 s at 95 km/h (the bus limit is 70): an overspeed violation. It is on the page,
+    // announced, within 2 s of the fixes that caused it.
+    let fast: Vec<_> = (0..=7)
+        .map(|i| console_fix(at(-35 + 5 * i), 17 + i, 95.0))
+        .collect();
+    publish_all(&broker.url(), &fast).await;
+    let published = Instant::now();
+    browser
+        .wait_for(
+            "the violation announced",
+            Duration::from_secs(10),
+            "return !!document.querySelector('#alert-list li.violation.announced')",
+        )
+        .await;
+    let took = published.elapsed();
+    eprintln!("console test: violation on the page {took:?} after its fixes were published");
+    assert!(
+        took < Duration::from_secs(2),
+        "on the page within 2 s: {took:?}"
+    );
+    let alert_id = browser
+        .js("return document.querySelector('#alert-list li.violation.announced').dataset.alert")
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        browser.js("return fleetwatch.announced()").await,
+        json!([alert_id])
+    );
+    let counts = browser
+        .js("return document.getElementById('violations').textContent")
+        .await;
+    assert!(
+        counts.as_str().unwrap().contains("1 overspeed"),
+        "the fleet summary: {counts}"
+    );
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("artefacts/console.png");
+    browser.screenshot(&shot).await;
+    eprintln!("screenshot: {}", shot.display());
+
+    // Acknowledged from the page: the reminder log has it, the page shows it.
+    browser
+        .js("document.getElementById('ack-by').value = 'Lan (dispatch)'; return true")
+        .await;
+    browser
+        .click_css("#alert-list li.announced button.ack")
+        .await;
+    let db2 = db.clone();
+    let id2 = alert_id.clone();
+    wait_until(
+        "the acknowledgement in the reminder log",
+        Duration::from_secs(10),
+        || {
+            let (db, id) = (db2.clone(), id2.clone());
+            async move {
+                count(
+                    &db,
+                    &format!(
+                        "SELECT count(*) FROM reminder_log WHERE alert_id = '{id}'
+                     AND status = 'acknowledged' AND actor = 'Lan (dispatch)'"
+                    ),
+                )
+                .await
+                    == 1
+            }
+        },
+    )
+    .await;
+    browser
+        .wait_for(
+            "acknowledged on the page",
+            Duration::from_secs(5),
+            &format!(
+                "const li = document.querySelector('#alert-list li[data-alert=\"{alert_id}\"]');
+                 return !!li && !li.classList.contains('announced') && !!li.querySelector('.ack-done')"
+            ),
+        )
+        .await;
+
+    let errs = browser
+        .js("return [fleetwatch.errors(), fleetwatch.requestErrors()]")
+        .await;
+    assert_eq!(errs, json!([[], []]), "page errors");
+    browser.quit().await;
+}
