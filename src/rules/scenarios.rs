@@ -58,6 +58,7 @@ fn test_geo() -> Arc<GeoIndex> {
                 (106.70, ROUTE_LAT),
                 (106.75, ROUTE_LAT),
             ])],
+            ..Default::default()
         },
         Route {
             id: "WIDE".into(),
@@ -67,6 +68,7 @@ fn test_geo() -> Arc<GeoIndex> {
                 (ROUTE_LON0, ROUTE_LAT),
                 (106.75, ROUTE_LAT),
             ])],
+            ..Default::default()
         },
     ];
     let mut inner = square("INNER", ZoneKind::Restricted, 106.60, 10.90, 0.03);
