@@ -693,4 +693,114 @@ mod tests {
         assert!(matches!(e, GeoError::Io { .. }), "{e}");
         assert!(e.to_string().contains("routes.txt"), "{e}");
     }
+    /// The real feeds under fixtures/gtfs-real: every trip's shape (or the shape built
+    /// from its stops) and its first and last stop are in its route, the counts taken
+    /// from the files by plain splitting (those feeds quote nothing).
+    #[test]
+    fn real_feeds_index_every_trip() {
+        use std::collections::BTreeMap as Map;
+        fn table(dir: &Path, name: &str) -> Vec<Map<String, String>> {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+            let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+            let Some(head) = lines.next() else {
+                return Vec::new();
+            };
+            let head: Vec<&str> = head.split(',').collect();
+            lines
+                .map(|l| {
+                    head.iter()
+                        .zip(l.split(',').chain(std::iter::repeat("")))
+                        .map(|(h, v)| (h.to_string(), v.to_string()))
+                        .collect()
+                })
+                .collect()
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gtfs-real");
+        let mut feeds: Vec<PathBuf> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_dir())
+            .collect();
+        feeds.sort();
+        assert!(feeds.len() >= 2, "{feeds:?}");
+        for dir in feeds {
+            let trips = table(&dir, "trips.txt");
+            let stops: Map<String, (f64, f64)> = table(&dir, "stops.txt")
+                .into_iter()
+                .map(|r| {
+                    let lat: f64 = r["stop_lat"].parse().unwrap();
+                    let lon: f64 = r["stop_lon"].parse().unwrap();
+                    (r["stop_id"].clone(), (lon, lat))
+                })
+                .collect();
+            let mut points: Map<String, usize> = Map::new();
+            for r in table(&dir, "shapes.txt") {
+                *points.entry(r["shape_id"].clone()).or_default() += 1;
+            }
+            let mut times: Map<String, Map<u32, String>> = Map::new();
+            for r in table(&dir, "stop_times.txt") {
+                let seq: u32 = r["stop_sequence"].parse().unwrap();
+                times
+                    .entry(r["trip_id"].clone())
+                    .or_default()
+                    .insert(seq, r["stop_id"].clone());
+            }
+            // Per route: distinct shapes and stop patterns, and terminals.
+            // Route id -> (shape ids, stop patterns of shapeless trips, terminal stops).
+            type Want = (BTreeSet<String>, BTreeSet<Vec<String>>, BTreeSet<String>);
+            let mut want: Map<String, Want> = Map::new();
+            for t in &trips {
+                let e = want.entry(t["route_id"].clone()).or_default();
+                let seq = &times[&t["trip_id"]];
+                match t.get("shape_id").filter(|s| !s.is_empty()) {
+                    Some(s) => {
+                        e.0.insert(s.clone());
+                    }
+                    None => {
+                        e.1.insert(seq.values().cloned().collect());
+                    }
+                }
+                e.2.insert(seq.values().next().unwrap().clone());
+                e.2.insert(seq.values().last().unwrap().clone());
+            }
+            let (routes, sum) = load_gtfs(&dir).unwrap();
+            let name = dir.display();
+            assert_eq!(sum.trips, trips.len(), "{name}");
+            assert!(
+                sum.skipped_trips.is_empty(),
+                "{name}: {:?}",
+                sum.skipped_trips
+            );
+            let ids: Vec<&String> = want.keys().collect();
+            let got: Vec<&String> = routes.iter().map(|r| &r.id).collect();
+            assert_eq!(got, ids, "{name}");
+            let index = crate::geo::GeoIndex::new(routes.clone(), vec![]).unwrap();
+            for r in &routes {
+                let (shapes, patterns, ends) = &want[&r.id];
+                let mut sizes: Vec<usize> = r.parts.iter().map(|p| p.0.len()).collect();
+                let mut expected: Vec<usize> = shapes
+                    .iter()
+                    .map(|s| points[s])
+                    .chain(patterns.iter().map(Vec::len))
+                    .collect();
+                sizes.sort();
+                expected.sort();
+                assert_eq!(sizes, expected, "{name} {}", r.id);
+                assert_eq!(r.terminals.len(), ends.len(), "{name} {}", r.id);
+                let ri = index.route(&r.id).unwrap();
+                for t in trips.iter().filter(|t| t["route_id"] == r.id) {
+                    let seq = &times[&t["trip_id"]];
+                    for (k, stop) in seq.values().enumerate() {
+                        let (lon, lat) = stops[stop];
+                        // Stops sit beside the street the shape follows.
+                        let d = ri.locate(lon, lat).distance_m;
+                        assert!(d < 60.0, "{name} {} stop {stop}: {d} m", r.id);
+                        if k == 0 || k == seq.len() - 1 {
+                            assert!(ri.at_terminal(lon, lat), "{name} {} {stop}", r.id);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
