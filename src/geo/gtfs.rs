@@ -432,14 +432,24 @@ pub fn load_gtfs(dir: &Path) -> Result<(Vec<Route>, GtfsSummary), GeoError> {
         };
         let mut parts = Vec::new();
         for s in &a.shapes {
+            let pts: Vec<Coord<f64>> = shapes[*s].values().copied().collect();
+            // One point (or one repeated) draws nothing; the route keeps its other lines.
+            if pts.windows(2).all(|w| w[0] == w[1]) {
+                tracing::warn!(shape_id = %s, route_id = %id, feed = %dir.display(), "GTFS shape has fewer than 2 distinct points; left out");
+                continue;
+            }
             shapes_used.insert(s);
-            parts.push(LineString(shapes[*s].values().copied().collect()));
+            parts.push(LineString(pts));
         }
         for p in a.patterns.keys() {
             summary.built_shapes += 1;
             parts.push(LineString(
                 p.iter().filter_map(|&s| stop_at[s as usize]).collect(),
             ));
+        }
+        if parts.is_empty() {
+            tracing::warn!(route_id = %id, feed = %dir.display(), "GTFS route has no drawable shape; skipped");
+            continue;
         }
         // Stop ids order the terminals, so the result never depends on file order.
         let mut terminals: Vec<(&str, Coord<f64>)> = a
@@ -610,6 +620,28 @@ mod tests {
         assert_eq!((sum.shapes, sum.built_shapes), (2, 1));
         let skipped: Vec<&str> = sum.skipped_trips.iter().map(|(t, _)| t.as_str()).collect();
         assert_eq!(skipped, ["t:4", "t:5"]);
+    }
+
+    #[test]
+    fn a_one_point_shape_is_left_out_not_fatal() {
+        let feed = Feed::new(
+            "onepoint",
+            &[
+                ("routes.txt", "route_id\nR1\nR2\n"),
+                ("trips.txt", "route_id,trip_id,shape_id\nR1,T1,S1\nR1,T2,S2\nR2,T3,S2\n"),
+                (
+                    "shapes.txt",
+                    "shape_id,shape_pt_lat,shape_pt_lon,shape_pt_sequence\nS1,10.9,106.7,1\nS1,10.9,106.8,2\nS2,10.9,106.7,1\n",
+                ),
+                ("stops.txt", "stop_id,stop_lat,stop_lon\nA,10.9,106.7\n"),
+                ("stop_times.txt", "trip_id,stop_id,stop_sequence\nT1,A,1\n"),
+            ],
+        );
+        let (routes, sum) = load_gtfs(&feed.0).unwrap();
+        let ids: Vec<&str> = routes.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["R1"]);
+        assert_eq!((routes[0].parts.len(), sum.shapes), (1, 1));
+        crate::geo::GeoIndex::new(routes, vec![]).unwrap();
     }
 
     #[test]
