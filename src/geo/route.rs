@@ -123,6 +123,9 @@ impl RouteIndex {
         let mut seg_start_m = Vec::new();
         let mut seg_len_m = Vec::new();
         let mut total_m = 0.0;
+        // Variants and directions share streets: a segment another part already has
+        // (same two vertices, either way) adds no distance answer, only cell entries.
+        let mut seen = std::collections::HashSet::new();
         for (pi, part) in route.parts.iter().enumerate() {
             let pi = u32::try_from(pi).map_err(|_| "too many parts")?;
             let mut along_m = 0.0;
@@ -132,6 +135,12 @@ impl RouteIndex {
                 // Repeated vertices are common in GTFS shapes; a zero-length segment
                 // adds nothing and would make the projection divide by zero.
                 if len_m <= 0.0 {
+                    continue;
+                }
+                let key = |c: ::geo::Coord<f64>| (c.x.to_bits(), c.y.to_bits());
+                let (ka, kb) = (key(a), key(b));
+                if !seen.insert(if ka <= kb { (ka, kb) } else { (kb, ka) }) {
+                    along_m += len_m;
                     continue;
                 }
                 let i = u32::try_from(seg_len_m.len()).map_err(|_| "too many segments")?;
@@ -229,7 +238,7 @@ impl RouteIndex {
         self.length_m
     }
 
-    /// Number of indexed segments.
+    /// Number of indexed segments (a segment shared by several parts counts once).
     pub fn segment_count(&self) -> usize {
         self.seg_len_m.len()
     }
@@ -418,6 +427,18 @@ mod tests {
         let from_east = 0.015 * M_PER_DEG * 11f64.to_radians().cos();
         assert!((north.progress_m - from_east).abs() < 1.0, "{north:?}");
         assert!((r.length_m() - 2.0 * 0.02 * M_PER_DEG * 11f64.to_radians().cos()).abs() < 1.0);
+        // A variant over the same vertices (either way) adds no segment; one over
+        // other vertices does.
+        let mut with_variant = r.parts().to_vec();
+        with_variant.push(LineString::from(vec![(106.72, 11.0), (106.70, 11.0)]));
+        with_variant.push(LineString::from(vec![(106.71, 11.0), (106.70, 11.0)]));
+        let v = RouteIndex::build(Route {
+            id: "PAIR".into(),
+            parts: with_variant,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(v.segment_count(), r.segment_count() + 1);
         // The terminal: 140 m west of the first vertex is in, 160 m is not.
         let west = |m: f64| 106.70 - m / (M_PER_DEG * 11f64.to_radians().cos());
         assert!(r.at_terminal(west(140.0), 11.0));
