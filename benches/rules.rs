@@ -2,6 +2,9 @@
 //! Thu Dau Mot / Di An area: 1,000 zones (one a 2,000-vertex inner city) and 200 routes
 //! of 2,000 vertices each, 1,000 vehicles (600 buses on those routes, 400 trucks).
 //!
+//! The `*_5_shapes` runs use the same routes as transit feeds have them: each line,
+//! its return 150 m away (one-way pairs) and three overlapping variants.
+//!
 //! Run: `cargo bench --bench rules`. Target: at most 2 µs per fix for geo + rules.
 //! `late_fix_*`: the rules' work for one fix arriving 1 h, 6 h or 24 h late for a bus
 //! at 1 Hz (snapshot, replay of the fixes after it, in memory; target under 5 ms at
@@ -128,6 +131,8 @@ fn zones(rng: &mut Rng) -> Vec<Zone> {
 
 struct World {
     geo: Arc<GeoIndex>,
+    /// The same routes with 5 shapes each.
+    geo5: Arc<GeoIndex>,
     lines: Vec<Vec<Coord<f64>>>,
     registry: Vec<Vehicle>,
     fixes: Vec<Fix>,
@@ -146,10 +151,41 @@ fn world() -> World {
             name: None,
             corridor_m: None,
             parts: vec![LineString(l.clone())],
+            ..Default::default()
         })
         .collect();
-    let geo =
-        Arc::new(GeoIndex::new(routes, zones(&mut rng)).expect("synthetic geometry is valid"));
+    let zs = zones(&mut rng);
+    let routes5 = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let n = l.len();
+            let back: Vec<Coord<f64>> = l
+                .iter()
+                .rev()
+                .map(|c| {
+                    let (_, dy) = metres_to_deg(c.y, 0.0, 150.0);
+                    Coord {
+                        x: c.x,
+                        y: c.y + dy,
+                    }
+                })
+                .collect();
+            Route {
+                id: format!("R{i:03}"),
+                parts: vec![
+                    LineString(l.clone()),
+                    LineString(back),
+                    LineString(l[..n * 3 / 4].to_vec()),
+                    LineString(l[n / 4..].to_vec()),
+                    LineString(l[n / 10..n * 9 / 10].to_vec()),
+                ],
+                ..Default::default()
+            }
+        })
+        .collect();
+    let geo5 = Arc::new(GeoIndex::new(routes5, zs.clone()).expect("synthetic geometry is valid"));
+    let geo = Arc::new(GeoIndex::new(routes, zs).expect("synthetic geometry is valid"));
     let coop = CooperativeId::parse("HTX-BENCH").expect("valid id");
     let registry: Vec<Vehicle> = (0..BUSES + TRUCKS)
         .map(|i| Vehicle {
@@ -210,6 +246,7 @@ fn world() -> World {
     }
     World {
         geo,
+        geo5,
         lines,
         registry,
         fixes,
@@ -246,6 +283,18 @@ fn bench(c: &mut Criterion) {
         })
     });
     let mut i = 0usize;
+    g.bench_function("point_to_route_5_shapes", |b| {
+        b.iter(|| {
+            let (r, lon, lat) = probes[i % probes.len()];
+            i += 1;
+            black_box(w.geo5.locate_on_route(
+                black_box(&route_ids[r]),
+                black_box(lon),
+                black_box(lat),
+            ))
+        })
+    });
+    let mut i = 0usize;
     g.bench_function("zone_lookup", |b| {
         b.iter(|| {
             let (_, lon, lat) = probes[i % probes.len()];
@@ -256,10 +305,25 @@ fn bench(c: &mut Criterion) {
 
     // Everything per fix: reorder buffer, zone and route lookups, every rule. The
     // engine is rebuilt (untimed) when the pre-generated fixes run out.
-    let fresh = || Engine::new(RulesConfig::default(), w.geo.clone(), w.registry.clone());
+    for (name, geo) in [
+        ("geo_and_all_rules_per_fix", &w.geo),
+        ("geo_and_all_rules_per_fix_5_shapes", &w.geo5),
+    ] {
+        all_rules(&mut g, name, &w, geo);
+    }
+    g.finish();
+}
+
+fn all_rules(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    w: &World,
+    geo: &Arc<GeoIndex>,
+) {
+    let fresh = || Engine::new(RulesConfig::default(), geo.clone(), w.registry.clone());
     let mut engine = fresh();
     let mut cursor = 0usize;
-    g.bench_function("geo_and_all_rules_per_fix", |b| {
+    g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             let mut left = iters as usize;
@@ -280,7 +344,6 @@ fn bench(c: &mut Criterion) {
             total
         })
     });
-    g.finish();
 }
 
 /// One fix arriving late for a bus at 1 Hz that has driven its route for 25 h: what

@@ -59,12 +59,61 @@ pub fn parse_routes_geojson(text: &str, origin: &str) -> Result<Vec<Route>, GeoE
                 )))
             }
         };
-        routes.push(Route {
+        let terminals = match props.and_then(|p| p.get("terminals")) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v) => array(v)
+                .map_err(&err)?
+                .iter()
+                .map(position)
+                .collect::<Result<_, _>>()
+                .map_err(|e| err(format!("terminals: {e}")))?,
+        };
+        let terminal_radius_m = match props.and_then(|p| p.get("terminal_radius_m")) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_f64()
+                    .filter(|x| x.is_finite() && *x >= 0.0)
+                    .ok_or_else(|| {
+                        err(format!(
+                            "terminal_radius_m must be a number >= 0, got {}",
+                            short(v)
+                        ))
+                    })?,
+            ),
+        };
+        let route = Route {
             id: route_id,
             name: str_prop(props, "name"),
             corridor_m: positive_prop(props, "corridor_m").map_err(&err)?,
             parts,
-        });
+            terminals,
+            terminal_radius_m,
+        };
+        // Several features with one route_id are one route (directions, variants).
+        match routes.iter_mut().find(|r: &&mut Route| r.id == route.id) {
+            None => routes.push(route),
+            Some(r) => {
+                for (what, a, b) in [
+                    ("corridor_m", r.corridor_m, route.corridor_m),
+                    (
+                        "terminal_radius_m",
+                        r.terminal_radius_m,
+                        route.terminal_radius_m,
+                    ),
+                ] {
+                    if a.is_some() && b.is_some() && a != b {
+                        return Err(err(format!(
+                            "{what} differs from an earlier feature of the same route_id"
+                        )));
+                    }
+                }
+                r.corridor_m = r.corridor_m.or(route.corridor_m);
+                r.terminal_radius_m = r.terminal_radius_m.or(route.terminal_radius_m);
+                r.name = r.name.take().or(route.name);
+                r.parts.extend(route.parts);
+                r.terminals.extend(route.terminals);
+            }
+        }
     }
     Ok(routes)
 }
@@ -170,9 +219,16 @@ pub fn routes_to_geojson(g: &super::GeoIndex) -> Value {
         .iter()
         .map(|r| {
             let lines: Vec<Value> = r.parts().iter().map(line_json).collect();
+            let mut props = serde_json::json!({"route_id": r.id(), "name": r.name(), "corridor_m": r.corridor_m()});
+            // Only routes with terminals carry them, so the export (and the recorded
+            // geography's hash) of routes without any stays as it was.
+            if !r.terminals().is_empty() {
+                props["terminals"] = line_json(&LineString(r.terminals().to_vec()));
+                props["terminal_radius_m"] = r.terminal_radius_m().into();
+            }
             serde_json::json!({
                 "type": "Feature",
-                "properties": {"route_id": r.id(), "name": r.name(), "corridor_m": r.corridor_m()},
+                "properties": props,
                 "geometry": {"type": "MultiLineString", "coordinates": lines},
             })
         })
@@ -393,6 +449,37 @@ mod tests {
         );
         assert_eq!(r[1].id, "7");
         assert_eq!(r[1].parts.len(), 2);
+    }
+
+    #[test]
+    fn features_sharing_a_route_id_are_one_route_and_round_trip() {
+        let two = r#"{"type":"FeatureCollection","features":[
+          {"type":"Feature","properties":{"route_id":"R","name":"outbound","terminals":[[106.70,10.90]]},
+           "geometry":{"type":"LineString","coordinates":[[106.70,10.90],[106.71,10.90]]}},
+          {"type":"Feature","properties":{"route_id":"R","corridor_m":60,"terminal_radius_m":90},
+           "geometry":{"type":"LineString","coordinates":[[106.71,10.901],[106.70,10.901]]}}
+        ]}"#;
+        let r = parse_routes_geojson(two, "test").unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].parts.len(), 2);
+        assert_eq!(r[0].name.as_deref(), Some("outbound"));
+        assert_eq!(r[0].corridor_m, Some(60.0));
+        assert_eq!(r[0].terminal_radius_m, Some(90.0));
+        assert_eq!(
+            r[0].terminals,
+            [Coord {
+                x: 106.70,
+                y: 10.90
+            }]
+        );
+        let g = crate::geo::GeoIndex::new(r.clone(), vec![]).unwrap();
+        let back = parse_routes_geojson(&routes_to_geojson(&g).to_string(), "export").unwrap();
+        assert_eq!(back, r);
+        let clash = two.replace("\"name\":\"outbound\",", "\"corridor_m\":70,");
+        let e = parse_routes_geojson(&clash, "f.geojson")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("feature #1") && e.contains("corridor_m"), "{e}");
     }
 
     #[test]

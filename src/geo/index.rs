@@ -306,6 +306,7 @@ mod tests {
             name: None,
             corridor_m: None,
             parts: vec![LineString::from(vec![(106.7, 10.9), (106.71, 10.9)])],
+            ..Default::default()
         };
         let e = GeoIndex::new(vec![r(), r()], vec![]);
         assert!(matches!(e, Err(GeoError::Duplicate { what: "route", .. })));
@@ -395,6 +396,7 @@ mod tests {
             name: None,
             corridor_m: None,
             parts: vec![LineString::from(pts.clone())],
+            ..Default::default()
         };
         let idx = GeoIndex::new(vec![route], vec![]).unwrap();
         let r = idx.route("W").unwrap();

@@ -1,7 +1,7 @@
 //! Registered routes and the per-route segment index answering "how far is this point
 //! from the route, and how far along it".
 
-use ::geo::LineString;
+use ::geo::{Coord, LineString};
 use rstar::primitives::{GeomWithData, Line};
 use rstar::RTree;
 
@@ -15,8 +15,12 @@ const ROUTE_CELL_M: f64 = 150.0;
 /// Cap on a route's grid cells (long inter-provincial routes get larger cells).
 const ROUTE_MAX_CELLS: usize = 1 << 16;
 
-/// A registered route: a line (or several parts) of lon/lat degrees.
-#[derive(Debug, Clone, PartialEq)]
+/// Terminal radius used when neither the route nor `geo.terminal_radius_m` sets one.
+pub const DEFAULT_TERMINAL_RADIUS_M: f64 = 150.0;
+
+/// A registered route: every line its buses run (both directions, variants) in
+/// lon/lat degrees, and its terminals.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Route {
     /// Route id as assigned to vehicles in the registry (e.g. `BD-01`).
     pub id: String,
@@ -24,9 +28,15 @@ pub struct Route {
     pub name: Option<String>,
     /// Corridor half-width for this route, metres; `None` uses the rules' default.
     pub corridor_m: Option<f64>,
-    /// The route's line, x = lon and y = lat in degrees; several parts when the source
-    /// is a MultiLineString (no segment joins two parts).
+    /// The route's lines, x = lon and y = lat in degrees: one part per GTFS shape or
+    /// GeoJSON line (no segment joins two parts). A bus is on route near ANY part.
     pub parts: Vec<LineString<f64>>,
+    /// Terminals and layover points (first and last stop of each trip), x = lon and
+    /// y = lat: within the terminal radius of one a bus counts as on route.
+    pub terminals: Vec<Coord<f64>>,
+    /// Terminal radius, metres; `None` uses [`DEFAULT_TERMINAL_RADIUS_M`] (or the
+    /// `geo.terminal_radius_m` setting, applied by the loader). 0 turns terminals off.
+    pub terminal_radius_m: Option<f64>,
 }
 
 /// Where a point lies relative to a route.
@@ -34,10 +44,12 @@ pub struct Route {
 pub struct RouteLocation {
     /// Distance from the point to the nearest segment of the route, metres.
     pub distance_m: f64,
-    /// Distance along the route from its first vertex to the point's projection onto
-    /// that segment, metres. On a route that runs both ways along one street the
-    /// nearest segment, and so the progress, may be either direction's.
+    /// Distance along the nearest part from its first vertex to the point's projection
+    /// onto that segment, metres. Where parts share a street (both directions,
+    /// variants) the nearest segment, and so the part, may be any of theirs.
     pub progress_m: f64,
+    /// Position of the nearest part in [`RouteIndex::parts`].
+    pub part: usize,
 }
 
 /// A segment in plane metres; `data` is its position in `seg_start_m` / `seg_len_m`.
@@ -57,6 +69,9 @@ pub struct RouteIndex {
     frame: LocalFrame,
     /// Segments as `[ax, ay, bx, by]`, plane metres.
     segs: Vec<[f64; 4]>,
+    /// The part each segment belongs to.
+    seg_part: Vec<u32>,
+    /// Length along its part at each segment start, metres.
     seg_start_m: Vec<f64>,
     seg_len_m: Vec<f64>,
     length_m: f64,
@@ -64,12 +79,22 @@ pub struct RouteIndex {
     /// Any segment within this plane distance of a point is in the point's cell.
     grid_radius_m: f64,
     tree: RTree<Segment>,
+    /// Terminals in lon/lat degrees (display, export) and in plane metres.
+    terminals: Vec<Coord<f64>>,
+    terminals_xy: Vec<[f64; 2]>,
+    terminal_radius_m: f64,
 }
 
 impl RouteIndex {
     /// Indexes a route; the error is the reason (the caller adds file/feature context).
     pub(crate) fn build(route: Route) -> Result<Self, String> {
-        let coords = || route.parts.iter().flat_map(|p| p.0.iter());
+        let coords = || {
+            route
+                .parts
+                .iter()
+                .flat_map(|p| p.0.iter())
+                .chain(route.terminals.iter())
+        };
         let (mut min_x, mut min_y) = (f64::INFINITY, f64::INFINITY);
         let (mut max_x, mut max_y) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
         for c in coords() {
@@ -86,12 +111,24 @@ impl RouteIndex {
                 return Err(format!("corridor_m must be a positive number, got {c}"));
             }
         }
+        let terminal_radius_m = route.terminal_radius_m.unwrap_or(DEFAULT_TERMINAL_RADIUS_M);
+        if !(terminal_radius_m.is_finite() && terminal_radius_m >= 0.0) {
+            return Err(format!(
+                "terminal_radius_m must be a number >= 0, got {terminal_radius_m}"
+            ));
+        }
         let frame = LocalFrame::new((min_x + max_x) * 0.5, (min_y + max_y) * 0.5);
         let mut segments = Vec::new();
+        let mut seg_part = Vec::new();
         let mut seg_start_m = Vec::new();
         let mut seg_len_m = Vec::new();
-        let mut along_m = 0.0;
-        for part in &route.parts {
+        let mut total_m = 0.0;
+        // Variants and directions share streets: a segment another part already has
+        // (same two vertices, either way) adds no distance answer, only cell entries.
+        let mut seen = std::collections::HashSet::new();
+        for (pi, part) in route.parts.iter().enumerate() {
+            let pi = u32::try_from(pi).map_err(|_| "too many parts")?;
+            let mut along_m = 0.0;
             for w in part.0.windows(2) {
                 let (a, b) = (w[0], w[1]);
                 let len_m = distance_m(a.x, a.y, b.x, b.y);
@@ -100,15 +137,23 @@ impl RouteIndex {
                 if len_m <= 0.0 {
                     continue;
                 }
+                let key = |c: ::geo::Coord<f64>| (c.x.to_bits(), c.y.to_bits());
+                let (ka, kb) = (key(a), key(b));
+                if !seen.insert(if ka <= kb { (ka, kb) } else { (kb, ka) }) {
+                    along_m += len_m;
+                    continue;
+                }
                 let i = u32::try_from(seg_len_m.len()).map_err(|_| "too many segments")?;
                 segments.push(GeomWithData::new(
                     Line::new(frame.to_xy(a.x, a.y), frame.to_xy(b.x, b.y)),
                     i,
                 ));
+                seg_part.push(pi);
                 seg_start_m.push(along_m);
                 seg_len_m.push(len_m);
                 along_m += len_m;
             }
+            total_m += along_m;
         }
         if segments.is_empty() {
             return Err("route has no segment of positive length".into());
@@ -121,6 +166,11 @@ impl RouteIndex {
             })
             .collect();
         let (grid, grid_radius_m) = segment_grid(&segs);
+        let terminals_xy = route
+            .terminals
+            .iter()
+            .map(|c| frame.to_xy(c.x, c.y))
+            .collect();
         Ok(Self {
             id: route.id,
             name: route.name,
@@ -128,12 +178,16 @@ impl RouteIndex {
             parts: route.parts,
             frame,
             segs,
+            seg_part,
             seg_start_m,
             seg_len_m,
-            length_m: along_m,
+            length_m: total_m,
             grid,
             grid_radius_m,
             tree: RTree::bulk_load(segments),
+            terminals: route.terminals,
+            terminals_xy,
+            terminal_radius_m,
         })
     }
 
@@ -157,12 +211,34 @@ impl RouteIndex {
         &self.parts
     }
 
-    /// Total length, metres.
+    /// Terminals, x = lon and y = lat in degrees.
+    pub fn terminals(&self) -> &[Coord<f64>] {
+        &self.terminals
+    }
+
+    /// Radius around each terminal that counts as on route, metres.
+    pub fn terminal_radius_m(&self) -> f64 {
+        self.terminal_radius_m
+    }
+
+    /// Whether `lon`, `lat` (degrees) is within the terminal radius of a terminal.
+    /// A route has a few terminals (two per distinct trip pattern): a linear scan.
+    pub fn at_terminal(&self, lon: f64, lat: f64) -> bool {
+        let q = self.frame.to_xy(lon, lat);
+        let sx = self.frame.x_scale_at(lat);
+        let r2 = self.terminal_radius_m * self.terminal_radius_m;
+        self.terminals_xy.iter().any(|t| {
+            let (dx, dy) = ((t[0] - q[0]) * sx, t[1] - q[1]);
+            dx * dx + dy * dy <= r2
+        })
+    }
+
+    /// Total length of all parts, metres.
     pub fn length_m(&self) -> f64 {
         self.length_m
     }
 
-    /// Number of indexed segments.
+    /// Number of indexed segments (a segment shared by several parts counts once).
     pub fn segment_count(&self) -> usize {
         self.seg_len_m.len()
     }
@@ -195,6 +271,7 @@ impl RouteIndex {
             return RouteLocation {
                 distance_m: f64::INFINITY,
                 progress_m: 0.0,
+                part: 0,
             };
         };
         let i = seg.data as usize;
@@ -206,6 +283,7 @@ impl RouteIndex {
         RouteLocation {
             distance_m,
             progress_m: self.seg_start_m[seg] + t * self.seg_len_m[seg],
+            part: self.seg_part[seg] as usize,
         }
     }
 }
@@ -288,6 +366,7 @@ mod tests {
                 (106.71, 11.0),
                 (106.72, 11.0),
             ])],
+            ..Default::default()
         })
         .unwrap()
     }
@@ -319,7 +398,50 @@ mod tests {
             name: None,
             corridor_m: None,
             parts: vec![LineString::from(vec![(106.7, 11.0), (106.7, 11.0)])],
+            ..Default::default()
         });
         assert!(e.is_err());
+    }
+
+    #[test]
+    fn nearest_of_several_parts_and_progress_along_it() {
+        // Two one-way streets 150 m apart, run in opposite directions.
+        let gap = 150.0 / M_PER_DEG;
+        let r = RouteIndex::build(Route {
+            id: "PAIR".into(),
+            parts: vec![
+                LineString::from(vec![(106.70, 11.0), (106.72, 11.0)]),
+                LineString::from(vec![(106.72, 11.0 + gap), (106.70, 11.0 + gap)]),
+            ],
+            terminals: vec![Coord { x: 106.70, y: 11.0 }],
+            ..Default::default()
+        })
+        .unwrap();
+        let south = r.locate(106.705, 11.0 + 10.0 / M_PER_DEG);
+        assert_eq!(south.part, 0);
+        assert!((south.distance_m - 10.0).abs() < 0.01, "{south:?}");
+        let north = r.locate(106.705, 11.0 + gap - 20.0 / M_PER_DEG);
+        assert_eq!(north.part, 1);
+        assert!((north.distance_m - 20.0).abs() < 0.01, "{north:?}");
+        // Along the northern part, which starts at 106.72 E.
+        let from_east = 0.015 * M_PER_DEG * 11f64.to_radians().cos();
+        assert!((north.progress_m - from_east).abs() < 1.0, "{north:?}");
+        assert!((r.length_m() - 2.0 * 0.02 * M_PER_DEG * 11f64.to_radians().cos()).abs() < 1.0);
+        // A variant over the same vertices (either way) adds no segment; one over
+        // other vertices does.
+        let mut with_variant = r.parts().to_vec();
+        with_variant.push(LineString::from(vec![(106.72, 11.0), (106.70, 11.0)]));
+        with_variant.push(LineString::from(vec![(106.71, 11.0), (106.70, 11.0)]));
+        let v = RouteIndex::build(Route {
+            id: "PAIR".into(),
+            parts: with_variant,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(v.segment_count(), r.segment_count() + 1);
+        // The terminal: 140 m west of the first vertex is in, 160 m is not.
+        let west = |m: f64| 106.70 - m / (M_PER_DEG * 11f64.to_radians().cos());
+        assert!(r.at_terminal(west(140.0), 11.0));
+        assert!(!r.at_terminal(west(160.0), 11.0));
     }
 }

@@ -4,25 +4,48 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::geo::{self, GeoError, GeoIndex};
+use crate::geo::{self, GeoError, GeoIndex, DEFAULT_TERMINAL_RADIUS_M};
 
 /// Route and zone sources (reloaded on SIGHUP).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GeoConfig {
-    /// GeoJSON files of LineString routes (`route_id`, `corridor_m`).
+    /// GeoJSON files of LineString / MultiLineString routes (`route_id`, `corridor_m`,
+    /// `terminals`); features sharing a `route_id` are one route.
     pub routes: Vec<PathBuf>,
-    /// GTFS feed directories (routes.txt, trips.txt, shapes.txt).
+    /// GTFS feed directories (routes.txt, trips.txt, stops.txt, stop_times.txt and
+    /// shapes.txt when present).
     pub gtfs: Vec<PathBuf>,
     /// GeoJSON files of zone polygons (kind, classes, banned hours, speed limit).
     pub zones: Vec<PathBuf>,
     /// Also load the demo area's routes and zones built into the binary.
     pub demo: bool,
+    /// Radius around each route terminal (first and last stop of a trip) that counts
+    /// as on route, metres, for routes that do not set their own; 0 turns it off.
+    pub terminal_radius_m: f64,
+}
+
+impl Default for GeoConfig {
+    fn default() -> Self {
+        Self {
+            routes: Vec::new(),
+            gtfs: Vec::new(),
+            zones: Vec::new(),
+            demo: false,
+            terminal_radius_m: DEFAULT_TERMINAL_RADIUS_M,
+        }
+    }
 }
 
 impl GeoConfig {
     /// Loads every source into one index.
     pub fn load(&self) -> Result<GeoIndex, GeoError> {
+        if !(self.terminal_radius_m.is_finite() && self.terminal_radius_m >= 0.0) {
+            return Err(GeoError::Document {
+                origin: "geo.terminal_radius_m".into(),
+                reason: format!("must be a number >= 0, got {}", self.terminal_radius_m),
+            });
+        }
         let mut routes = Vec::new();
         let mut zones = Vec::new();
         if self.demo {
@@ -43,6 +66,9 @@ impl GeoConfig {
         }
         for p in &self.zones {
             zones.extend(geo::load_zones_geojson(p)?);
+        }
+        for r in &mut routes {
+            r.terminal_radius_m.get_or_insert(self.terminal_radius_m);
         }
         GeoIndex::new(routes, zones)
     }
@@ -71,7 +97,7 @@ mod tests {
             routes: vec![root.join("fixtures/demo/routes.geojson")],
             gtfs: vec![root.join("fixtures/gtfs")],
             zones: vec![root.join("fixtures/demo/zones.geojson")],
-            demo: false,
+            ..Default::default()
         }
         .load()
         .unwrap();

@@ -17,8 +17,10 @@ use crate::geo::{RouteIndex, RouteLocation};
 pub(crate) struct OffRouteState {
     /// First fix of the current outside run (and the alert's start once open).
     outside_since: Option<Mark>,
-    /// Progress along the route at that fix, metres (rounded).
+    /// Progress along the nearest part at that fix, metres (rounded).
     progress_m: i64,
+    /// That part's position in the route's parts.
+    part: u32,
     /// Largest distance from the route in the run / episode, centimetres.
     max_cm: i64,
     /// First fix of the current inside run while the alert is open.
@@ -40,7 +42,8 @@ impl OffRouteState {
 }
 
 /// Feeds fix `s` located at `loc` relative to `route`; `on_route_anyway` (in a depot
-/// or terminal) counts as inside whatever the distance.
+/// or terminal zone) and being near one of the route's terminals count as inside
+/// whatever the distance.
 pub(crate) fn update(
     ctx: &mut Ctx<'_>,
     st: &mut OffRouteState,
@@ -50,7 +53,10 @@ pub(crate) fn update(
     on_route_anyway: bool,
 ) {
     let corridor_m = route.corridor_m().unwrap_or(ctx.p.corridor_m);
-    let outside = !on_route_anyway && loc.distance_m > corridor_m;
+    // The terminal test only for fixes outside the corridor: on-route fixes skip it.
+    let outside = !on_route_anyway
+        && loc.distance_m > corridor_m
+        && !route.at_terminal(s.pos.lon(), s.pos.lat());
     let dist_cm = (loc.distance_m * 100.0).round() as i64;
     if outside {
         st.inside_since_ms = None;
@@ -58,6 +64,7 @@ pub(crate) fn update(
             None => {
                 st.outside_since = Some(s.mark());
                 st.progress_m = loc.progress_m.round() as i64;
+                st.part = loc.part as u32;
                 st.max_cm = dist_cm;
             }
             Some(_) => st.max_cm = st.max_cm.max(dist_cm),
@@ -113,6 +120,7 @@ fn emit(
         "corridor_m": corridor_m,
         "max_distance_m": st.max_cm as f64 / 100.0,
         "progress_m": st.progress_m,
+        "part": st.part,
         "duration_s": secs(until_ms - start.ts_ms),
     });
     let mut d = ctx.draft(

@@ -58,6 +58,7 @@ fn test_geo() -> Arc<GeoIndex> {
                 (106.70, ROUTE_LAT),
                 (106.75, ROUTE_LAT),
             ])],
+            ..Default::default()
         },
         Route {
             id: "WIDE".into(),
@@ -67,6 +68,7 @@ fn test_geo() -> Arc<GeoIndex> {
                 (ROUTE_LON0, ROUTE_LAT),
                 (106.75, ROUTE_LAT),
             ])],
+            ..Default::default()
         },
     ];
     let mut inner = square("INNER", ZoneKind::Restricted, 106.60, 10.90, 0.03);
@@ -182,6 +184,20 @@ impl Track {
             let step = step_s.min(dur_s - done);
             let m = speed_kmh / 3.6 * step as f64;
             self.lon += m / (M_PER_DEG * self.lat.to_radians().cos());
+            self.t += Duration::seconds(step);
+            done += step;
+        }
+        self
+    }
+
+    /// Moves west at `speed_kmh` for `dur_s`, one fix every `step_s`.
+    fn drive_west(&mut self, dur_s: i64, step_s: i64, speed_kmh: f64) -> &mut Self {
+        let mut done = 0;
+        while done < dur_s {
+            self.fix_now(speed_kmh);
+            let step = step_s.min(dur_s - done);
+            let m = speed_kmh / 3.6 * step as f64;
+            self.lon -= m / (M_PER_DEG * self.lat.to_radians().cos());
             self.t += Duration::seconds(step);
             done += step;
         }
@@ -805,6 +821,93 @@ fn gtfs_route_drives_the_off_route_rule() {
     assert_eq!(off.len(), 1, "{off:#?}");
     assert_eq!(off[0].start, local(7, 2, 0));
     assert_eq!(off[0].details["route_id"], "BD-GTFS-01");
+}
+
+/// fixtures/gtfs-pair: PAIR-1 runs east on street A (10.95 N) and back west on
+/// street B, 150 m north; the corridor (100 m) is narrower than the gap.
+const PAIR_A_LAT: f64 = 10.95;
+const PAIR_B_LAT: f64 = 10.951349;
+
+fn pair_geo(only_outbound: bool) -> Arc<GeoIndex> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gtfs-pair");
+    let mut routes = load_routes_gtfs(&dir).unwrap();
+    if only_outbound {
+        // What a route of one shape (the longest, as before) and no terminals gives.
+        let r = &mut routes[0];
+        let longest = r.parts.iter().max_by_key(|p| p.0.len()).unwrap().clone();
+        r.parts = vec![longest];
+        r.terminals.clear();
+    }
+    Arc::new(GeoIndex::new(routes, vec![]).unwrap())
+}
+
+/// A bus out on street A, 5 min of layover 120 m beyond the east terminal (outside the
+/// corridor, inside the terminal radius), back on street B; with `detour`, 2 min on a
+/// street 300 m north of B halfway back.
+fn pair_trip(detour: bool) -> Vec<Fix> {
+    let mut t = Track::new("BUS-P", local(7, 0, 0), PAIR_A_LAT, 106.651);
+    t.drive(570, 5, 30.0);
+    let past_east_m = 120.0 / (M_PER_DEG * PAIR_A_LAT.to_radians().cos());
+    t.goto(PAIR_A_LAT, 106.70 + past_east_m).stop(300, 30);
+    t.goto(PAIR_B_LAT, 106.699).drive_west(280, 5, 30.0);
+    if detour {
+        let lat = PAIR_B_LAT + 300.0 / M_PER_DEG;
+        t.goto(lat, t.lon).drive_west(120, 5, 30.0);
+        t.goto(PAIR_B_LAT, t.lon);
+    }
+    t.drive_west(280, 5, 30.0).end(30.0)
+}
+
+fn pair_engine(geo: Arc<GeoIndex>) -> Engine {
+    let bus = vehicle("BUS-P", VehicleClass::Bus, Some("PAIR-1"));
+    Engine::new(RulesConfig::default(), geo, vec![bus])
+}
+
+#[test]
+fn a_bus_on_either_street_of_a_one_way_pair_is_on_route() {
+    let fixes = pair_trip(false);
+    // The track does run both streets and lays over past the terminal.
+    assert!(fixes.iter().any(|f| (f.lat() - PAIR_B_LAT).abs() < 1e-6));
+    let out = run(&mut pair_engine(pair_geo(false)), &fixes);
+    let off = of_kind(&out, AlertKind::OffRoute);
+    assert!(off.is_empty(), "{off:#?}");
+    // With only the outbound shape and no terminals the same bus is off route from
+    // the layover on, the whole way back: the situation issue 11 measured.
+    let out = run(&mut pair_engine(pair_geo(true)), &fixes);
+    let opened: Vec<_> = of_kind(&out, AlertKind::OffRoute)
+        .into_iter()
+        .filter(|a| a.status == AlertStatus::Open)
+        .collect();
+    assert_eq!(opened.len(), 1, "{opened:#?}");
+    assert_eq!(
+        opened[0].start,
+        local(7, 9, 30),
+        "from the first layover fix"
+    );
+    // All shapes but no terminals: the layover alone is off route.
+    let mut no_terminals =
+        load_routes_gtfs(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gtfs-pair"))
+            .unwrap();
+    no_terminals[0].terminals.clear();
+    let geo = Arc::new(GeoIndex::new(no_terminals, vec![]).unwrap());
+    let out = run(&mut pair_engine(geo), &fixes);
+    let (open, _) = one_episode(&of_kind(&out, AlertKind::OffRoute));
+    assert_eq!(open.start, local(7, 9, 30));
+}
+
+#[test]
+fn a_real_detour_off_a_one_way_pair_is_one_alert() {
+    let out = run(&mut pair_engine(pair_geo(false)), &pair_trip(true));
+    let (open, closed) = one_episode(&of_kind(&out, AlertKind::OffRoute));
+    assert!(
+        (num(closed, "max_distance_m") - 300.0).abs() < 1.0,
+        "{}",
+        closed.details
+    );
+    assert_eq!(closed.details["route_id"], "PAIR-1");
+    // Opened 60 s after leaving, closed 60 s after coming back: 2 min out.
+    assert_eq!(num(closed, "duration_s"), 120.0);
+    assert!((open.lat - (PAIR_B_LAT + 300.0 / M_PER_DEG)).abs() < 1e-6);
 }
 
 #[test]

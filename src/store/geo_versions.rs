@@ -135,7 +135,7 @@ mod tests {
             routes: vec![root.join("fixtures/demo/routes.geojson")],
             gtfs: vec![root.join("fixtures/gtfs")],
             zones: vec![root.join("fixtures/demo/zones.geojson")],
-            demo: false,
+            ..Default::default()
         }
         .load()
         .unwrap();

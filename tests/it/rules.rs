@@ -240,3 +240,140 @@ async fn continuous_driving_survives_a_restart() {
     app.shutdown();
     app.wait().await;
 }
+
+/// PAIR-1 (fixtures/gtfs-pair): east on street A (10.95 N), back west on street B
+/// 150 m north; `detour`: 2 min on a street 300 m north of B. One fix every 5 s from
+/// `t0` s after the base time, as (offset s, lat, lon).
+fn pair_trip(t0: i64, detour: bool) -> Vec<(i64, f64, f64)> {
+    const M_PER_DEG: f64 = 6_371_008.8 * std::f64::consts::PI / 180.0;
+    let (a, b) = (10.95, 10.951349);
+    let dlon = |m: f64, lat: f64| m / (M_PER_DEG * f64::to_radians(lat).cos());
+    let step = dlon(30.0 / 3.6 * 5.0, a);
+    let mut out = Vec::new();
+    let mut t = t0;
+    let mut push = |lat: f64, lon: f64, t: &mut i64| {
+        out.push((*t, lat, lon));
+        *t += 5;
+    };
+    let mut lon = 106.651;
+    for _ in 0..114 {
+        push(a, lon, &mut t);
+        lon += step;
+    }
+    // Layover 120 m past the east terminal: off the corridor, inside the terminal radius.
+    for _ in 0..60 {
+        push(a, 106.70 + dlon(120.0, a), &mut t);
+    }
+    let mut lon = 106.699;
+    for k in 0..112 {
+        let lat = if detour && (56..80).contains(&k) {
+            b + 300.0 / M_PER_DEG
+        } else {
+            b
+        };
+        push(lat, lon, &mut t);
+        lon -= step;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gtfs_route_of_all_its_shapes_through_the_app_and_a_broken_reload_keeps_it() {
+    use fleetwatch::api::auth::{create_token, Role};
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    // A copy of the feed, to break it later.
+    let feed = std::env::temp_dir().join(format!("fw-it-gtfs-pair-{}", std::process::id()));
+    std::fs::create_dir_all(&feed).unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gtfs-pair");
+    for f in [
+        "routes.txt",
+        "trips.txt",
+        "shapes.txt",
+        "stops.txt",
+        "stop_times.txt",
+    ] {
+        std::fs::copy(src.join(f), feed.join(f)).unwrap();
+    }
+    let mut s = settings(&db, &broker.url(), "fw-rules-gtfs-pair");
+    s.geo.gtfs = vec![feed.clone()];
+    let mut v = bus("51B-777.01");
+    v.route = Some("PAIR-1".into());
+    s.vehicles = vec![v];
+    let app = start_app(s).await;
+    let t = topic("HTX-R", "51B-777.01");
+    let base = base_time() - chrono::Duration::hours(1);
+    let msgs = |trip: Vec<(i64, f64, f64)>| -> Vec<(String, Vec<u8>)> {
+        trip.into_iter()
+            .map(|(dt, lat, lon)| {
+                let ts = base + chrono::Duration::seconds(dt);
+                (t.clone(), fix("51B-777.01", ts, lat, lon, 30.0))
+            })
+            .collect()
+    };
+    let off_route = "SELECT count(*) FROM alerts WHERE kind = 'off_route'";
+    let closed = "SELECT count(*) FROM alerts WHERE kind = 'off_route' AND status = 'closed'";
+
+    // Out and back without a detour, then with one: exactly one alert.
+    let first = msgs(pair_trip(0, false));
+    let second = msgs(pair_trip(2000, true));
+    let n = (first.len() + second.len()) as i64;
+    publish_all(&broker.url(), &first).await;
+    publish_all(&broker.url(), &second).await;
+    wait_until("the detour's alert closed", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, closed).await == 1 }
+    })
+    .await;
+    wait_until("all fixes stored", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM fixes").await == n }
+    })
+    .await;
+    assert_eq!(count(&db, off_route).await, 1);
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT (details->>'max_distance_m')::float8, details->>'route_id', start_ts
+             FROM alerts WHERE kind = 'off_route'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!((row.get::<_, f64>(0) - 300.0).abs() < 1.0);
+    assert_eq!(row.get::<_, String>(1), "PAIR-1");
+    assert!(row.get::<_, DateTime<Utc>>(2) > base + chrono::Duration::seconds(2000));
+
+    // A broken feed is refused with its file and line; the good geography stays.
+    std::fs::write(
+        feed.join("stops.txt"),
+        "stop_id,stop_name,stop_lat,stop_lon\nA-W,A-W,10.95,106.65\nA-M,A-M,north,106.675\n",
+    )
+    .unwrap();
+    let admin = create_token(&c, Role::Admin, None, None).await.unwrap();
+    let r = crate::api::http(
+        app.http_addr,
+        "POST",
+        "/admin/reload-geo",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body.contains("stops.txt:3") && r.body.contains("stop_lat"),
+        "{}",
+        r.body
+    );
+    // Another detour: the route is still known, so it is still checked.
+    let third = msgs(pair_trip(4000, true));
+    publish_all(&broker.url(), &third).await;
+    wait_until("the second detour's alert", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, closed).await == 2 }
+    })
+    .await;
+    app.shutdown();
+    app.wait().await;
+    std::fs::remove_dir_all(&feed).ok();
+}
