@@ -44,13 +44,7 @@ pub(crate) async fn retract(
             .await?;
         n += rows.len() as u64;
         if let (Some(p), false) = (plan, rows.is_empty()) {
-            let mut days: Vec<chrono::NaiveDate> = rows
-                .iter()
-                .map(|r| rollup::local_day(r.get::<_, DateTime<Utc>>(0), p.offset_s))
-                .collect();
-            days.sort_unstable();
-            days.dedup();
-            let vehicles = vec![span.vehicle.as_str().to_string(); days.len()];
+            let (vehicles, days) = local_days(&rows, p.offset_s, span.vehicle.as_str());
             let drivers = rows.iter().any(|r| {
                 matches!(
                     r.get::<_, &str>(1),
@@ -76,13 +70,7 @@ pub(crate) async fn retract(
             metrics::counter!("fleetwatch_recompute_deleted_total").increment(gone.len() as u64);
         }
         if let (Some(p), false) = (plan, gone.is_empty()) {
-            let mut days: Vec<chrono::NaiveDate> = gone
-                .iter()
-                .map(|r| rollup::local_day(r.get::<_, DateTime<Utc>>(0), p.offset_s))
-                .collect();
-            days.sort_unstable();
-            days.dedup();
-            let vehicles = vec![span.vehicle.as_str().to_string(); days.len()];
+            let (vehicles, days) = local_days(&gone, p.offset_s, span.vehicle.as_str());
             rollup::refresh_trip_gap_days(tx, p.offset_s, &vehicles, &days).await?;
         }
     }
@@ -90,4 +78,20 @@ pub(crate) async fn retract(
         metrics::counter!("fleetwatch_alerts_retracted_total").increment(n);
     }
     Ok(n)
+}
+
+/// The distinct local days of the times in column 0 of `rows`, each with `vehicle`:
+/// the keys of the roll-ups to refresh.
+fn local_days(
+    rows: &[tokio_postgres::Row],
+    offset_s: i32,
+    vehicle: &str,
+) -> (Vec<String>, Vec<chrono::NaiveDate>) {
+    let mut days: Vec<chrono::NaiveDate> = rows
+        .iter()
+        .map(|r| rollup::local_day(r.get::<_, DateTime<Utc>>(0), offset_s))
+        .collect();
+    days.sort_unstable();
+    days.dedup();
+    (vec![vehicle.to_string(); days.len()], days)
 }
