@@ -236,6 +236,19 @@ mod tests {
         assert_eq!(s.deliveries, DeliveriesConfig::default());
     }
 
+    /// The Debian package's config (`ops/debian/fleetwatch.toml`, installed as
+    /// /etc/fleetwatch/fleetwatch.toml): it loads, keeps the state where the unit may
+    /// write, and registers no example fleet.
+    #[test]
+    fn packaged_config_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ops/debian/fleetwatch.toml");
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.database.data_dir, Path::new("/var/lib/fleetwatch"));
+        assert!(s.database.url.is_empty() && s.mqtt.url.is_empty());
+        assert!(s.vehicles.is_empty());
+        assert_eq!(s.http.listen.to_string(), "127.0.0.1:8080");
+    }
+
     /// `docs/rules.md` ends with a table of every rules and validation setting and
     /// its default: it must say what the code does, and leave none out.
     #[test]

@@ -977,3 +977,97 @@ async fn a_cooperative_sees_and_manages_only_its_own_destinations_and_deliveries
     );
     e.stop().await;
 }
+
+/// A TLS server (openssl s_server) whose certificate the test CA signs, a CA the
+/// webhook client does not trust.
+struct TlsServer {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl TlsServer {
+    async fn start() -> TlsServer {
+        let port = free_port().unwrap();
+        let dir =
+            std::env::temp_dir().join(format!("fleetwatch-https-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        crate::tls::credentials(&dir);
+        let child = std::process::Command::new("openssl")
+            .args([
+                "s_server",
+                "-quiet",
+                "-www",
+                "-cert",
+                "server.pem",
+                "-key",
+                "server.key",
+            ])
+            .arg("-accept")
+            .arg(format!("127.0.0.1:{port}"))
+            .current_dir(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until(
+            "openssl s_server listens",
+            Duration::from_secs(10),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+        TlsServer { child, port, dir }
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An https webhook goes through rustls (ring as the provider, installed by
+/// fleetwatch): the handshake runs and the unknown issuer is refused and logged, no
+/// plain-text fallback, no panic for want of a crypto provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_webhook_handshakes_and_refuses_an_untrusted_certificate() {
+    let tls = TlsServer::start().await;
+    let e = Env::start(|_| {}, "fw-deliver-https").await;
+    let dest = e
+        .destination(
+            &e.coop_a,
+            webhook(&format!("https://127.0.0.1:{}/hook", tls.port)),
+        )
+        .await;
+    insert_alert(
+        &e.db,
+        "https-1",
+        "HTX-A",
+        "overspeed",
+        "violation",
+        base_time(),
+    )
+    .await;
+    wait_until("a failed attempt logged", Duration::from_secs(20), || async {
+        count(&e.db, &format!("SELECT count(*) FROM reminder_log WHERE destination_id = {dest} AND status = 'failed'")).await >= 1
+    })
+    .await;
+    let c = fleetwatch::store::connect(&e.db).await.unwrap();
+    let detail: String = c
+        .query_one(
+            "SELECT detail FROM reminder_log WHERE destination_id = $1 AND status = 'failed' ORDER BY 1 LIMIT 1",
+            &[&dest],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(detail.contains("UnknownIssuer"), "{detail}");
+    e.stop().await;
+}

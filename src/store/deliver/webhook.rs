@@ -68,6 +68,7 @@ impl Webhook {
                 )));
             }
         }
+        install_tls_provider();
         let client = reqwest::Client::builder()
             .timeout(self.timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -94,6 +95,16 @@ impl Webhook {
             Err(SendError::Answer(format!("HTTP {status}")))
         }
     }
+}
+
+/// Makes rustls' ring the process's crypto provider, once: reqwest is built without
+/// one of its own (its default, aws-lc-rs, is a long C build) and panics without it.
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err only when another provider is already installed, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// reqwest's error with its causes ("error sending request" alone says nothing).
