@@ -375,6 +375,7 @@ fn late(c: &mut Criterion) {
         Fix::validate(cand, bus.id.clone(), &FixLimits::default(), ts).expect("valid fix")
     };
     let log: Vec<Fix> = (0..SECONDS).map(|k| fix_at(k, false)).collect();
+    snapshot_memory(&w);
     let mut engine = Engine::new(RulesConfig::default(), w.geo.clone(), w.registry.clone());
     for f in &log {
         black_box(engine.push(f));
@@ -410,6 +411,72 @@ fn late(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+/// Resident memory of the process, bytes (Linux).
+fn rss_bytes() -> i64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: i64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Memory the snapshots take per vehicle: the same 25 h of the buses (one fix per
+/// 30 s) through an engine taking snapshots every 10 min and one taking one each; the
+/// difference of their resident memory, per bus.
+fn snapshot_memory(w: &World) {
+    const STEP_S: usize = 30;
+    let t0: DateTime<Utc> = Utc
+        .with_ymd_and_hms(2026, 11, 24, 0, 0, 0)
+        .single()
+        .expect("valid time");
+    let buses: Vec<&Vehicle> = w.registry.iter().filter(|v| v.route.is_some()).collect();
+    let run = |snapshot_interval_s: u32| {
+        let cfg = RulesConfig {
+            snapshot_interval_s,
+            ..RulesConfig::default()
+        };
+        let mut e = Engine::new(cfg, w.geo.clone(), w.registry.clone());
+        let before = rss_bytes();
+        for k in 0..(25 * 3600 / STEP_S) {
+            let ts = t0 + chrono::Duration::seconds((k * STEP_S) as i64);
+            for (b, bus) in buses.iter().enumerate() {
+                let line = &w.lines[b % w.lines.len()];
+                let n = line.len();
+                let j = (k * 6) % (2 * n - 2);
+                let c = line[if j < n { j } else { 2 * n - 2 - j }];
+                let cand = FixCandidate {
+                    ts: Some(ts),
+                    lat: c.y,
+                    lon: c.x,
+                    speed_kmh: Some(36.0),
+                    driver: Some(format!("D{b:05}")),
+                    ignition: Some(true),
+                    ..FixCandidate::default()
+                };
+                let f = Fix::validate(cand, bus.id.clone(), &FixLimits::default(), ts)
+                    .expect("valid fix");
+                black_box(e.push(&f));
+            }
+        }
+        let json: usize = buses.iter().map(|b| e.snapshot_bytes(&b.id)).sum();
+        (e, rss_bytes() - before, json)
+    };
+    let (with, rss_with, json) = run(600);
+    let (one, rss_one, json_one) = run(u32::MAX);
+    let per_bus = (rss_with - rss_one) as f64 / buses.len() as f64;
+    eprintln!(
+        "snapshot memory, {} buses after 25 h (a fix per 30 s): {:.0} bytes per bus resident \
+         ({:.0} bytes of JSON when serialised; one snapshot each: {:.0})",
+        buses.len(),
+        per_bus,
+        json as f64 / buses.len() as f64,
+        json_one as f64 / buses.len() as f64,
+    );
+    drop((with, one));
 }
 
 criterion_group!(benches, bench, late);

@@ -1,6 +1,7 @@
 //! Identifiers that can only be built valid: vehicle, cooperative and driver ids.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -44,14 +45,17 @@ fn parse_id(kind: &'static str, raw: &str, max: usize) -> Result<String, IdError
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $max:literal) => {
         $(#[$doc])*
+        // Shared text: ids are cloned into every alert, live state and checkpoint,
+        // and a clone is a reference count, not an allocation.
+        // (Arc's equality compares the pointers first.)
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Parses and normalises an id (upper case, safe alphabet).
             pub fn parse(raw: &str) -> Result<Self, IdError> {
-                parse_id($kind, raw, $max).map(Self)
+                parse_id($kind, raw, $max).map(|s| Self(s.into()))
             }
             /// The normalised id.
             pub fn as_str(&self) -> &str {
@@ -68,7 +72,7 @@ macro_rules! id_type {
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.0.to_string()
             }
         }
 

@@ -91,8 +91,16 @@ struct Slot {
     snaps: Vec<Snapshot>,
 }
 
-/// Most snapshots kept in memory per vehicle.
-const MAX_SNAPSHOTS: usize = 4;
+/// The engine's id maps, looked up several times per fix: foldhash (a fast hash with
+/// a per-process random seed) instead of the standard SipHash.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Levels of snapshot spacing kept per vehicle: level `k` keeps the first snapshot of
+/// each of the two newest spans of `2^k` snapshot intervals, so the snapshot before a
+/// fix `L` late is at most about `2 L` back (one interval at least) up to
+/// `2^(LEVELS+1)` intervals (21 h at 10 min), in at most `LEVELS + 2` snapshots. An
+/// older late fix recomputes from the start of its local week, from the stored fixes.
+const SNAPSHOT_LEVELS: u32 = 6;
 
 /// The state of one vehicle (and of the drivers last seen on it) right before its fix
 /// at `at_ms` was applied: a recomputation starts from it and replays the fixes from
@@ -122,7 +130,7 @@ struct DriverSlot {
 /// Driving-time state of all drivers: one hash lookup per fix, then an index.
 #[derive(Default)]
 struct Drivers {
-    index: HashMap<DriverId, u32>,
+    index: Map<DriverId, u32>,
     slots: Vec<DriverSlot>,
     /// Vehicle slots a driver left since the last checkpoint: their checkpoints still
     /// carry the driver and must be written again without them.
@@ -135,9 +143,9 @@ pub struct Engine {
     cfg: RulesConfig,
     p: Params,
     geo: Arc<GeoIndex>,
-    registry: HashMap<VehicleId, Arc<Vehicle>>,
+    registry: Map<VehicleId, Arc<Vehicle>>,
     /// Vehicle id to position in `slots`: one hash lookup per fix.
-    index: HashMap<VehicleId, u32>,
+    index: Map<VehicleId, u32>,
     slots: Vec<Slot>,
     drivers: Drivers,
 }
@@ -150,8 +158,8 @@ impl Engine {
             p: Params::new(&cfg),
             cfg,
             geo,
-            registry: HashMap::new(),
-            index: HashMap::new(),
+            registry: Map::default(),
+            index: Map::default(),
             slots: Vec::new(),
             drivers: Drivers::default(),
         };
@@ -438,7 +446,7 @@ impl Engine {
                 .last()
                 .is_none_or(|l| s.ts_ms - l.at_ms >= self.p.snapshot_ms)
             {
-                take_snapshot(&self.drivers, vi, slot, s.ts_ms);
+                take_snapshot(&self.drivers, vi, slot, s.ts_ms, self.p.snapshot_ms);
             }
             let first = out.alerts.len();
             process(&self.p, &self.geo, &mut self.drivers, vi, slot, s, out);
@@ -581,9 +589,8 @@ fn push_live(live: &mut Vec<LiveState>, l: LiveState) {
 }
 
 /// Records a snapshot of slot `vi` right before its fix at `at_ms`, thinning older
-/// ones so they stay few and spread back in time (the closest pair of neighbours
-/// loses its younger member; the oldest and newest stay).
-fn take_snapshot(drivers: &Drivers, vi: usize, slot: &mut Slot, at_ms: i64) {
+/// ones so they stay few and spread back in time (see [`thin_snapshots`]).
+fn take_snapshot(drivers: &Drivers, vi: usize, slot: &mut Slot, at_ms: i64, snapshot_ms: i64) {
     let mut core = slot.core.clone();
     core.buffer.clear();
     core.newest = core.last.as_ref().map(|l| l.mark());
@@ -598,13 +605,38 @@ fn take_snapshot(drivers: &Drivers, vi: usize, slot: &mut Slot, at_ms: i64) {
         at_ms,
         state: VehicleState { core, drivers: ds },
     });
-    if slot.snaps.len() > MAX_SNAPSHOTS {
-        let s = &slot.snaps;
-        let drop = (1..s.len() - 1)
-            .min_by_key(|&i| s[i + 1].at_ms - s[i - 1].at_ms)
-            .unwrap_or(1);
-        slot.snaps.remove(drop);
+    thin_snapshots(&mut slot.snaps, snapshot_ms);
+}
+
+/// Keeps, for each level `k` up to [`SNAPSHOT_LEVELS`], the first snapshot of each of
+/// the two newest spans of `2^k` intervals holding one: spacing doubles with age (a
+/// binary counter), so recomputing a fix late by `L` replays about `2 L` at most.
+fn thin_snapshots(snaps: &mut Vec<Snapshot>, interval_ms: i64) {
+    let n: Vec<i64> = snaps
+        .iter()
+        .map(|s| s.at_ms.div_euclid(interval_ms.max(1)))
+        .collect();
+    let mut keep = vec![false; snaps.len()];
+    for k in 0..=SNAPSHOT_LEVELS {
+        let mut end = snaps.len();
+        for _ in 0..2 {
+            if end == 0 {
+                break;
+            }
+            let span = n[end - 1] >> k;
+            let mut first = end - 1;
+            while first > 0 && n[first - 1] >> k == span {
+                first -= 1;
+            }
+            keep[first] = true;
+            end = first;
+        }
     }
+    let mut i = 0;
+    snaps.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
 }
 
 impl Drivers {
@@ -758,5 +790,40 @@ fn process(
     // before it reconciles these.
     for a in &mut out.alerts[first_alert..] {
         a.emitted = Some(super::alert::utc(at_ms));
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+
+    fn snap(at_ms: i64) -> Snapshot {
+        Snapshot {
+            at_ms,
+            state: VehicleState::default(),
+        }
+    }
+
+    #[test]
+    fn snapshots_are_spaced_by_doubling_ages_and_stay_few() {
+        const I: i64 = 600_000;
+        let mut snaps = Vec::new();
+        // A week at one snapshot per interval, checking after each day's first hours.
+        for n in 0..(7 * 144) {
+            snaps.push(snap(n * I));
+            thin_snapshots(&mut snaps, I);
+            assert!(snaps.len() <= SNAPSHOT_LEVELS as usize + 2, "{} kept", snaps.len());
+            assert_eq!(snaps.last().map(|s| s.at_ms), Some(n * I), "newest kept");
+            if n < 144 {
+                continue;
+            }
+            // The snapshot a recomputation starts from for a fix late by 1 h, 2 h, 6 h.
+            for (late_n, worst_n) in [(6, 14), (12, 28), (36, 100)] {
+                let at = (n - late_n) * I;
+                let from = snaps.iter().rev().find(|s| s.at_ms <= at).map(|s| s.at_ms);
+                let back_n = (n * I - from.expect("one old enough")) / I;
+                assert!(back_n <= worst_n, "{late_n} late: {back_n} back at {n}");
+            }
+        }
     }
 }
