@@ -12,6 +12,7 @@ mod gateway;
 mod infra;
 mod ingest;
 mod map;
+mod monitoring;
 mod no_loss;
 mod order;
 mod replay;
