@@ -2,6 +2,7 @@
 //! so the private PostgreSQL starts once).
 
 mod api;
+mod backup;
 mod broker_auth;
 mod broker_faults;
 mod database;
