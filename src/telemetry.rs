@@ -41,6 +41,13 @@ pub fn stats() -> &'static Stats {
     STATS.get_or_init(Stats::default)
 }
 
+/// Histograms of lags (seconds), bucketed up to an hour.
+const LAG_HISTOGRAMS: &[&str] = &[
+    "fleetwatch_ingest_lag_seconds",
+    "fleetwatch_delivery_lag_seconds",
+    "fleetwatch_outbox_lag_seconds",
+];
+
 /// Installs the Prometheus recorder once per process; later calls return the same handle.
 /// A thread drains histogram samples every 5 s (they pile up until then: without it
 /// memory grows with every observation when nobody scrapes `/metrics`).
@@ -53,9 +60,20 @@ pub fn metrics_handle() -> PrometheusHandle {
                 10.0,
             ];
             let sizes = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0];
-            let handle = PrometheusBuilder::new()
+            // Lags go up to an hour: the alerting rules ask whether they exceed
+            // 2 minutes, which needs a 120 s bucket (a full matcher wins over the suffix).
+            let lags = &[
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+                1800.0, 3600.0,
+            ];
+            let mut builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), secs)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_records".into()), sizes))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_records".into()), sizes));
+            for lag in LAG_HISTOGRAMS {
+                builder = builder
+                    .and_then(|b| b.set_buckets_for_metric(Matcher::Full((*lag).into()), lags));
+            }
+            let handle = builder
                 .expect("static buckets are valid")
                 .install_recorder()
                 .expect("metrics recorder installed once");
@@ -160,6 +178,17 @@ pub fn recompute_queued(n: usize) {
 pub fn recompute_replayed(n: usize) {
     stats().replayed.fetch_add(n as u64, Ordering::Relaxed);
     metrics::counter!("fleetwatch_recompute_fixes_replayed_total").increment(n as u64);
+}
+
+/// `n` vehicles are silent (an open no-signal alert), refreshed at every rules tick.
+pub fn vehicles_silent(n: usize) {
+    metrics::gauge!("fleetwatch_vehicles_no_signal").set(n as f64);
+}
+
+/// Readiness as `/readyz` reports it (1 up, 0 down), set when `/metrics` is rendered.
+pub fn readiness(mqtt: bool, database: bool) {
+    metrics::gauge!("fleetwatch_mqtt_ready").set(f64::from(u8::from(mqtt)));
+    metrics::gauge!("fleetwatch_database_ready").set(f64::from(u8::from(database)));
 }
 
 #[cfg(test)]

@@ -238,6 +238,8 @@ fn up(b: bool) -> &'static str {
 }
 
 async fn metrics(State(s): State<AppState>) -> String {
+    let mqtt = s.health.mqtt.load(Ordering::Relaxed) && s.health.subscribed.load(Ordering::Relaxed);
+    crate::telemetry::readiness(mqtt, s.health.database.load(Ordering::Relaxed));
     s.metrics.render()
 }
 

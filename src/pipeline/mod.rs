@@ -277,6 +277,9 @@ impl Stage {
     pub fn tick(&mut self, now: DateTime<Utc>) -> Derived {
         let mut out = self.engine.drain_due(now);
         out.alerts.extend(self.engine.tick(now));
+        // Refreshed here too, so both gauges exist (at 0) before the first event.
+        telemetry::vehicles_silent(self.engine.silent_vehicles());
+        telemetry::recompute_queued(self.recompute.pending());
         derived(out)
     }
 }

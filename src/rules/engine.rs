@@ -289,6 +289,14 @@ impl Engine {
         out.alerts
     }
 
+    /// Vehicles with an open no-signal alert.
+    pub fn silent_vehicles(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.core.no_signal.is_some())
+            .count()
+    }
+
     /// Records that `vehicle` was heard from at processing time `at` (any fix,
     /// even one the rules do not use): the no-signal clock.
     pub fn heard(&mut self, vehicle: &VehicleId, at: DateTime<Utc>) {

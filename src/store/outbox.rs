@@ -182,6 +182,9 @@ pub async fn publish_pending(
             None => row.get(6),
         };
         let updated_at: DateTime<Utc> = row.get(13);
+        // Written (committed with its fixes, or updated) to acknowledged by the broker.
+        let lag_s = (Utc::now() - updated_at).as_seconds_f64().max(0.0);
+        metrics::histogram!("fleetwatch_outbox_lag_seconds").record(lag_s);
         // Only if unchanged since read: a newer version goes out in the next round.
         let marked = db
             .execute(

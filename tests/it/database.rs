@@ -114,7 +114,7 @@ async fn a_fix_the_database_refuses_becomes_a_dead_letter_and_the_rest_is_stored
 }
 
 /// A private server of the test's own (faults must not reach the shared one).
-fn own_server(tag: &str, timescaledb: bool) -> EmbeddedPostgres {
+pub(crate) fn own_server(tag: &str, timescaledb: bool) -> EmbeddedPostgres {
     let dir = std::env::temp_dir().join(format!("fw-own-pg-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     EmbeddedPostgres::start(&PgOptions {
@@ -555,7 +555,7 @@ async fn timescale_compression_and_retention_jobs_keep_reports_and_dedup_exact()
 }
 
 /// Whether the server `c` talks to preloads TimescaleDB.
-async fn timescale_preloaded(c: &tokio_postgres::Client) -> bool {
+pub(crate) async fn timescale_preloaded(c: &tokio_postgres::Client) -> bool {
     let preload: String = c
         .query_one("SHOW shared_preload_libraries", &[])
         .await

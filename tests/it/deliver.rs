@@ -25,7 +25,7 @@ const SECRET: &str = "a-webhook-secret-of-32-characters";
 
 /// A request the receiver got, and what it answered.
 #[derive(Debug, Clone)]
-struct Received {
+pub(crate) struct Received {
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     answered: u16,
@@ -64,7 +64,7 @@ impl Received {
 }
 
 /// A webhook receiver: answers `status` (0: holds the connection without answering).
-struct Receiver {
+pub(crate) struct Receiver {
     addr: SocketAddr,
     status: Arc<AtomicU16>,
     got: Arc<Mutex<Vec<Received>>>,
@@ -72,7 +72,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    async fn start(port: u16, status: u16) -> Receiver {
+    pub(crate) async fn start(port: u16, status: u16) -> Receiver {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
@@ -97,12 +97,12 @@ impl Receiver {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
     }
 
     /// The requests answered 2xx, in arrival order.
-    fn accepted(&self) -> Vec<Received> {
+    pub(crate) fn accepted(&self) -> Vec<Received> {
         self.got
             .lock()
             .unwrap()
@@ -230,18 +230,18 @@ async fn close_alert(db: &str, id: &str) {
     .unwrap();
 }
 
-struct Env {
-    _broker: EmbeddedBroker,
-    app: App,
-    db: String,
+pub(crate) struct Env {
+    pub(crate) _broker: EmbeddedBroker,
+    pub(crate) app: App,
+    pub(crate) db: String,
     admin: String,
-    coop_a: String,
+    pub(crate) coop_a: String,
     coop_b: String,
     regulator: String,
 }
 
 impl Env {
-    async fn start(s: impl FnOnce(&mut Settings), id: &str) -> Env {
+    pub(crate) async fn start(s: impl FnOnce(&mut Settings), id: &str) -> Env {
         let broker = EmbeddedBroker::start(0).unwrap();
         let db = fresh_db().await;
         let mut set = deliver_settings(&db, &broker.url(), id);
@@ -275,7 +275,7 @@ impl Env {
     }
 
     /// Creates a destination with `token`; returns its id.
-    async fn destination(&self, token: &str, body: Value) -> i64 {
+    pub(crate) async fn destination(&self, token: &str, body: Value) -> i64 {
         let r = self
             .call("POST", "/api/v1/destinations", token, Some(body))
             .await;
@@ -283,13 +283,13 @@ impl Env {
         r.json()["id"].as_i64().unwrap()
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.app.shutdown();
         self.app.wait().await;
     }
 }
 
-fn webhook(url: &str) -> Value {
+pub(crate) fn webhook(url: &str) -> Value {
     json!({ "name": "dispatch", "channel": "webhook", "url": url, "secret": SECRET })
 }
 

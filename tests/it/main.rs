@@ -2,6 +2,7 @@
 //! so the private PostgreSQL starts once).
 
 mod api;
+mod backup;
 mod broker_auth;
 mod broker_faults;
 mod database;
@@ -12,6 +13,7 @@ mod gateway;
 mod infra;
 mod ingest;
 mod map;
+mod monitoring;
 mod no_loss;
 mod order;
 mod replay;
