@@ -350,6 +350,7 @@ impl App {
             TopicPattern::parse(alert_topic)?,
             alerts_ready,
             disconnect.clone(),
+            fence.clone(),
         ));
         // Deliveries stop with the outbox: after the drain, so the last alerts committed
         // are fanned out (and sent, if their destinations answer) before the exit.
