@@ -399,3 +399,90 @@ async fn ha_refuses_the_embedded_broker_and_the_private_database() {
         "{e:#}"
     );
 }
+
+/// The fence itself: once a standby took over, the old leader's batch stores nothing
+/// and marks the old leader as stepping down; the new leader's batch commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_leaders_batch_is_refused_whole() {
+    use bytes::Bytes;
+    use fleetwatch::pipeline::topic::TopicPattern;
+    use fleetwatch::pipeline::validate::Validator;
+    use fleetwatch::store::lease::{self, HaConfig};
+    use fleetwatch::store::writer::{self, Item};
+    use fleetwatch::store::StoreError;
+    use tokio_util::sync::CancellationToken;
+
+    let db = fresh_db().await;
+    let mut c = fleetwatch::store::connect(&db).await.unwrap();
+    let plan = writer::prepare(&c).await.unwrap();
+    let cfg = HaConfig {
+        enabled: true,
+        lease_s: 1,
+        name: "unit".into(),
+    };
+    let never = CancellationToken::new();
+    let old = lease::acquire(&c, &cfg, "old", &never)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.epoch(), 1);
+    // While the lease runs, nobody else leads.
+    assert_eq!(lease::try_acquire(&c, &cfg, "new").await.unwrap(), None);
+    let mut v = Validator::new(
+        TopicPattern::parse("fleet/{cooperative}/{vehicle}/fix").unwrap(),
+        Default::default(),
+        &[bus("51B-799.01")],
+    );
+    let mut batch = |i: i64| -> Vec<Item<()>> {
+        let t = base_time() + chrono::Duration::seconds(i);
+        let records = v.process(
+            &topic(COOP, "51B-799.01"),
+            &Bytes::from(fix("51B-799.01", t, 10.9, 106.7, 40.0)),
+            t,
+        );
+        vec![Item {
+            records,
+            derived: Default::default(),
+            ack: None,
+            received_at: t,
+        }]
+    };
+    let o = writer::write_batch_fenced(&mut c, plan.as_ref(), &batch(0), Some(&old))
+        .await
+        .unwrap();
+    assert_eq!(o.stored, 1, "the leader writes");
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let new_c = fleetwatch::store::connect(&db).await.unwrap();
+    let new = lease::acquire(&new_c, &cfg, "new", &never)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new.epoch(), 2);
+    let e = writer::write_batch_fenced(&mut c, plan.as_ref(), &batch(1), Some(&old))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::Fenced {
+                epoch: 1,
+                current: Some(2)
+            }
+        ),
+        "{e}"
+    );
+    assert!(old.lost().is_cancelled(), "the old leader steps down");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM fixes").await,
+        1,
+        "nothing of it stored"
+    );
+    let mut c2 = fleetwatch::store::connect(&db).await.unwrap();
+    let plan2 = writer::prepare(&c2).await.unwrap();
+    let o = writer::write_batch_fenced(&mut c2, plan2.as_ref(), &batch(1), Some(&new))
+        .await
+        .unwrap();
+    assert_eq!(o.stored, 1, "the new leader writes it");
+    assert!(!new.lost().is_cancelled());
+}
