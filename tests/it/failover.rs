@@ -59,6 +59,22 @@ impl Proc {
         Pid::from_raw(self.child.id() as i32)
     }
 
+    /// The API's address, from the "fleetwatch running" line.
+    fn http_addr(&self) -> std::net::SocketAddr {
+        let log = self.log.lock().unwrap();
+        let line = log
+            .iter()
+            .find(|l| l.contains("fleetwatch running"))
+            .expect("running");
+        let at = line.find("http_addr=").unwrap() + "http_addr=".len();
+        line[at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     fn lines(&self, pat: &str) -> usize {
         self.log
             .lock()
@@ -291,6 +307,10 @@ async fn sigkill_of_the_leader_fails_over_within_10_s_losing_and_duplicating_not
         count(&db, "SELECT epoch FROM leadership WHERE name = 'test'").await,
         2
     );
+    // The new leader serves the API.
+    let addr = b.http_addr();
+    let ready = crate::ingest::reqwest_get(addr, "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     // A clean stop hands the lease back at once.
     kill(b.pid(), Signal::SIGTERM).unwrap();
     let status = exit_status(b, Duration::from_secs(30)).await;
