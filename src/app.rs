@@ -26,6 +26,7 @@ use crate::rules::Engine;
 use crate::sources::gateway::Gateway;
 use crate::sources::mqtt::{self, MqttAcker};
 use crate::sources::Acks;
+use crate::store::lease;
 use crate::store::migrate::{self, Layout};
 use crate::store::outbox;
 use crate::store::writer::{self, Item};
@@ -47,6 +48,8 @@ pub struct App {
     pub gateway: Vec<(&'static str, SocketAddr)>,
     shutdown: CancellationToken,
     tasks: JoinHandle<()>,
+    /// Failover: fires when leadership is lost.
+    lost: Option<CancellationToken>,
     // Dropped last: stops the private server after the writer is done.
     pg: Option<EmbeddedPostgres>,
 }
@@ -112,13 +115,46 @@ impl App {
         settings: Settings,
         prepare: impl AsyncFnOnce(&tokio_postgres::Client) -> anyhow::Result<T>,
     ) -> anyhow::Result<(App, T)> {
+        let started = Self::start_leading(settings, prepare, CancellationToken::new()).await?;
+        Ok(started.expect("only a cancelled stop ends the wait for leadership"))
+    }
+
+    /// [`App::start`] for `fleetwatch run`: with `[ha]` on, waits as a standby until
+    /// it leads (`None` when `stop` fires first); then as without.
+    pub async fn start_when_leading(
+        settings: Settings,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Option<App>> {
+        let started =
+            Self::start_leading(settings, async |_: &tokio_postgres::Client| Ok(()), stop).await?;
+        Ok(started.map(|(app, ())| app))
+    }
+
+    async fn start_leading<T>(
+        settings: Settings,
+        prepare: impl AsyncFnOnce(&tokio_postgres::Client) -> anyhow::Result<T>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Option<(App, T)>> {
         let metrics = telemetry::metrics_handle();
         let pattern = TopicPattern::parse(&settings.mqtt.topic)?;
+        check_ha(&settings)?;
         let (db_url, pg) = database(&settings).await?;
         let mut client = store::connect(&db_url)
             .await
             .with_context(|| format!("connecting to {}", redact(&db_url)))?;
         let layout = migrate::migrate(&mut client, &settings.database.layout).await?;
+        // A standby waits here: it neither writes nor connects to the broker, and the
+        // rule state it restores below is the one the old leader last committed.
+        let fence = match settings.ha.enabled {
+            true => {
+                let holder = lease::holder_id();
+                match lease::acquire(&client, &settings.ha, &holder, &stop).await? {
+                    Some(f) => Some(f),
+                    None => return Ok(None),
+                }
+            }
+            false => None,
+        };
         let prepared = prepare(&client).await?;
         store::rollup::ensure(&mut client, settings.rules.utc_offset, layout).await?;
         // The configuration's vehicles, then every registered one (admin changes too).
@@ -180,6 +216,7 @@ impl App {
             shutdown.clone(),
             health.clone(),
             alerts_ready.clone(),
+            fence.clone(),
         ));
         let geo_index = Arc::new(settings.geo.load().context("loading routes and zones")?);
         if let Err(e) = store::geo_versions::record(&client, &geo_index, &settings.geo).await {
@@ -254,6 +291,7 @@ impl App {
             .as_ref()
             .map(|g| g.listening.clone())
             .unwrap_or_default();
+        let gate = fence.as_ref().map(|f| broker_gate(f, &db_url));
         let ev: Vec<_> = clients
             .iter()
             .zip(eventloops)
@@ -274,6 +312,7 @@ impl App {
                         incidents: Some(incident_tx.clone()),
                         broker: redact(&mqtt_url),
                         client_id: client_ids[k].clone(),
+                        gate: gate.clone(),
                     },
                 ))
             })
@@ -311,6 +350,7 @@ impl App {
             TopicPattern::parse(alert_topic)?,
             alerts_ready,
             disconnect.clone(),
+            fence.clone(),
         ));
         // Deliveries stop with the outbox: after the drain, so the last alerts committed
         // are fanned out (and sent, if their destinations answer) before the exit.
@@ -364,6 +404,26 @@ impl App {
             ))
         });
 
+        // Failover: renew the lease until everything has stopped; on losing it, stop
+        // at once (the consumers end without reconnecting: see `broker_gate`).
+        let lease_done = CancellationToken::new();
+        let db_url_for_lease = db_url.clone();
+        let lease_task = fence.clone().map(|f| {
+            let (shutdown, disconnect, done) =
+                (shutdown.clone(), disconnect.clone(), lease_done.clone());
+            let lost = f.lost().clone();
+            tokio::spawn(async move {
+                let keeper = tokio::spawn(f.keep(db_url_for_lease, done.clone()));
+                tokio::select! {
+                    _ = lost.cancelled() => {
+                        disconnect.cancel();
+                        shutdown.cancel();
+                    }
+                    _ = done.cancelled() => {}
+                }
+                let _ = keeper.await;
+            })
+        });
         let deadline = Duration::from_secs(settings.shutdown_deadline_s);
         let stop = shutdown.clone();
         let tasks = tokio::spawn(async move {
@@ -406,6 +466,11 @@ impl App {
             if let Some(r) = retention {
                 let _ = r.await;
             }
+            // Last: the lease is released only once nothing of this instance writes.
+            lease_done.cancel();
+            if let Some(t) = lease_task {
+                let _ = t.await;
+            }
         });
         tracing::info!(%http_addr, mqtt = %redact(&mqtt_url), database = %redact(&db_url), ?layout, "fleetwatch running");
         let app = App {
@@ -418,8 +483,23 @@ impl App {
             shutdown,
             tasks,
             pg,
+            lost: fence.map(|f| f.lost().clone()),
         };
-        Ok((app, prepared))
+        Ok(Some((app, prepared)))
+    }
+
+    /// Resolves when this instance lost leadership (it is then stopping by itself);
+    /// never without `[ha]`.
+    pub async fn stepped_down(&self) {
+        match &self.lost {
+            Some(l) => l.cancelled().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Whether this instance lost leadership (`[ha]`).
+    pub fn lost_leadership(&self) -> bool {
+        self.lost.as_ref().is_some_and(|l| l.is_cancelled())
     }
 
     /// Asks every stage to stop.
@@ -434,6 +514,53 @@ impl App {
         if let Some(mut pg) = self.pg.take().filter(|pg| !pg.reused()) {
             let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
         }
+    }
+}
+
+/// `[ha]` needs what outlives an instance: an external broker and database.
+fn check_ha(settings: &Settings) -> anyhow::Result<()> {
+    if !settings.ha.enabled {
+        return Ok(());
+    }
+    if settings.mqtt.url.is_empty() {
+        anyhow::bail!("ha.enabled needs an external broker (set mqtt.url): the embedded broker lives inside one instance and cannot fail over");
+    }
+    if settings.database.url.is_empty() {
+        anyhow::bail!("ha.enabled needs an external database (set database.url): the private PostgreSQL lives beside one instance and cannot be shared");
+    }
+    if settings.ha.name.is_empty() {
+        anyhow::bail!("ha.name must not be empty");
+    }
+    Ok(())
+}
+
+/// The consumers' failover gate: before each reconnection, the database must confirm
+/// this instance still leads; leadership lost ends them without another poll.
+fn broker_gate(f: &lease::Fence, db_url: &str) -> mqtt::Gate {
+    let (fence, url) = (f.clone(), db_url.to_string());
+    mqtt::Gate {
+        abandon: f.lost().clone(),
+        may_connect: Arc::new(move || {
+            let (fence, url) = (fence.clone(), url.clone());
+            Box::pin(async move {
+                loop {
+                    let asked = match store::connect(&url).await {
+                        Ok(c) => fence.confirm(&c).await,
+                        Err(e) => Err(e),
+                    };
+                    match asked {
+                        Ok(leads) => return leads,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "ha: cannot confirm leadership; not reconnecting to the broker until the database answers")
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = fence.lost().cancelled() => return false,
+                    }
+                }
+            })
+        }),
     }
 }
 

@@ -13,6 +13,7 @@ use crate::rules::RulesConfig;
 use crate::sources::gateway::GatewayConfig;
 use crate::sources::mqtt::MqttConfig;
 use crate::store::deliver::DeliveriesConfig;
+use crate::store::lease::HaConfig;
 use crate::store::migrate::LayoutConfig;
 use crate::store::writer::BatchConfig;
 
@@ -136,6 +137,8 @@ pub struct Settings {
     pub gateway: GatewayConfig,
     /// Alerts to the cooperatives' webhooks and mailboxes.
     pub deliveries: DeliveriesConfig,
+    /// Active/standby failover (off: a single instance, no lease).
+    pub ha: HaConfig,
 }
 
 /// How often rule state is saved.
@@ -234,6 +237,7 @@ mod tests {
         assert!(!s.vehicles.is_empty());
         // The file states the defaults of [deliveries] (its destinations are examples).
         assert_eq!(s.deliveries, DeliveriesConfig::default());
+        assert_eq!(s.ha, HaConfig::default());
     }
 
     /// The Debian package's config (`ops/debian/fleetwatch.toml`, installed as

@@ -166,12 +166,28 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => {
             let settings = Settings::load(config.as_deref())?;
-            let stop = shutdown_signal();
-            let app = App::start(settings).await?;
-            stop.await;
-            tracing::info!("shutting down");
+            let signal = shutdown_signal();
+            // Read only while a standby waits for leadership ([ha]) and once running.
+            let stop = tokio_util::sync::CancellationToken::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                signal.await;
+                on_signal.cancel();
+            });
+            let Some(app) = App::start_when_leading(settings, stop.clone()).await? else {
+                tracing::info!("stopped as a standby");
+                return Ok(());
+            };
+            tokio::select! {
+                _ = stop.cancelled() => tracing::info!("shutting down"),
+                _ = app.stepped_down() => {}
+            }
             app.shutdown();
+            let lost = app.lost_leadership();
             app.wait().await;
+            if lost {
+                anyhow::bail!("ha: another instance took over leadership; stepped down (start again to stand by)");
+            }
         }
         Command::Demo { config, opts } => {
             let settings = Settings::load(config.as_deref())?;

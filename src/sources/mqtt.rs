@@ -238,6 +238,23 @@ pub struct LoopControl {
     pub broker: String,
     /// This connection's client id, for incidents.
     pub client_id: String,
+    /// Failover: asked before every reconnection, and the loop's abrupt end.
+    pub gate: Option<Gate>,
+}
+
+/// Asked before a reconnection: `false` ends the loop without connecting.
+pub type MayConnect = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync,
+>;
+
+/// Failover's hold on a consumer: a stale leader must never reconnect, since its
+/// CONNECT with the shared client id would take the session back from the new leader.
+#[derive(Clone)]
+pub struct Gate {
+    /// Asked afresh before each reconnection.
+    pub may_connect: MayConnect,
+    /// Ends the loop at once, without polling again (a poll may reconnect).
+    pub abandon: CancellationToken,
 }
 
 /// Polls the event loop until `stop_forwarding` and then `disconnect` fire.
@@ -264,7 +281,9 @@ pub async fn run_event_loop(
         incidents,
         broker,
         client_id,
+        gate,
     } = ctl;
+    let abandon = gate.as_ref().map(|g| g.abandon.clone()).unwrap_or_default();
     let mut tx = Some(tx);
     const MIN_BACKOFF: Duration = Duration::from_millis(50);
     let mut backoff = MIN_BACKOFF;
@@ -286,6 +305,7 @@ pub async fn run_event_loop(
             ev = eventloop.poll() => ev,
             _ = stop_forwarding.cancelled(), if tx.is_some() => continue,
             _ = disconnect.cancelled(), if !disconnecting => continue,
+            _ = abandon.cancelled() => return,
         };
         match event {
             Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -309,6 +329,7 @@ pub async fn run_event_loop(
                 // when the pipeline is saturated: that is the backpressure we want.
                 tokio::select! {
                     r = sender.send(d) => if r.is_err() { tx = None },
+                    _ = abandon.cancelled() => return,
                     _ = stop_forwarding.cancelled() => tx = None,
                 }
             }
@@ -364,8 +385,18 @@ pub async fn run_event_loop(
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = disconnect.cancelled() => return,
+                    _ = abandon.cancelled() => return,
                 }
                 backoff = (backoff * 2).min(max_backoff);
+                if let Some(g) = &gate {
+                    if abandon.is_cancelled() || !(g.may_connect)().await {
+                        tracing::error!(
+                            client_id,
+                            "ha: not reconnecting to the broker: this instance no longer leads"
+                        );
+                        return;
+                    }
+                }
             }
         }
     }

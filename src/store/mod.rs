@@ -5,6 +5,7 @@ pub mod deliver;
 pub mod devices;
 pub mod geo_versions;
 pub mod incidents;
+pub mod lease;
 pub mod migrate;
 pub mod outbox;
 pub mod probe;
@@ -29,6 +30,14 @@ pub enum StoreError {
         version: i32,
         source: tokio_postgres::Error,
     },
+    /// Failover: another instance took over leadership; this commit was refused.
+    #[error("ha: leadership lost (this instance led at epoch {epoch}, the database holds {current:?}); commit refused")]
+    Fenced {
+        /// The epoch this instance led at.
+        epoch: i64,
+        /// The epoch in the database (`None`: no leadership row).
+        current: Option<i64>,
+    },
 }
 
 impl StoreError {
@@ -37,6 +46,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         let e = match self {
             StoreError::Db(e) | StoreError::Migration { source: e, .. } => e,
+            StoreError::Fenced { .. } => return false,
         };
         if e.is_closed() {
             return true;
@@ -62,6 +72,7 @@ impl StoreError {
     pub fn is_content(&self) -> bool {
         let e = match self {
             StoreError::Db(e) | StoreError::Migration { source: e, .. } => e,
+            StoreError::Fenced { .. } => return false,
         };
         e.code()
             .is_some_and(|c| ["22", "23", "54"].iter().any(|p| c.code().starts_with(p)))

@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::lease::Fence;
 use super::{connect, StoreError};
 use crate::domain::topic::TopicPattern;
 use crate::domain::{CooperativeId, VehicleId};
@@ -49,6 +50,7 @@ pub async fn run(
     topic: TopicPattern,
     ready: Arc<Notify>,
     stop: CancellationToken,
+    fence: Option<Fence>,
 ) {
     let Publisher { client, eventloop } = publisher;
     let (etx, mut erx) = mpsc::channel(4 * ROUND);
@@ -60,10 +62,12 @@ pub async fn run(
         if db.is_none() {
             db = connect(&db_url).await.ok();
         }
-        if let Some(c) = &db {
-            match publish_pending(c, &client, &mut erx, &topic).await {
+        if let Some(c) = &mut db {
+            match publish_pending(c, &client, &mut erx, &topic, fence.as_ref()).await {
                 Ok(n) if n > 0 => continue, // more may be waiting
                 Ok(_) => {}
+                // Stepping down: the new leader's outbox publishes what is left.
+                Err(StoreError::Fenced { .. }) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "alert outbox");
                     db = None;
@@ -116,10 +120,11 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<PubEvent>, stop: Cance
 /// Publishes up to [`ROUND`] pending alerts, oldest change first, and marks those the
 /// broker acknowledged; returns how many were acknowledged.
 pub async fn publish_pending(
-    db: &tokio_postgres::Client,
+    db: &mut tokio_postgres::Client,
     client: &AsyncClient,
     events: &mut mpsc::Receiver<PubEvent>,
     topic: &TopicPattern,
+    fence: Option<&Fence>,
 ) -> Result<usize, StoreError> {
     let rows = db
         .query(
@@ -174,6 +179,8 @@ pub async fn publish_pending(
         }
     }
     let acked = await_acks(events, rows.len()).await;
+    // One transaction, fenced under failover: a stale leader logs no publication.
+    let tx = db.transaction().await?;
     for &i in &acked {
         let row = &rows[i];
         let id: String = row.get(0);
@@ -186,20 +193,24 @@ pub async fn publish_pending(
         let lag_s = (Utc::now() - updated_at).as_seconds_f64().max(0.0);
         metrics::histogram!("fleetwatch_outbox_lag_seconds").record(lag_s);
         // Only if unchanged since read: a newer version goes out in the next round.
-        let marked = db
+        let marked = tx
             .execute(
                 "UPDATE alerts SET published_at = now() WHERE alert_id = $1 AND updated_at = $2",
                 &[&id, &updated_at],
             )
             .await?;
         if marked == 1 {
-            db.execute(
+            tx.execute(
                 "INSERT INTO reminder_log (alert_id, channel, status) VALUES ($1, 'mqtt', $2)",
                 &[&id, &status],
             )
             .await?;
         }
     }
+    if let Some(f) = fence {
+        f.check(&tx).await?;
+    }
+    tx.commit().await?;
     metrics::counter!("fleetwatch_alerts_published_total").increment(acked.len() as u64);
     if acked.len() < rows.len() {
         tracing::warn!(

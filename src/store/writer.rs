@@ -20,6 +20,7 @@ use crate::domain::Fix;
 use tokio_postgres::{Client, Transaction};
 use tokio_util::sync::CancellationToken;
 
+use super::lease::Fence;
 use super::rollup::{self, Plan};
 use super::{connect, fnv1a64, pg_text, StoreError};
 use crate::domain::alert::{Alert, AlertId, AlertKind};
@@ -188,6 +189,17 @@ pub async fn prepare(client: &Client) -> Result<Option<Plan>, StoreError> {
     rollup::plan(client).await
 }
 
+/// [`prepare`], plus the failover fence's session settings when there is one.
+async fn prepare_fenced(
+    client: &Client,
+    fence: Option<&Fence>,
+) -> Result<Option<Plan>, StoreError> {
+    if let Some(f) = fence {
+        f.prepare(client).await?;
+    }
+    prepare(client).await
+}
+
 /// Writes items in one transaction, with the roll-ups of `plan`. Safe to repeat: a
 /// repeated batch stores nothing new and counts nothing twice.
 ///
@@ -201,8 +213,19 @@ pub async fn write_batch<A>(
     plan: Option<&Plan>,
     items: &[Item<A>],
 ) -> Result<BatchOutcome, StoreError> {
+    write_batch_fenced(client, plan, items, None).await
+}
+
+/// [`write_batch`], each transaction checked by the failover `fence` before its
+/// commit (a fenced batch fails with [`StoreError::Fenced`], nothing of it stored).
+pub async fn write_batch_fenced<A>(
+    client: &mut Client,
+    plan: Option<&Plan>,
+    items: &[Item<A>],
+    fence: Option<&Fence>,
+) -> Result<BatchOutcome, StoreError> {
     let parts = parts_of(items);
-    let first = match write_parts(client, plan, &parts).await {
+    let first = match write_parts(client, plan, &parts, fence).await {
         Err(e) if e.is_content() => e,
         other => return other,
     };
@@ -217,7 +240,7 @@ pub async fn write_batch<A>(
     while let Some((range, known)) = todo.pop() {
         let err = match known {
             Some(e) => e,
-            None => match write_parts(client, plan, &parts[range.clone()]).await {
+            None => match write_parts(client, plan, &parts[range.clone()], fence).await {
                 Ok(o) => {
                     outcome.add(&o);
                     continue;
@@ -244,13 +267,13 @@ pub async fn write_batch<A>(
     }
     // Each letter alone, so one the database refuses too cannot take the others along.
     for d in &dead {
-        let o = match write_parts(client, plan, &[Part::Record(d)]).await {
+        let o = match write_parts(client, plan, &[Part::Record(d)], fence).await {
             Err(e) if e.is_content() => {
                 let Record::Rejected(r) = d else {
                     unreachable!("only dead letters here")
                 };
                 let escaped = Record::Rejected(escaped_letter(r, &e.to_string()));
-                match write_parts(client, plan, &[Part::Record(&escaped)]).await {
+                match write_parts(client, plan, &[Part::Record(&escaped)], fence).await {
                     Err(e2) if e2.is_content() => {
                         // Nothing storable is left: the log keeps it (escaped).
                         tracing::error!(topic = %r.topic.escape_debug(), payload = %hex(&r.payload),
@@ -365,6 +388,7 @@ async fn write_parts(
     client: &mut Client,
     plan: Option<&Plan>,
     parts: &[Part<'_>],
+    fence: Option<&Fence>,
 ) -> Result<BatchOutcome, StoreError> {
     let mut records: Vec<&Record> = Vec::new();
     let mut derived: Vec<&Derived> = Vec::new();
@@ -512,6 +536,10 @@ async fn write_parts(
             .await?;
     }
     outcome.alerts_changed = write_derived(&tx, plan, &derived).await?;
+    // Last, so the share lock it takes is held only for the commit.
+    if let Some(f) = fence {
+        f.check(&tx).await?;
+    }
     tx.commit().await?;
     Ok(outcome)
 }
@@ -945,6 +973,8 @@ async fn write_live(tx: &Transaction<'_>, derived: &[&Derived]) -> Result<(), St
 /// Runs the writer until `rx` closes (the consumer stopped) and every item in it is
 /// committed and acked. A database outage makes it retry the same batch with backoff:
 /// nothing is acked, so the broker keeps the messages and backpressure reaches it.
+// Each argument is a separate hand-off from the app's wiring.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<K: Acker>(
     url: String,
     cfg: BatchConfig,
@@ -953,6 +983,7 @@ pub async fn run<K: Acker>(
     shutdown: CancellationToken,
     health: Arc<Health>,
     alerts_ready: Arc<tokio::sync::Notify>,
+    fence: Option<Fence>,
 ) {
     let mut client: Option<Client> = None;
     let mut plan: Option<Plan> = None;
@@ -997,7 +1028,7 @@ pub async fn run<K: Acker>(
         let outcome = loop {
             if client.as_ref().is_none_or(|c| c.is_closed()) {
                 client = match connect(&url).await {
-                    Ok(c) => match prepare(&c).await {
+                    Ok(c) => match prepare_fenced(&c, fence.as_ref()).await {
                         Ok(p) => {
                             plan = p;
                             Some(c)
@@ -1014,10 +1045,16 @@ pub async fn run<K: Acker>(
                 };
             }
             if let Some(c) = client.as_mut() {
-                match write_batch(c, plan.as_ref(), &pending).await {
+                match write_batch_fenced(c, plan.as_ref(), &pending, fence.as_ref()).await {
                     Ok(o) => {
                         health.database.store(true, Ordering::Relaxed);
                         break Some(o);
+                    }
+                    Err(e @ StoreError::Fenced { .. }) => {
+                        // Another instance leads: its session has these messages now.
+                        tracing::error!(error = %e, messages = pending.len(),
+                            "writer stopping: batch not committed (the new leader gets it from the broker)");
+                        return;
                     }
                     Err(e) => {
                         health.database.store(false, Ordering::Relaxed);

@@ -189,10 +189,22 @@ async fn owntracks_payloads_and_batches_land() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_subscription_splits_the_load_without_loss_or_duplicates() {
+    shared_subscription(false).await;
+}
+
+/// The scale-out topology for ingest: rules off, `[ha]` off, one share group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_only_instances_split_a_shared_subscription() {
+    shared_subscription(true).await;
+}
+
+async fn shared_subscription(ingest_only: bool) {
     let mosq = Mosquitto::start();
     let db = fresh_db().await;
     let mut s1 = settings(&db, &mosq.url, "fw-shared-1");
     s1.mqtt.share_group = Some("fleetwatch".into());
+    s1.disable_rules = ingest_only;
+    assert!(!s1.ha.enabled, "[ha] is off by default");
     let mut s2 = s1.clone();
     s2.mqtt.client_id = "fw-shared-2".into();
     let a = start_app(s1).await;

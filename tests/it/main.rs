@@ -9,6 +9,7 @@ mod database;
 mod deliver;
 mod demo;
 mod drivers;
+mod failover;
 mod gateway;
 mod infra;
 mod ingest;
