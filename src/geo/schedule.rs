@@ -163,6 +163,9 @@ pub struct TripShape {
     seg_start_m: Vec<f64>,
     /// Total length, metres.
     pub length_m: f64,
+    /// Shortest distance from the first to the second stop of the trips using it,
+    /// metres (a match is decided before the bus reaches the second stop).
+    pub first_gap_m: f64,
 }
 
 /// Where a point is on a [`TripShape`] found by [`TripShape::track`].
@@ -228,6 +231,7 @@ impl TripShape {
             segs,
             seg_start_m,
             length_m: along,
+            first_gap_m: f64::INFINITY,
         })
     }
 
@@ -443,7 +447,14 @@ impl Schedule {
             .map(|(i, t)| (t.id.clone(), i as u32))
             .collect();
         let mut by_route: HashMap<String, RouteTrips> = HashMap::new();
+        for sh in &mut self.shapes {
+            sh.first_gap_m = f64::INFINITY;
+        }
         for (i, t) in self.trips.iter().enumerate() {
+            if let [a, b, ..] = t.stop_times[..] {
+                let sh = &mut self.shapes[t.shape as usize];
+                sh.first_gap_m = sh.first_gap_m.min(b.dist_m - a.dist_m);
+            }
             let r = by_route.entry(t.route.clone()).or_default();
             r.trips.push(i as u32);
             if !r.shapes.contains(&t.shape) {
