@@ -82,6 +82,9 @@ pub struct StopEvent {
     pub stop_sequence: u32,
     /// GTFS `stop_id`.
     pub stop_id: String,
+    /// The fix at which the event was decided (a recomputation from before it
+    /// states it again).
+    pub observed: DateTime<Utc>,
     /// Scheduled arrival.
     pub scheduled_arrival: DateTime<Utc>,
     /// Scheduled departure.

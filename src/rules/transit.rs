@@ -318,6 +318,7 @@ fn stops(
                     Some(last),
                     None,
                     !served,
+                    s.ts_ms,
                 );
                 if served {
                     run.served += 1;
@@ -344,6 +345,7 @@ fn stops(
                         None,
                         Some(dev),
                         false,
+                        s.ts_ms,
                     );
                     run.next += 1;
                     return true;
@@ -353,7 +355,7 @@ fn stops(
             }
             None if progress_m > stt.dist_m + radius => {
                 run.skipped += 1;
-                event(ctx, run, trip, sched, k, None, None, None, true);
+                event(ctx, run, trip, sched, k, None, None, None, true, s.ts_ms);
                 skipped_alert(ctx, run, trip, sched, k, s.mark());
                 run.next += 1;
             }
@@ -375,6 +377,7 @@ fn event(
     departure_ms: Option<i64>,
     dev_ms: Option<i64>,
     skipped: bool,
+    now_ms: i64,
 ) {
     let stt = &trip.stop_times[k];
     let off = ctx.p.offset_ms;
@@ -392,6 +395,7 @@ fn event(
         service_date: run.date,
         stop_sequence: stt.seq,
         stop_id: sched.stops[stt.stop as usize].id.clone(),
+        observed: utc(now_ms),
         scheduled_arrival: utc(sa),
         scheduled_departure: utc(sd),
         arrival: arrival_ms.map(utc),
@@ -556,6 +560,7 @@ fn finish(ctx: &mut Ctx<'_>, st: &mut Inner, sched: &Schedule, completed: bool, 
                 Some(last),
                 None,
                 !served,
+                at_ms,
             );
             if served {
                 run.served += 1;
@@ -734,6 +739,7 @@ fn probe(
             Some(c.since_ms),
             Some(dev),
             false,
+            now,
         );
         run.next = 1;
     } else {

@@ -20,3 +20,4 @@ mod rules;
 mod stream;
 mod support;
 mod tls;
+mod transit;
