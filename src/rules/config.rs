@@ -356,6 +356,9 @@ pub enum RulesConfigError {
     /// A value that must be positive (or non-negative) is not.
     #[error("{0} must be a positive number")]
     NotPositive(&'static str),
+    /// A transit alert level other than info or warning.
+    #[error("{0} must be \"info\" or \"warning\"")]
+    InfoOrWarning(&'static str),
     /// Severity band edges not in increasing order.
     #[error("overspeed.bands must increase: band1_from <= band2_from <= band3_over <= band4_over")]
     BandsOrder,
@@ -421,6 +424,14 @@ impl RulesConfig {
         ];
         if let Some((name, _)) = positive.iter().find(|(_, ok)| !ok) {
             return Err(RulesConfigError::NotPositive(name));
+        }
+        for (name, level) in [
+            ("transit.deviation_level", self.transit.deviation_level),
+            ("transit.skipped_level", self.transit.skipped_level),
+        ] {
+            if level == Level::Violation {
+                return Err(RulesConfigError::InfoOrWarning(name));
+            }
         }
         let b = &self.overspeed.bands;
         let edges = [
@@ -610,6 +621,12 @@ mod tests {
         c.overspeed.bands.band3_over_kmh = 40.0;
         assert_eq!(c.validate(), Err(RulesConfigError::BandsOrder));
         let mut c = RulesConfig::default();
+        let mut t = RulesConfig::default();
+        t.transit.skipped_level = Level::Violation;
+        assert_eq!(
+            t.validate(),
+            Err(RulesConfigError::InfoOrWarning("transit.skipped_level"))
+        );
         c.off_route.corridor_m = 0.0;
         assert!(matches!(
             c.validate(),
