@@ -5,6 +5,10 @@
 //! The `*_5_shapes` runs use the same routes as transit feeds have them: each line,
 //! its return 150 m away (one-way pairs) and three overlapping variants.
 //!
+//! `*_transit`: those routes with a city-sized GTFS schedule (1,000 shapes, 50,000
+//! trips, 20 stops each): trip assignment, stop events and schedule deviation on top.
+//! Its build time and size are printed (target: per fix under 2 µs).
+//!
 //! Run: `cargo bench --bench rules`. Target: at most 2 µs per fix for geo + rules.
 //! `late_fix_*`: the rules' work for one fix arriving 1 h, 6 h or 24 h late for a bus
 //! at 1 Hz (snapshot, replay of the fixes after it, in memory; target under 5 ms at
@@ -21,7 +25,10 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fleetwatch::domain::{
     CooperativeId, Fix, FixCandidate, FixLimits, Vehicle, VehicleClass, VehicleId,
 };
-use fleetwatch::geo::{GeoIndex, Route, TimeRange, Zone, ZoneKind, M_PER_DEG};
+use fleetwatch::geo::{
+    distance_m, GeoIndex, Route, Schedule, ScheduledTrip, Service, StopPoint, StopTime, TimeRange,
+    Zone, ZoneKind, M_PER_DEG,
+};
 use fleetwatch::rules::{Engine, RulesConfig};
 
 const ROUTES: usize = 200;
@@ -133,6 +140,8 @@ struct World {
     geo: Arc<GeoIndex>,
     /// The same routes with 5 shapes each.
     geo5: Arc<GeoIndex>,
+    /// Those routes with a city-sized schedule: 1,000 shapes, 50,000 trips.
+    geo_transit: Arc<GeoIndex>,
     lines: Vec<Vec<Coord<f64>>>,
     registry: Vec<Vehicle>,
     fixes: Vec<Fix>,
@@ -155,7 +164,7 @@ fn world() -> World {
         })
         .collect();
     let zs = zones(&mut rng);
-    let routes5 = lines
+    let routes5: Vec<Route> = lines
         .iter()
         .enumerate()
         .map(|(i, l)| {
@@ -184,6 +193,31 @@ fn world() -> World {
             }
         })
         .collect();
+    let t = Instant::now();
+    let sched = city_schedule(&routes5);
+    let built = t.elapsed();
+    let stop_times: usize = sched.trips.iter().map(|t| t.stop_times.len()).sum();
+    // Heap of the schedule proper (the shapes' indexes come on top, like routes').
+    let bytes = sched.trips.len() * std::mem::size_of::<ScheduledTrip>()
+        + stop_times * std::mem::size_of::<StopTime>()
+        + sched
+            .trips
+            .iter()
+            .map(|t| t.id.len() + t.route.len())
+            .sum::<usize>();
+    eprintln!(
+        "city schedule: {} routes, {} shapes, {} trips, {stop_times} stop times: built in {:.2?}, trips and stop times {:.1} MB",
+        ROUTES,
+        sched.shapes.len(),
+        sched.trips.len(),
+        built,
+        bytes as f64 / 1e6
+    );
+    let geo_transit = Arc::new(
+        GeoIndex::new(routes5.clone(), zs.clone())
+            .expect("synthetic geometry is valid")
+            .with_schedules(vec![sched]),
+    );
     let geo5 = Arc::new(GeoIndex::new(routes5, zs.clone()).expect("synthetic geometry is valid"));
     let geo = Arc::new(GeoIndex::new(routes, zs).expect("synthetic geometry is valid"));
     let coop = CooperativeId::parse("HTX-BENCH").expect("valid id");
@@ -247,6 +281,7 @@ fn world() -> World {
     World {
         geo,
         geo5,
+        geo_transit,
         lines,
         registry,
         fixes,
@@ -308,10 +343,74 @@ fn bench(c: &mut Criterion) {
     for (name, geo) in [
         ("geo_and_all_rules_per_fix", &w.geo),
         ("geo_and_all_rules_per_fix_5_shapes", &w.geo5),
+        ("geo_and_all_rules_per_fix_transit", &w.geo_transit),
     ] {
         all_rules(&mut g, name, &w, geo);
     }
     g.finish();
+}
+
+/// Trips of each route's 5 shapes: 50 per shape, 18 min apart from 04:00, 20 stops
+/// each evenly along the shape, at 36 km/h (the buses' speed in the fixes).
+fn city_schedule(routes: &[Route]) -> Schedule {
+    let mut stops = Vec::new();
+    let mut shapes = Vec::new();
+    let mut trips = Vec::new();
+    let service = Service {
+        id: "ALL".into(),
+        always: true,
+        ..Service::default()
+    };
+    for r in routes {
+        for (si, part) in r.parts.iter().enumerate() {
+            let line = &part.0;
+            let shape = shapes.len() as u32;
+            shapes.push((format!("{}-{si}", r.id), r.id.clone(), line.clone()));
+            let mut along = vec![0.0];
+            for w in line.windows(2) {
+                let d = distance_m(w[0].x, w[0].y, w[1].x, w[1].y);
+                along.push(along[along.len() - 1] + d);
+            }
+            let first_stop = stops.len() as u32;
+            let at: Vec<usize> = (0..20).map(|k| k * (line.len() - 1) / 19).collect();
+            for (k, &v) in at.iter().enumerate() {
+                stops.push(StopPoint {
+                    id: format!("{}-{si}-{k}", r.id),
+                    name: None,
+                    lon: Some(line[v].x),
+                    lat: Some(line[v].y),
+                });
+            }
+            for j in 0..50 {
+                let dep = 4 * 3600 + j * 18 * 60;
+                let stop_times = at
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &v)| {
+                        let t = dep + (along[v] / 10.0).round() as i32;
+                        StopTime {
+                            stop: first_stop + k as u32,
+                            seq: k as u32 + 1,
+                            arrival_s: t,
+                            departure_s: t,
+                            dist_m: along[v],
+                        }
+                    })
+                    .collect();
+                trips.push(ScheduledTrip {
+                    id: format!("{}-{si}-{j:02}", r.id),
+                    route: r.id.clone(),
+                    service: 0,
+                    shape,
+                    direction: Some((si % 2) as u8),
+                    headsign: None,
+                    stop_times,
+                    frequencies: Vec::new(),
+                });
+            }
+        }
+    }
+    Schedule::from_parts(stops, shapes, vec![service], trips).expect("synthetic schedule is valid")
 }
 
 fn all_rules(
@@ -321,6 +420,27 @@ fn all_rules(
     geo: &Arc<GeoIndex>,
 ) {
     let fresh = || Engine::new(RulesConfig::default(), geo.clone(), w.registry.clone());
+    // One untimed pass: what the rules produced and the largest vehicle state.
+    let mut engine = fresh();
+    let (mut runs, mut events, mut assigned) = (0usize, 0usize, 0usize);
+    for f in &w.fixes {
+        let out = engine.push(f);
+        runs += out.trip_runs.len();
+        events += out.stop_events.len();
+    }
+    for v in &w.registry {
+        assigned += usize::from(engine.trip_progress(&v.id).is_some());
+    }
+    let largest = engine
+        .checkpoint()
+        .iter()
+        .map(|(_, s)| serde_json::to_vec(s).map_or(0, |v| v.len()))
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "{name}: {} fixes: {runs} trip runs ended, {events} stop events, {assigned} buses on a trip at the end; largest vehicle state {largest} bytes (JSON)",
+        w.fixes.len()
+    );
     let mut engine = fresh();
     let mut cursor = 0usize;
     g.bench_function(name, |b| {

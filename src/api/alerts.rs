@@ -29,6 +29,8 @@ pub const KINDS: &[&str] = &[
     "zone_exit",
     "no_signal",
     "device_alarm",
+    "stop_skipped",
+    "schedule_deviation",
 ];
 /// Alert levels.
 pub const LEVELS: &[&str] = &["info", "warning", "violation"];

@@ -73,6 +73,10 @@ pub enum AlertKind {
     NoSignal,
     /// A gap between consecutive fixes above the sending cadence.
     DataGap,
+    /// A bus on a scheduled trip passed a stop of the trip without stopping there.
+    StopSkipped,
+    /// A bus on a scheduled trip early or late at a stop beyond the configured bounds.
+    ScheduleDeviation,
     /// An alarm the device itself raised (SOS button, power cut...), with a position.
     /// Not a rule's result: replays and recomputations leave it alone.
     DeviceAlarm,
@@ -92,6 +96,8 @@ impl AlertKind {
             Self::ZoneExit => "zone_exit",
             Self::NoSignal => "no_signal",
             Self::DataGap => "data_gap",
+            Self::StopSkipped => "stop_skipped",
+            Self::ScheduleDeviation => "schedule_deviation",
             Self::DeviceAlarm => "device_alarm",
         }
     }

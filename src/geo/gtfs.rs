@@ -17,7 +17,7 @@ use super::error::GeoError;
 use super::route::Route;
 
 /// One GTFS file being read: its path, bytes and header.
-struct Table {
+pub(super) struct Table {
     file: PathBuf,
     reader: csv::Reader<Cursor<Arc<[u8]>>>,
     header: StringRecord,
@@ -55,7 +55,7 @@ impl Lines {
 
 impl Table {
     /// Opens `name` in `dir`; `Ok(None)` when the file does not exist.
-    fn open_opt(dir: &Path, name: &str) -> Result<Option<Self>, GeoError> {
+    pub(super) fn open_opt(dir: &Path, name: &str) -> Result<Option<Self>, GeoError> {
         let file = dir.join(name);
         let data: Arc<[u8]> = match std::fs::read(&file) {
             Ok(d) => d.into(),
@@ -90,7 +90,7 @@ impl Table {
         }))
     }
 
-    fn open(dir: &Path, name: &str) -> Result<Self, GeoError> {
+    pub(super) fn open(dir: &Path, name: &str) -> Result<Self, GeoError> {
         Self::open_opt(dir, name)?.ok_or_else(|| {
             let path = dir.join(name);
             GeoError::Io {
@@ -100,11 +100,11 @@ impl Table {
         })
     }
 
-    fn col_opt(&self, name: &str) -> Option<usize> {
+    pub(super) fn col_opt(&self, name: &str) -> Option<usize> {
         self.header.iter().position(|h| h == name)
     }
 
-    fn col(&self, name: &str) -> Result<usize, GeoError> {
+    pub(super) fn col(&self, name: &str) -> Result<usize, GeoError> {
         self.col_opt(name)
             .ok_or_else(|| self.err(1, format!("missing column {name}")))
     }
@@ -120,7 +120,7 @@ impl Table {
     /// Calls `f` with each data row and its line number (blank lines skipped). A row
     /// longer than the header is refused unless the extra fields are empty (trailing
     /// commas are a common export quirk).
-    fn for_each(
+    pub(super) fn for_each(
         mut self,
         mut f: impl FnMut(usize, &Row<'_>) -> Result<(), String>,
     ) -> Result<(), GeoError> {
@@ -145,26 +145,26 @@ impl Table {
 }
 
 /// A data row; missing trailing fields read as empty.
-struct Row<'a>(&'a StringRecord);
+pub(super) struct Row<'a>(&'a StringRecord);
 
 impl Row<'_> {
-    fn get(&self, i: usize) -> &str {
+    pub(super) fn get(&self, i: usize) -> &str {
         self.0.get(i).unwrap_or("")
     }
 
-    fn opt(&self, i: Option<usize>) -> Option<&str> {
+    pub(super) fn opt(&self, i: Option<usize>) -> Option<&str> {
         i.map(|i| self.get(i)).filter(|s| !s.is_empty())
     }
 
     /// A required id field.
-    fn id(&self, i: usize, what: &str) -> Result<String, String> {
+    pub(super) fn id(&self, i: usize, what: &str) -> Result<String, String> {
         match self.get(i) {
             "" => Err(format!("empty {what}")),
             s => Ok(s.to_string()),
         }
     }
 
-    fn number(&self, i: usize, what: &str) -> Result<f64, String> {
+    pub(super) fn number(&self, i: usize, what: &str) -> Result<f64, String> {
         let v = self.get(i);
         v.parse::<f64>()
             .ok()
@@ -172,7 +172,7 @@ impl Row<'_> {
             .ok_or_else(|| format!("{what} is not a number: {v:?}"))
     }
 
-    fn seq(&self, i: usize, what: &str) -> Result<u32, String> {
+    pub(super) fn seq(&self, i: usize, what: &str) -> Result<u32, String> {
         let v = self.get(i);
         v.parse()
             .map_err(|_| format!("{what} is not a non-negative integer: {v:?}"))
@@ -190,7 +190,7 @@ fn csv_err(file: &Path, lines: &mut Lines, e: &csv::Error) -> GeoError {
     }
 }
 
-fn coord(lat: f64, lon: f64) -> Result<Coord<f64>, String> {
+pub(super) fn coord(lat: f64, lon: f64) -> Result<Coord<f64>, String> {
     if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon) {
         Ok(Coord { x: lon, y: lat })
     } else {

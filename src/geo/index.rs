@@ -8,6 +8,7 @@ use super::error::GeoError;
 use super::frame::M_PER_DEG;
 use super::grid::{CellGrid, Layout};
 use super::route::{Route, RouteIndex, RouteLocation};
+use super::schedule::Schedule;
 use super::zone::{Area, Zone, ZoneKey};
 
 /// Target cell size of the zone grid, metres.
@@ -33,6 +34,9 @@ pub struct GeoIndex {
     areas: Vec<Area>,
     by_key: HashMap<ZoneKey, u32>,
     grid: Option<CellGrid>,
+    /// GTFS schedules (one per feed) and the feed of each route that has trips.
+    schedules: Vec<Schedule>,
+    route_schedule: HashMap<String, u32>,
 }
 
 impl Default for GeoIndex {
@@ -51,7 +55,32 @@ impl GeoIndex {
             areas: Vec::new(),
             by_key: HashMap::new(),
             grid: None,
+            schedules: Vec::new(),
+            route_schedule: HashMap::new(),
         }
+    }
+
+    /// Adds the GTFS schedules of the feeds: trips of a route come from the first
+    /// feed that has any for it.
+    pub fn with_schedules(mut self, schedules: Vec<Schedule>) -> Self {
+        for (i, s) in schedules.iter().enumerate() {
+            for r in s.route_ids() {
+                self.route_schedule.entry(r.to_string()).or_insert(i as u32);
+            }
+        }
+        self.schedules = schedules;
+        self
+    }
+
+    /// The schedule holding the trips of `route_id`, if any.
+    pub fn schedule_for(&self, route_id: &str) -> Option<&Schedule> {
+        let &i = self.route_schedule.get(route_id)?;
+        self.schedules.get(i as usize)
+    }
+
+    /// The schedules, one per GTFS feed.
+    pub fn schedules(&self) -> &[Schedule] {
+        &self.schedules
     }
 
     /// Indexes `routes` and `zones`; refuses duplicate ids (routes from GeoJSON and
@@ -119,6 +148,8 @@ impl GeoIndex {
             areas,
             by_key,
             grid,
+            schedules: Vec::new(),
+            route_schedule: HashMap::new(),
         })
     }
 

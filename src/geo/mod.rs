@@ -18,6 +18,7 @@ mod grid;
 mod gtfs;
 mod index;
 mod route;
+mod schedule;
 mod source;
 mod zone;
 
@@ -30,5 +31,9 @@ pub use geojson::{
 pub use gtfs::{load_gtfs, load_routes_gtfs, GtfsSummary};
 pub use index::GeoIndex;
 pub use route::{Route, RouteIndex, RouteLocation, DEFAULT_TERMINAL_RADIUS_M};
+pub use schedule::{
+    load_schedule, Frequency, RouteTrips, Schedule, ScheduledTrip, Service, ShapeFix, StopPoint,
+    StopTime, TripShape,
+};
 pub use source::GeoConfig;
 pub use zone::{TimeRange, Zone, ZoneKey, ZoneKind};

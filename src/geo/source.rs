@@ -61,8 +61,10 @@ impl GeoConfig {
         for p in &self.routes {
             routes.extend(geo::load_routes_geojson(p)?);
         }
+        let mut schedules = Vec::new();
         for p in &self.gtfs {
             routes.extend(geo::load_routes_gtfs(p)?);
+            schedules.push(geo::load_schedule(p, Some(self.terminal_radius_m))?);
         }
         for p in &self.zones {
             zones.extend(geo::load_zones_geojson(p)?);
@@ -70,7 +72,7 @@ impl GeoConfig {
         for r in &mut routes {
             r.terminal_radius_m.get_or_insert(self.terminal_radius_m);
         }
-        GeoIndex::new(routes, zones)
+        Ok(GeoIndex::new(routes, zones)?.with_schedules(schedules))
     }
 }
 

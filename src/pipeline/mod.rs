@@ -83,6 +83,9 @@ struct Active {
     /// Starts of the trips and data gaps it produced.
     trips: Vec<DateTime<Utc>>,
     gaps: Vec<DateTime<Utc>>,
+    /// Starts of the trip runs and keys of the stop events it produced.
+    runs: Vec<DateTime<Utc>>,
+    stop_events: Vec<(String, DateTime<Utc>, i32)>,
     /// The alerts open at the snapshot, stated again with the first output.
     restated: Vec<Alert>,
     /// Event times (ms) of the stored fixes replayed, sorted.
@@ -101,6 +104,12 @@ impl Active {
             }
         }
         self.trips.extend(out.trips.iter().map(|t| t.start));
+        self.runs.extend(out.trip_runs.iter().map(|t| t.start));
+        self.stop_events.extend(
+            out.stop_events
+                .iter()
+                .map(crate::store::writer::stop_event_key),
+        );
     }
 }
 
@@ -310,6 +319,8 @@ impl Stage {
             ids: restated.iter().map(|a| a.id.clone()).collect(),
             trips: Vec::new(),
             gaps: Vec::new(),
+            runs: Vec::new(),
+            stop_events: Vec::new(),
             restated,
             replayed_ms: Vec::new(),
             held: Held {
@@ -391,6 +402,8 @@ impl Stage {
                     keep,
                     trips: active.trips,
                     gaps: active.gaps,
+                    runs: active.runs,
+                    stop_events: active.stop_events,
                 });
                 if let Some(t) = late {
                     // Older than what was just recomputed and not stored in time
@@ -504,6 +517,8 @@ fn derived(out: Output) -> Derived {
     Derived {
         alerts: out.alerts,
         trips: out.trips,
+        trip_runs: out.trip_runs,
+        stop_events: out.stop_events,
         live: out.live,
         ..Derived::default()
     }

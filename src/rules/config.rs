@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::alert::Level;
 use crate::domain::VehicleClass;
 
 /// Settings of all compliance rules. Durations in seconds, speeds in km/h, distances
@@ -39,6 +40,8 @@ pub struct RulesConfig {
     pub gaps: GapsConfig,
     /// Stop and trip detection for reports.
     pub stops: StopsConfig,
+    /// Scheduled bus trips (GTFS): trip assignment, stop events, schedule deviation.
+    pub transit: TransitConfig,
 }
 
 impl Default for RulesConfig {
@@ -55,6 +58,7 @@ impl Default for RulesConfig {
             no_signal: NoSignalConfig::default(),
             gaps: GapsConfig::default(),
             stops: StopsConfig::default(),
+            transit: TransitConfig::default(),
         }
     }
 }
@@ -226,6 +230,50 @@ impl Default for OffRouteConfig {
     }
 }
 
+/// Scheduled trips of buses whose route has a GTFS schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransitConfig {
+    /// Assign trips and report stop events at all.
+    pub enabled: bool,
+    /// Within this distance of a stop, metres, the bus is at the stop.
+    pub stop_radius_m: f64,
+    /// Moving this far along one shape from where a probe started, metres, lets
+    /// the bus be matched to a trip of that shape (less when the trip's second stop
+    /// is nearer).
+    pub confirm_m: f64,
+    /// A trip is a candidate when the bus is within this many seconds of its
+    /// schedule at its position.
+    pub match_window_s: u32,
+    /// Earlier than the schedule by more than this at a stop, seconds: early.
+    pub early_s: u32,
+    /// Later than the schedule by more than this at a stop, seconds: late.
+    pub late_s: u32,
+    /// Level of `schedule_deviation` alerts (`info` or `warning`).
+    pub deviation_level: Level,
+    /// Level of `stop_skipped` alerts (`info` or `warning`).
+    pub skipped_level: Level,
+    /// Off the trip's shape, or not moving along it, this long ends the run
+    /// (abandoned), seconds.
+    pub abandon_after_s: u32,
+}
+
+impl Default for TransitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            stop_radius_m: 50.0,
+            confirm_m: 200.0,
+            match_window_s: 1800,
+            early_s: 60,
+            late_s: 300,
+            deviation_level: Level::Warning,
+            skipped_level: Level::Warning,
+            abandon_after_s: 1800,
+        }
+    }
+}
+
 /// When a stay in a restricted zone is a violation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -308,6 +356,9 @@ pub enum RulesConfigError {
     /// A value that must be positive (or non-negative) is not.
     #[error("{0} must be a positive number")]
     NotPositive(&'static str),
+    /// A transit alert level other than info or warning.
+    #[error("{0} must be \"info\" or \"warning\"")]
+    InfoOrWarning(&'static str),
     /// Severity band edges not in increasing order.
     #[error("overspeed.bands must increase: band1_from <= band2_from <= band3_over <= band4_over")]
     BandsOrder,
@@ -360,9 +411,27 @@ impl RulesConfig {
             ("gaps.moving_max_s", self.gaps.moving_max_s > 0),
             ("gaps.stopped_max_s", self.gaps.stopped_max_s > 0),
             ("no_signal.after_s", self.no_signal.after_s > 0),
+            (
+                "transit.stop_radius_m",
+                self.transit.stop_radius_m.is_finite() && self.transit.stop_radius_m > 0.0,
+            ),
+            (
+                "transit.confirm_m",
+                self.transit.confirm_m.is_finite() && self.transit.confirm_m > 0.0,
+            ),
+            ("transit.match_window_s", self.transit.match_window_s > 0),
+            ("transit.abandon_after_s", self.transit.abandon_after_s > 0),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, ok)| !ok) {
             return Err(RulesConfigError::NotPositive(name));
+        }
+        for (name, level) in [
+            ("transit.deviation_level", self.transit.deviation_level),
+            ("transit.skipped_level", self.transit.skipped_level),
+        ] {
+            if level == Level::Violation {
+                return Err(RulesConfigError::InfoOrWarning(name));
+            }
         }
         let b = &self.overspeed.bands;
         let edges = [
@@ -413,6 +482,15 @@ pub(crate) struct Params {
     pub gap_moving_ms: i64,
     pub gap_stopped_ms: i64,
     pub min_stop_ms: i64,
+    pub transit: bool,
+    pub stop_radius_m: f64,
+    pub confirm_m: f64,
+    pub match_window_ms: i64,
+    pub early_ms: i64,
+    pub late_ms: i64,
+    pub deviation_level: Level,
+    pub skipped_level: Level,
+    pub abandon_ms: i64,
 }
 
 impl Params {
@@ -462,6 +540,15 @@ impl Params {
             gap_moving_ms: ms(c.gaps.moving_max_s),
             gap_stopped_ms: ms(c.gaps.stopped_max_s),
             min_stop_ms: ms(c.stops.min_stop_s),
+            transit: c.transit.enabled,
+            stop_radius_m: c.transit.stop_radius_m,
+            confirm_m: c.transit.confirm_m,
+            match_window_ms: ms(c.transit.match_window_s),
+            early_ms: ms(c.transit.early_s),
+            late_ms: ms(c.transit.late_s),
+            deviation_level: c.transit.deviation_level,
+            skipped_level: c.transit.skipped_level,
+            abandon_ms: ms(c.transit.abandon_after_s),
         }
     }
 
@@ -534,6 +621,12 @@ mod tests {
         c.overspeed.bands.band3_over_kmh = 40.0;
         assert_eq!(c.validate(), Err(RulesConfigError::BandsOrder));
         let mut c = RulesConfig::default();
+        let mut t = RulesConfig::default();
+        t.transit.skipped_level = Level::Violation;
+        assert_eq!(
+            t.validate(),
+            Err(RulesConfigError::InfoOrWarning("transit.skipped_level"))
+        );
         c.off_route.corridor_m = 0.0;
         assert!(matches!(
             c.validate(),

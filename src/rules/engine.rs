@@ -11,7 +11,7 @@ use super::alert::{Alert, AlertKind, AlertStatus};
 use super::config::{ckmh, Params, RulesConfig};
 use super::driving::{self, DrivingState};
 use super::state::{Ctx, Sample, VehicleCore, VehicleState};
-use super::{gaps, no_signal, off_route, overspeed, trips, zones};
+use super::{gaps, no_signal, off_route, overspeed, transit, trips, zones};
 use crate::domain::live::LiveState;
 use crate::domain::{CooperativeId, DriverId, Fix, Vehicle, VehicleId};
 use crate::geo::{GeoIndex, Zone, ZoneKey, ZoneKind};
@@ -29,6 +29,10 @@ pub struct Output {
     pub stops: Vec<Stop>,
     /// Trips that ended (at the start of a stop).
     pub trips: Vec<Trip>,
+    /// Runs of scheduled (GTFS) trips that ended (completed or abandoned).
+    pub trip_runs: Vec<TripRun>,
+    /// Arrivals, departures and skips at the stops of scheduled trips.
+    pub stop_events: Vec<StopEvent>,
     /// Driving-time state after the newest fix applied of each vehicle (one per
     /// vehicle per call, in the order vehicles were last touched).
     pub live: Vec<LiveState>,
@@ -42,6 +46,8 @@ impl Output {
             && self.duplicates.is_empty()
             && self.stops.is_empty()
             && self.trips.is_empty()
+            && self.trip_runs.is_empty()
+            && self.stop_events.is_empty()
             && self.live.is_empty()
     }
 
@@ -52,6 +58,8 @@ impl Output {
         self.duplicates.append(&mut other.duplicates);
         self.stops.append(&mut other.stops);
         self.trips.append(&mut other.trips);
+        self.trip_runs.append(&mut other.trip_runs);
+        self.stop_events.append(&mut other.stop_events);
         for l in other.live {
             push_live(&mut self.live, l);
         }
@@ -77,7 +85,7 @@ pub struct Stop {
     pub lon: f64,
 }
 
-pub use crate::domain::trip::Trip;
+pub use crate::domain::trip::{StopEvent, Trip, TripRun};
 
 struct Slot {
     id: VehicleId,
@@ -329,6 +337,7 @@ impl Engine {
         ms.extend(core.last.as_ref().map(|l| l.ts_ms));
         ms.extend(core.overspeed.as_ref().map(|e| e.start_ms()));
         ms.extend(core.off_route.since_ms());
+        ms.extend(core.transit.pending_ms());
         ms.extend(core.zones.iter().filter_map(|z| z.violation_ms()));
         core.driving.pending_ms(vehicle, true, &mut ms);
         for d in &self.drivers.slots {
@@ -486,6 +495,15 @@ impl Engine {
             }
             (AlertStatus::Closed, None) => {}
         }
+    }
+
+    /// The scheduled trip `vehicle` runs, as of its last fix applied.
+    pub fn trip_progress(&self, vehicle: &VehicleId) -> Option<super::TripProgress> {
+        let &vi = self.index.get(vehicle)?;
+        let slot = &self.slots[vi as usize];
+        let route = slot.reg.as_ref()?.route.as_deref()?;
+        let sched = self.geo.schedule_for(route)?;
+        slot.core.transit.progress(sched, self.p.offset_ms)
     }
 
     /// Event time of the last fix of `vehicle` the rules applied: an older fix is `late`.
@@ -749,6 +767,21 @@ fn process(
         }
     }
     overspeed::update(&mut ctx, &mut core.overspeed, &s, limit);
+    // A bus on a scheduled trip is checked against that trip's shape.
+    let sched = route
+        .filter(|_| p.transit)
+        .and_then(|(r, _)| geo.schedule_for(r.id()).map(|sc| (r, sc)));
+    let route = match sched {
+        Some((r, sc)) => {
+            let corridor_m = r.corridor_m().unwrap_or(p.corridor_m);
+            let on = transit::update(&mut ctx, &mut core.transit, &s, sc, r.id(), corridor_m);
+            match core.transit.shape(sc) {
+                Some(sh) => Some((&sh.index, on.unwrap_or_else(|| sh.index.locate(lon, lat)))),
+                None => route,
+            }
+        }
+        None => route,
+    };
     if let Some((r, loc)) = route {
         off_route::update(
             &mut ctx,

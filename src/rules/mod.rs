@@ -14,17 +14,21 @@ mod no_signal;
 mod off_route;
 mod overspeed;
 mod state;
+mod transit;
 mod trips;
 mod zones;
 
 #[cfg(test)]
 mod scenarios;
+#[cfg(test)]
+mod transit_tests;
 
 pub use alert::{device_alarm, Alert, AlertId, AlertKind, AlertStatus, Level};
 pub use config::{
     ClassLimitsKmh, DrivingConfig, GapsConfig, NoSignalConfig, OffRouteConfig, OverspeedConfig,
-    RestrictedTrigger, RulesConfig, RulesConfigError, SeverityBands, StopsConfig, UtcOffset,
-    ZonesConfig,
+    RestrictedTrigger, RulesConfig, RulesConfigError, SeverityBands, StopsConfig, TransitConfig,
+    UtcOffset, ZonesConfig,
 };
 pub use engine::{Engine, Output, Snapshot, Stop, Trip};
 pub use state::VehicleState;
+pub use transit::TripProgress;

@@ -1030,7 +1030,8 @@ fn state_per_vehicle_is_small() {
     let cp = e.checkpoint();
     let json = serde_json::to_string(&cp).unwrap();
     assert!(json.len() < 2_000, "{} bytes: {json}", json.len());
-    assert!(std::mem::size_of::<super::state::VehicleCore>() <= 512);
+    let size = std::mem::size_of::<super::state::VehicleCore>();
+    assert!(size <= 512, "{size}");
 }
 
 fn small_cfg() -> RulesConfig {

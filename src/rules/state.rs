@@ -10,6 +10,7 @@ use super::config::Params;
 use super::driving::DrivingState;
 use super::off_route::OffRouteState;
 use super::overspeed::Episode;
+use super::transit::TransitState;
 use super::trips::MotionState;
 use super::zones::Stay;
 use super::Output;
@@ -112,6 +113,9 @@ pub(crate) struct VehicleCore {
     /// Driving time while no driver is logged in.
     pub driving: DrivingState,
     pub off_route: OffRouteState,
+    /// The scheduled trip being run (buses on routes with a GTFS schedule).
+    #[serde(skip_serializing_if = "TransitState::is_idle")]
+    pub transit: TransitState,
     pub zones: Vec<Stay>,
     pub motion: MotionState,
     /// The last version of each alert of the vehicle still open (no-signal aside): a

@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (31, include_str!("migrations/0031_alerts_updated.sql")),
     (32, include_str!("migrations/0032_ack_index.sql")),
     (50, include_str!("migrations/0050_leadership.sql")),
+    (60, include_str!("migrations/0060_transit.sql")),
 ];
 
 /// Storage-layout settings applied at migration time.

@@ -4,6 +4,7 @@
 //! deleted; the others were upserted by id (or start) with the batches.
 
 use chrono::{DateTime, Utc};
+
 use tokio_postgres::Transaction;
 
 use super::rollup::{self, Plan};
@@ -66,8 +67,40 @@ pub(crate) async fn retract(
                 &[&span.vehicle.as_str(), &span.after, &span.trips, &span.gaps],
             )
             .await?;
-        if !gone.is_empty() {
-            metrics::counter!("fleetwatch_recompute_deleted_total").increment(gone.len() as u64);
+        // Trip runs and stop events likewise (they are emitted when decided).
+        let (ev_trips, ev_sa, ev_seq): (Vec<&str>, Vec<DateTime<Utc>>, Vec<i32>) = span
+            .stop_events
+            .iter()
+            .fold((Vec::new(), Vec::new(), Vec::new()), |mut acc, k| {
+                acc.0.push(k.0.as_str());
+                acc.1.push(k.1);
+                acc.2.push(k.2);
+                acc
+            });
+        let transit_gone = tx
+            .query(
+                "WITH r AS (DELETE FROM trip_runs WHERE vehicle_id = $1 AND end_ts >= $2
+                              AND NOT (start_ts = ANY ($3::timestamptz[])) RETURNING 1),
+                      e AS (DELETE FROM stop_events s WHERE vehicle_id = $1 AND observed_ts >= $2
+                              AND NOT EXISTS (SELECT 1 FROM unnest($4::text[], $5::timestamptz[], $6::int4[])
+                                                  AS k(trip_id, scheduled_arrival, stop_sequence)
+                                              WHERE (k.trip_id, k.scheduled_arrival, k.stop_sequence)
+                                                  = (s.trip_id, s.scheduled_arrival, s.stop_sequence))
+                              RETURNING 1)
+                 SELECT 1 FROM r UNION ALL SELECT 1 FROM e",
+                &[
+                    &span.vehicle.as_str(),
+                    &span.after,
+                    &span.runs,
+                    &ev_trips,
+                    &ev_sa,
+                    &ev_seq,
+                ],
+            )
+            .await?;
+        let deleted = gone.len() + transit_gone.len();
+        if deleted > 0 {
+            metrics::counter!("fleetwatch_recompute_deleted_total").increment(deleted as u64);
         }
         if let (Some(p), false) = (plan, gone.is_empty()) {
             let (vehicles, days) = local_days(&gone, p.offset_s, span.vehicle.as_str());

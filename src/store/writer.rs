@@ -25,7 +25,7 @@ use super::rollup::{self, Plan};
 use super::{connect, fnv1a64, pg_text, StoreError};
 use crate::domain::alert::{Alert, AlertId, AlertKind};
 use crate::domain::live::LiveState;
-use crate::domain::trip::Trip;
+use crate::domain::trip::{StopEvent, Trip, TripRun};
 use crate::domain::VehicleId;
 use crate::domain::{Record, Rejected};
 use crate::health::Health;
@@ -76,6 +76,10 @@ pub struct Derived {
     pub alerts: Vec<Alert>,
     /// Completed trips.
     pub trips: Vec<Trip>,
+    /// Runs of scheduled (GTFS) trips that ended.
+    pub trip_runs: Vec<TripRun>,
+    /// Stop events of scheduled trips.
+    pub stop_events: Vec<StopEvent>,
     /// Rule state of every vehicle, reflecting all items before this one.
     pub checkpoint: Vec<Checkpoint>,
     /// Spans the rules recomputed (late fixes): their alerts are reconciled.
@@ -112,6 +116,10 @@ pub struct Recomputed {
     pub trips: Vec<DateTime<Utc>>,
     /// Starts of the data gaps it produced.
     pub gaps: Vec<DateTime<Utc>>,
+    /// Starts of the trip runs it produced.
+    pub runs: Vec<DateTime<Utc>>,
+    /// Keys of the stop events it produced.
+    pub stop_events: Vec<StopEventKey>,
 }
 
 impl Derived {
@@ -119,6 +127,8 @@ impl Derived {
     pub fn is_empty(&self) -> bool {
         self.alerts.is_empty()
             && self.trips.is_empty()
+            && self.trip_runs.is_empty()
+            && self.stop_events.is_empty()
             && self.checkpoint.is_empty()
             && self.recomputed.is_empty()
             && self.live.is_empty()
@@ -615,11 +625,129 @@ fn spans_in_batch(derived: &[&Derived]) -> Vec<Recomputed> {
                 }
                 let trips = later.trips.iter().filter(|t| t.vehicle == span.vehicle);
                 span.trips.extend(trips.map(|t| t.start));
+                let runs = later.trip_runs.iter().filter(|t| t.vehicle == span.vehicle);
+                span.runs.extend(runs.map(|t| t.start));
+                let events = later
+                    .stop_events
+                    .iter()
+                    .filter(|e| e.vehicle == span.vehicle);
+                span.stop_events.extend(events.map(stop_event_key));
             }
             spans.push(span);
         }
     }
     spans
+}
+
+/// The key of a stop event under its vehicle: trip, scheduled arrival, stop sequence.
+pub type StopEventKey = (String, DateTime<Utc>, i32);
+
+/// The key a stop event is stored under (with its vehicle).
+pub fn stop_event_key(e: &StopEvent) -> StopEventKey {
+    (
+        e.trip_id.clone(),
+        e.scheduled_arrival,
+        i32::try_from(e.stop_sequence).unwrap_or(i32::MAX),
+    )
+}
+
+/// Trip runs and stop events, upserted by key (a recomputation states them again).
+async fn write_transit(tx: &Transaction<'_>, derived: &[&Derived]) -> Result<(), StoreError> {
+    let runs: Vec<&TripRun> = derived.iter().flat_map(|d| d.trip_runs.iter()).collect();
+    if !runs.is_empty() {
+        let col = |f: &dyn Fn(&TripRun) -> i16| runs.iter().map(|r| f(r)).collect::<Vec<i16>>();
+        let vehicles: Vec<&str> = runs.iter().map(|r| r.vehicle.as_str()).collect();
+        let starts: Vec<DateTime<Utc>> = runs.iter().map(|r| r.start).collect();
+        let ends: Vec<DateTime<Utc>> = runs.iter().map(|r| r.end).collect();
+        let coops: Vec<Option<&str>> = runs
+            .iter()
+            .map(|r| r.cooperative.as_ref().map(|c| c.as_str()))
+            .collect();
+        let trips: Vec<&str> = runs.iter().map(|r| r.trip_id.as_str()).collect();
+        let routes: Vec<&str> = runs.iter().map(|r| r.route_id.as_str()).collect();
+        let dates: Vec<chrono::NaiveDate> = runs.iter().map(|r| r.service_date).collect();
+        let sched: Vec<DateTime<Utc>> = runs.iter().map(|r| r.scheduled_start).collect();
+        let conf = col(&|r| i16::from(r.confidence));
+        let done: Vec<bool> = runs.iter().map(|r| r.completed).collect();
+        let served = col(&|r| r.stops_served as i16);
+        let skipped = col(&|r| r.stops_skipped as i16);
+        let total = col(&|r| r.stops_total as i16);
+        let delay: Vec<Option<i32>> = runs.iter().map(|r| r.last_delay_s).collect();
+        tx.execute(
+            "INSERT INTO trip_runs (vehicle_id, start_ts, end_ts, cooperative_id, trip_id, route_id,
+                                    service_date, scheduled_start, confidence, completed,
+                                    stops_served, stops_skipped, stops_total, last_delay_s)
+             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[],
+                                  $5::text[], $6::text[], $7::date[], $8::timestamptz[],
+                                  $9::int2[], $10::bool[], $11::int2[], $12::int2[], $13::int2[],
+                                  $14::int4[])
+             ON CONFLICT (vehicle_id, start_ts) DO UPDATE SET
+                 end_ts = EXCLUDED.end_ts, trip_id = EXCLUDED.trip_id, route_id = EXCLUDED.route_id,
+                 service_date = EXCLUDED.service_date, scheduled_start = EXCLUDED.scheduled_start,
+                 confidence = EXCLUDED.confidence, completed = EXCLUDED.completed,
+                 stops_served = EXCLUDED.stops_served, stops_skipped = EXCLUDED.stops_skipped,
+                 stops_total = EXCLUDED.stops_total, last_delay_s = EXCLUDED.last_delay_s",
+            &[
+                &vehicles, &starts, &ends, &coops, &trips, &routes, &dates, &sched, &conf, &done,
+                &served, &skipped, &total, &delay,
+            ],
+        )
+        .await?;
+    }
+    // The last version of each stop event wins: one statement updates a row once.
+    let mut seen: HashMap<(&str, StopEventKey), usize> = HashMap::new();
+    let mut events: Vec<&StopEvent> = Vec::new();
+    for e in derived.iter().flat_map(|d| d.stop_events.iter()) {
+        match seen.entry((e.vehicle.as_str(), stop_event_key(e))) {
+            std::collections::hash_map::Entry::Occupied(o) => events[*o.get()] = e,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(events.len());
+                events.push(e);
+            }
+        }
+    }
+    if !events.is_empty() {
+        let vehicles: Vec<&str> = events.iter().map(|e| e.vehicle.as_str()).collect();
+        let trips: Vec<&str> = events.iter().map(|e| e.trip_id.as_str()).collect();
+        let sa: Vec<DateTime<Utc>> = events.iter().map(|e| e.scheduled_arrival).collect();
+        let seq: Vec<i32> = events.iter().map(|e| stop_event_key(e).2).collect();
+        let coops: Vec<Option<&str>> = events
+            .iter()
+            .map(|e| e.cooperative.as_ref().map(|c| c.as_str()))
+            .collect();
+        let dates: Vec<chrono::NaiveDate> = events.iter().map(|e| e.service_date).collect();
+        let stops: Vec<&str> = events.iter().map(|e| e.stop_id.as_str()).collect();
+        let observed: Vec<DateTime<Utc>> = events.iter().map(|e| e.observed).collect();
+        let sd: Vec<DateTime<Utc>> = events.iter().map(|e| e.scheduled_departure).collect();
+        let arr: Vec<Option<DateTime<Utc>>> = events.iter().map(|e| e.arrival).collect();
+        let dep: Vec<Option<DateTime<Utc>>> = events.iter().map(|e| e.departure).collect();
+        let dwell: Vec<Option<f64>> = events.iter().map(|e| e.dwell_s).collect();
+        let dev: Vec<Option<i32>> = events.iter().map(|e| e.deviation_s).collect();
+        let skipped: Vec<bool> = events.iter().map(|e| e.skipped).collect();
+        tx.execute(
+            "INSERT INTO stop_events (vehicle_id, trip_id, scheduled_arrival, stop_sequence,
+                                      cooperative_id, service_date, stop_id, observed_ts,
+                                      scheduled_departure, arrival_ts, departure_ts, dwell_s,
+                                      deviation_s, skipped)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int4[],
+                                  $5::text[], $6::date[], $7::text[], $8::timestamptz[],
+                                  $9::timestamptz[], $10::timestamptz[], $11::timestamptz[],
+                                  $12::float8[], $13::int4[], $14::bool[])
+             ON CONFLICT (vehicle_id, trip_id, scheduled_arrival, stop_sequence) DO UPDATE SET
+                 cooperative_id = EXCLUDED.cooperative_id, service_date = EXCLUDED.service_date,
+                 stop_id = EXCLUDED.stop_id, observed_ts = EXCLUDED.observed_ts,
+                 scheduled_departure = EXCLUDED.scheduled_departure,
+                 arrival_ts = EXCLUDED.arrival_ts, departure_ts = EXCLUDED.departure_ts,
+                 dwell_s = EXCLUDED.dwell_s, deviation_s = EXCLUDED.deviation_s,
+                 skipped = EXCLUDED.skipped",
+            &[
+                &vehicles, &trips, &sa, &seq, &coops, &dates, &stops, &observed, &sd, &arr, &dep,
+                &dwell, &dev, &skipped,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Alerts (upsert, never back from closed to open), data gaps, trips and the last
@@ -836,6 +964,7 @@ async fn write_derived(
             }
         };
     }
+    write_transit(tx, derived).await?;
     let spans = spans_in_batch(derived);
     if !spans.is_empty() {
         changed += super::recompute::retract(tx, plan, &spans).await?;

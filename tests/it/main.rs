@@ -23,3 +23,4 @@ mod rules;
 mod stream;
 mod support;
 mod tls;
+mod transit;

@@ -137,6 +137,10 @@ fn kind_name(k: AlertKind, l: Language) -> &'static str {
         (DataGap, Language::En) => "Data gap",
         (DeviceAlarm, Language::Vi) => "Cảnh báo từ thiết bị",
         (DeviceAlarm, Language::En) => "Device alarm",
+        (StopSkipped, Language::Vi) => "Bỏ điểm dừng",
+        (StopSkipped, Language::En) => "Stop skipped",
+        (ScheduleDeviation, Language::Vi) => "Lệch biểu đồ chạy xe",
+        (ScheduleDeviation, Language::En) => "Off schedule",
     }
 }
 

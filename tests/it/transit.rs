@@ -1,0 +1,197 @@
+//! Scheduled trips through the app (issue 11): a GTFS feed with a schedule, a bus
+//! running one of its trips 3 min late and driving through one stop; the trip run,
+//! its stop events and the `schedule_deviation` and `stop_skipped` alerts are stored.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Timelike, Utc};
+use fleetwatch::domain::{CooperativeId, Vehicle, VehicleClass, VehicleId};
+use fleetwatch::infra::broker::EmbeddedBroker;
+
+use crate::support::*;
+
+const LAT: f64 = 10.95;
+const LON0: f64 = 106.65;
+const STEP: f64 = 0.01;
+
+fn hms(s: i64) -> String {
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// Route L1 east along 10.95 N, stops S0..S5 every 0.01° (1,092 m); trip T1 leaves
+/// S0 at local `dep_s` (seconds after local midnight), 140 s between stops. No
+/// calendar files: the service runs every day.
+fn write_feed(dir: &std::path::Path, dep_s: i64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let stops: String = (0..6)
+        .map(|k| format!("S{k},Stop {k},{LAT},{:.4}\n", LON0 + STEP * f64::from(k)))
+        .collect();
+    let times: String = (0..6)
+        .map(|k| {
+            let (a, d) = match k {
+                0 => (hms(dep_s), hms(dep_s)),
+                _ => (hms(dep_s + 140 * k - 35), hms(dep_s + 140 * k - 5)),
+            };
+            format!("T1,{a},{d},S{k},{}\n", k + 1)
+        })
+        .collect();
+    let shape: String = (0..6)
+        .map(|k| format!("SH,{LAT},{:.4},{}\n", LON0 + STEP * f64::from(k), k + 1))
+        .collect();
+    for (name, text) in [
+        (
+            "routes.txt",
+            "route_id,route_short_name\nL1,1\n".to_string(),
+        ),
+        (
+            "trips.txt",
+            "route_id,service_id,trip_id,shape_id\nL1,ALL,T1,SH\n".into(),
+        ),
+        (
+            "stops.txt",
+            format!("stop_id,stop_name,stop_lat,stop_lon\n{stops}"),
+        ),
+        (
+            "stop_times.txt",
+            format!("trip_id,arrival_time,departure_time,stop_id,stop_sequence\n{times}"),
+        ),
+        (
+            "shapes.txt",
+            format!("shape_id,shape_pt_lat,shape_pt_lon,shape_pt_sequence\n{shape}"),
+        ),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
+/// A bus waiting 2 min at S0, leaving at `depart`, 36 km/h, 5 s fixes, 30 s at each
+/// stop but `through`, 3 min standing at S5.
+fn bus_run(depart: DateTime<Utc>, through: i32) -> Vec<(DateTime<Utc>, f64, f64)> {
+    let mut out = Vec::new();
+    let mut t = depart - chrono::Duration::seconds(120);
+    while t <= depart {
+        out.push((t, LON0, 0.0));
+        t += chrono::Duration::seconds(5);
+    }
+    let per_5s = STEP / 109.2 * 5.0;
+    let mut lon = LON0;
+    for k in 1..=5 {
+        let target = LON0 + STEP * f64::from(k);
+        while lon + per_5s < target {
+            lon += per_5s;
+            out.push((t, lon, 36.0));
+            t += chrono::Duration::seconds(5);
+        }
+        lon = target;
+        let dwell = match k {
+            _ if k == through => 0,
+            5 => 180,
+            _ => 30,
+        };
+        if dwell == 0 {
+            out.push((t, lon, 36.0));
+            t += chrono::Duration::seconds(5);
+        }
+        for _ in 0..dwell / 5 {
+            out.push((t, lon, 0.0));
+            t += chrono::Duration::seconds(5);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_run_with_a_skipped_stop_is_stored() {
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    // The trip leaves at the local time of `base` (UTC+7, the default offset); the
+    // bus 3 min after it.
+    let base = base_time() - chrono::Duration::minutes(30);
+    let local = base + chrono::Duration::hours(7);
+    let dep_s = i64::from(local.num_seconds_from_midnight());
+    let feed = std::env::temp_dir().join(format!("fw-it-transit-{}", std::process::id()));
+    write_feed(&feed, dep_s);
+    let mut s = settings(&db, &broker.url(), "fw-transit");
+    s.geo.gtfs = vec![feed.clone()];
+    s.rules.transit.late_s = 120;
+    s.vehicles = vec![Vehicle {
+        id: VehicleId::parse("51B-111.11").unwrap(),
+        plate: None,
+        cooperative: CooperativeId::parse("HTX-T").unwrap(),
+        class: VehicleClass::Bus,
+        route: Some("L1".into()),
+        device_id: None,
+    }];
+    let app = start_app(s).await;
+    let t = topic("HTX-T", "51B-111.11");
+    let msgs: Vec<(String, Vec<u8>)> = bus_run(base + chrono::Duration::minutes(3), 3)
+        .into_iter()
+        .map(|(ts, lon, v)| (t.clone(), fix("51B-111.11", ts, LAT, lon, v)))
+        .collect();
+    publish_all(&broker.url(), &msgs).await;
+    wait_until("the trip run stored", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM trip_runs").await == 1 }
+    })
+    .await;
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let r = c
+        .query_one(
+            "SELECT trip_id, route_id, cooperative_id, completed, stops_served, stops_skipped,
+                    stops_total, last_delay_s, confidence
+             FROM trip_runs",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "T1");
+    assert_eq!(r.get::<_, String>(1), "L1");
+    assert_eq!(r.get::<_, String>(2), "HTX-T");
+    assert!(r.get::<_, bool>(3));
+    assert_eq!(
+        (r.get::<_, i16>(4), r.get::<_, i16>(5), r.get::<_, i16>(6)),
+        (5, 1, 6)
+    );
+    // 3 min late, 30 s made up by not dwelling at S3.
+    let delay = r.get::<_, i32>(7);
+    assert!((120..=180).contains(&delay), "{delay}");
+    assert!(r.get::<_, i16>(8) >= 80);
+    let rows = c
+        .query(
+            "SELECT stop_id, skipped, deviation_s FROM stop_events ORDER BY stop_sequence",
+            &[],
+        )
+        .await
+        .unwrap();
+    let stops: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let want: Vec<(String, bool)> = (0..6).map(|k| (format!("S{k}"), k == 3)).collect();
+    assert_eq!(stops, want);
+    for (k, r) in rows.iter().enumerate() {
+        let d: i32 = r.get(2);
+        let want = if k <= 3 { 150..=210 } else { 120..=180 };
+        assert!(want.contains(&d), "S{k}: {d}");
+    }
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM alerts WHERE kind = 'stop_skipped'"
+        )
+        .await,
+        1
+    );
+    wait_until("the deviation closed", Duration::from_secs(10), || {
+        let db = db.clone();
+        async move {
+            count(
+                &db,
+                "SELECT count(*) FROM alerts WHERE kind = 'schedule_deviation' AND status = 'closed'",
+            )
+            .await
+                == 1
+        }
+    })
+    .await;
+    app.shutdown();
+    app.wait().await;
+    std::fs::remove_dir_all(&feed).ok();
+}
