@@ -26,17 +26,20 @@ const INSIDE: u32 = 1 << 31;
 /// cover them entirely (answered without a polygon test) or partly (answered by a
 /// banded point-in-polygon test); each route has its own segment grid and R-tree in a
 /// local metric plane.
+/// Maps looked up per fix: foldhash (per-process seed), cheaper than SipHash.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Debug)]
 pub struct GeoIndex {
-    routes: HashMap<String, RouteIndex>,
+    routes: FastMap<String, RouteIndex>,
     zones: Vec<Zone>,
     keys: Vec<ZoneKey>,
     areas: Vec<Area>,
-    by_key: HashMap<ZoneKey, u32>,
+    by_key: FastMap<ZoneKey, u32>,
     grid: Option<CellGrid>,
     /// GTFS schedules (one per feed) and the feed of each route that has trips.
     schedules: Vec<Schedule>,
-    route_schedule: HashMap<String, u32>,
+    route_schedule: FastMap<String, u32>,
 }
 
 impl Default for GeoIndex {
@@ -49,14 +52,14 @@ impl GeoIndex {
     /// An index without routes or zones.
     pub fn empty() -> Self {
         Self {
-            routes: HashMap::new(),
+            routes: FastMap::default(),
             zones: Vec::new(),
             keys: Vec::new(),
             areas: Vec::new(),
-            by_key: HashMap::new(),
+            by_key: FastMap::default(),
             grid: None,
             schedules: Vec::new(),
-            route_schedule: HashMap::new(),
+            route_schedule: FastMap::default(),
         }
     }
 
@@ -86,7 +89,7 @@ impl GeoIndex {
     /// Indexes `routes` and `zones`; refuses duplicate ids (routes from GeoJSON and
     /// GTFS together included), degenerate routes and zones without area.
     pub fn new(routes: Vec<Route>, zones: Vec<Zone>) -> Result<Self, GeoError> {
-        let mut by_id = HashMap::with_capacity(routes.len());
+        let mut by_id = FastMap::with_capacity_and_hasher(routes.len(), Default::default());
         for (index, route) in routes.into_iter().enumerate() {
             let id = route.id.clone();
             if by_id.contains_key(&id) {
@@ -102,7 +105,7 @@ impl GeoIndex {
         }
         let mut keys = Vec::with_capacity(zones.len());
         let mut areas = Vec::with_capacity(zones.len());
-        let mut by_key = HashMap::with_capacity(zones.len());
+        let mut by_key = FastMap::with_capacity_and_hasher(zones.len(), Default::default());
         let mut boxes = Vec::with_capacity(zones.len());
         for (i, zone) in zones.iter().enumerate() {
             let key = ZoneKey::of(&zone.id);
@@ -149,7 +152,7 @@ impl GeoIndex {
             by_key,
             grid,
             schedules: Vec::new(),
-            route_schedule: HashMap::new(),
+            route_schedule: FastMap::default(),
         })
     }
 

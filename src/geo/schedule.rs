@@ -354,8 +354,8 @@ pub struct Schedule {
     pub trips: Vec<ScheduledTrip>,
     /// Services sorted by id.
     pub services: Vec<Service>,
-    by_route: HashMap<String, RouteTrips>,
-    trip_ids: HashMap<String, u32>,
+    by_route: super::index::FastMap<String, RouteTrips>,
+    trip_ids: super::index::FastMap<String, u32>,
     /// Trips left out, with why.
     pub skipped_trips: Vec<(String, String)>,
 }
@@ -446,7 +446,7 @@ impl Schedule {
             .enumerate()
             .map(|(i, t)| (t.id.clone(), i as u32))
             .collect();
-        let mut by_route: HashMap<String, RouteTrips> = HashMap::new();
+        let mut by_route: super::index::FastMap<String, RouteTrips> = Default::default();
         for sh in &mut self.shapes {
             sh.first_gap_m = f64::INFINITY;
         }
