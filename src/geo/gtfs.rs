@@ -730,23 +730,8 @@ mod tests {
     /// from the files by plain splitting (those feeds quote nothing).
     #[test]
     fn real_feeds_index_every_trip() {
+        use crate::geo::schedule::tests::table;
         use std::collections::BTreeMap as Map;
-        fn table(dir: &Path, name: &str) -> Vec<Map<String, String>> {
-            let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
-            let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-            let Some(head) = lines.next() else {
-                return Vec::new();
-            };
-            let head: Vec<&str> = head.split(',').collect();
-            lines
-                .map(|l| {
-                    head.iter()
-                        .zip(l.split(',').chain(std::iter::repeat("")))
-                        .map(|(h, v)| (h.to_string(), v.to_string()))
-                        .collect()
-                })
-                .collect()
-        }
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gtfs-real");
         let mut feeds: Vec<PathBuf> = std::fs::read_dir(&root)
             .unwrap()

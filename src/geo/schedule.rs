@@ -968,7 +968,7 @@ fn interpolate_times(st: &mut [StopTime]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::{BTreeMap, BTreeSet};
     use std::path::PathBuf;
@@ -980,7 +980,7 @@ mod tests {
     }
 
     /// Rows of a GTFS file by plain splitting (the fixtures quote nothing).
-    fn table(dir: &Path, name: &str) -> Vec<BTreeMap<String, String>> {
+    pub(crate) fn table(dir: &Path, name: &str) -> Vec<BTreeMap<String, String>> {
         let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
         let mut lines = text.lines().filter(|l| !l.trim().is_empty());
         let Some(head) = lines.next() else {

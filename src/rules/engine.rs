@@ -853,7 +853,11 @@ mod snapshot_tests {
         for n in 0..(7 * 144) {
             snaps.push(snap(n * I));
             thin_snapshots(&mut snaps, I);
-            assert!(snaps.len() <= SNAPSHOT_LEVELS as usize + 2, "{} kept", snaps.len());
+            assert!(
+                snaps.len() <= SNAPSHOT_LEVELS as usize + 2,
+                "{} kept",
+                snaps.len()
+            );
             assert_eq!(snaps.last().map(|s| s.at_ms), Some(n * I), "newest kept");
             if n < 144 {
                 continue;
