@@ -190,6 +190,39 @@ fn csv_err(file: &Path, lines: &mut Lines, e: &csv::Error) -> GeoError {
     }
 }
 
+/// The points of every shape in shapes.txt, by shape_pt_sequence (gaps fine; a
+/// repeated sequence is an error naming file and line).
+pub(super) fn read_shapes(
+    dir: &Path,
+) -> Result<HashMap<String, BTreeMap<u32, Coord<f64>>>, GeoError> {
+    let mut shapes: HashMap<String, BTreeMap<u32, Coord<f64>>> = HashMap::new();
+    let t = Table::open(dir, "shapes.txt")?;
+    let (sid, slat, slon, sseq) = (
+        t.col("shape_id")?,
+        t.col("shape_pt_lat")?,
+        t.col("shape_pt_lon")?,
+        t.col("shape_pt_sequence")?,
+    );
+    t.for_each(|_, row| {
+        let id = row.id(sid, "shape_id")?;
+        let c = coord(
+            row.number(slat, "shape_pt_lat")?,
+            row.number(slon, "shape_pt_lon")?,
+        )?;
+        let seq = row.seq(sseq, "shape_pt_sequence")?;
+        if shapes
+            .entry(id.clone())
+            .or_default()
+            .insert(seq, c)
+            .is_some()
+        {
+            return Err(format!("shape {id} repeats shape_pt_sequence {seq}"));
+        }
+        Ok(())
+    })?;
+    Ok(shapes)
+}
+
 pub(super) fn coord(lat: f64, lon: f64) -> Result<Coord<f64>, String> {
     if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon) {
         Ok(Coord { x: lon, y: lat })
@@ -277,33 +310,11 @@ pub fn load_gtfs(dir: &Path) -> Result<(Vec<Route>, GtfsSummary), GeoError> {
 
     // shapes.txt: only the shapes trips use; points by shape_pt_sequence (gaps fine).
     let used: BTreeSet<&str> = trips.values().filter_map(|t| t.shape.as_deref()).collect();
-    let mut shapes: HashMap<String, BTreeMap<u32, Coord<f64>>> = HashMap::new();
-    if !used.is_empty() {
-        let t = Table::open(dir, "shapes.txt")?;
-        let (sid, slat, slon, sseq) = (
-            t.col("shape_id")?,
-            t.col("shape_pt_lat")?,
-            t.col("shape_pt_lon")?,
-            t.col("shape_pt_sequence")?,
-        );
-        t.for_each(|_, row| {
-            let id = row.id(sid, "shape_id")?;
-            let c = coord(
-                row.number(slat, "shape_pt_lat")?,
-                row.number(slon, "shape_pt_lon")?,
-            )?;
-            let seq = row.seq(sseq, "shape_pt_sequence")?;
-            if shapes
-                .entry(id.clone())
-                .or_default()
-                .insert(seq, c)
-                .is_some()
-            {
-                return Err(format!("shape {id} repeats shape_pt_sequence {seq}"));
-            }
-            Ok(())
-        })?;
-    }
+    let shapes = if used.is_empty() {
+        HashMap::new()
+    } else {
+        read_shapes(dir)?
+    };
     for (id, trip) in &trips {
         if let Some(s) = &trip.shape {
             if !shapes.contains_key(s) {

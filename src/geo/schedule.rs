@@ -13,7 +13,7 @@ use chrono::{Datelike, NaiveDate};
 
 use super::error::GeoError;
 use super::frame::LocalFrame;
-use super::gtfs::{coord, Row, Table};
+use super::gtfs::{coord, read_shapes, Row, Table};
 use super::route::{Route, RouteIndex, RouteLocation};
 
 /// A stop of the feed.
@@ -731,31 +731,11 @@ pub fn load_schedule(dir: &Path, terminal_radius_m: Option<f64>) -> Result<Sched
     }
 
     // shapes.txt points of the shapes in use.
-    let mut shape_pts: HashMap<String, Vec<(u32, Coord<f64>)>> = HashMap::new();
-    if raw.values().any(|t| t.shape.is_some()) {
-        let t = Table::open(dir, "shapes.txt")?;
-        let (sid, slat, slon, sseq) = (
-            t.col("shape_id")?,
-            t.col("shape_pt_lat")?,
-            t.col("shape_pt_lon")?,
-            t.col("shape_pt_sequence")?,
-        );
-        t.for_each(|_, row| {
-            let id = row.id(sid, "shape_id")?;
-            let c = coord(
-                row.number(slat, "shape_pt_lat")?,
-                row.number(slon, "shape_pt_lon")?,
-            )?;
-            shape_pts
-                .entry(id)
-                .or_default()
-                .push((row.seq(sseq, "shape_pt_sequence")?, c));
-            Ok(())
-        })?;
-        for pts in shape_pts.values_mut() {
-            pts.sort_by_key(|p| p.0);
-        }
-    }
+    let shape_pts = if raw.values().any(|t| t.shape.is_some()) {
+        read_shapes(dir)?
+    } else {
+        HashMap::new()
+    };
 
     // Build: trips sorted by id for a stable order.
     let mut ids: Vec<String> = raw.keys().cloned().collect();
@@ -840,8 +820,8 @@ pub fn load_schedule(dir: &Path, terminal_radius_m: Option<f64>) -> Result<Sched
                                 "trip {id:?} uses shape_id {s:?}, which shapes.txt does not have"
                             ),
                         })?
-                        .iter()
-                        .map(|p| p.1)
+                        .values()
+                        .copied()
                         .collect(),
                     None => pattern.iter().filter_map(|&s| at(s)).collect(),
                 };
