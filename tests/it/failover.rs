@@ -263,11 +263,24 @@ async fn exit_status(p: Proc, timeout: Duration) -> std::process::ExitStatus {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_of_the_leader_fails_over_within_10_s_losing_and_duplicating_nothing() {
+/// What both fault tests start from: a leader `a` and a standby `b` on one Mosquitto
+/// and one database, a reference instance, and the stream being published, the
+/// leader having stored part of it.
+struct Streaming {
+    _mosq: Mosquitto,
+    db: String,
+    dir: std::path::PathBuf,
+    ref_db: String,
+    ref_app: fleetwatch::app::App,
+    a: Proc,
+    b: Proc,
+    publisher: tokio::task::JoinHandle<()>,
+}
+
+async fn leader_and_standby_streaming(tag: &str) -> Streaming {
     let mosq = Mosquitto::start();
     let db = fresh_db().await;
-    let dir = std::env::temp_dir().join(format!("fleetwatch-ha-kill-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("fleetwatch-ha-{tag}-{}", std::process::id()));
     let config = write_config(&dir, &mosq.url, &db);
     let (ref_db, ref_app) = reference(&mosq.url).await;
 
@@ -283,6 +296,30 @@ async fn sigkill_of_the_leader_fails_over_within_10_s_losing_and_duplicating_not
         async move { count(&db, "SELECT count(*) FROM fixes").await > 1500 }
     })
     .await;
+    Streaming {
+        _mosq: mosq,
+        db,
+        dir,
+        ref_db,
+        ref_app,
+        a,
+        b,
+        publisher,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_leader_fails_over_within_10_s_losing_and_duplicating_nothing() {
+    let Streaming {
+        _mosq,
+        db,
+        dir,
+        ref_db,
+        ref_app,
+        a,
+        b,
+        publisher,
+    } = leader_and_standby_streaming("kill").await;
     assert_eq!(
         b.lines("connected to broker"),
         0,
@@ -331,24 +368,16 @@ async fn sigkill_of_the_leader_fails_over_within_10_s_losing_and_duplicating_not
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_is_fenced_and_steps_down_without_taking_the_session_back() {
-    let mosq = Mosquitto::start();
-    let db = fresh_db().await;
-    let dir = std::env::temp_dir().join(format!("fleetwatch-ha-stop-{}", std::process::id()));
-    let config = write_config(&dir, &mosq.url, &db);
-    let (ref_db, ref_app) = reference(&mosq.url).await;
-
-    let a = Proc::spawn(&config, "a");
-    a.wait_log("subscription confirmed", Duration::from_secs(30))
-        .await;
-    let b = Proc::spawn(&config, "b");
-    b.wait_log("ha: standby", Duration::from_secs(30)).await;
-
-    let publisher = tokio::spawn(publish_paced(mosq.url.clone(), stream(base_time())));
-    wait_until("the leader stores", Duration::from_secs(60), || {
-        let db = db.clone();
-        async move { count(&db, "SELECT count(*) FROM fixes").await > 1500 }
-    })
-    .await;
+    let Streaming {
+        _mosq,
+        db,
+        dir,
+        ref_db,
+        ref_app,
+        a,
+        b,
+        publisher,
+    } = leader_and_standby_streaming("stop").await;
     kill(a.pid(), Signal::SIGSTOP).unwrap();
     let stopped = Instant::now();
     b.wait_log("subscription confirmed", Duration::from_secs(15))
