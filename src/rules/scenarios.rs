@@ -236,7 +236,7 @@ impl Track {
 }
 
 /// Pushes all fixes, flushes, and returns everything produced.
-fn run(e: &mut Engine, fixes: &[Fix]) -> Output {
+pub(super) fn run(e: &mut Engine, fixes: &[Fix]) -> Output {
     let mut out = Output::default();
     for f in fixes {
         out.append(e.push(f));
@@ -245,7 +245,8 @@ fn run(e: &mut Engine, fixes: &[Fix]) -> Output {
     out
 }
 
-fn of_kind(out: &Output, kind: AlertKind) -> Vec<&Alert> {
+/// The alerts of `kind` in `out`.
+pub(super) fn of_kind(out: &Output, kind: AlertKind) -> Vec<&Alert> {
     out.alerts.iter().filter(|a| a.kind == kind).collect()
 }
 

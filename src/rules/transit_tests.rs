@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
+use super::scenarios::{of_kind, run};
 use super::*;
 use crate::domain::{
     CooperativeId, Fix, FixCandidate, FixLimits, Vehicle, VehicleClass, VehicleId,
@@ -169,19 +170,6 @@ fn bus_run(depart: DateTime<Utc>, last: i32, drive_through: &[i32]) -> Vec<Fix> 
     out
 }
 
-fn run(e: &mut Engine, fixes: &[Fix]) -> Output {
-    let mut out = Output::default();
-    for f in fixes {
-        out.append(e.push(f));
-    }
-    out.append(e.flush());
-    out
-}
-
-fn kinds(out: &Output, k: AlertKind) -> Vec<&Alert> {
-    out.alerts.iter().filter(|a| a.kind == k).collect()
-}
-
 #[test]
 fn on_time_run_is_assigned_with_every_stop() {
     let f = feed("ontime");
@@ -206,9 +194,9 @@ fn on_time_run_is_assigned_with_every_stop() {
     // (plus the fix of arrival while still driving, within the radius).
     let mid = &out.stop_events[2];
     assert!((25.0..=40.0).contains(&mid.dwell_s.unwrap()), "{mid:?}");
-    assert!(kinds(&out, AlertKind::ScheduleDeviation).is_empty());
-    assert!(kinds(&out, AlertKind::StopSkipped).is_empty());
-    assert!(kinds(&out, AlertKind::OffRoute).is_empty());
+    assert!(of_kind(&out, AlertKind::ScheduleDeviation).is_empty());
+    assert!(of_kind(&out, AlertKind::StopSkipped).is_empty());
+    assert!(of_kind(&out, AlertKind::OffRoute).is_empty());
 }
 
 #[test]
@@ -222,7 +210,7 @@ fn three_minutes_late() {
         let d = s.deviation_s.unwrap();
         assert!((160..=200).contains(&d), "{} {d}", s.stop_id);
     }
-    assert!(kinds(&out, AlertKind::ScheduleDeviation).is_empty());
+    assert!(of_kind(&out, AlertKind::ScheduleDeviation).is_empty());
     assert_eq!(
         out.trip_runs[0].last_delay_s.map(|d| (d - 180).abs() <= 20),
         Some(true)
@@ -232,7 +220,7 @@ fn three_minutes_late() {
     cfg.transit.late_s = 120;
     cfg.transit.deviation_level = Level::Info;
     let out = run(&mut engine(geo(&f), cfg), &fixes);
-    let dev = kinds(&out, AlertKind::ScheduleDeviation);
+    let dev = of_kind(&out, AlertKind::ScheduleDeviation);
     assert_eq!(dev.len(), 2, "{dev:#?}");
     assert_eq!(
         (dev[0].status, dev[1].status),
@@ -265,7 +253,7 @@ fn a_stop_driven_through_is_skipped() {
         .map(|s| s.stop_id.as_str())
         .collect();
     assert_eq!(skipped, ["S3"]);
-    let a = kinds(&out, AlertKind::StopSkipped);
+    let a = of_kind(&out, AlertKind::StopSkipped);
     assert_eq!(a.len(), 1, "{a:#?}");
     assert_eq!(a[0].details["stop_id"], "S3");
     assert_eq!(a[0].level, Level::Warning);
