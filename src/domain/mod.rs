@@ -12,5 +12,9 @@ pub mod vehicle;
 
 pub use fix::{Fix, FixCandidate, FixError, FixLimits};
 pub use ids::{CooperativeId, DriverId, IdError, VehicleId};
+
+/// A hash map for lookups on the per-fix path (ids, route and zone keys): foldhash, a
+/// fast hash with a per-process random seed, instead of the standard SipHash.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub use record::{Accepted, Flags, Record, Rejected};
 pub use vehicle::{Vehicle, VehicleClass};

@@ -1,7 +1,5 @@
 //! [`GeoIndex`]: routes and zones made ready for per-fix queries.
 
-use std::collections::HashMap;
-
 use ::geo::BoundingRect;
 
 use super::error::GeoError;
@@ -10,6 +8,7 @@ use super::grid::{CellGrid, Layout};
 use super::route::{Route, RouteIndex, RouteLocation};
 use super::schedule::Schedule;
 use super::zone::{Area, Zone, ZoneKey};
+use crate::domain::FastMap;
 
 /// Target cell size of the zone grid, metres.
 const ZONE_CELL_M: f64 = 250.0;
@@ -26,9 +25,6 @@ const INSIDE: u32 = 1 << 31;
 /// cover them entirely (answered without a polygon test) or partly (answered by a
 /// banded point-in-polygon test); each route has its own segment grid and R-tree in a
 /// local metric plane.
-/// Maps looked up per fix: foldhash (per-process seed), cheaper than SipHash.
-pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
 #[derive(Debug)]
 pub struct GeoIndex {
     routes: FastMap<String, RouteIndex>,

@@ -15,6 +15,7 @@ use super::error::GeoError;
 use super::frame::LocalFrame;
 use super::gtfs::{coord, read_shapes, Row, Table};
 use super::route::{Route, RouteIndex, RouteLocation};
+use crate::domain::FastMap;
 
 /// A stop of the feed.
 #[derive(Debug, Clone, PartialEq)]
@@ -354,8 +355,8 @@ pub struct Schedule {
     pub trips: Vec<ScheduledTrip>,
     /// Services sorted by id.
     pub services: Vec<Service>,
-    by_route: super::index::FastMap<String, RouteTrips>,
-    trip_ids: super::index::FastMap<String, u32>,
+    by_route: FastMap<String, RouteTrips>,
+    trip_ids: FastMap<String, u32>,
     /// Trips left out, with why.
     pub skipped_trips: Vec<(String, String)>,
 }
@@ -446,7 +447,7 @@ impl Schedule {
             .enumerate()
             .map(|(i, t)| (t.id.clone(), i as u32))
             .collect();
-        let mut by_route: super::index::FastMap<String, RouteTrips> = Default::default();
+        let mut by_route: FastMap<String, RouteTrips> = Default::default();
         for sh in &mut self.shapes {
             sh.first_gap_m = f64::INFINITY;
         }

@@ -1,7 +1,6 @@
 //! The engine: per-vehicle reorder buffers in front of the rules, the geo lookups of
 //! each fix, and checkpoint/restore of all state.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -13,7 +12,7 @@ use super::driving::{self, DrivingState};
 use super::state::{Ctx, Sample, VehicleCore, VehicleState};
 use super::{gaps, no_signal, off_route, overspeed, transit, trips, zones};
 use crate::domain::live::LiveState;
-use crate::domain::{CooperativeId, DriverId, Fix, Vehicle, VehicleId};
+use crate::domain::{CooperativeId, DriverId, FastMap, Fix, Vehicle, VehicleId};
 use crate::geo::{GeoIndex, Zone, ZoneKey, ZoneKind};
 
 /// What one call to the engine produced.
@@ -99,10 +98,6 @@ struct Slot {
     snaps: Vec<Snapshot>,
 }
 
-/// The engine's id maps, looked up several times per fix: foldhash (a fast hash with
-/// a per-process random seed) instead of the standard SipHash.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
 /// Levels of snapshot spacing kept per vehicle: level `k` keeps the first snapshot of
 /// each of the two newest spans of `2^k` snapshot intervals, so the snapshot before a
 /// fix `L` late is at most about `2 L` back (one interval at least) up to
@@ -138,7 +133,7 @@ struct DriverSlot {
 /// Driving-time state of all drivers: one hash lookup per fix, then an index.
 #[derive(Default)]
 struct Drivers {
-    index: Map<DriverId, u32>,
+    index: FastMap<DriverId, u32>,
     slots: Vec<DriverSlot>,
     /// Vehicle slots a driver left since the last checkpoint: their checkpoints still
     /// carry the driver and must be written again without them.
@@ -151,9 +146,9 @@ pub struct Engine {
     cfg: RulesConfig,
     p: Params,
     geo: Arc<GeoIndex>,
-    registry: Map<VehicleId, Arc<Vehicle>>,
+    registry: FastMap<VehicleId, Arc<Vehicle>>,
     /// Vehicle id to position in `slots`: one hash lookup per fix.
-    index: Map<VehicleId, u32>,
+    index: FastMap<VehicleId, u32>,
     slots: Vec<Slot>,
     drivers: Drivers,
 }
@@ -166,8 +161,8 @@ impl Engine {
             p: Params::new(&cfg),
             cfg,
             geo,
-            registry: Map::default(),
-            index: Map::default(),
+            registry: FastMap::default(),
+            index: FastMap::default(),
             slots: Vec::new(),
             drivers: Drivers::default(),
         };
