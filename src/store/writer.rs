@@ -1099,6 +1099,24 @@ async fn write_live(tx: &Transaction<'_>, derived: &[&Derived]) -> Result<(), St
     Ok(())
 }
 
+/// Wakes the readers of committed alerts (the MQTT outbox, the deliveries' fan-out)
+/// when a batch changed alerts, so an alert goes out at once rather than at their
+/// next poll. A wake while one is busy is kept for its next wait.
+#[derive(Clone, Default)]
+pub struct AlertsReady {
+    /// The outbox publishing alerts on the alert topic.
+    pub outbox: Arc<tokio::sync::Notify>,
+    /// The fan-out into the deliveries' outbox.
+    pub deliveries: Arc<tokio::sync::Notify>,
+}
+
+impl AlertsReady {
+    fn notify(&self) {
+        self.outbox.notify_one();
+        self.deliveries.notify_one();
+    }
+}
+
 /// Runs the writer until `rx` closes (the consumer stopped) and every item in it is
 /// committed and acked. A database outage makes it retry the same batch with backoff:
 /// nothing is acked, so the broker keeps the messages and backpressure reaches it.
@@ -1111,7 +1129,7 @@ pub async fn run<K: Acker>(
     acker: K,
     shutdown: CancellationToken,
     health: Arc<Health>,
-    alerts_ready: Arc<tokio::sync::Notify>,
+    alerts_ready: AlertsReady,
     fence: Option<Fence>,
 ) {
     let mut client: Option<Client> = None;
@@ -1222,7 +1240,7 @@ pub async fn run<K: Acker>(
         };
         crate::telemetry::batch_committed(committed, n_records, elapsed.as_secs_f64());
         if outcome.alerts_changed > 0 {
-            alerts_ready.notify_one();
+            alerts_ready.notify();
         }
         let lag = metrics::histogram!("fleetwatch_ingest_lag_seconds");
         for item in pending.drain(..) {
