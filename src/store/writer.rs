@@ -24,6 +24,7 @@ use super::lease::Fence;
 use super::rollup::{self, Plan};
 use super::{connect, fnv1a64, pg_text, StoreError};
 use crate::domain::alert::{Alert, AlertId, AlertKind};
+use crate::domain::fix::deg_to_e7;
 use crate::domain::live::LiveState;
 use crate::domain::trip::{StopEvent, Trip, TripRun};
 use crate::domain::VehicleId;
@@ -167,8 +168,8 @@ pub const FIX_TYPES: [Type; 14] = [
     Type::TEXT,
     Type::TIMESTAMPTZ,
     Type::TEXT,
-    Type::FLOAT8,
-    Type::FLOAT8,
+    Type::INT4,
+    Type::INT4,
     Type::FLOAT4,
     Type::FLOAT4,
     Type::TEXT,
@@ -181,7 +182,8 @@ pub const FIX_TYPES: [Type; 14] = [
 ];
 
 /// Columns of `fixes` written by the writer, in COPY order.
-pub const FIX_COLUMNS: &str = "vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, heading_deg, \
+pub const FIX_COLUMNS: &str =
+    "vehicle_id, ts, cooperative_id, lat_e7, lon_e7, speed_kmh, heading_deg, \
      driver_id, ignition, satellites, hdop, odometer_m, flags, received_at";
 
 /// Prepares a connection for [`write_batch`] (session-local staging table) and reads
@@ -432,8 +434,8 @@ async fn write_parts(
                         &f.vehicle().as_str(),
                         &f.ts(),
                         &a.cooperative.as_str(),
-                        &f.lat(),
-                        &f.lon(),
+                        &deg_to_e7(f.lat()),
+                        &deg_to_e7(f.lon()),
                         &f.speed_kmh(),
                         &f.heading_deg(),
                         &driver,
@@ -602,7 +604,7 @@ static FIXES_INSERT_RETURNING: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO fixes ({FIX_COLUMNS}) SELECT {FIX_COLUMNS} FROM fixes_stage
          ON CONFLICT DO NOTHING
-         RETURNING vehicle_id, cooperative_id, ts, lat, lon, driver_id, flags, received_at"
+         RETURNING vehicle_id, cooperative_id, ts, lat_e7, lon_e7, driver_id, flags, received_at"
     )
 });
 
