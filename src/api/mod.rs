@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod reports;
 pub mod stream;
 pub mod time;
+pub mod transit;
 pub mod vehicles;
 
 use std::sync::atomic::Ordering;
@@ -194,6 +195,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/alerts", get(alerts::list))
         .route("/api/v1/alerts/{id}/ack", axum::routing::post(alerts::ack))
         .route("/api/v1/reports/compliance", get(reports::compliance))
+        .route("/api/v1/trip-runs", get(transit::trip_runs))
+        .route("/api/v1/stop-events", get(transit::stop_events))
         .route(
             "/api/v1/destinations",
             get(deliveries::list).post(deliveries::create),

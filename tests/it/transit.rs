@@ -195,3 +195,192 @@ async fn a_late_run_with_a_skipped_stop_is_stored() {
     app.wait().await;
     std::fs::remove_dir_all(&feed).ok();
 }
+
+/// The API of what buses ran: two cooperatives' buses on trip T1, A's 3 min late and
+/// B's on time; while A's runs, its live record carries the trip, next stop and delay;
+/// once both have ended, each cooperative sees only its own run and stop events, and
+/// B's come back on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trip_runs_and_stop_events_are_served_per_cooperative() {
+    use crate::api::http;
+    use fleetwatch::api::auth::{create_token, Role};
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let base = base_time() - chrono::Duration::minutes(30);
+    let local = base + chrono::Duration::hours(7);
+    let dep_s = i64::from(local.num_seconds_from_midnight());
+    let feed = std::env::temp_dir().join(format!("fw-it-transit-api-{}", std::process::id()));
+    write_feed(&feed, dep_s);
+    let mut s = settings(&db, &broker.url(), "fw-transit-api");
+    s.geo.gtfs = vec![feed.clone()];
+    s.rules.transit.late_s = 120;
+    let bus = |id: &str, coop: &str| Vehicle {
+        id: VehicleId::parse(id).unwrap(),
+        plate: None,
+        cooperative: CooperativeId::parse(coop).unwrap(),
+        class: VehicleClass::Bus,
+        route: Some("L1".into()),
+        device_id: None,
+    };
+    s.vehicles = vec![bus("51B-111.11", "HTX-A"), bus("51B-222.22", "HTX-B")];
+    let app = start_app(s).await;
+    let addr = app.http_addr;
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let tok_a = create_token(&c, Role::Cooperative, Some("HTX-A"), None)
+        .await
+        .unwrap();
+    let tok_b = create_token(&c, Role::Cooperative, Some("HTX-B"), None)
+        .await
+        .unwrap();
+    let msgs = |coop: &str, v: &str, run: Vec<(DateTime<Utc>, f64, f64)>| {
+        let t = topic(coop, v);
+        run.into_iter()
+            .map(|(ts, lon, kmh)| (t.clone(), fix(v, ts, LAT, lon, kmh)))
+            .collect::<Vec<_>>()
+    };
+    let late = msgs(
+        "HTX-A",
+        "51B-111.11",
+        bus_run(base + chrono::Duration::minutes(3), 0),
+    );
+    // A's bus up to between S2 and S3 (waiting 2 min, then about 5 min on the way).
+    let (first, rest) = late.split_at(24 + 60);
+    publish_all(&broker.url(), first).await;
+    let live_trip = "SELECT count(*) FROM vehicles
+                     WHERE vehicle_id = '51B-111.11' AND live_trip_id = 'T1' AND live_delay_s > 0";
+    wait_until("A's live trip", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, live_trip).await == 1 }
+    })
+    .await;
+    let r = http(addr, "GET", "/api/v1/vehicles", Some(&tok_a), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = &r.json()["vehicles"][0];
+    assert_eq!(v["vehicle_id"], "51B-111.11");
+    let trip = &v["trip"];
+    assert_eq!(trip["trip_id"], "T1", "{v}");
+    assert_eq!(trip["route_id"], "L1");
+    assert_eq!(trip["next_stop_id"], "S3", "{trip}");
+    assert_eq!(trip["next_stop_name"], "Stop 3");
+    let delay = trip["delay_s"].as_i64().unwrap();
+    assert!((150..=210).contains(&delay), "{delay}");
+    publish_all(&broker.url(), rest).await;
+    publish_all(
+        &broker.url(),
+        &msgs("HTX-B", "51B-222.22", bus_run(base, 0)),
+    )
+    .await;
+    wait_until("both runs stored", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM trip_runs").await == 2 }
+    })
+    .await;
+    // The ended run is no longer live.
+    wait_until("A's live trip cleared", Duration::from_secs(10), || {
+        let db = db.clone();
+        async move {
+            count(
+                &db,
+                "SELECT count(*) FROM vehicles WHERE live_trip_id IS NULL AND last_fix_ts IS NOT NULL",
+            )
+            .await
+                == 2
+        }
+    })
+    .await;
+
+    for (tok, vehicle, coop) in [
+        (&tok_a, "51B-111.11", "HTX-A"),
+        (&tok_b, "51B-222.22", "HTX-B"),
+    ] {
+        let r = http(addr, "GET", "/api/v1/trip-runs", Some(tok), None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let j = r.json();
+        assert_eq!(j["count"], 1, "{j}");
+        let run = &j["trip_runs"][0];
+        assert_eq!(run["vehicle_id"], vehicle);
+        assert_eq!(run["cooperative_id"], coop);
+        assert_eq!(run["trip_id"], "T1");
+        assert_eq!(run["route_id"], "L1");
+        assert_eq!(run["stops_served"], 6);
+        assert!(j["next_cursor"].is_null());
+        let r = http(
+            addr,
+            "GET",
+            &format!(
+                "/api/v1/stop-events?trip=T1&from={}",
+                rfc(base - chrono::Duration::hours(1))
+            ),
+            Some(tok),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let j = r.json();
+        let events = j["stop_events"].as_array().unwrap();
+        assert_eq!(events.len(), 6, "{j}");
+        let seqs: Vec<i64> = events
+            .iter()
+            .map(|e| e["stop_sequence"].as_i64().unwrap())
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+        for e in events {
+            assert_eq!(e["vehicle_id"], vehicle, "{e}");
+            assert_eq!(e["skipped"], false);
+            let d = e["deviation_s"].as_i64().unwrap();
+            let want = if coop == "HTX-A" { 150..=210 } else { -30..=30 };
+            assert!(want.contains(&d), "{coop} {}: {d}", e["stop_id"]);
+        }
+    }
+    // Another cooperative's vehicle is refused; its trip filter finds nothing.
+    let r = http(
+        addr,
+        "GET",
+        "/api/v1/trip-runs?cooperative=HTX-B",
+        Some(&tok_a),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = http(
+        addr,
+        "GET",
+        "/api/v1/stop-events?vehicle=51B-222.22",
+        Some(&tok_a),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["count"], 0);
+    // A regulator sees both, a page at a time.
+    let reg = create_token(&c, Role::Regulator, None, None).await.unwrap();
+    let r = http(addr, "GET", "/api/v1/trip-runs?limit=1", Some(&reg), None).await;
+    let j = r.json();
+    assert_eq!(j["count"], 1, "{j}");
+    let first_vehicle = j["trip_runs"][0]["vehicle_id"].clone();
+    let cursor = j["next_cursor"].as_str().expect("a next page").to_string();
+    let r = http(
+        addr,
+        "GET",
+        &format!(
+            "/api/v1/trip-runs?limit=1&cursor={}",
+            cursor.replace(':', "%3A")
+        ),
+        Some(&reg),
+        None,
+    )
+    .await;
+    let j = r.json();
+    assert_eq!(j["count"], 1, "{j}");
+    assert_ne!(j["trip_runs"][0]["vehicle_id"], first_vehicle);
+    assert!(j["next_cursor"].is_null());
+    let r = http(addr, "GET", "/api/v1/trip-runs", None, None).await;
+    assert_eq!(r.status, 401);
+    app.shutdown();
+    app.wait().await;
+    std::fs::remove_dir_all(&feed).ok();
+}
+
+fn rfc(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
