@@ -192,23 +192,32 @@ pub(crate) struct LiveVehicle {
 
 /// The live trip of a row of [`live_vehicles`] (columns 24..=34).
 fn live_trip(r: &tokio_postgres::Row) -> Option<LiveTrip> {
+    live_trip_at(r, 24)
+}
+
+/// The live trip of a row whose columns from `i` on are `live_trip_id`,
+/// `live_trip_route_id`, `live_trip_service_date`, `live_trip_start_ts`,
+/// `live_trip_direction`, `live_trip_headsign`, `live_next_stop_id`,
+/// `live_next_stop_sequence`, `live_next_stop_name`, `live_delay_s`,
+/// `live_trip_confidence`.
+pub(crate) fn live_trip_at(r: &tokio_postgres::Row, i: usize) -> Option<LiveTrip> {
     Some(LiveTrip {
-        trip_id: r.get::<_, Option<String>>(24)?,
-        route_id: r.get::<_, Option<String>>(25)?,
-        service_date: r.get::<_, Option<chrono::NaiveDate>>(26)?,
-        scheduled_start: r.get::<_, Option<DateTime<Utc>>>(27)?,
+        trip_id: r.get::<_, Option<String>>(i)?,
+        route_id: r.get::<_, Option<String>>(i + 1)?,
+        service_date: r.get::<_, Option<chrono::NaiveDate>>(i + 2)?,
+        scheduled_start: r.get::<_, Option<DateTime<Utc>>>(i + 3)?,
         direction: r
-            .get::<_, Option<i16>>(28)
+            .get::<_, Option<i16>>(i + 4)
             .and_then(|d| u8::try_from(d).ok()),
-        headsign: r.get(29),
-        next_stop_id: r.get(30),
+        headsign: r.get(i + 5),
+        next_stop_id: r.get(i + 6),
         next_stop_sequence: r
-            .get::<_, Option<i32>>(31)
+            .get::<_, Option<i32>>(i + 7)
             .and_then(|q| u32::try_from(q).ok()),
-        next_stop_name: r.get(32),
-        delay_s: r.get(33),
+        next_stop_name: r.get(i + 8),
+        delay_s: r.get(i + 9),
         confidence: r
-            .get::<_, Option<i16>>(34)
+            .get::<_, Option<i16>>(i + 10)
             .and_then(|c| u8::try_from(c).ok())
             .unwrap_or(0),
     })

@@ -264,6 +264,7 @@ async fn trip_runs_and_stop_events_are_served_per_cooperative() {
     assert_eq!(trip["next_stop_name"], "Stop 3");
     let delay = trip["delay_s"].as_i64().unwrap();
     assert!((150..=210).contains(&delay), "{delay}");
+    gtfs_rt_of_a_late_bus(addr, &tok_a, &tok_b).await;
     publish_all(&broker.url(), rest).await;
     publish_all(
         &broker.url(),
@@ -383,4 +384,148 @@ async fn trip_runs_and_stop_events_are_served_per_cooperative() {
 
 fn rfc(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// A GET answered with a body of bytes (protobuf): status, headers, body.
+async fn get_bytes(addr: std::net::SocketAddr, path: &str, token: &str) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(raw[..at].to_vec()).unwrap();
+    assert!(!head.to_ascii_lowercase().contains("chunked"), "{head}");
+    (head[9..12].parse().unwrap(), head, raw[at + 4..].to_vec())
+}
+
+/// The GTFS-realtime feeds while A's bus runs T1 about 3 min late (between S2 and S3).
+async fn gtfs_rt_of_a_late_bus(addr: std::net::SocketAddr, tok_a: &str, tok_b: &str) {
+    use fleetwatch::api::gtfs_rt::proto::{self, FeedMessage};
+    use prost::Message;
+    let (status, head, body) = get_bytes(
+        addr,
+        "/api/v1/gtfs-rt/vehicle-positions?max_age_s=86400",
+        tok_a,
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/x-protobuf"),
+        "{head}"
+    );
+    let feed = FeedMessage::decode(&body[..]).expect("a GTFS-realtime FeedMessage");
+    assert_eq!(feed.header.gtfs_realtime_version, "2.0");
+    assert_eq!(
+        feed.header.incrementality,
+        Some(proto::Incrementality::FullDataset as i32)
+    );
+    let now = Utc::now().timestamp() as u64;
+    let ts = feed.header.timestamp.unwrap();
+    assert!(ts <= now && ts + 60 > now, "{ts} {now}");
+    assert_eq!(feed.entity.len(), 1, "{feed:?}");
+    let v = feed.entity[0].vehicle.as_ref().unwrap();
+    let trip = v.trip.as_ref().unwrap();
+    assert_eq!(trip.trip_id.as_deref(), Some("T1"));
+    assert_eq!(trip.route_id.as_deref(), Some("L1"));
+    assert_eq!(
+        trip.schedule_relationship,
+        Some(proto::trip_descriptor::ScheduleRelationship::Scheduled as i32)
+    );
+    assert_eq!(trip.start_date.as_ref().map(String::len), Some(8));
+    assert_eq!(
+        v.vehicle.as_ref().unwrap().id.as_deref(),
+        Some("51B-111.11")
+    );
+    assert_eq!(v.stop_id.as_deref(), Some("S3"));
+    assert_eq!(v.current_stop_sequence, Some(4));
+    let p = v.position.as_ref().unwrap();
+    assert!((p.latitude - LAT as f32).abs() < 1e-4, "{p:?}");
+    // 36 km/h is 10 m/s, or 0 standing at a stop.
+    assert!(p.speed.is_some_and(|sp| sp == 10.0 || sp == 0.0), "{p:?}");
+
+    let (status, _, body) =
+        get_bytes(addr, "/api/v1/gtfs-rt/trip-updates?max_age_s=86400", tok_a).await;
+    assert_eq!(status, 200);
+    let feed = FeedMessage::decode(&body[..]).unwrap();
+    assert_eq!(feed.header.gtfs_realtime_version, "2.0");
+    assert_eq!(feed.entity.len(), 1, "{feed:?}");
+    let u = feed.entity[0].trip_update.as_ref().unwrap();
+    assert_eq!(u.trip.trip_id.as_deref(), Some("T1"));
+    assert_eq!(u.trip.route_id.as_deref(), Some("L1"));
+    let delay = u.delay.unwrap();
+    assert!((150..=210).contains(&delay), "{delay}");
+    let seqs: Vec<u32> = u
+        .stop_time_update
+        .iter()
+        .filter_map(|s| s.stop_sequence)
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6], "{u:?}");
+    for s in &u.stop_time_update {
+        let d = s
+            .arrival
+            .as_ref()
+            .or(s.departure.as_ref())
+            .and_then(|e| e.delay)
+            .unwrap();
+        assert!((150..=210).contains(&d), "{s:?}");
+    }
+    // Observed (uncertainty 0) behind, predicted ahead.
+    assert_eq!(
+        u.stop_time_update[1].arrival.as_ref().unwrap().uncertainty,
+        Some(0)
+    );
+    assert!(u.stop_time_update[4].arrival.as_ref().unwrap().uncertainty > Some(0));
+
+    let r = crate::api::http(
+        addr,
+        "GET",
+        "/api/v1/gtfs-rt/trip-updates?format=json&max_age_s=86400",
+        Some(tok_a),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = r.json();
+    assert_eq!(j["header"]["gtfs_realtime_version"], "2.0");
+    assert_eq!(j["header"]["incrementality"], "FULL_DATASET");
+    assert_eq!(j["entity"][0]["trip_update"]["trip"]["trip_id"], "T1");
+    assert_eq!(
+        j["entity"][0]["trip_update"]["trip"]["schedule_relationship"],
+        "SCHEDULED"
+    );
+    let r = crate::api::http(
+        addr,
+        "GET",
+        "/api/v1/gtfs-rt/vehicle-positions?format=json&max_age_s=86400",
+        Some(tok_a),
+        None,
+    )
+    .await;
+    let j = r.json();
+    assert_eq!(j["entity"][0]["vehicle"]["trip"]["route_id"], "L1", "{j}");
+    // B's bus has sent nothing yet, and B never sees A's.
+    let (status, _, body) = get_bytes(
+        addr,
+        "/api/v1/gtfs-rt/vehicle-positions?max_age_s=86400",
+        tok_b,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(FeedMessage::decode(&body[..]).unwrap().entity.is_empty());
+    let (status, _, body) =
+        get_bytes(addr, "/api/v1/gtfs-rt/trip-updates?max_age_s=86400", tok_b).await;
+    assert_eq!(status, 200);
+    assert!(FeedMessage::decode(&body[..]).unwrap().entity.is_empty());
+    for path in [
+        "/api/v1/gtfs-rt/vehicle-positions",
+        "/api/v1/gtfs-rt/trip-updates",
+    ] {
+        let r = crate::api::http(addr, "GET", path, None, None).await;
+        assert_eq!(r.status, 401, "{path}");
+    }
 }
