@@ -338,12 +338,25 @@ fn add_transit(doc: &mut Value) {
             "stop_events": { "type": "array", "items": { "$ref": "#/components/schemas/StopEvent" } } } } } } }), &["400", "401"])
     }});
     let feed_params = json!([
-        q("format", "protobuf (default, application/x-protobuf) or json", json!({ "type": "string", "enum": ["protobuf", "json"] })),
-        q("max_age_s", "Vehicles whose newest fix is at most this old, s", json!({ "type": "integer", "minimum": 1, "maximum": super::gtfs_rt::MAX_MAX_AGE_S, "default": super::gtfs_rt::DEFAULT_MAX_AGE_S })),
+        q(
+            "format",
+            "protobuf (default, application/x-protobuf) or json",
+            json!({ "type": "string", "enum": ["protobuf", "json"] })
+        ),
+        q(
+            "max_age_s",
+            "Vehicles whose newest fix is at most this old, s",
+            json!({ "type": "integer", "minimum": 1, "maximum": super::gtfs_rt::MAX_MAX_AGE_S, "default": super::gtfs_rt::DEFAULT_MAX_AGE_S })
+        ),
     ]);
-    let feed = |what: &str| with(json!({ "description": what, "content": {
+    let feed = |what: &str| {
+        with(
+            json!({ "description": what, "content": {
         "application/x-protobuf": { "schema": { "type": "string", "format": "binary", "description": "transit_realtime.FeedMessage (gtfs-realtime.proto 2.0)" } },
-        "application/json": { "schema": { "type": "object", "description": "The same FeedMessage, field names of the proto, enums by name" } } } }), &["400", "401"]);
+        "application/json": { "schema": { "type": "object", "description": "The same FeedMessage, field names of the proto, enums by name" } } } }),
+            &["400", "401"],
+        )
+    };
     doc["paths"]["/api/v1/gtfs-rt/vehicle-positions"] = json!({ "get": {
         "summary": "GTFS-realtime vehicle positions (FULL_DATASET): every visible vehicle with a recent fix, its position, bearing, speed (m/s), time, and for a bus on a scheduled trip the TripDescriptor (trip_id, route_id, direction_id, start_date, start_time, SCHEDULED) and next stop (IN_TRANSIT_TO, or STOPPED_AT while standing)",
         "parameters": feed_params.clone(), "responses": feed("Vehicle positions") }});
