@@ -6,11 +6,13 @@ pub mod auth;
 pub mod deliveries;
 pub mod drivers;
 pub mod error;
+pub mod gtfs_rt;
 pub mod map;
 pub mod openapi;
 pub mod reports;
 pub mod stream;
 pub mod time;
+pub mod transit;
 pub mod vehicles;
 
 use std::sync::atomic::Ordering;
@@ -194,6 +196,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/alerts", get(alerts::list))
         .route("/api/v1/alerts/{id}/ack", axum::routing::post(alerts::ack))
         .route("/api/v1/reports/compliance", get(reports::compliance))
+        .route("/api/v1/trip-runs", get(transit::trip_runs))
+        .route("/api/v1/stop-events", get(transit::stop_events))
+        .route(
+            "/api/v1/gtfs-rt/vehicle-positions",
+            get(gtfs_rt::vehicle_positions_feed),
+        )
+        .route(
+            "/api/v1/gtfs-rt/trip-updates",
+            get(gtfs_rt::trip_updates_feed),
+        )
         .route(
             "/api/v1/destinations",
             get(deliveries::list).post(deliveries::create),

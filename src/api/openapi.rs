@@ -290,7 +290,106 @@ pub fn document() -> Value {
     });
     add_deliveries(&mut doc);
     add_live(&mut doc);
+    add_transit(&mut doc);
     doc
+}
+
+/// What buses ran (issue 11): runs of scheduled trips, their stop events, and the
+/// live trip of a vehicle in the live list.
+fn add_transit(doc: &mut Value) {
+    let s = |t: &str| json!({ "type": t });
+    let n = |t: &str| json!({ "type": [t, "null"] });
+    let date = json!({ "type": "string", "format": "date" });
+    let ts = json!({ "type": "string", "format": "date-time" });
+    let ts_n = json!({ "type": ["string", "null"], "format": "date-time" });
+    let limit = q(
+        "limit",
+        "At most this many",
+        json!({ "type": "integer", "minimum": 1, "maximum": super::transit::MAX_LIMIT, "default": super::transit::DEFAULT_LIMIT }),
+    );
+    doc["paths"]["/api/v1/trip-runs"] = json!({ "get": {
+        "summary": "Runs of scheduled (GTFS) trips that ended (completed or abandoned), newest first",
+        "description": "The trip a bus runs now is stored once it ends; until then it is the `trip` of the vehicle in GET /api/v1/vehicles. Pages: pass `next_cursor` as `cursor` for the next page (null on the last one).",
+        "parameters": [
+            q("cooperative", "Cooperative id", s("string")),
+            q("vehicle", "Vehicle id", s("string")),
+            q("route", "GTFS route_id", s("string")),
+            q("trip", "GTFS trip_id", s("string")),
+            q("from_date", "First local service date, inclusive", date.clone()),
+            q("to_date", "Last local service date, inclusive", date.clone()),
+            limit.clone(),
+            q("cursor", "next_cursor of the previous page", s("string")),
+        ],
+        "responses": with(json!({ "description": "Trip runs", "content": { "application/json": { "schema": {
+            "type": "object", "properties": { "count": s("integer"), "next_cursor": n("string"),
+            "trip_runs": { "type": "array", "items": { "$ref": "#/components/schemas/TripRun" } } } } } } }), &["400", "401", "403"])
+    }});
+    doc["paths"]["/api/v1/stop-events"] = json!({ "get": {
+        "summary": "Arrivals, departures and skipped stops of scheduled trips, in observed order (a vehicle or a trip is required; range at most http.max_track_days)",
+        "parameters": [
+            q("vehicle", "Vehicle id", s("string")),
+            q("trip", "GTFS trip_id", s("string")),
+            time("from", "Observed at or after (default: 24 h before to)"),
+            time("to", "Observed before (default: now)"),
+            limit,
+        ],
+        "responses": with(json!({ "description": "Stop events", "content": { "application/json": { "schema": {
+            "type": "object", "properties": { "count": s("integer"), "from": ts.clone(), "to": ts.clone(),
+            "stop_events": { "type": "array", "items": { "$ref": "#/components/schemas/StopEvent" } } } } } } }), &["400", "401"])
+    }});
+    let feed_params = json!([
+        q(
+            "format",
+            "protobuf (default, application/x-protobuf) or json",
+            json!({ "type": "string", "enum": ["protobuf", "json"] })
+        ),
+        q(
+            "max_age_s",
+            "Vehicles whose newest fix is at most this old, s",
+            json!({ "type": "integer", "minimum": 1, "maximum": super::gtfs_rt::MAX_MAX_AGE_S, "default": super::gtfs_rt::DEFAULT_MAX_AGE_S })
+        ),
+    ]);
+    let feed = |what: &str| {
+        with(
+            json!({ "description": what, "content": {
+        "application/x-protobuf": { "schema": { "type": "string", "format": "binary", "description": "transit_realtime.FeedMessage (gtfs-realtime.proto 2.0)" } },
+        "application/json": { "schema": { "type": "object", "description": "The same FeedMessage, field names of the proto, enums by name" } } } }),
+            &["400", "401"],
+        )
+    };
+    doc["paths"]["/api/v1/gtfs-rt/vehicle-positions"] = json!({ "get": {
+        "summary": "GTFS-realtime vehicle positions (FULL_DATASET): every visible vehicle with a recent fix, its position, bearing, speed (m/s), time, and for a bus on a scheduled trip the TripDescriptor (trip_id, route_id, direction_id, start_date, start_time, SCHEDULED) and next stop (IN_TRANSIT_TO, or STOPPED_AT while standing)",
+        "parameters": feed_params.clone(), "responses": feed("Vehicle positions") }});
+    doc["paths"]["/api/v1/gtfs-rt/trip-updates"] = json!({ "get": {
+        "summary": "GTFS-realtime trip updates (FULL_DATASET): per running trip, the stops behind as observed (stop events, uncertainty 0; SKIPPED when passed) and the stops ahead at the scheduled time plus the current delay (uncertainty 60)",
+        "parameters": feed_params, "responses": feed("Trip updates") }});
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["TripRun"] = json!({ "type": "object", "properties": {
+        "vehicle_id": s("string"), "cooperative_id": n("string"),
+        "trip_id": s("string"), "route_id": s("string"), "service_date": date.clone(),
+        "scheduled_start": ts.clone(), "start": ts.clone(), "end": ts.clone(),
+        "confidence": { "type": "integer", "minimum": 0, "maximum": 100 },
+        "completed": s("boolean"), "stops_served": s("integer"), "stops_skipped": s("integer"),
+        "stops_total": s("integer"),
+        "last_delay_s": { "type": ["integer", "null"], "description": "Deviation at the last observed stop, s (late > 0)" } } });
+    schemas["StopEvent"] = json!({ "type": "object", "properties": {
+        "vehicle_id": s("string"), "cooperative_id": n("string"), "trip_id": s("string"),
+        "service_date": date.clone(), "stop_sequence": s("integer"), "stop_id": s("string"),
+        "observed": ts.clone(), "scheduled_arrival": ts.clone(), "scheduled_departure": ts.clone(),
+        "arrival": ts_n.clone(), "departure": ts_n,
+        "dwell_s": n("number"),
+        "deviation_s": { "type": ["integer", "null"], "description": "Early < 0, late > 0, s" },
+        "skipped": s("boolean") } });
+    schemas["LiveTrip"] = json!({ "type": "object", "properties": {
+        "trip_id": s("string"), "route_id": s("string"), "service_date": date,
+        "scheduled_start": ts, "direction": n("integer"), "headsign": n("string"),
+        "next_stop_id": { "type": ["string", "null"], "description": "null: the last stop is behind" },
+        "next_stop_sequence": n("integer"), "next_stop_name": n("string"),
+        "delay_s": { "type": ["integer", "null"], "description": "Deviation at the last observed stop, s (late > 0)" },
+        "confidence": { "type": "integer", "minimum": 0, "maximum": 100 } } });
+    schemas["VehicleList"]["properties"]["vehicles"]["items"]["properties"]["trip"] = json!({
+        "oneOf": [{ "$ref": "#/components/schemas/LiveTrip" }, { "type": "null" }],
+        "description": "The scheduled trip it runs now (buses on GTFS routes)" });
 }
 
 /// The delivery endpoints and their schemas (apart: the document is too deep for one

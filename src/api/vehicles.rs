@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use super::auth::{vehicle_id_param, vehicle_param, Caller};
 use super::error::{ApiError, ApiResult};
 use super::AppState;
+use crate::domain::live::LiveTrip;
 use crate::domain::{CooperativeId, Vehicle};
 use crate::geo::LocalFrame;
 use crate::store::registry;
@@ -56,7 +57,11 @@ pub(crate) async fn live_vehicles(
                     last_fix_ts, last_lat, last_lon, last_speed_kmh, last_heading_deg,
                     last_driver_id, device_id, live_as_of_ts, live_driver_id,
                     live_driver_since_ts, live_moving, live_continuous_s, live_last_drive_end_ts,
-                    live_day, live_daily_s, live_weekly_s, live_on_route
+                    live_day, live_daily_s, live_weekly_s, live_on_route,
+                    live_trip_id, live_trip_route_id, live_trip_service_date, live_trip_start_ts,
+                    live_trip_direction, live_trip_headsign, live_next_stop_id,
+                    live_next_stop_sequence, live_next_stop_name, live_delay_s,
+                    live_trip_confidence
              FROM vehicles
              WHERE ($1::text IS NULL OR cooperative_id = $1)
                AND ($2::text[] IS NULL OR vehicle_id = ANY ($2))
@@ -148,6 +153,7 @@ pub(crate) async fn live_vehicles(
                 position,
                 status,
                 on_route: r.get(23),
+                trip: live_trip(r),
                 driving,
                 open_alerts,
             }
@@ -177,9 +183,44 @@ pub(crate) struct LiveVehicle {
     status: &'static str,
     /// Inside its route's corridor (`None`: no route, or not known yet).
     on_route: Option<bool>,
+    /// The scheduled trip it runs (buses on GTFS routes; `None`: none assigned).
+    pub(crate) trip: Option<LiveTrip>,
     /// Driving time of whoever drives it (the vehicle's own without a driver card).
     driving: Option<Driving>,
     open_alerts: Vec<OpenAlert>,
+}
+
+/// The live trip of a row of [`live_vehicles`] (columns 24..=34).
+fn live_trip(r: &tokio_postgres::Row) -> Option<LiveTrip> {
+    live_trip_at(r, 24)
+}
+
+/// The live trip of a row whose columns from `i` on are `live_trip_id`,
+/// `live_trip_route_id`, `live_trip_service_date`, `live_trip_start_ts`,
+/// `live_trip_direction`, `live_trip_headsign`, `live_next_stop_id`,
+/// `live_next_stop_sequence`, `live_next_stop_name`, `live_delay_s`,
+/// `live_trip_confidence`.
+pub(crate) fn live_trip_at(r: &tokio_postgres::Row, i: usize) -> Option<LiveTrip> {
+    Some(LiveTrip {
+        trip_id: r.get::<_, Option<String>>(i)?,
+        route_id: r.get::<_, Option<String>>(i + 1)?,
+        service_date: r.get::<_, Option<chrono::NaiveDate>>(i + 2)?,
+        scheduled_start: r.get::<_, Option<DateTime<Utc>>>(i + 3)?,
+        direction: r
+            .get::<_, Option<i16>>(i + 4)
+            .and_then(|d| u8::try_from(d).ok()),
+        headsign: r.get(i + 5),
+        next_stop_id: r.get(i + 6),
+        next_stop_sequence: r
+            .get::<_, Option<i32>>(i + 7)
+            .and_then(|q| u32::try_from(q).ok()),
+        next_stop_name: r.get(i + 8),
+        delay_s: r.get(i + 9),
+        confidence: r
+            .get::<_, Option<i16>>(i + 10)
+            .and_then(|c| u8::try_from(c).ok())
+            .unwrap_or(0),
+    })
 }
 
 /// Driving time of a vehicle's driver, read at the request's time.

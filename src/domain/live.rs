@@ -32,6 +32,36 @@ pub struct LiveState {
     pub weekly_s: f64,
     /// Inside its route's corridor (`None`: no registered route).
     pub on_route: Option<bool>,
+    /// The scheduled trip it runs (`None`: none assigned). Boxed: most vehicles have none.
+    pub trip: Option<Box<LiveTrip>>,
+}
+
+/// The scheduled (GTFS) trip a bus is running at its newest fix, for the live list,
+/// the map and GTFS-realtime (the run itself is stored in `trip_runs` once it ends).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LiveTrip {
+    /// GTFS `trip_id`.
+    pub trip_id: String,
+    /// GTFS `route_id`.
+    pub route_id: String,
+    /// Local service date.
+    pub service_date: NaiveDate,
+    /// Scheduled first departure of this run.
+    pub scheduled_start: DateTime<Utc>,
+    /// GTFS `direction_id`, when the feed gives it.
+    pub direction: Option<u8>,
+    /// Headsign of the trip, when the feed gives it.
+    pub headsign: Option<String>,
+    /// Next stop's `stop_id` (`None`: the trip's last stop is behind).
+    pub next_stop_id: Option<String>,
+    /// Next stop's `stop_sequence`.
+    pub next_stop_sequence: Option<u32>,
+    /// Next stop's name, when the feed gives it.
+    pub next_stop_name: Option<String>,
+    /// Deviation at the last observed stop, seconds (late > 0).
+    pub delay_s: Option<i32>,
+    /// Match confidence, 0..=100.
+    pub confidence: u8,
 }
 
 /// Limits the live figures are read against (from the rules' configuration).

@@ -11,7 +11,7 @@ use super::config::{ckmh, Params, RulesConfig};
 use super::driving::{self, DrivingState};
 use super::state::{Ctx, Sample, VehicleCore, VehicleState};
 use super::{gaps, no_signal, off_route, overspeed, transit, trips, zones};
-use crate::domain::live::LiveState;
+use crate::domain::live::{LiveState, LiveTrip};
 use crate::domain::{CooperativeId, DriverId, FastMap, Fix, Vehicle, VehicleId};
 use crate::geo::{GeoIndex, Zone, ZoneKey, ZoneKind};
 
@@ -596,6 +596,26 @@ impl Engine {
     }
 }
 
+/// The live view of trip progress `pr` in `sched`: next stop's id, sequence and name.
+fn live_trip(sched: &crate::geo::Schedule, pr: super::TripProgress) -> Option<Box<LiveTrip>> {
+    let (_, t) = sched.trip(&pr.trip_id)?;
+    let next = t.stop_times.get(usize::from(pr.next_stop));
+    let stop = next.and_then(|st| sched.stops.get(st.stop as usize));
+    Some(Box::new(LiveTrip {
+        trip_id: pr.trip_id,
+        route_id: pr.route_id,
+        service_date: pr.service_date,
+        scheduled_start: pr.scheduled_start,
+        direction: pr.direction,
+        headsign: t.headsign.clone(),
+        next_stop_id: stop.map(|s| s.id.clone()),
+        next_stop_sequence: next.map(|st| st.seq),
+        next_stop_name: stop.and_then(|s| s.name.clone()),
+        delay_s: pr.delay_s,
+        confidence: pr.confidence,
+    }))
+}
+
 /// Adds `l` to `live`, replacing the last state when it is of the same vehicle (a
 /// vehicle's fixes are processed in a run; the writer keeps the newest of any others).
 fn push_live(live: &mut Vec<LiveState>, l: LiveState) {
@@ -815,6 +835,7 @@ fn process(
         daily_s: super::state::secs(day_ms),
         weekly_s: super::state::secs(week_ms),
         on_route: route.map(|_| !core.off_route.is_off()),
+        trip: sched.and_then(|(_, sc)| live_trip(sc, core.transit.progress(sc, p.offset_ms)?)),
     };
     push_live(&mut out.live, live);
     core.last = Some(s);

@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (40, include_str!("migrations/0040_coords_e7.sql")),
     (50, include_str!("migrations/0050_leadership.sql")),
     (60, include_str!("migrations/0060_transit.sql")),
+    (61, include_str!("migrations/0061_live_trip.sql")),
 ];
 
 /// Storage-layout settings applied at migration time.

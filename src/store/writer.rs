@@ -997,6 +997,78 @@ async fn write_derived(
     Ok(changed)
 }
 
+/// The scheduled trip of each of `lives` (sorted by vehicle) to `vehicles.live_trip_*`,
+/// cleared when it runs none; as the driving state, only over an older fix's.
+async fn write_live_trips(tx: &Transaction<'_>, lives: &[&LiveState]) -> Result<(), StoreError> {
+    fn trip<'a>(l: &&'a LiveState) -> Option<&'a crate::domain::live::LiveTrip> {
+        l.trip.as_deref()
+    }
+    let vehicles: Vec<&str> = lives.iter().map(|l| l.vehicle.as_str()).collect();
+    let as_of: Vec<DateTime<Utc>> = lives.iter().map(|l| l.as_of).collect();
+    let ids: Vec<Option<&str>> = lives
+        .iter()
+        .map(|l| trip(l).map(|t| t.trip_id.as_str()))
+        .collect();
+    let routes: Vec<Option<&str>> = lives
+        .iter()
+        .map(|l| trip(l).map(|t| t.route_id.as_str()))
+        .collect();
+    let dates: Vec<Option<chrono::NaiveDate>> = lives
+        .iter()
+        .map(|l| trip(l).map(|t| t.service_date))
+        .collect();
+    let starts: Vec<Option<DateTime<Utc>>> = lives
+        .iter()
+        .map(|l| trip(l).map(|t| t.scheduled_start))
+        .collect();
+    let dirs: Vec<Option<i16>> = lives
+        .iter()
+        .map(|l| trip(l).and_then(|t| t.direction).map(i16::from))
+        .collect();
+    let heads: Vec<Option<&str>> = lives
+        .iter()
+        .map(|l| trip(l).and_then(|t| t.headsign.as_deref()))
+        .collect();
+    let stops: Vec<Option<&str>> = lives
+        .iter()
+        .map(|l| trip(l).and_then(|t| t.next_stop_id.as_deref()))
+        .collect();
+    let seqs: Vec<Option<i32>> = lives
+        .iter()
+        .map(|l| trip(l).and_then(|t| t.next_stop_sequence).map(|q| q as i32))
+        .collect();
+    let names: Vec<Option<&str>> = lives
+        .iter()
+        .map(|l| trip(l).and_then(|t| t.next_stop_name.as_deref()))
+        .collect();
+    let delays: Vec<Option<i32>> = lives
+        .iter()
+        .map(|l| trip(l).and_then(|t| t.delay_s))
+        .collect();
+    let confs: Vec<Option<i16>> = lives
+        .iter()
+        .map(|l| trip(l).map(|t| i16::from(t.confidence)))
+        .collect();
+    tx.execute(
+        "UPDATE vehicles v SET live_trip_id = u.trip, live_trip_route_id = u.route,
+             live_trip_service_date = u.day, live_trip_start_ts = u.start,
+             live_trip_direction = u.dir, live_trip_headsign = u.head, live_next_stop_id = u.stop,
+             live_next_stop_sequence = u.seq, live_next_stop_name = u.name, live_delay_s = u.delay,
+             live_trip_confidence = u.conf
+         FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::date[],
+                     $6::timestamptz[], $7::int2[], $8::text[], $9::text[], $10::int4[],
+                     $11::text[], $12::int4[], $13::int2[])
+              AS u(vehicle, as_of, trip, route, day, start, dir, head, stop, seq, name, delay, conf)
+         WHERE v.vehicle_id = u.vehicle AND v.live_as_of_ts = u.as_of",
+        &[
+            &vehicles, &as_of, &ids, &routes, &dates, &starts, &dirs, &heads, &stops, &seqs,
+            &names, &delays, &confs,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Keeps the live driving-time state: the newest state of each vehicle in the batch
 /// goes to its `vehicles.live_*` columns and, with a driver, to `driver_state`, each
 /// only when no newer fix's state is stored (a recomputation's intermediate pages
@@ -1046,6 +1118,7 @@ async fn write_live(tx: &Transaction<'_>, derived: &[&Derived]) -> Result<(), St
         ],
     )
     .await?;
+    write_live_trips(tx, &lives).await?;
     // One row per driver: a driver in two vehicles of the batch keeps the newer.
     let mut by_driver: HashMap<&str, usize> = HashMap::new();
     for (i, l) in lives.iter().enumerate() {

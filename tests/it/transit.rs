@@ -195,3 +195,337 @@ async fn a_late_run_with_a_skipped_stop_is_stored() {
     app.wait().await;
     std::fs::remove_dir_all(&feed).ok();
 }
+
+/// The API of what buses ran: two cooperatives' buses on trip T1, A's 3 min late and
+/// B's on time; while A's runs, its live record carries the trip, next stop and delay;
+/// once both have ended, each cooperative sees only its own run and stop events, and
+/// B's come back on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trip_runs_and_stop_events_are_served_per_cooperative() {
+    use crate::api::http;
+    use fleetwatch::api::auth::{create_token, Role};
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let base = base_time() - chrono::Duration::minutes(30);
+    let local = base + chrono::Duration::hours(7);
+    let dep_s = i64::from(local.num_seconds_from_midnight());
+    let feed = std::env::temp_dir().join(format!("fw-it-transit-api-{}", std::process::id()));
+    write_feed(&feed, dep_s);
+    let mut s = settings(&db, &broker.url(), "fw-transit-api");
+    s.geo.gtfs = vec![feed.clone()];
+    s.rules.transit.late_s = 120;
+    let bus = |id: &str, coop: &str| Vehicle {
+        id: VehicleId::parse(id).unwrap(),
+        plate: None,
+        cooperative: CooperativeId::parse(coop).unwrap(),
+        class: VehicleClass::Bus,
+        route: Some("L1".into()),
+        device_id: None,
+    };
+    s.vehicles = vec![bus("51B-111.11", "HTX-A"), bus("51B-222.22", "HTX-B")];
+    let app = start_app(s).await;
+    let addr = app.http_addr;
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let tok_a = create_token(&c, Role::Cooperative, Some("HTX-A"), None)
+        .await
+        .unwrap();
+    let tok_b = create_token(&c, Role::Cooperative, Some("HTX-B"), None)
+        .await
+        .unwrap();
+    let msgs = |coop: &str, v: &str, run: Vec<(DateTime<Utc>, f64, f64)>| {
+        let t = topic(coop, v);
+        run.into_iter()
+            .map(|(ts, lon, kmh)| (t.clone(), fix(v, ts, LAT, lon, kmh)))
+            .collect::<Vec<_>>()
+    };
+    let late = msgs(
+        "HTX-A",
+        "51B-111.11",
+        bus_run(base + chrono::Duration::minutes(3), 0),
+    );
+    // A's bus up to between S2 and S3 (waiting 2 min, then about 5 min on the way).
+    let (first, rest) = late.split_at(24 + 60);
+    publish_all(&broker.url(), first).await;
+    let live_trip = "SELECT count(*) FROM vehicles
+                     WHERE vehicle_id = '51B-111.11' AND live_trip_id = 'T1' AND live_delay_s > 0";
+    wait_until("A's live trip", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, live_trip).await == 1 }
+    })
+    .await;
+    let r = http(addr, "GET", "/api/v1/vehicles", Some(&tok_a), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = &r.json()["vehicles"][0];
+    assert_eq!(v["vehicle_id"], "51B-111.11");
+    let trip = &v["trip"];
+    assert_eq!(trip["trip_id"], "T1", "{v}");
+    assert_eq!(trip["route_id"], "L1");
+    assert_eq!(trip["next_stop_id"], "S3", "{trip}");
+    assert_eq!(trip["next_stop_name"], "Stop 3");
+    let delay = trip["delay_s"].as_i64().unwrap();
+    assert!((150..=210).contains(&delay), "{delay}");
+    gtfs_rt_of_a_late_bus(addr, &tok_a, &tok_b).await;
+    publish_all(&broker.url(), rest).await;
+    publish_all(
+        &broker.url(),
+        &msgs("HTX-B", "51B-222.22", bus_run(base, 0)),
+    )
+    .await;
+    wait_until("both runs stored", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM trip_runs").await == 2 }
+    })
+    .await;
+    // The ended run is no longer live.
+    wait_until("A's live trip cleared", Duration::from_secs(10), || {
+        let db = db.clone();
+        async move {
+            count(
+                &db,
+                "SELECT count(*) FROM vehicles WHERE live_trip_id IS NULL AND last_fix_ts IS NOT NULL",
+            )
+            .await
+                == 2
+        }
+    })
+    .await;
+
+    for (tok, vehicle, coop) in [
+        (&tok_a, "51B-111.11", "HTX-A"),
+        (&tok_b, "51B-222.22", "HTX-B"),
+    ] {
+        let r = http(addr, "GET", "/api/v1/trip-runs", Some(tok), None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let j = r.json();
+        assert_eq!(j["count"], 1, "{j}");
+        let run = &j["trip_runs"][0];
+        assert_eq!(run["vehicle_id"], vehicle);
+        assert_eq!(run["cooperative_id"], coop);
+        assert_eq!(run["trip_id"], "T1");
+        assert_eq!(run["route_id"], "L1");
+        assert_eq!(run["stops_served"], 6);
+        assert!(j["next_cursor"].is_null());
+        let r = http(
+            addr,
+            "GET",
+            &format!(
+                "/api/v1/stop-events?trip=T1&from={}",
+                rfc(base - chrono::Duration::hours(1))
+            ),
+            Some(tok),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let j = r.json();
+        let events = j["stop_events"].as_array().unwrap();
+        assert_eq!(events.len(), 6, "{j}");
+        let seqs: Vec<i64> = events
+            .iter()
+            .map(|e| e["stop_sequence"].as_i64().unwrap())
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+        for e in events {
+            assert_eq!(e["vehicle_id"], vehicle, "{e}");
+            assert_eq!(e["skipped"], false);
+            let d = e["deviation_s"].as_i64().unwrap();
+            let want = if coop == "HTX-A" { 150..=210 } else { -30..=30 };
+            assert!(want.contains(&d), "{coop} {}: {d}", e["stop_id"]);
+        }
+    }
+    // Another cooperative's vehicle is refused; its trip filter finds nothing.
+    let r = http(
+        addr,
+        "GET",
+        "/api/v1/trip-runs?cooperative=HTX-B",
+        Some(&tok_a),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = http(
+        addr,
+        "GET",
+        "/api/v1/stop-events?vehicle=51B-222.22",
+        Some(&tok_a),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["count"], 0);
+    // A regulator sees both, a page at a time.
+    let reg = create_token(&c, Role::Regulator, None, None).await.unwrap();
+    let r = http(addr, "GET", "/api/v1/trip-runs?limit=1", Some(&reg), None).await;
+    let j = r.json();
+    assert_eq!(j["count"], 1, "{j}");
+    let first_vehicle = j["trip_runs"][0]["vehicle_id"].clone();
+    let cursor = j["next_cursor"].as_str().expect("a next page").to_string();
+    let r = http(
+        addr,
+        "GET",
+        &format!(
+            "/api/v1/trip-runs?limit=1&cursor={}",
+            cursor.replace(':', "%3A")
+        ),
+        Some(&reg),
+        None,
+    )
+    .await;
+    let j = r.json();
+    assert_eq!(j["count"], 1, "{j}");
+    assert_ne!(j["trip_runs"][0]["vehicle_id"], first_vehicle);
+    assert!(j["next_cursor"].is_null());
+    let r = http(addr, "GET", "/api/v1/trip-runs", None, None).await;
+    assert_eq!(r.status, 401);
+    app.shutdown();
+    app.wait().await;
+    std::fs::remove_dir_all(&feed).ok();
+}
+
+fn rfc(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// A GET answered with a body of bytes (protobuf): status, headers, body.
+async fn get_bytes(addr: std::net::SocketAddr, path: &str, token: &str) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let at = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(raw[..at].to_vec()).unwrap();
+    assert!(!head.to_ascii_lowercase().contains("chunked"), "{head}");
+    (head[9..12].parse().unwrap(), head, raw[at + 4..].to_vec())
+}
+
+/// The GTFS-realtime feeds while A's bus runs T1 about 3 min late (between S2 and S3).
+async fn gtfs_rt_of_a_late_bus(addr: std::net::SocketAddr, tok_a: &str, tok_b: &str) {
+    use fleetwatch::api::gtfs_rt::proto::{self, FeedMessage};
+    use prost::Message;
+    let (status, head, body) = get_bytes(
+        addr,
+        "/api/v1/gtfs-rt/vehicle-positions?max_age_s=86400",
+        tok_a,
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/x-protobuf"),
+        "{head}"
+    );
+    let feed = FeedMessage::decode(&body[..]).expect("a GTFS-realtime FeedMessage");
+    assert_eq!(feed.header.gtfs_realtime_version, "2.0");
+    assert_eq!(
+        feed.header.incrementality,
+        Some(proto::Incrementality::FullDataset as i32)
+    );
+    let now = Utc::now().timestamp() as u64;
+    let ts = feed.header.timestamp.unwrap();
+    assert!(ts <= now && ts + 60 > now, "{ts} {now}");
+    assert_eq!(feed.entity.len(), 1, "{feed:?}");
+    let v = feed.entity[0].vehicle.as_ref().unwrap();
+    let trip = v.trip.as_ref().unwrap();
+    assert_eq!(trip.trip_id.as_deref(), Some("T1"));
+    assert_eq!(trip.route_id.as_deref(), Some("L1"));
+    assert_eq!(
+        trip.schedule_relationship,
+        Some(proto::trip_descriptor::ScheduleRelationship::Scheduled as i32)
+    );
+    assert_eq!(trip.start_date.as_ref().map(String::len), Some(8));
+    assert_eq!(
+        v.vehicle.as_ref().unwrap().id.as_deref(),
+        Some("51B-111.11")
+    );
+    assert_eq!(v.stop_id.as_deref(), Some("S3"));
+    assert_eq!(v.current_stop_sequence, Some(4));
+    let p = v.position.as_ref().unwrap();
+    assert!((p.latitude - LAT as f32).abs() < 1e-4, "{p:?}");
+    // 36 km/h is 10 m/s, or 0 standing at a stop.
+    assert!(p.speed.is_some_and(|sp| sp == 10.0 || sp == 0.0), "{p:?}");
+
+    let (status, _, body) =
+        get_bytes(addr, "/api/v1/gtfs-rt/trip-updates?max_age_s=86400", tok_a).await;
+    assert_eq!(status, 200);
+    let feed = FeedMessage::decode(&body[..]).unwrap();
+    assert_eq!(feed.header.gtfs_realtime_version, "2.0");
+    assert_eq!(feed.entity.len(), 1, "{feed:?}");
+    let u = feed.entity[0].trip_update.as_ref().unwrap();
+    assert_eq!(u.trip.trip_id.as_deref(), Some("T1"));
+    assert_eq!(u.trip.route_id.as_deref(), Some("L1"));
+    let delay = u.delay.unwrap();
+    assert!((150..=210).contains(&delay), "{delay}");
+    let seqs: Vec<u32> = u
+        .stop_time_update
+        .iter()
+        .filter_map(|s| s.stop_sequence)
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6], "{u:?}");
+    for s in &u.stop_time_update {
+        let d = s
+            .arrival
+            .as_ref()
+            .or(s.departure.as_ref())
+            .and_then(|e| e.delay)
+            .unwrap();
+        assert!((150..=210).contains(&d), "{s:?}");
+    }
+    // Observed (uncertainty 0) behind, predicted ahead.
+    assert_eq!(
+        u.stop_time_update[1].arrival.as_ref().unwrap().uncertainty,
+        Some(0)
+    );
+    assert!(u.stop_time_update[4].arrival.as_ref().unwrap().uncertainty > Some(0));
+
+    let r = crate::api::http(
+        addr,
+        "GET",
+        "/api/v1/gtfs-rt/trip-updates?format=json&max_age_s=86400",
+        Some(tok_a),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = r.json();
+    assert_eq!(j["header"]["gtfs_realtime_version"], "2.0");
+    assert_eq!(j["header"]["incrementality"], "FULL_DATASET");
+    assert_eq!(j["entity"][0]["trip_update"]["trip"]["trip_id"], "T1");
+    assert_eq!(
+        j["entity"][0]["trip_update"]["trip"]["schedule_relationship"],
+        "SCHEDULED"
+    );
+    let r = crate::api::http(
+        addr,
+        "GET",
+        "/api/v1/gtfs-rt/vehicle-positions?format=json&max_age_s=86400",
+        Some(tok_a),
+        None,
+    )
+    .await;
+    let j = r.json();
+    assert_eq!(j["entity"][0]["vehicle"]["trip"]["route_id"], "L1", "{j}");
+    // B's bus has sent nothing yet, and B never sees A's.
+    let (status, _, body) = get_bytes(
+        addr,
+        "/api/v1/gtfs-rt/vehicle-positions?max_age_s=86400",
+        tok_b,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(FeedMessage::decode(&body[..]).unwrap().entity.is_empty());
+    let (status, _, body) =
+        get_bytes(addr, "/api/v1/gtfs-rt/trip-updates?max_age_s=86400", tok_b).await;
+    assert_eq!(status, 200);
+    assert!(FeedMessage::decode(&body[..]).unwrap().entity.is_empty());
+    for path in [
+        "/api/v1/gtfs-rt/vehicle-positions",
+        "/api/v1/gtfs-rt/trip-updates",
+    ] {
+        let r = crate::api::http(addr, "GET", path, None, None).await;
+        assert_eq!(r.status, 401, "{path}");
+    }
+}
