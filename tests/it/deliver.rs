@@ -1096,3 +1096,120 @@ async fn https_webhook_handshakes_and_refuses_an_untrusted_certificate() {
     assert!(detail.contains("UnknownIssuer"), "{detail}");
     e.stop().await;
 }
+
+/// Failover: a leader that lost its lease neither queues, sends nor records a
+/// delivery; the new leader does, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_leader_queues_sends_and_records_no_delivery() {
+    use fleetwatch::store::deliver::{self, fanout, DeliverError, DeliveriesConfig};
+    use fleetwatch::store::lease::{self, HaConfig};
+    use fleetwatch::store::StoreError;
+    use tokio_util::sync::CancellationToken;
+
+    // The app serves the API only: the deliveries below run under the test's fences.
+    let e = Env::start(|s| s.deliveries.enabled = false, "fw-deliver-fence").await;
+    let rx = Receiver::start(0, 200).await;
+    let dest = e.destination(&e.coop_a, webhook(&rx.url())).await;
+    let cfg = HaConfig {
+        enabled: true,
+        lease_s: 1,
+        name: "deliveries".into(),
+    };
+    let never = CancellationToken::new();
+    let mut c = fleetwatch::store::connect(&e.db).await.unwrap();
+    let old = lease::acquire(&c, &cfg, "old", &never)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let c2 = fleetwatch::store::connect(&e.db).await.unwrap();
+    // The new leader's lease outlasts the test (nobody renews it here).
+    let long = HaConfig {
+        lease_s: 120,
+        ..cfg.clone()
+    };
+    let new = lease::acquire(&c2, &long, "new", &never)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((old.epoch(), new.epoch()), (1, 2));
+    insert_alert(
+        &e.db,
+        "fence-1",
+        "HTX-A",
+        "overspeed",
+        "violation",
+        base_time(),
+    )
+    .await;
+
+    // The old leader's fan-out is refused whole.
+    let err = fanout::fan_out(&mut c, 7 * 3600, Some(&old))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DeliverError::Db(StoreError::Fenced {
+                epoch: 1,
+                current: Some(2)
+            })
+        ),
+        "{err}"
+    );
+    assert!(old.lost().is_cancelled(), "the old leader steps down");
+    let deliveries = "SELECT count(*) FROM deliveries";
+    assert_eq!(count(&e.db, deliveries).await, 0, "nothing queued");
+    let fanned = "SELECT count(*) FROM alerts WHERE fanned_out_revision IS NOT NULL";
+    assert_eq!(count(&e.db, fanned).await, 0);
+    assert_eq!(
+        fanout::fan_out(&mut c, 7 * 3600, Some(&new)).await.unwrap(),
+        1
+    );
+    assert_eq!(count(&e.db, deliveries).await, 1);
+
+    let run = |fence: lease::Fence, stop: CancellationToken| {
+        let cfg = DeliveriesConfig {
+            allow_private_targets: true,
+            poll_ms: 100,
+            ..Default::default()
+        };
+        tokio::spawn(deliver::run(
+            e.db.clone(),
+            cfg,
+            7 * 3600,
+            Arc::new(tokio::sync::Notify::new()),
+            Some(fence),
+            stop,
+        ))
+    };
+    // The old leader's workers send nothing and record nothing.
+    let stop = CancellationToken::new();
+    let task = run(old, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    task.await.unwrap();
+    assert!(rx.all().is_empty(), "a stale leader sent {:?}", rx.all());
+    let pending = "SELECT count(*) FROM deliveries WHERE status = 'pending' AND attempts = 0";
+    assert_eq!(count(&e.db, pending).await, 1);
+    let logged = format!("SELECT count(*) FROM reminder_log WHERE destination_id = {dest}");
+    assert_eq!(count(&e.db, &logged).await, 0, "nothing recorded");
+
+    // The leader delivers it, once.
+    let stop = CancellationToken::new();
+    let task = run(new, stop.clone());
+    wait_until(
+        "delivered by the leader",
+        Duration::from_secs(20),
+        || async { rx.alert_keys().len() == 1 },
+    )
+    .await;
+    wait_until("recorded", Duration::from_secs(10), || async {
+        count(&e.db, &format!("SELECT count(*) FROM reminder_log WHERE destination_id = {dest} AND status = 'delivered'")).await == 1
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(rx.alert_keys(), ["fence-1:1"]);
+    e.stop().await;
+}

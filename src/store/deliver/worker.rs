@@ -26,6 +26,8 @@ enum Outcome {
     Failed,
     /// The attempt failed for the last allowed time: the destination is parked.
     Parked,
+    /// Leadership is lost (failover): this instance delivers nothing more.
+    SteppedDown,
 }
 
 /// Runs `dest`'s deliveries until `stop` (or until it is parked).
@@ -65,7 +67,8 @@ pub(super) async fn run(dest: Destination, ctx: Arc<Ctx>, stop: CancellationToke
             }
             Ok(Outcome::Delivered) => failures = 0,
             Ok(Outcome::Failed) => failures += 1,
-            Ok(Outcome::Parked) => return,
+            Ok(Outcome::Parked | Outcome::SteppedDown) => return,
+            Err(DeliverError::Db(crate::store::StoreError::Fenced { .. })) => return,
             Err(e) => {
                 // The database's trouble, not the destination's: no failure counted.
                 tracing::warn!(destination = dest.id, error = %e, "deliveries");
@@ -113,6 +116,13 @@ async fn attempt(dest: &Destination, ctx: &Ctx) -> Result<Outcome, DeliverError>
     let Some(&first) = picked.first() else {
         return Ok(Outcome::Idle);
     };
+    // A leader that lost its lease (paused, cut off) sends and writes nothing more:
+    // asked afresh on the database's clock before each send. The new leader sends it.
+    if let Some(f) = &ctx.fence {
+        if !f.confirm(&db).await? {
+            return Ok(Outcome::SteppedDown);
+        }
+    }
     let head = &pending[first];
     let ids: Vec<i64> = picked.iter().map(|&i| pending[i].id).collect();
     // A digest, or several alerts in one message, is fixed at its first attempt so
@@ -200,6 +210,10 @@ async fn record(
     sent: &Result<String, SendError>,
 ) -> Result<Outcome, DeliverError> {
     let mut db = ctx.pool.get().await?;
+    if let Some(f) = &ctx.fence {
+        // A pause inside the transaction must not hold the takeover back.
+        f.prepare(&db).await?;
+    }
     let tx = db.transaction().await?;
     let (ok, detail) = match sent {
         Ok(d) => (true, d.clone()),
@@ -260,6 +274,11 @@ async fn record(
             Outcome::Failed
         }
     };
+    // A stale leader's record is refused whole: the delivery stays pending for the new
+    // leader, which sends it again under the same key.
+    if let Some(f) = &ctx.fence {
+        f.check(&tx).await?;
+    }
     tx.commit().await?;
     Ok(outcome)
 }
