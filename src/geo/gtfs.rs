@@ -15,6 +15,7 @@ use csv::StringRecord;
 
 use super::error::GeoError;
 use super::route::Route;
+use super::schedule::{build_schedule, read_feed, RawFeed, Schedule};
 
 /// One GTFS file being read: its path, bytes and header.
 pub(super) struct Table {
@@ -264,6 +265,26 @@ pub fn load_routes_gtfs(dir: &Path) -> Result<Vec<Route>, GeoError> {
 
 /// [`load_routes_gtfs`] with a summary of what was read.
 pub fn load_gtfs(dir: &Path) -> Result<(Vec<Route>, GtfsSummary), GeoError> {
+    let names = route_names(dir)?;
+    let raw = read_feed(dir)?;
+    routes_of(dir, &names, &raw)
+}
+
+/// The routes, their summary and the schedule of the feed in `dir`, each file parsed
+/// once for both. `terminal_radius_m` as in [`super::load_schedule`].
+pub fn load_feed(
+    dir: &Path,
+    terminal_radius_m: Option<f64>,
+) -> Result<(Vec<Route>, GtfsSummary, Schedule), GeoError> {
+    let names = route_names(dir)?;
+    let raw = read_feed(dir)?;
+    let (routes, summary) = routes_of(dir, &names, &raw)?;
+    let schedule = build_schedule(dir, raw, terminal_radius_m)?;
+    Ok((routes, summary, schedule))
+}
+
+/// routes.txt: id -> display name.
+fn route_names(dir: &Path) -> Result<BTreeMap<String, Option<String>>, GeoError> {
     // routes.txt: id -> display name, in file order.
     let t = Table::open(dir, "routes.txt")?;
     let (rid, short, long) = (
@@ -283,108 +304,72 @@ pub fn load_gtfs(dir: &Path) -> Result<(Vec<Route>, GtfsSummary), GeoError> {
         }
         Ok(())
     })?;
+    Ok(names)
+}
 
-    // trips.txt.
-    let t = Table::open(dir, "trips.txt")?;
-    let (troute, ttrip, tshape) = (t.col("route_id")?, t.col("trip_id")?, t.col_opt("shape_id"));
+/// The routes of a feed read into `raw` (from `dir`, named in messages).
+fn routes_of(
+    dir: &Path,
+    names: &BTreeMap<String, Option<String>>,
+    raw: &RawFeed,
+) -> Result<(Vec<Route>, GtfsSummary), GeoError> {
+    let trips_file = dir.join("trips.txt");
+    // The first offending row in file order, as a reader would meet it.
+    if let Some(t) = raw
+        .trips
+        .values()
+        .filter(|t| !names.contains_key(&t.route))
+        .min_by_key(|t| t.line)
+    {
+        return Err(GeoError::Gtfs {
+            file: trips_file,
+            line: t.line,
+            reason: format!("trip's route_id {:?} is not in routes.txt", t.route),
+        });
+    }
     let mut trips: BTreeMap<String, Trip> = BTreeMap::new();
-    t.for_each(|_, row| {
-        let route = row.id(troute, "route_id")?;
-        if !names.contains_key(&route) {
-            return Err(format!("trip's route_id {route:?} is not in routes.txt"));
-        }
-        let id = row.id(ttrip, "trip_id")?;
-        let shape = row.opt(tshape).map(str::to_string);
-        let stops = shape.is_none().then(BTreeMap::new);
-        let trip = Trip {
-            route,
-            shape,
-            ends: None,
-            stops,
-        };
-        if trips.insert(id.clone(), trip).is_some() {
-            return Err(format!("trip_id {id:?} repeats"));
-        }
-        Ok(())
-    })?;
-
-    // shapes.txt: only the shapes trips use; points by shape_pt_sequence (gaps fine).
-    let used: BTreeSet<&str> = trips.values().filter_map(|t| t.shape.as_deref()).collect();
-    let shapes = if used.is_empty() {
-        HashMap::new()
-    } else {
-        read_shapes(dir)?
-    };
-    for (id, trip) in &trips {
-        if let Some(s) = &trip.shape {
-            if !shapes.contains_key(s) {
+    for (id, t) in &raw.trips {
+        if let Some(s) = &t.shape {
+            if !raw.shape_pts.contains_key(s) {
                 return Err(GeoError::Gtfs {
-                    file: dir.join("trips.txt"),
-                    line: 0,
+                    file: trips_file,
+                    line: t.line,
                     reason: format!(
                         "trip {id:?} uses shape_id {s:?}, which shapes.txt does not have"
                     ),
                 });
             }
         }
-    }
-
-    // stops.txt: stations, entrances and nodes may lack coordinates.
-    let t = Table::open(dir, "stops.txt")?;
-    let (sid, slat, slon) = (t.col("stop_id")?, t.col("stop_lat")?, t.col("stop_lon")?);
-    let mut stop_ids: HashMap<String, u32> = HashMap::new();
-    let mut stop_names: Vec<String> = Vec::new();
-    let mut stop_at: Vec<Option<Coord<f64>>> = Vec::new();
-    t.for_each(|_, row| {
-        let id = row.id(sid, "stop_id")?;
-        let at = match (row.opt(Some(slat)), row.opt(Some(slon))) {
-            (None, None) => None,
-            _ => Some(coord(
-                row.number(slat, "stop_lat")?,
-                row.number(slon, "stop_lon")?,
-            )?),
+        let mut trip = Trip {
+            route: t.route.clone(),
+            shape: t.shape.clone(),
+            ends: None,
+            stops: t.shape.is_none().then(BTreeMap::new),
         };
-        let n = u32::try_from(stop_at.len()).map_err(|_| "too many stops")?;
-        if stop_ids.insert(id.clone(), n).is_some() {
-            return Err(format!("stop_id {id:?} repeats"));
-        }
-        stop_names.push(id);
-        stop_at.push(at);
-        Ok(())
-    })?;
-
-    // stop_times.txt, streamed (the largest file): each trip's first and last stop,
-    // and every stop of the trips without a shape.
-    let t = Table::open(dir, "stop_times.txt")?;
-    let (xtrip, xstop, xseq) = (
-        t.col("trip_id")?,
-        t.col_opt("stop_id"),
-        t.col("stop_sequence")?,
-    );
-    t.for_each(|_, row| {
-        let trip_id = row.get(xtrip);
-        let trip = trips
-            .get_mut(trip_id)
-            .ok_or_else(|| format!("trip_id {trip_id:?} is not in trips.txt"))?;
-        // GTFS-Flex rows name a location or area instead of a stop: not a terminal.
-        let Some(stop_id) = row.opt(xstop) else {
-            return Ok(());
-        };
-        let stop = *stop_ids
-            .get(stop_id)
-            .ok_or_else(|| format!("stop_id {stop_id:?} is not in stops.txt"))?;
-        let seq = row.seq(xseq, "stop_sequence")?;
-        let here = (seq, stop);
-        let e = trip.ends.get_or_insert((here, here));
-        e.0 = e.0.min(here);
-        e.1 = e.1.max(here);
-        if let Some(stops) = &mut trip.stops {
-            if stops.insert(seq, stop).is_some() {
-                return Err(format!("trip {trip_id} repeats stop_sequence {seq}"));
+        for &(seq, stop, _, _) in &t.times {
+            let here = (seq, stop);
+            let e = trip.ends.get_or_insert((here, here));
+            e.0 = e.0.min(here);
+            e.1 = e.1.max(here);
+            if let Some(stops) = &mut trip.stops {
+                if stops.insert(seq, stop).is_some() {
+                    return Err(GeoError::Gtfs {
+                        file: dir.join("stop_times.txt"),
+                        line: 0,
+                        reason: format!("trip {id} repeats stop_sequence {seq}"),
+                    });
+                }
             }
         }
-        Ok(())
-    })?;
+        trips.insert(id.clone(), trip);
+    }
+    let shapes = &raw.shape_pts;
+    let stop_names: Vec<&str> = raw.stops.iter().map(|s| s.id.as_str()).collect();
+    let stop_at: Vec<Option<Coord<f64>>> = raw
+        .stops
+        .iter()
+        .map(|s| s.lon.zip(s.lat).map(|(x, y)| Coord { x, y }))
+        .collect();
 
     // Per route: its shapes, the stop patterns of its shapeless trips, its terminals.
     #[derive(Default)]
@@ -436,7 +421,7 @@ pub fn load_gtfs(dir: &Path) -> Result<(Vec<Route>, GtfsSummary), GeoError> {
     }
     let mut shapes_used: BTreeSet<&str> = BTreeSet::new();
     let mut out = Vec::new();
-    for (id, name) in &names {
+    for (id, name) in names {
         let Some(a) = acc.get(id.as_str()) else {
             tracing::warn!(route_id = %id, feed = %dir.display(), "GTFS route has no usable trip; skipped");
             continue;
@@ -466,7 +451,7 @@ pub fn load_gtfs(dir: &Path) -> Result<(Vec<Route>, GtfsSummary), GeoError> {
         let mut terminals: Vec<(&str, Coord<f64>)> = a
             .terminals
             .iter()
-            .filter_map(|&s| Some((stop_names[s as usize].as_str(), stop_at[s as usize]?)))
+            .filter_map(|&s| Some((stop_names[s as usize], stop_at[s as usize]?)))
             .collect();
         terminals.sort_by(|x, y| x.0.cmp(y.0));
         out.push(Route {
@@ -521,6 +506,27 @@ mod tests {
     impl Drop for Feed {
         fn drop(&mut self) {
             std::fs::remove_dir_all(&self.0).ok();
+        }
+    }
+
+    /// Parsing once gives what the routes and the schedule read separately give.
+    #[test]
+    fn one_parse_gives_the_same_routes_and_schedule() {
+        let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gtfs-real");
+        for dir in [
+            fixture(),
+            real.join("google-sample-feed"),
+            real.join("israel-netanya-2126"),
+        ] {
+            let (routes, summary, schedule) = load_feed(&dir, Some(150.0)).unwrap();
+            assert_eq!((routes, summary), load_gtfs(&dir).unwrap(), "{dir:?}");
+            let alone = super::super::load_schedule(&dir, Some(150.0)).unwrap();
+            assert_eq!(schedule.stops, alone.stops, "{dir:?}");
+            assert_eq!(schedule.trips, alone.trips, "{dir:?}");
+            assert_eq!(schedule.services, alone.services, "{dir:?}");
+            assert_eq!(schedule.skipped_trips, alone.skipped_trips, "{dir:?}");
+            assert_eq!(schedule.shapes.len(), alone.shapes.len(), "{dir:?}");
+            assert!(!schedule.trips.is_empty(), "{dir:?}");
         }
     }
 

@@ -28,7 +28,7 @@ pub use geojson::{
     load_routes_geojson, load_zones_geojson, parse_routes_geojson, parse_zones_geojson,
     routes_to_geojson, zones_to_geojson,
 };
-pub use gtfs::{load_gtfs, load_routes_gtfs, GtfsSummary};
+pub use gtfs::{load_feed, load_gtfs, load_routes_gtfs, GtfsSummary};
 pub use index::GeoIndex;
 pub use route::{Route, RouteIndex, RouteLocation, DEFAULT_TERMINAL_RADIUS_M};
 pub use schedule::{

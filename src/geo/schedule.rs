@@ -499,14 +499,16 @@ fn parse_date(v: &str, what: &str) -> Result<NaiveDate, String> {
 }
 
 /// One trip while being read.
-struct RawTrip {
-    route: String,
+pub(super) struct RawTrip {
+    /// Its line in trips.txt.
+    pub(super) line: usize,
+    pub(super) route: String,
     service: String,
-    shape: Option<String>,
+    pub(super) shape: Option<String>,
     direction: Option<u8>,
     headsign: Option<String>,
     /// (stop_sequence, stop, arrival, departure), sorted at the end.
-    times: Vec<(u32, u32, Option<i32>, Option<i32>)>,
+    pub(super) times: Vec<(u32, u32, Option<i32>, Option<i32>)>,
     frequencies: Vec<Frequency>,
 }
 
@@ -516,6 +518,29 @@ struct RawTrip {
 /// coordinates, no time at the first or last stop, a shapeless trip with fewer than 2
 /// distinct stops. `terminal_radius_m` as in `geo.terminal_radius_m`.
 pub fn load_schedule(dir: &Path, terminal_radius_m: Option<f64>) -> Result<Schedule, GeoError> {
+    build_schedule(dir, read_feed(dir)?, terminal_radius_m)
+}
+
+/// A GTFS feed as read from its files, before the schedule (and the routes) are
+/// built from it: each file is parsed once for both.
+pub(super) struct RawFeed {
+    /// stops.txt, in file order.
+    pub(super) stops: Vec<StopPoint>,
+    /// trips.txt with their stop times and frequencies, by trip id.
+    pub(super) trips: HashMap<String, RawTrip>,
+    /// calendar.txt and calendar_dates.txt, by service id.
+    services: HashMap<String, Service>,
+    /// Neither calendar file: every service runs every day.
+    always: bool,
+    /// shapes.txt points of the shapes trips use.
+    pub(super) shape_pts: HashMap<String, std::collections::BTreeMap<u32, Coord<f64>>>,
+    /// The first error of trips.txt's service_id (a missing column, an empty field).
+    service_error: Option<GeoError>,
+}
+
+/// Reads stops, trips, stop times, frequencies, calendars and shapes of the feed in
+/// `dir` (errors name file and line).
+pub(super) fn read_feed(dir: &Path) -> Result<RawFeed, GeoError> {
     // stops.txt
     let t = Table::open(dir, "stops.txt")?;
     let (sid, sname, slat, slon) = (
@@ -550,16 +575,19 @@ pub fn load_schedule(dir: &Path, terminal_radius_m: Option<f64>) -> Result<Sched
 
     // trips.txt
     let t = Table::open(dir, "trips.txt")?;
+    // A feed without services still has routes: only the schedule needs them, so
+    // their first error waits for [`build_schedule`].
+    let mut service_error = t.col("service_id").err();
     let (troute, tservice, ttrip, tshape, tdir, thead) = (
         t.col("route_id")?,
-        t.col("service_id")?,
+        t.col_opt("service_id"),
         t.col("trip_id")?,
         t.col_opt("shape_id"),
         t.col_opt("direction_id"),
         t.col_opt("trip_headsign"),
     );
     let mut raw: HashMap<String, RawTrip> = HashMap::new();
-    t.for_each(|_, row| {
+    t.for_each(|line, row| {
         let id = row.id(ttrip, "trip_id")?;
         let direction = match row.opt(tdir) {
             None => None,
@@ -568,8 +596,20 @@ pub fn load_schedule(dir: &Path, terminal_radius_m: Option<f64>) -> Result<Sched
             Some(v) => return Err(format!("direction_id must be 0 or 1, got {v:?}")),
         };
         let trip = RawTrip {
+            line,
             route: row.id(troute, "route_id")?,
-            service: row.id(tservice, "service_id")?,
+            service: match tservice.map(|c| row.id(c, "service_id")) {
+                Some(Ok(s)) => s,
+                Some(Err(reason)) => {
+                    service_error.get_or_insert(GeoError::Gtfs {
+                        file: dir.join("trips.txt"),
+                        line,
+                        reason,
+                    });
+                    String::new()
+                }
+                None => String::new(),
+            },
             shape: row.opt(tshape).map(str::to_string),
             direction,
             headsign: row.opt(thead).map(str::to_string),
@@ -737,7 +777,33 @@ pub fn load_schedule(dir: &Path, terminal_radius_m: Option<f64>) -> Result<Sched
     } else {
         HashMap::new()
     };
+    Ok(RawFeed {
+        stops,
+        trips: raw,
+        services,
+        always,
+        shape_pts,
+        service_error,
+    })
+}
 
+/// Builds the schedule of `raw` (read from `dir`, named in messages).
+pub(super) fn build_schedule(
+    dir: &Path,
+    raw: RawFeed,
+    terminal_radius_m: Option<f64>,
+) -> Result<Schedule, GeoError> {
+    let RawFeed {
+        stops,
+        trips: mut raw,
+        mut services,
+        always,
+        shape_pts,
+        service_error,
+    } = raw;
+    if let Some(e) = service_error {
+        return Err(e);
+    }
     // Build: trips sorted by id for a stable order.
     let mut ids: Vec<String> = raw.keys().cloned().collect();
     ids.sort();

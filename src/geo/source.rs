@@ -63,8 +63,9 @@ impl GeoConfig {
         }
         let mut schedules = Vec::new();
         for p in &self.gtfs {
-            routes.extend(geo::load_routes_gtfs(p)?);
-            schedules.push(geo::load_schedule(p, Some(self.terminal_radius_m))?);
+            let (r, _, schedule) = geo::load_feed(p, Some(self.terminal_radius_m))?;
+            routes.extend(r);
+            schedules.push(schedule);
         }
         for p in &self.zones {
             zones.extend(geo::load_zones_geojson(p)?);
