@@ -177,19 +177,21 @@ async fn main() {
     let t0 = Instant::now();
     // One vehicle, one day at 1 Hz: a slow loop around Thu Dau Mot.
     c.batch_execute(&format!(
-        "INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, heading_deg,
+        "INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat_e7, lon_e7, speed_kmh, heading_deg,
                             driver_id, received_at)
          SELECT 'TRACK-1', '2026-11-01T00:00:00Z'::timestamptz + make_interval(secs => i),
-                'HTX-A', 10.98 + 0.05 * sin(i / 5000.0), 106.65 + 0.05 * cos(i / 5000.0),
+                'HTX-A', round((10.98 + 0.05 * sin(i / 5000.0)) * 1e7)::int4,
+                round((106.65 + 0.05 * cos(i / 5000.0)) * 1e7)::int4,
                 40 + 20 * sin(i / 300.0), (i % 360)::real, 'D-1',
                 '2026-11-01T00:00:00Z'::timestamptz + make_interval(secs => i)
          FROM generate_series(0, {} - 1) i;
          INSERT INTO vehicles (vehicle_id, cooperative_id, registered, last_seen, last_fix_ts)
          VALUES ('TRACK-1', 'HTX-A', true, now(), '2026-11-01T23:59:59Z');
-         INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, heading_deg,
+         INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat_e7, lon_e7, speed_kmh, heading_deg,
                             driver_id, received_at)
          SELECT 'HEAVY-1', '2026-11-01T00:00:00Z'::timestamptz + make_interval(secs => i * 2),
-                'HTX-A', 10.98 + 0.05 * sin(i / 5000.0), 106.65 + 0.05 * cos(i / 5000.0),
+                'HTX-A', round((10.98 + 0.05 * sin(i / 5000.0)) * 1e7)::int4,
+                round((106.65 + 0.05 * cos(i / 5000.0)) * 1e7)::int4,
                 40 + 20 * sin(i / 300.0), (i % 360)::real, 'D-1', now()
          FROM generate_series(0, {} - 1) i;
          INSERT INTO vehicles (vehicle_id, cooperative_id, registered)
@@ -207,10 +209,10 @@ async fn main() {
          SELECT 'V-' || v, 'HTX-' || (v % 20), '61B-' || v, 'bus', true, now(),
                 '2026-11-02T00:00:09Z', 10.9 + v * 1e-5, 106.6009, 35, 90, 'D-' || v
          FROM generate_series(1, {n}) v;
-         INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, heading_deg,
+         INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat_e7, lon_e7, speed_kmh, heading_deg,
                             received_at)
          SELECT 'V-' || v, '2026-11-02T00:00:00Z'::timestamptz + make_interval(secs => k),
-                'HTX-' || (v % 20), 10.9 + v * 1e-5, 106.6 + k * 1e-4, 35, 90, now()
+                'HTX-' || (v % 20), 109000000 + v * 100, 1066000000 + k * 1000, 35, 90, now()
          FROM generate_series(1, {n}) v, generate_series(0, 9) k;
          INSERT INTO alerts (alert_id, vehicle_id, cooperative_id, kind, level, status,
                              start_ts, lat, lon, details)

@@ -46,15 +46,16 @@ fn args() -> Args {
 async fn seed(c: &tokio_postgres::Client, a: &Args) -> i64 {
     for day in 0..a.days {
         c.execute(
-            "INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, heading_deg,
+            "INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat_e7, lon_e7, speed_kmh, heading_deg,
                                 driver_id, ignition, satellites, hdop, odometer_m, flags, received_at)
              SELECT 'V-' || lpad(v::text, 5, '0'),
                     t,
                     'HTX-' || (v % 20),
                     -- As devices report them: 1e-6 degree, 0.1 km/h; satellites and HDOP
                     -- change every few minutes, not every fix.
-                    round((10.8 + (v % 100) * 0.004 + 0.02 * sin(k / 500.0 + v))::numeric, 6)::float8,
-                    round((106.6 + (v / 100) * 0.004 + 0.02 * cos(k / 700.0 + v))::numeric, 6)::float8,
+                    -- Coordinates stored as integers of 1e-7 degree (src/store/migrations/0040).
+                    (round((10.8 + (v % 100) * 0.004 + 0.02 * sin(k / 500.0 + v))::numeric, 6) * 1e7)::int4,
+                    (round((106.6 + (v / 100) * 0.004 + 0.02 * cos(k / 700.0 + v))::numeric, 6) * 1e7)::int4,
                     round(greatest(0, 40 + 25 * sin(k / 90.0 + v))::numeric, 1)::real,
                     ((k * 3 + v * 17) % 360)::real,
                     '0790' || lpad((v * 7919 % 100000000)::text, 8, '0'),

@@ -203,7 +203,7 @@ impl App {
         let (dtx, drx) = mpsc::channel::<Delivery>(settings.mqtt.channel_capacity.max(1));
         let (itx, irx) = mpsc::channel::<Item<Ack>>(ITEM_QUEUE);
         let disconnect = CancellationToken::new();
-        let alerts_ready = Arc::new(tokio::sync::Notify::new());
+        let alerts_ready = writer::AlertsReady::default();
 
         // Writer first: the restore below sends it the alerts of the replay.
         let wr = tokio::spawn(writer::run(
@@ -348,7 +348,7 @@ impl App {
                 eventloop: pub_loop,
             },
             TopicPattern::parse(alert_topic)?,
-            alerts_ready,
+            alerts_ready.outbox.clone(),
             disconnect.clone(),
             fence.clone(),
         ));
@@ -359,6 +359,7 @@ impl App {
                 db_url.clone(),
                 settings.deliveries.clone(),
                 settings.rules.utc_offset.seconds(),
+                alerts_ready.deliveries.clone(),
                 disconnect.clone(),
             ))
         });

@@ -260,7 +260,7 @@ impl Pager {
             "AND $3::timestamptz IS NULL"
         };
         let sql = format!(
-            "SELECT vehicle_id, ts, lat, lon, speed_kmh, heading_deg, driver_id, ignition,
+            "SELECT vehicle_id, ts, lat_e7 / 1e7::float8, lon_e7 / 1e7::float8, speed_kmh, heading_deg, driver_id, ignition,
                     satellites, hdop, odometer_m, received_at, cooperative_id
              FROM fixes
              WHERE vehicle_id = $1 AND ts {lower} $2 {upper} AND flags & $4 = 0

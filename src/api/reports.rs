@@ -811,8 +811,8 @@ static RAW_DISTANCE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let j = rollup::NOT_JUMP;
     let edge = |dir: &str, order: &str| {
         format!(
-            "SELECT v.vehicle_id, e.ts, e.lat, e.lon, e.driver_id FROM v CROSS JOIN LATERAL (
-                 SELECT ts, lat, lon, driver_id FROM fixes f
+            "SELECT v.vehicle_id, e.ts, e.lat_e7, e.lon_e7, e.driver_id FROM v CROSS JOIN LATERAL (
+                 SELECT ts, lat_e7, lon_e7, driver_id FROM fixes f
                  WHERE f.vehicle_id = v.vehicle_id AND f.ts {dir} AND f.{j}
                  ORDER BY f.ts {order} LIMIT 1) e"
         )
@@ -820,14 +820,14 @@ static RAW_DISTANCE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH v AS (SELECT vehicle_id FROM vehicles WHERE ($1::text IS NULL OR cooperative_id = $1)),
          pt AS (
-             SELECT f.vehicle_id, f.ts, f.lat, f.lon, f.driver_id FROM fixes f JOIN v USING (vehicle_id)
+             SELECT f.vehicle_id, f.ts, f.lat_e7, f.lon_e7, f.driver_id FROM fixes f JOIN v USING (vehicle_id)
              WHERE f.ts >= $2 AND f.ts < $3 AND f.{j}
              UNION ALL {}
              UNION ALL {}),
          seg AS (
-             SELECT vehicle_id, a_ts, b_ts, fw_distance_mm(a_lat, a_lon, b_lat, b_lon) AS len_mm, driver_id
-             FROM (SELECT vehicle_id, lag(ts) OVER w AS a_ts, ts AS b_ts, lag(lat) OVER w AS a_lat,
-                          lag(lon) OVER w AS a_lon, lat AS b_lat, lon AS b_lon,
+             SELECT vehicle_id, a_ts, b_ts, fw_distance_e7_mm(a_lat_e7, a_lon_e7, b_lat_e7, b_lon_e7) AS len_mm, driver_id
+             FROM (SELECT vehicle_id, lag(ts) OVER w AS a_ts, ts AS b_ts, lag(lat_e7) OVER w AS a_lat_e7,
+                          lag(lon_e7) OVER w AS a_lon_e7, lat_e7 AS b_lat_e7, lon_e7 AS b_lon_e7,
                           lag(driver_id) OVER w AS driver_id
                    FROM pt WINDOW w AS (PARTITION BY vehicle_id ORDER BY ts)) s
              WHERE a_ts IS NOT NULL)

@@ -580,7 +580,7 @@ const CHUNK_BYTES: usize = 64 * 1024;
 /// The fixes of a track page, in time order: `ts, lat, lon, speed_kmh, heading_deg,
 /// driver_id`; $1 vehicle, $2 from, $3 to, $4 scope, $5 limit. A cooperative sees only
 /// the fixes it sent (a vehicle may have changed hands).
-const TRACK_ROWS: &str = "SELECT ts, lat, lon, speed_kmh, heading_deg, driver_id FROM fixes
+const TRACK_ROWS: &str = "SELECT ts, lat_e7 / 1e7::float8, lon_e7 / 1e7::float8, speed_kmh, heading_deg, driver_id FROM fixes
      WHERE vehicle_id = $1 AND ts >= $2 AND ts < $3
        AND ($4::text IS NULL OR cooperative_id = $4)
      ORDER BY ts LIMIT $5";
@@ -1108,7 +1108,8 @@ async fn trips_json(
     // Where a trip ended is where the stop after it is: the fix at its end.
     let rows = db
         .query(
-            "SELECT t.start_ts, t.end_ts, t.driver_id, t.distance_m, t.max_speed_kmh, f.lat, f.lon
+            "SELECT t.start_ts, t.end_ts, t.driver_id, t.distance_m, t.max_speed_kmh,
+                    f.lat_e7 / 1e7::float8, f.lon_e7 / 1e7::float8
              FROM trips t
              LEFT JOIN fixes f ON f.vehicle_id = t.vehicle_id AND f.ts = t.end_ts
              WHERE t.vehicle_id = $1 AND t.start_ts >= $2 AND t.start_ts < $3

@@ -149,6 +149,25 @@ pub struct Fix {
     accuracy_m: Option<f32>,
 }
 
+/// Scale of the stored coordinates: `fixes.lat_e7` / `lon_e7` are integers of 1e-7 degree.
+pub const COORD_E7: f64 = 1e7;
+
+/// `deg` rounded to the nearest 1e-7 degree (what `fixes` stores; about 1 cm).
+fn on_e7_grid(deg: f64) -> f64 {
+    (deg * COORD_E7).round() / COORD_E7
+}
+
+/// A coordinate in degrees as stored, integer 1e-7 degrees (exact for a [`Fix`]'s).
+pub fn deg_to_e7(deg: f64) -> i32 {
+    // In range for any valid coordinate: |180e7| < 2^31.
+    (deg * COORD_E7).round() as i32
+}
+
+/// A stored coordinate (integer 1e-7 degrees) in degrees: the double a [`Fix`] held.
+pub fn e7_to_deg(e7: i32) -> f64 {
+    f64::from(e7) / COORD_E7
+}
+
 /// What a `real` (PostgreSQL's 4-byte float, Rust's `f32`) column holds.
 const REAL: &str = "real, finite up to ±3.4e38";
 
@@ -186,7 +205,10 @@ impl Fix {
                 lon: c.lon,
             });
         }
-        if c.lat == 0.0 && c.lon == 0.0 {
+        // As stored (integers of 1e-7 degree), so the rules, the store and a
+        // recomputation from stored fixes all see the same position.
+        let (lat, lon) = (on_e7_grid(c.lat), on_e7_grid(c.lon));
+        if lat == 0.0 && lon == 0.0 {
             return Err(FixError::NullIsland);
         }
         let speed_kmh = c.speed_kmh.ok_or(FixError::MissingSpeed)?;
@@ -254,8 +276,8 @@ impl Fix {
         Ok(Fix {
             vehicle,
             ts,
-            lat: c.lat,
-            lon: c.lon,
+            lat,
+            lon,
             speed_kmh,
             // Within 0..=360 (checked above): always fits.
             heading_deg: c.heading_deg.map(|h| (h % 360.0) as f32),
@@ -276,11 +298,11 @@ impl Fix {
     pub fn ts(&self) -> DateTime<Utc> {
         self.ts
     }
-    /// Latitude, WGS84 degrees.
+    /// Latitude, WGS84 degrees, on the stored 1e-7 degree grid.
     pub fn lat(&self) -> f64 {
         self.lat
     }
-    /// Longitude, WGS84 degrees.
+    /// Longitude, WGS84 degrees, on the stored 1e-7 degree grid.
     pub fn lon(&self) -> f64 {
         self.lon
     }

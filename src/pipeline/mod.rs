@@ -476,7 +476,7 @@ async fn load_fixes(
         loop {
             let rows = client
                 .query(
-                    "SELECT vehicle_id, ts, lat, lon, speed_kmh, heading_deg, driver_id,
+                    "SELECT vehicle_id, ts, lat_e7 / 1e7::float8, lon_e7 / 1e7::float8, speed_kmh, heading_deg, driver_id,
                             ignition, satellites, hdop, odometer_m, received_at
                      FROM fixes WHERE vehicle_id = $1 AND ts >= $2 AND flags & $3 = 0
                      ORDER BY ts LIMIT $4",
@@ -628,7 +628,7 @@ const REPLAY_SQL: &str = "
         UNION ALL
         SELECT vehicle_id, from_ts FROM fresh
     )
-    SELECT f.vehicle_id, f.ts, f.lat, f.lon, f.speed_kmh, f.heading_deg, f.driver_id,
+    SELECT f.vehicle_id, f.ts, f.lat_e7 / 1e7::float8, f.lon_e7 / 1e7::float8, f.speed_kmh, f.heading_deg, f.driver_id,
            f.ignition, f.satellites, f.hdop, f.odometer_m, f.received_at
     FROM starts st JOIN fixes f ON f.vehicle_id = st.vehicle_id AND f.ts >= st.from_ts
     WHERE f.flags & $4 = 0

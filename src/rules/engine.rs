@@ -751,10 +751,10 @@ fn process(
         }
     }
     here.sort_by_key(|(k, _)| *k);
+    // Located below: a bus on a scheduled trip is located on that trip's shape only.
     let route = reg
         .and_then(|v| v.route.as_deref())
-        .and_then(|id| geo.route(id))
-        .map(|r| (r, r.locate(lon, lat)));
+        .and_then(|id| geo.route(id));
 
     let moving = s.moving(p);
     let prev = core.last.take();
@@ -785,18 +785,14 @@ fn process(
     // A bus on a scheduled trip is checked against that trip's shape.
     let sched = route
         .filter(|_| p.transit)
-        .and_then(|(r, _)| geo.schedule_for(r.id()).map(|sc| (r, sc)));
-    let route = match sched {
-        Some((r, sc)) => {
-            let corridor_m = r.corridor_m().unwrap_or(p.corridor_m);
-            let on = transit::update(&mut ctx, &mut core.transit, &s, sc, r.id(), corridor_m);
-            match core.transit.shape(sc) {
-                Some(sh) => Some((&sh.index, on.unwrap_or_else(|| sh.index.locate(lon, lat)))),
-                None => route,
-            }
-        }
-        None => route,
-    };
+        .and_then(|r| geo.schedule_for(r.id()).map(|sc| (r, sc)));
+    let on_trip = sched.and_then(|(r, sc)| {
+        let corridor_m = r.corridor_m().unwrap_or(p.corridor_m);
+        let on = transit::update(&mut ctx, &mut core.transit, &s, sc, r.id(), corridor_m);
+        let sh = core.transit.shape(sc)?;
+        Some((&sh.index, on.unwrap_or_else(|| sh.index.locate(lon, lat))))
+    });
+    let route = on_trip.or_else(|| route.map(|r| (r, r.locate(lon, lat))));
     if let Some((r, loc)) = route {
         off_route::update(
             &mut ctx,

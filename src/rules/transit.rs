@@ -630,20 +630,24 @@ fn probe(
             continue;
         }
         let p = dm(loc.progress_m);
-        let fresh = Probe {
-            shape: sh.id.clone(),
-            since_ms: now,
-            from_dm: p,
-            last_dm: p,
-            tried: false,
-        };
         let Some(i) = at else {
-            st.probes.push(fresh);
+            st.probes.push(Probe {
+                shape: sh.id.clone(),
+                since_ms: now,
+                from_dm: p,
+                last_dm: p,
+                tried: false,
+            });
             continue;
         };
         let pr = &mut st.probes[i];
         if loc.progress_m <= radius || p < pr.last_dm - BACK_NOISE_DM {
-            *pr = fresh;
+            // Restart in place: keeps the shape id's allocation (a fix per second
+            // waiting at the terminal would otherwise allocate per shape).
+            pr.since_ms = now;
+            pr.from_dm = p;
+            pr.last_dm = p;
+            pr.tried = false;
             continue;
         }
         pr.last_dm = pr.last_dm.max(p);

@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (30, include_str!("migrations/0030_driver_state.sql")),
     (31, include_str!("migrations/0031_alerts_updated.sql")),
     (32, include_str!("migrations/0032_ack_index.sql")),
+    (40, include_str!("migrations/0040_coords_e7.sql")),
     (50, include_str!("migrations/0050_leadership.sql")),
     (60, include_str!("migrations/0060_transit.sql")),
     (61, include_str!("migrations/0061_live_trip.sql")),

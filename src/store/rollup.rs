@@ -173,7 +173,7 @@ static DISTANCE_FROM_FIXES: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH wl AS (
              SELECT vehicle_id, lag(ts) OVER w AS a_ts, ts AS b_ts,
-                    fw_distance_mm(lag(lat) OVER w, lag(lon) OVER w, lat, lon) AS len_mm,
+                    fw_distance_e7_mm(lag(lat_e7) OVER w, lag(lon_e7) OVER w, lat_e7, lon_e7) AS len_mm,
                     lag(driver_id) OVER w AS driver_id, cooperative_id, 1 AS sign
              FROM fixes WHERE {NOT_JUMP}
              WINDOW w AS (PARTITION BY vehicle_id ORDER BY ts)),
@@ -261,44 +261,44 @@ pub(crate) fn fixes_insert_sql(insert: &str, fixes: bool) -> String {
     };
     let probe = |name: &str, dir: &str, order: &str| {
         format!(
-            "LEFT JOIN LATERAL (SELECT ts, lat, lon, driver_id, cooperative_id FROM fixes f
+            "LEFT JOIN LATERAL (SELECT ts, lat_e7, lon_e7, driver_id, cooperative_id FROM fixes f
                  WHERE f.vehicle_id = n.vehicle_id AND f.ts {dir} n.ts AND f.{NOT_JUMP}
                  ORDER BY f.ts {order} LIMIT 1) {name} ON true"
         )
     };
     format!(
         "WITH ins AS ({insert}),
-         np AS (SELECT vehicle_id, cooperative_id, ts, lat, lon, driver_id FROM ins WHERE {NOT_JUMP}),
+         np AS (SELECT vehicle_id, cooperative_id, ts, lat_e7, lon_e7, driver_id FROM ins WHERE {NOT_JUMP}),
          last AS (
-             SELECT v.vehicle_id, l.ts, l.lat, l.lon, l.driver_id, l.cooperative_id
+             SELECT v.vehicle_id, l.ts, l.lat_e7, l.lon_e7, l.driver_id, l.cooperative_id
              FROM (SELECT DISTINCT vehicle_id FROM np) v {}),
          nb AS (
-             SELECT n.vehicle_id, p.ts AS p_ts, p.lat AS p_lat, p.lon AS p_lon,
+             SELECT n.vehicle_id, p.ts AS p_ts, p.lat_e7 AS p_lat_e7, p.lon_e7 AS p_lon_e7,
                     p.driver_id AS p_driver, p.cooperative_id AS p_coop,
-                    q.ts AS q_ts, q.lat AS q_lat, q.lon AS q_lon,
+                    q.ts AS q_ts, q.lat_e7 AS q_lat_e7, q.lon_e7 AS q_lon_e7,
                     q.driver_id AS q_driver, q.cooperative_id AS q_coop
              FROM (SELECT n.* FROM np n JOIN last l USING (vehicle_id) WHERE n.ts < l.ts) n {} {}
              UNION ALL
-             SELECT n.vehicle_id, l.ts, l.lat, l.lon, l.driver_id, l.cooperative_id,
+             SELECT n.vehicle_id, l.ts, l.lat_e7, l.lon_e7, l.driver_id, l.cooperative_id,
                     NULL, NULL, NULL, NULL, NULL
              FROM np n JOIN last l USING (vehicle_id) WHERE l.ts IS NULL OR n.ts > l.ts),
          pt AS (
-             SELECT vehicle_id, ts, lat, lon, driver_id, cooperative_id, true AS is_new FROM np
-             UNION SELECT vehicle_id, p_ts, p_lat, p_lon, p_driver, p_coop, false FROM nb
+             SELECT vehicle_id, ts, lat_e7, lon_e7, driver_id, cooperative_id, true AS is_new FROM np
+             UNION SELECT vehicle_id, p_ts, p_lat_e7, p_lon_e7, p_driver, p_coop, false FROM nb
                    WHERE p_ts IS NOT NULL
-             UNION SELECT vehicle_id, q_ts, q_lat, q_lon, q_driver, q_coop, false FROM nb
+             UNION SELECT vehicle_id, q_ts, q_lat_e7, q_lon_e7, q_driver, q_coop, false FROM nb
                    WHERE q_ts IS NOT NULL),
          seg AS (
-             SELECT vehicle_id, a_ts, b_ts, fw_distance_mm(a_lat, a_lon, b_lat, b_lon) AS len_mm,
+             SELECT vehicle_id, a_ts, b_ts, fw_distance_e7_mm(a_lat_e7, a_lon_e7, b_lat_e7, b_lon_e7) AS len_mm,
                     driver_id, cooperative_id, 1 AS sign
              FROM (SELECT vehicle_id, lag(ts) OVER w AS a_ts, ts AS b_ts,
-                          lag(lat) OVER w AS a_lat, lag(lon) OVER w AS a_lon,
-                          lat AS b_lat, lon AS b_lon, lag(driver_id) OVER w AS driver_id,
+                          lag(lat_e7) OVER w AS a_lat_e7, lag(lon_e7) OVER w AS a_lon_e7,
+                          lat_e7 AS b_lat_e7, lon_e7 AS b_lon_e7, lag(driver_id) OVER w AS driver_id,
                           cooperative_id, lag(is_new) OVER w AS a_new, is_new AS b_new
                    FROM pt WINDOW w AS (PARTITION BY vehicle_id ORDER BY ts)) s
              WHERE a_ts IS NOT NULL AND (a_new OR b_new)
              UNION ALL
-             SELECT DISTINCT vehicle_id, p_ts, q_ts, fw_distance_mm(p_lat, p_lon, q_lat, q_lon),
+             SELECT DISTINCT vehicle_id, p_ts, q_ts, fw_distance_e7_mm(p_lat_e7, p_lon_e7, q_lat_e7, q_lon_e7),
                     p_driver, q_coop, -1
              FROM nb WHERE p_ts IS NOT NULL AND q_ts IS NOT NULL),
          late AS (
@@ -311,7 +311,7 @@ pub(crate) fn fixes_insert_sql(insert: &str, fixes: bool) -> String {
          SELECT count(*) FROM ins",
         // The newest stored point of each vehicle: a new fix after it (the live case)
         // has it before and nothing after, without probing per fix.
-        "LEFT JOIN LATERAL (SELECT ts, lat, lon, driver_id, cooperative_id FROM fixes f
+        "LEFT JOIN LATERAL (SELECT ts, lat_e7, lon_e7, driver_id, cooperative_id FROM fixes f
              WHERE f.vehicle_id = v.vehicle_id AND f.flags & 1 = 0
              ORDER BY f.ts DESC LIMIT 1) l ON true",
         probe("p", "<", "DESC"),

@@ -24,6 +24,7 @@ use super::lease::Fence;
 use super::rollup::{self, Plan};
 use super::{connect, fnv1a64, pg_text, StoreError};
 use crate::domain::alert::{Alert, AlertId, AlertKind};
+use crate::domain::fix::deg_to_e7;
 use crate::domain::live::LiveState;
 use crate::domain::trip::{StopEvent, Trip, TripRun};
 use crate::domain::VehicleId;
@@ -167,8 +168,8 @@ pub const FIX_TYPES: [Type; 14] = [
     Type::TEXT,
     Type::TIMESTAMPTZ,
     Type::TEXT,
-    Type::FLOAT8,
-    Type::FLOAT8,
+    Type::INT4,
+    Type::INT4,
     Type::FLOAT4,
     Type::FLOAT4,
     Type::TEXT,
@@ -181,7 +182,8 @@ pub const FIX_TYPES: [Type; 14] = [
 ];
 
 /// Columns of `fixes` written by the writer, in COPY order.
-pub const FIX_COLUMNS: &str = "vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, heading_deg, \
+pub const FIX_COLUMNS: &str =
+    "vehicle_id, ts, cooperative_id, lat_e7, lon_e7, speed_kmh, heading_deg, \
      driver_id, ignition, satellites, hdop, odometer_m, flags, received_at";
 
 /// Prepares a connection for [`write_batch`] (session-local staging table) and reads
@@ -432,8 +434,8 @@ async fn write_parts(
                         &f.vehicle().as_str(),
                         &f.ts(),
                         &a.cooperative.as_str(),
-                        &f.lat(),
-                        &f.lon(),
+                        &deg_to_e7(f.lat()),
+                        &deg_to_e7(f.lon()),
                         &f.speed_kmh(),
                         &f.heading_deg(),
                         &driver,
@@ -602,7 +604,7 @@ static FIXES_INSERT_RETURNING: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO fixes ({FIX_COLUMNS}) SELECT {FIX_COLUMNS} FROM fixes_stage
          ON CONFLICT DO NOTHING
-         RETURNING vehicle_id, cooperative_id, ts, lat, lon, driver_id, flags, received_at"
+         RETURNING vehicle_id, cooperative_id, ts, lat_e7, lon_e7, driver_id, flags, received_at"
     )
 });
 
@@ -1172,6 +1174,24 @@ async fn write_live(tx: &Transaction<'_>, derived: &[&Derived]) -> Result<(), St
     Ok(())
 }
 
+/// Wakes the readers of committed alerts (the MQTT outbox, the deliveries' fan-out)
+/// when a batch changed alerts, so an alert goes out at once rather than at their
+/// next poll. A wake while one is busy is kept for its next wait.
+#[derive(Clone, Default)]
+pub struct AlertsReady {
+    /// The outbox publishing alerts on the alert topic.
+    pub outbox: Arc<tokio::sync::Notify>,
+    /// The fan-out into the deliveries' outbox.
+    pub deliveries: Arc<tokio::sync::Notify>,
+}
+
+impl AlertsReady {
+    fn notify(&self) {
+        self.outbox.notify_one();
+        self.deliveries.notify_one();
+    }
+}
+
 /// Runs the writer until `rx` closes (the consumer stopped) and every item in it is
 /// committed and acked. A database outage makes it retry the same batch with backoff:
 /// nothing is acked, so the broker keeps the messages and backpressure reaches it.
@@ -1184,7 +1204,7 @@ pub async fn run<K: Acker>(
     acker: K,
     shutdown: CancellationToken,
     health: Arc<Health>,
-    alerts_ready: Arc<tokio::sync::Notify>,
+    alerts_ready: AlertsReady,
     fence: Option<Fence>,
 ) {
     let mut client: Option<Client> = None;
@@ -1295,7 +1315,7 @@ pub async fn run<K: Acker>(
         };
         crate::telemetry::batch_committed(committed, n_records, elapsed.as_secs_f64());
         if outcome.alerts_changed > 0 {
-            alerts_ready.notify_one();
+            alerts_ready.notify();
         }
         let lag = metrics::histogram!("fleetwatch_ingest_lag_seconds");
         for item in pending.drain(..) {

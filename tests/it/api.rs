@@ -746,8 +746,9 @@ async fn compliance_report_counts_violations_per_1000_km() {
         let end = lat + km * 1000.0 / fleetwatch::geo::M_PER_DEG;
         for (dt_h, lat) in [(0.0, lat), (5.0, end)] {
             c.execute(
-                "INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, received_at)
-                 VALUES ('R-1', $1::timestamptz + make_interval(hours => $2), 'HTX-A', $3, 106.7, 90,
+                "INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat_e7, lon_e7, speed_kmh, received_at)
+                 VALUES ('R-1', $1::timestamptz + make_interval(hours => $2), 'HTX-A',
+                         round($3::float8 * 1e7)::int4, 1067000000, 90,
                          $1::timestamptz + make_interval(hours => $2))",
                 &[&at(start), &(dt_h as i32), &lat],
             )
@@ -1396,9 +1397,9 @@ async fn heavy_requests_of_one_token_are_limited() {
     let c = fleetwatch::store::connect(&db).await.unwrap();
     // 300,000 fixes: tens of megabytes of GeoJSON, more than the sockets buffer.
     c.batch_execute(
-        "INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, received_at)
+        "INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat_e7, lon_e7, speed_kmh, received_at)
          SELECT 'BIG-1', '2026-11-01T00:00:00Z'::timestamptz + make_interval(secs => i / 4.0),
-                'HTX-A', 10.9 + i * 1e-7, 106.7, 30, now()
+                'HTX-A', 109000000 + i, 1067000000, 30, now()
          FROM generate_series(0, 299999) i;
          INSERT INTO vehicles (vehicle_id, cooperative_id, registered) VALUES ('BIG-1', 'HTX-A', true);",
     )

@@ -318,8 +318,8 @@ async fn timescaledb_installed_but_not_preloaded_gives_the_plain_layout_on_a_liv
     assert_eq!(one, 1, "the connection works after migrating");
     // The plain layout stores and keeps fixes.
     c.execute(
-        "INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, received_at)
-         VALUES ('P-1', now(), 'C', 10.9, 106.7, 30, now())",
+        "INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat_e7, lon_e7, speed_kmh, received_at)
+         VALUES ('P-1', now(), 'C', 109000000, 1067000000, 30, now())",
         &[],
     )
     .await
@@ -539,8 +539,8 @@ async fn timescale_compression_and_retention_jobs_keep_reports_and_dedup_exact()
     // A fix past the retention (written directly: validation refuses fixes that old)
     // goes with its chunk when the retention job runs.
     c.batch_execute(
-        "INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, flags, received_at)
-         VALUES ('TS-1', now() - interval '500 days', 'HTX-TS', 10.9, 106.7, 10, 0, now())",
+        "INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat_e7, lon_e7, speed_kmh, flags, received_at)
+         VALUES ('TS-1', now() - interval '500 days', 'HTX-TS', 109000000, 1067000000, 10, 0, now())",
     )
     .await
     .unwrap();
@@ -576,4 +576,96 @@ async fn run_policy(c: &tokio_postgres::Client, proc: &str) {
     ))
     .await
     .unwrap();
+}
+
+/// Migration 0040 on a database that already holds compressed chunks of `lat`/`lon`
+/// doubles (the schema before it, rebuilt here): the chunks are converted and
+/// compressed again, and every coordinate reads back within 0.5e-7 degree of the
+/// double stored before (GT06's 1/1,800,000 minute is off the 1e-7 grid). On the plain
+/// layout the same migration converts the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinates_become_integers_of_1e7_degree_on_a_database_with_compressed_chunks() {
+    let db = fresh_db().await;
+    let mut c = fleetwatch::store::connect(&db).await.unwrap();
+    let timescale = timescale_preloaded(&c).await;
+    // Back to the columns before migration 0040, then old rows in two days' chunks.
+    if timescale {
+        c.batch_execute(
+            "SELECT remove_compression_policy('fixes', if_exists => true);
+             ALTER TABLE fixes SET (timescaledb.compress = false);",
+        )
+        .await
+        .unwrap();
+    }
+    c.batch_execute(
+        "ALTER TABLE fixes RENAME COLUMN lat_e7 TO lat;
+         ALTER TABLE fixes RENAME COLUMN lon_e7 TO lon;
+         ALTER TABLE fixes ALTER COLUMN lat TYPE double precision,
+                           ALTER COLUMN lon TYPE double precision;
+         DELETE FROM schema_migrations WHERE version = 40;
+         INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat, lon, speed_kmh, received_at)
+         SELECT 'M-' || (i % 3), now() - interval '20 days' + make_interval(secs => i * 60),
+                'HTX-M', 10.9 + i / 1800000.0 / 60.0 * 7, 106.7 - i / 30000000.0, 30, now()
+         FROM generate_series(0, 2999) i;
+         CREATE TABLE old_fixes AS SELECT vehicle_id, ts, lat, lon FROM fixes;",
+    )
+    .await
+    .unwrap();
+    if timescale {
+        c.batch_execute(
+            "ALTER TABLE fixes SET (timescaledb.compress,
+                 timescaledb.compress_segmentby = 'vehicle_id', timescaledb.compress_orderby = 'ts');
+             SELECT count(compress_chunk(ch)) FROM show_chunks('fixes') ch;",
+        )
+        .await
+        .unwrap();
+    }
+    let compressed = "SELECT count(*) FROM timescaledb_information.chunks
+                      WHERE hypertable_name = 'fixes' AND is_compressed";
+    let before = if timescale {
+        count(&db, compressed).await
+    } else {
+        0
+    };
+    assert!(!timescale || before >= 2, "{before} compressed chunks");
+    let layout = fleetwatch::store::migrate::migrate(&mut c, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(layout == Layout::Timescale, timescale);
+    if timescale {
+        assert_eq!(count(&db, compressed).await, before, "compressed again");
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM fixes").await, 3000);
+    let worst: f64 = c
+        .query_one(
+            "SELECT max(greatest(abs(f.lat_e7 / 1e7::float8 - o.lat), abs(f.lon_e7 / 1e7::float8 - o.lon)))
+             FROM fixes f JOIN old_fixes o USING (vehicle_id, ts)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // Half a unit of 1e-7 degree, plus the subtraction's own rounding.
+    assert!(
+        worst <= 0.5e-7 + 1e-12 && worst > 0.0,
+        "worst {worst:e} degree"
+    );
+    // And the stored integers are the domain's: a Fix's coordinate reads back equal.
+    let (lat, lon): (i32, i32) = {
+        let r = c
+            .query_one("SELECT lat_e7, lon_e7 FROM fixes ORDER BY ts LIMIT 1", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    use fleetwatch::domain::fix::{deg_to_e7, e7_to_deg};
+    assert_eq!(
+        (deg_to_e7(e7_to_deg(lat)), deg_to_e7(e7_to_deg(lon))),
+        (lat, lon)
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM rollup_meta").await,
+        0,
+        "the roll-ups are forgotten: the next start rebuilds them"
+    );
 }

@@ -226,9 +226,9 @@ async fn a_restarted_demo_goes_on_from_its_stored_data_and_keeps_its_map_token()
     for (vehicle, end) in &first_ends {
         let rows = c
             .query(
-                "(SELECT ts, lat, lon FROM fixes WHERE vehicle_id = $1 AND ts <= $2 ORDER BY ts DESC LIMIT 1)
+                "(SELECT ts, lat_e7 / 1e7::float8, lon_e7 / 1e7::float8 FROM fixes WHERE vehicle_id = $1 AND ts <= $2 ORDER BY ts DESC LIMIT 1)
                  UNION ALL
-                 (SELECT ts, lat, lon FROM fixes WHERE vehicle_id = $1 AND ts > $2 ORDER BY ts LIMIT 1)",
+                 (SELECT ts, lat_e7 / 1e7::float8, lon_e7 / 1e7::float8 FROM fixes WHERE vehicle_id = $1 AND ts > $2 ORDER BY ts LIMIT 1)",
                 &[vehicle, end],
             )
             .await

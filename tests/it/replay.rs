@@ -239,7 +239,7 @@ async fn collector(url: &str, filter: &str) -> Received {
 async fn dump(db: &str, vehicle: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> String {
     let c = fleetwatch::store::connect(db).await.unwrap();
     c.query_one(
-        "SELECT string_agg(format('%s', row(vehicle_id, ts, cooperative_id, lat, lon, speed_kmh,
+        "SELECT string_agg(format('%s', row(vehicle_id, ts, cooperative_id, lat_e7, lon_e7, speed_kmh,
                     heading_deg, driver_id, ignition, satellites, hdop, odometer_m, flags)),
                     E'\n' ORDER BY ts)
          FROM fixes WHERE vehicle_id = $1 AND ts >= $2 AND ts < $3",
@@ -261,7 +261,7 @@ async fn stored_fixes(
     let c = fleetwatch::store::connect(db).await.unwrap();
     let rows = c
         .query(
-            "SELECT ts, lat, lon, speed_kmh, heading_deg, driver_id, ignition, satellites, hdop,
+            "SELECT ts, lat_e7, lon_e7, speed_kmh, heading_deg, driver_id, ignition, satellites, hdop,
                     odometer_m, received_at
              FROM fixes WHERE vehicle_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts",
             &[&vehicle.as_str(), &from, &to],
@@ -273,8 +273,8 @@ async fn stored_fixes(
             let c = FixCandidate {
                 vehicle: None,
                 ts: Some(r.get(0)),
-                lat: r.get(1),
-                lon: r.get(2),
+                lat: fleetwatch::domain::fix::e7_to_deg(r.get(1)),
+                lon: fleetwatch::domain::fix::e7_to_deg(r.get(2)),
                 speed_kmh: Some(f64::from(r.get::<_, f32>(3))),
                 heading_deg: r.get::<_, Option<f32>>(4).map(f64::from),
                 driver: r.get(5),

@@ -2,6 +2,7 @@
 //! give the same report as the raw tables over random ranges, also after redelivery
 //! and alert updates; `fleetwatch report` prints what the API returns.
 
+use fleetwatch::domain::fix::{deg_to_e7, e7_to_deg};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
@@ -726,10 +727,12 @@ fn endless_drive() -> Vec<DriveFix> {
         } else {
             "079000000052"
         };
+        // Sent as stored (1e-7 degree), so the expected distances are of the stored path.
+        let on_grid = |d: f64| e7_to_deg(deg_to_e7(d));
         out.push(DriveFix {
             ts: t,
-            lat,
-            lon,
+            lat: on_grid(lat),
+            lon: on_grid(lon),
             driver,
         });
         t += TimeDelta::seconds(10);

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -74,6 +75,8 @@ pub enum SendError {
 /// What every worker shares.
 pub(crate) struct Ctx {
     pool: deadpool_postgres::Pool,
+    /// Changes when the fan-out queued deliveries.
+    queued: watch::Receiver<u64>,
     cfg: DeliveriesConfig,
     utc_offset_s: i32,
     webhook: webhook::Webhook,
@@ -107,10 +110,13 @@ fn pool(db_url: &str) -> Result<deadpool_postgres::Pool, StoreError> {
 /// Runs the fan-out and one worker per destination until `stop`; picks up
 /// destinations created, changed, unparked or deleted (by any instance) within
 /// `poll_ms`. `utc_offset_s`: local time of quiet hours, digests and messages.
+/// `alerts_ready`: the writer's wake after it committed changed alerts (alerts
+/// written by another instance are found at the next poll).
 pub async fn run(
     db_url: String,
     cfg: DeliveriesConfig,
     utc_offset_s: i32,
+    alerts_ready: Arc<Notify>,
     stop: CancellationToken,
 ) {
     let pool = match pool(&db_url) {
@@ -122,8 +128,11 @@ pub async fn run(
     };
     let timeout = Duration::from_secs(cfg.timeout_s.max(1));
     let poll = Duration::from_millis(cfg.poll_ms.max(10));
+    // Bumped by the fan-out when it queued deliveries: wakes the idle workers.
+    let (queued_tx, queued) = watch::channel(0u64);
     let ctx = Arc::new(Ctx {
         pool,
+        queued,
         webhook: webhook::Webhook {
             timeout,
             allow_private: cfg.allow_private_targets,
@@ -132,7 +141,14 @@ pub async fn run(
         cfg,
         utc_offset_s,
     });
-    let fan = tokio::spawn(fan_out_loop(db_url, utc_offset_s, poll, stop.clone()));
+    let fan = tokio::spawn(fan_out_loop(
+        db_url,
+        utc_offset_s,
+        poll,
+        alerts_ready,
+        queued_tx,
+        stop.clone(),
+    ));
     let mut workers: HashMap<i64, (DateTime<Utc>, CancellationToken, JoinHandle<()>)> =
         HashMap::new();
     loop {
@@ -187,7 +203,14 @@ async fn live_destinations(ctx: &Ctx) -> Result<Vec<destinations::Destination>, 
 }
 
 /// Fans out changed alerts on its own connection (a transaction needs one).
-async fn fan_out_loop(db_url: String, utc_offset_s: i32, poll: Duration, stop: CancellationToken) {
+async fn fan_out_loop(
+    db_url: String,
+    utc_offset_s: i32,
+    poll: Duration,
+    alerts_ready: Arc<Notify>,
+    queued: watch::Sender<u64>,
+    stop: CancellationToken,
+) {
     let mut db: Option<tokio_postgres::Client> = None;
     while !stop.is_cancelled() {
         if db.as_ref().is_none_or(|c| c.is_closed()) {
@@ -195,13 +218,17 @@ async fn fan_out_loop(db_url: String, utc_offset_s: i32, poll: Duration, stop: C
         }
         if let Some(c) = db.as_mut() {
             match fanout::fan_out(c, utc_offset_s).await {
-                Ok(n) if n > 0 => continue, // more may be waiting
+                Ok(n) if n > 0 => {
+                    queued.send_modify(|k| *k = k.wrapping_add(1));
+                    continue; // more may be waiting
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "deliveries: fan-out"),
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(poll) => {}
+            _ = alerts_ready.notified() => {}
             _ = stop.cancelled() => return,
         }
     }

@@ -36,11 +36,13 @@ pub(super) async fn run(dest: Destination, ctx: Arc<Ctx>, stop: CancellationToke
     let mut failures = u32::try_from(dest.consecutive_failures).unwrap_or(0);
     let poll = Duration::from_millis(ctx.cfg.poll_ms.max(10));
     let base = Duration::from_millis(ctx.cfg.backoff_initial_ms.max(1));
+    let mut queued = ctx.queued.clone();
     let max = Duration::from_secs(ctx.cfg.backoff_max_s.max(1));
     loop {
         if failures > 0 && pause(schedule::backoff(failures, base, max), &stop).await {
             return;
         }
+        queued.borrow_and_update();
         let outcome = tokio::select! {
             o = attempt(&dest, &ctx) => o,
             // An attempt cut short is not recorded: the delivery stays pending.
@@ -48,8 +50,17 @@ pub(super) async fn run(dest: Destination, ctx: Arc<Ctx>, stop: CancellationToke
         };
         match outcome {
             Ok(Outcome::Idle) => {
-                if pause(poll, &stop).await {
-                    return;
+                // Until the next poll, or sooner when the fan-out queued deliveries
+                // since this attempt began (a fan-out that has stopped wakes nobody).
+                let woken = async {
+                    if queued.changed().await.is_err() {
+                        std::future::pending::<()>().await
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = woken => {}
+                    _ = stop.cancelled() => return,
                 }
             }
             Ok(Outcome::Delivered) => failures = 0,
