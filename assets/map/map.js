@@ -331,9 +331,10 @@
   /** How the last stream event was handled: its size, then the page's update, ms. */
   const timings = {
     fetchMs: 0, updateMs: 0, events: 0, bytes: 0,
-    // `update` events only: how many, the vehicles in the last one, and the page's
-    // work for each of the last 200 (ms), for measuring the page under load.
-    updates: 0, updateVehicles: 0, updateMsList: [],
+    // `update` events only, for measuring the page under load: how many, and for each
+    // of the last 500 its vehicles, JSON parse, apply (markers, lists, panel) and the
+    // canvas redraw in the next frame, ms.
+    updates: 0, updateLog: [],
   };
 
   /** A snapshot (`full`: every vehicle, the rest removed) or an update. */
@@ -524,12 +525,15 @@
           if (line.startsWith('event:')) name = line.slice(6).trim();
           else if (line.startsWith('data:')) data += line.slice(line[5] === ' ' ? 6 : 5);
         }
-        if (data) onEvent(name, JSON.parse(data));
+        if (!data) continue;
+        const tp = performance.now();
+        const parsed = JSON.parse(data);
+        onEvent(name, parsed, performance.now() - tp);
       }
     }
   }
 
-  function onEvent(name, data) {
+  function onEvent(name, data, parseMs) {
     const t0 = performance.now();
     if (name === 'snapshot') {
       applyVehicles(data.vehicles, true);
@@ -543,9 +547,13 @@
     timings.updateMs = performance.now() - t0;
     if (name === 'update') {
       timings.updates += 1;
-      timings.updateVehicles = data.vehicles.length;
-      timings.updateMsList.push(timings.updateMs);
-      if (timings.updateMsList.length > 200) timings.updateMsList.shift();
+      const entry = { vehicles: data.vehicles.length, parseMs, applyMs: timings.updateMs, drawMs: null };
+      timings.updateLog.push(entry);
+      if (timings.updateLog.length > 500) timings.updateLog.shift();
+      // Leaflet redraws the canvas in the next animation frame, in a callback asked
+      // for during the apply: this one runs after it, so the time since the frame
+      // began is the redraw.
+      requestAnimationFrame((frame) => { entry.drawMs = performance.now() - frame; });
     }
     showProblem('');
     $('updated').textContent = `live · ${fmtTime(new Date().toISOString()).slice(11)}`;
@@ -1038,7 +1046,7 @@
     stopLabelsShown: () => map.getZoom() >= STOP_LABEL_ZOOM,
     zoom: () => map.getZoom(),
     selected: () => selectedId,
-    timings: () => ({ ...timings, updateMsList: timings.updateMsList.slice() }),
+    timings: () => ({ ...timings, updateLog: timings.updateLog.map((e) => ({ ...e })) }),
     /** Page coordinates (CSS px) of a vehicle's marker, for clicking it. */
     vehiclePoint(id) {
       const s = spots.get(spotOf.get(id));

@@ -1194,3 +1194,137 @@ async fn console_in_headless_chromium_shows_a_late_bus_trip_and_its_stops() {
     app.shutdown();
     app.wait().await;
 }
+
+// ---- page work per stream update (measured by hand, never in CI) -----------------
+
+/// Page work per `update` event of the stream with 10,000 vehicles on the map, 1 %,
+/// 10 % and 100 % of them moved per update (rows updated as the writer does, as
+/// `benches/stream.rs`). Prints, per share, the update size and the page's JSON parse,
+/// apply and canvas redraw (median, p95, max). A measurement, not a check:
+/// `cargo test --test it page_work_per_update -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement (BENCHMARKS.md), run by hand"]
+async fn page_work_per_update_at_10000_vehicles() {
+    const N: i64 = 10_000;
+    const SECONDS: i64 = 12;
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let mut s = settings(&db, &broker.url(), "fw-map-load");
+    s.http.map_tile_url = String::new();
+    let app = start_app(s).await;
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    // A 100 × 100 grid 330 m apart (one marker each), driving figures as the writer
+    // keeps them.
+    c.batch_execute(&format!(
+        "INSERT INTO vehicles (vehicle_id, cooperative_id, plate, class, registered,
+                               last_seen, last_fix_ts, last_lat, last_lon, last_speed_kmh,
+                               last_heading_deg, last_driver_id, live_as_of_ts, live_driver_id,
+                               live_driver_since_ts, live_moving, live_continuous_s,
+                               live_last_drive_end_ts, live_day, live_daily_s, live_weekly_s)
+         SELECT 'V-' || v, 'HTX-' || (v % 20), '61B-' || v, 'bus', true, now(), now(),
+                10.8 + (v / 100) * 0.003, 106.5 + (v % 100) * 0.003, 35, 0, 'D-' || v,
+                now(), 'D-' || v, now() - interval '2 h', true, 7200, now(),
+                (now() AT TIME ZONE '+07')::date, 7200, 30000
+         FROM generate_series(0, {} - 1) v;
+         ANALYZE vehicles;",
+        N
+    ))
+    .await
+    .unwrap();
+    let token = create_token(&c, Role::Regulator, None, Some("load"))
+        .await
+        .unwrap();
+
+    let browser = Browser::start().await;
+    let url = format!("http://{}/map#token={token}", app.http_addr);
+    browser
+        .cmd("POST", "/url", Some(json!({ "url": url })))
+        .await;
+    browser
+        .wait_for(
+            "10,000 vehicles on the map",
+            Duration::from_secs(120),
+            &format!("return !!window.fleetwatch && fleetwatch.live() && fleetwatch.vehicleCount() === {N}"),
+        )
+        .await;
+
+    for pct in [1_i64, 10, 100] {
+        let every = 100 / pct;
+        let before = browser
+            .js("return fleetwatch.timings().updates")
+            .await
+            .as_i64()
+            .unwrap();
+        // Each second a different `pct` % moves 11 m north.
+        for k in 0..SECONDS {
+            let t = Instant::now();
+            c.execute(
+                "UPDATE vehicles SET last_seen = now(), last_fix_ts = now(),
+                        last_lat = last_lat + 1e-4, live_as_of_ts = now(),
+                        live_continuous_s = live_continuous_s + 1
+                 WHERE substr(vehicle_id, 3)::int8 % $1 = $2",
+                &[&every, &(k % every)],
+            )
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_secs(1).saturating_sub(t.elapsed())).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let t = browser.js("return fleetwatch.timings()").await;
+        let log: Vec<&Value> = t["updateLog"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .take((t["updates"].as_i64().unwrap() - before) as usize)
+            .filter(|e| !e["drawMs"].is_null())
+            .collect();
+        assert!(
+            log.len() as i64 >= SECONDS / 2,
+            "{pct} %: {} updates in {SECONDS} s",
+            log.len()
+        );
+        let stat = |key: &str| {
+            let mut v: Vec<f64> = log.iter().map(|e| e[key].as_f64().unwrap()).collect();
+            v.sort_by(f64::total_cmp);
+            let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+            (at(0.5), at(0.95), v[v.len() - 1])
+        };
+        let (n, _, _) = stat("vehicles");
+        assert!(
+            n >= (N * pct / 100) as f64 * 0.9,
+            "{pct} %: {n} vehicles per update"
+        );
+        let total = {
+            let mut v: Vec<f64> = log
+                .iter()
+                .map(|e| {
+                    ["parseMs", "applyMs", "drawMs"]
+                        .iter()
+                        .map(|k| e[*k].as_f64().unwrap())
+                        .sum()
+                })
+                .collect();
+            v.sort_by(f64::total_cmp);
+            let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+            (at(0.5), at(0.95), v[v.len() - 1])
+        };
+        let f = |(a, b, c): (f64, f64, f64)| format!("{a:.1} / {b:.1} / {c:.1}");
+        println!(
+            "{pct:>3} % moved: {} updates, {n:.0} vehicles each (median); ms median / p95 / max: \
+             parse {}, apply {}, redraw {}, total {}",
+            log.len(),
+            f(stat("parseMs")),
+            f(stat("applyMs")),
+            f(stat("drawMs")),
+            f(total)
+        );
+    }
+    let errs = browser
+        .js("return [fleetwatch.errors(), fleetwatch.requestErrors()]")
+        .await;
+    assert_eq!(errs, json!([[], []]), "page errors");
+    browser.quit().await;
+    app.shutdown();
+    app.wait().await;
+}
