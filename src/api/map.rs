@@ -455,6 +455,98 @@ mod tests {
         }
     }
 
+    /// Two routes sharing stop B; C has no coordinates; D is used by no trip.
+    fn with_stops() -> GeoIndex {
+        use crate::geo::{Schedule, ScheduledTrip, Service, StopPoint, StopTime};
+        let stop = |id: &str, at: Option<(f64, f64)>| StopPoint {
+            id: id.into(),
+            name: Some(format!("Stop {id}")),
+            lon: at.map(|a| a.0),
+            lat: at.map(|a| a.1),
+        };
+        let stops = vec![
+            stop("A", Some((106.60, 10.90))),
+            stop("B", Some((106.61, 10.90))),
+            stop("C", None),
+            stop("D", Some((106.63, 10.90))),
+            stop("E", Some((106.61, 10.91))),
+        ];
+        let line = |a: (f64, f64), b: (f64, f64)| {
+            vec![geo::Coord { x: a.0, y: a.1 }, geo::Coord { x: b.0, y: b.1 }]
+        };
+        let shapes = vec![
+            (
+                "S1".into(),
+                "R1".into(),
+                line((106.60, 10.90), (106.61, 10.90)),
+            ),
+            (
+                "S2".into(),
+                "R2".into(),
+                line((106.61, 10.90), (106.61, 10.91)),
+            ),
+        ];
+        let trip = |id: &str, route: &str, shape: u32, at: &[u32]| ScheduledTrip {
+            id: id.into(),
+            route: route.into(),
+            service: 0,
+            shape,
+            direction: None,
+            headsign: None,
+            stop_times: at
+                .iter()
+                .enumerate()
+                .map(|(k, &stop)| StopTime {
+                    stop,
+                    seq: k as u32 + 1,
+                    arrival_s: 3600 + 60 * k as i32,
+                    departure_s: 3600 + 60 * k as i32,
+                    dist_m: 500.0 * k as f64,
+                })
+                .collect(),
+            frequencies: Vec::new(),
+        };
+        let sched = Schedule::from_parts(
+            stops,
+            shapes,
+            vec![Service {
+                id: "ALL".into(),
+                always: true,
+                ..Default::default()
+            }],
+            vec![
+                trip("T1", "R1", 0, &[0, 2, 1]),
+                trip("T2", "R2", 1, &[1, 4]),
+            ],
+        )
+        .unwrap();
+        GeoIndex::empty().with_schedules(vec![sched])
+    }
+
+    #[test]
+    fn stops_of_the_routes_in_scope_once_each() {
+        let g = with_stops();
+        let ids = |fc: &Value| -> Vec<String> {
+            fc["features"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["properties"]["stop_id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let all = stop_features(&g, None);
+        assert_eq!(ids(&all), ["A", "B", "E"]);
+        let b = &all["features"][1];
+        assert_eq!(b["properties"]["route_ids"], json!(["R1", "R2"]));
+        assert_eq!(b["properties"]["name"], "Stop B");
+        assert_eq!(b["geometry"]["coordinates"], json!([106.61, 10.90]));
+        let only: HashSet<String> = ["R2".to_string()].into();
+        let r2 = stop_features(&g, Some(&only));
+        assert_eq!(ids(&r2), ["B", "E"]);
+        assert_eq!(r2["features"][0]["properties"]["route_ids"], json!(["R2"]));
+        assert!(ids(&stop_features(&g, Some(&HashSet::new()))).is_empty());
+    }
+
     #[test]
     fn assets_have_their_types_and_tags() {
         assert!(ASSETS.iter().all(|a| !a.body.is_empty()));
