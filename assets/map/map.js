@@ -341,8 +341,10 @@
   function applyVehicles(list, full) {
     const now = Date.now();
     const seen = new Set();
+    let added = full;
     for (const v of list) {
       seen.add(v.vehicle_id);
+      if (!vehicles.has(v.vehicle_id)) added = true;
       vehicles.set(v.vehicle_id, { v, at: now });
       place(v);
     }
@@ -356,7 +358,8 @@
     }
     if (!fitted) fitAll();
     showCounts();
-    updateVehicleIds();
+    // The replay's vehicle list (10,000 ids sorted) changes only with a new vehicle.
+    if (added) updateVehicleIds();
     if (selectedId) showVehicle();
   }
 
