@@ -17,6 +17,9 @@
   const LABEL_ALL_MAX = 300;
   const LABEL_MIN_ZOOM = 15;
   const LABEL_FONT = '600 11px system-ui, sans-serif';
+  // The routes' stops are drawn from street zoom on, their names closer in.
+  const STOP_MIN_ZOOM = 15;
+  const STOP_LABEL_ZOOM = 17;
   const STATUS = {
     moving: { color: '#1a9641', label: 'moving' },
     stopped: { color: '#2b83ba', label: 'stopped' },
@@ -152,6 +155,9 @@
 
   const labelsShown = () =>
     vehicles.size <= LABEL_ALL_MAX || map.getZoom() >= LABEL_MIN_ZOOM;
+  /** Whether `layer`'s label is drawn: a stop's from STOP_LABEL_ZOOM, a vehicle's as above. */
+  const labelShown = (layer) =>
+    (layer.options.stop ? map.getZoom() >= STOP_LABEL_ZOOM : labelsShown());
 
   // Each vehicle's label is drawn beside its circle in the same canvas pass: a DOM
   // tooltip per vehicle would not scale to 10,000 vehicles. (Leaflet 1.9.4 internals:
@@ -160,7 +166,7 @@
     _updateCircle(layer) {
       L.Canvas.prototype._updateCircle.call(this, layer);
       const text = layer.options.label;
-      if (!this._drawing || layer._empty() || !text || !labelsShown()) return;
+      if (!this._drawing || layer._empty() || !text || !labelShown(layer)) return;
       const ctx = this._ctx;
       const x = layer._point.x + layer._radius + 3;
       const y = layer._point.y + 4;
@@ -176,7 +182,7 @@
   const VehicleMarker = L.CircleMarker.extend({
     _updateBounds() {
       L.CircleMarker.prototype._updateBounds.call(this);
-      if (this.options.label && labelsShown()) {
+      if (this.options.label && labelShown(this)) {
         const b = this._pxBounds;
         const w = 7 * this.options.label.length + 8;
         this._pxBounds = L.bounds(b.min.subtract([0, 4]), b.max.add([w, 4]));
@@ -194,6 +200,9 @@
     style: geoStyle,
     onEachFeature: (f, layer) => layer.bindPopup(() => geoPopup(f.properties)),
   }).addTo(map);
+  // Stops: on the map only at street zoom (thousands of them in a city feed).
+  // Not interactive, so they never take a click meant for a bus standing at one.
+  const stopLayer = L.layerGroup();
   const highlight = L.circleMarker([0, 0], {
     radius: 11, weight: 3, color: '#111', fill: false, interactive: false,
   });
@@ -281,6 +290,34 @@
     showGeoLegend(fc);
   }
 
+  /** The stops of the routes in use, once: a schedule changes with a reload only. */
+  async function loadStops() {
+    const fc = await api('/api/v1/stops');
+    stopLayer.clearLayers();
+    for (const f of fc.features || []) {
+      const [lon, lat] = f.geometry.coordinates;
+      const p = f.properties;
+      new VehicleMarker([lat, lon], {
+        radius: 3.5, weight: 1.5, color: '#3949ab', fillColor: '#fff', fillOpacity: 1,
+        interactive: false, stop: true, label: p.name || p.stop_id, stopId: p.stop_id,
+      }).addTo(stopLayer);
+    }
+    showStops();
+  }
+
+  /** Stops on the map from STOP_MIN_ZOOM on, behind the vehicles. */
+  function showStops() {
+    const want = map.getZoom() >= STOP_MIN_ZOOM;
+    if (want && !map.hasLayer(stopLayer)) {
+      stopLayer.addTo(map);
+      stopLayer.eachLayer((l) => l.bringToBack());
+      geoLayer.bringToBack();
+    } else if (!want && map.hasLayer(stopLayer)) {
+      stopLayer.remove();
+    }
+  }
+  map.on('zoomend', showStops);
+
   /** Once, at the first positions: every vehicle, route and zone in view. */
   function fitAll() {
     const b = L.latLngBounds([]);
@@ -292,14 +329,22 @@
   }
 
   /** How the last stream event was handled: its size, then the page's update, ms. */
-  const timings = { fetchMs: 0, updateMs: 0, events: 0, bytes: 0 };
+  const timings = {
+    fetchMs: 0, updateMs: 0, events: 0, bytes: 0,
+    // `update` events only, for measuring the page under load: how many, and for each
+    // of the last 500 its vehicles, JSON parse, apply (markers, lists, panel) and the
+    // canvas redraw in the next frame, ms.
+    updates: 0, updateLog: [],
+  };
 
   /** A snapshot (`full`: every vehicle, the rest removed) or an update. */
   function applyVehicles(list, full) {
     const now = Date.now();
     const seen = new Set();
+    let added = full;
     for (const v of list) {
       seen.add(v.vehicle_id);
+      if (!vehicles.has(v.vehicle_id)) added = true;
       vehicles.set(v.vehicle_id, { v, at: now });
       place(v);
     }
@@ -313,7 +358,8 @@
     }
     if (!fitted) fitAll();
     showCounts();
-    updateVehicleIds();
+    // The replay's vehicle list (10,000 ids sorted) changes only with a new vehicle.
+    if (added) updateVehicleIds();
     if (selectedId) showVehicle();
   }
 
@@ -482,12 +528,15 @@
           if (line.startsWith('event:')) name = line.slice(6).trim();
           else if (line.startsWith('data:')) data += line.slice(line[5] === ' ' ? 6 : 5);
         }
-        if (data) onEvent(name, JSON.parse(data));
+        if (!data) continue;
+        const tp = performance.now();
+        const parsed = JSON.parse(data);
+        onEvent(name, parsed, performance.now() - tp);
       }
     }
   }
 
-  function onEvent(name, data) {
+  function onEvent(name, data, parseMs) {
     const t0 = performance.now();
     if (name === 'snapshot') {
       applyVehicles(data.vehicles, true);
@@ -499,6 +548,16 @@
     }
     timings.events += 1;
     timings.updateMs = performance.now() - t0;
+    if (name === 'update') {
+      timings.updates += 1;
+      const entry = { vehicles: data.vehicles.length, parseMs, applyMs: timings.updateMs, drawMs: null };
+      timings.updateLog.push(entry);
+      if (timings.updateLog.length > 500) timings.updateLog.shift();
+      // Leaflet redraws the canvas in the next animation frame, in a callback asked
+      // for during the apply: this one runs after it, so the time since the frame
+      // began is the redraw.
+      requestAnimationFrame((frame) => { entry.drawMs = performance.now() - frame; });
+    }
     showProblem('');
     $('updated').textContent = `live · ${fmtTime(new Date().toISOString()).slice(11)}`;
   }
@@ -560,6 +619,7 @@
       ['Left before 4 h', v.driving ? field('continuous-left', '') : null],
       ['Today', v.driving ? field('daily', '') : null],
       ['Route', v.route_id ? `${v.route_id} · ${v.on_route === false ? 'OFF ROUTE' : v.on_route ? 'on route' : '–'}` : null],
+      ...tripRows(v.trip, field),
       ['Plate', v.plate],
       ['Cooperative', v.cooperative_id],
       ['Class', v.class],
@@ -579,6 +639,26 @@
         'No open alerts.');
       $('vehicle-alerts').dataset.vehicle = v.vehicle_id;
     }
+  }
+
+  /** A bus's scheduled trip in its panel: trip (and route), headsign, next stop, delay;
+   *  nothing for a vehicle without one. */
+  function tripRows(t, field) {
+    if (!t) return [];
+    return [
+      ['Trip', field('trip', `${t.trip_id} · route ${t.route_id}`)],
+      ['Headsign', t.headsign ? field('headsign', t.headsign) : null],
+      ['Next stop', t.next_stop_id ? field('next-stop', t.next_stop_name || t.next_stop_id)
+        : field('next-stop', 'last stop passed')],
+      ['Delay', t.delay_s != null ? field('delay', delayText(t.delay_s)) : null],
+    ];
+  }
+
+  /** "3 min late", "on time" (under a minute either way), "1 min early". */
+  function delayText(s) {
+    if (Math.abs(s) < 60) return 'on time';
+    const m = Math.round(Math.abs(s) / 60);
+    return `${m} min ${s > 0 ? 'late' : 'early'}`;
   }
 
   /** Every second: the selected vehicle's driving figures, counting down while it drives. */
@@ -942,7 +1022,10 @@
     }
     started = true;
     // Routes and zones first, so the first view frames them with the vehicles.
-    every(GEO_POLL_MS, loadGeo).then(() => streamLive());
+    every(GEO_POLL_MS, loadGeo).then(() => {
+      loadStops().catch(onFail);
+      streamLive();
+    });
   }
 
   loadConfig().then(() => (token ? start() : askToken('An API token is needed to see the fleet.')),
@@ -960,8 +1043,13 @@
     announced: () => [...announced],
     live: () => live,
     geoFeatureCount: () => geoLayer.getLayers().length,
+    /** Stops loaded, and those drawn now (0 below street zoom). */
+    stopsLoaded: () => stopLayer.getLayers().length,
+    stopsDrawn: () => (map.hasLayer(stopLayer) ? stopLayer.getLayers().length : 0),
+    stopLabelsShown: () => map.getZoom() >= STOP_LABEL_ZOOM,
+    zoom: () => map.getZoom(),
     selected: () => selectedId,
-    timings: () => ({ ...timings }),
+    timings: () => ({ ...timings, updateLog: timings.updateLog.map((e) => ({ ...e })) }),
     /** Page coordinates (CSS px) of a vehicle's marker, for clicking it. */
     vehiclePoint(id) {
       const s = spots.get(spotOf.get(id));

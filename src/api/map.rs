@@ -216,21 +216,94 @@ pub async fn config(State(s): State<AppState>) -> Json<Value> {
 pub async fn geo(State(s): State<AppState>, caller: Caller) -> ApiResult<Response> {
     let routes = match caller.scope() {
         None => None,
-        Some(coop) => {
-            let db = s.db.get().await?;
-            let rows = db
-                .query(
-                    "SELECT DISTINCT route_id FROM vehicles
-                     WHERE cooperative_id = $1 AND route_id IS NOT NULL",
-                    &[&coop],
-                )
-                .await?;
-            Some(rows.iter().map(|r| r.get(0)).collect::<HashSet<String>>())
-        }
+        Some(coop) => Some(cooperative_routes(&s, coop).await?),
     };
     let index = s.geo.borrow().clone();
     let body = geo_features(&index, routes.as_ref()).to_string();
     Ok(([(header::CONTENT_TYPE, "application/geo+json")], body).into_response())
+}
+
+/// `GET /api/v1/stops`: the stops of the scheduled (GTFS) trips of the routes in
+/// use, as GeoJSON Points, for the map at street zoom. Scoped as [`geo`]: a
+/// cooperative token gets the stops of the routes registered to its own vehicles.
+pub async fn stops(State(s): State<AppState>, caller: Caller) -> ApiResult<Response> {
+    let routes = match caller.scope() {
+        None => None,
+        Some(coop) => Some(cooperative_routes(&s, coop).await?),
+    };
+    let index = s.geo.borrow().clone();
+    let body = stop_features(&index, routes.as_ref()).to_string();
+    Ok(([(header::CONTENT_TYPE, "application/geo+json")], body).into_response())
+}
+
+/// The route ids registered to `coop`'s vehicles.
+async fn cooperative_routes(s: &AppState, coop: &str) -> ApiResult<HashSet<String>> {
+    let db = s.db.get().await?;
+    let rows = db
+        .query(
+            "SELECT DISTINCT route_id FROM vehicles
+             WHERE cooperative_id = $1 AND route_id IS NOT NULL",
+            &[&coop],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// A stop of [`stop_features`]: name, lat, lon, the routes stopping there.
+type StopAt<'a> = (Option<&'a str>, f64, f64, Vec<&'a str>);
+
+/// The stops served by trips of the routes of `g`'s schedules (all, or those in
+/// `only`), each once with the routes stopping there (sorted), sorted by stop id.
+/// Stops without coordinates are left out.
+pub fn stop_features(g: &GeoIndex, only: Option<&HashSet<String>>) -> Value {
+    // stop_id → (name, lat, lon, routes); a stop id is one place across feeds.
+    let mut at: std::collections::BTreeMap<&str, StopAt<'_>> = Default::default();
+    for sched in g.schedules() {
+        for route in sched.route_ids() {
+            if only.is_some_and(|ids| !ids.contains(route))
+                || g.schedule_for(route)
+                    .is_none_or(|s| !std::ptr::eq(s, sched))
+            {
+                continue;
+            }
+            let Some(trips) = sched.route(route) else {
+                continue;
+            };
+            let mut seen = HashSet::new();
+            for &t in &trips.trips {
+                for st in &sched.trips[t as usize].stop_times {
+                    if !seen.insert(st.stop) {
+                        continue;
+                    }
+                    let Some(p) = sched.stops.get(st.stop as usize) else {
+                        continue;
+                    };
+                    let (Some(lat), Some(lon)) = (p.lat, p.lon) else {
+                        continue;
+                    };
+                    let e = at
+                        .entry(&p.id)
+                        .or_insert_with(|| (p.name.as_deref(), lat, lon, Vec::new()));
+                    if !e.3.contains(&route) {
+                        e.3.push(route);
+                    }
+                }
+            }
+        }
+    }
+    let features: Vec<Value> = at
+        .into_iter()
+        .map(|(id, (name, lat, lon, mut routes))| {
+            routes.sort_unstable();
+            json!({
+                "type": "Feature",
+                "id": format!("stop:{id}"),
+                "geometry": { "type": "Point", "coordinates": [lon, lat] },
+                "properties": { "layer": "stop", "stop_id": id, "name": name, "route_ids": routes },
+            })
+        })
+        .collect();
+    json!({ "type": "FeatureCollection", "features": features })
 }
 
 /// The routes (all, or those in `only`) and every zone of `g` as a FeatureCollection
@@ -380,6 +453,98 @@ mod tests {
                 .is_empty());
             assert!(!z["properties"]["classes"].as_array().unwrap().is_empty());
         }
+    }
+
+    /// Two routes sharing stop B; C has no coordinates; D is used by no trip.
+    fn with_stops() -> GeoIndex {
+        use crate::geo::{Schedule, ScheduledTrip, Service, StopPoint, StopTime};
+        let stop = |id: &str, at: Option<(f64, f64)>| StopPoint {
+            id: id.into(),
+            name: Some(format!("Stop {id}")),
+            lon: at.map(|a| a.0),
+            lat: at.map(|a| a.1),
+        };
+        let stops = vec![
+            stop("A", Some((106.60, 10.90))),
+            stop("B", Some((106.61, 10.90))),
+            stop("C", None),
+            stop("D", Some((106.63, 10.90))),
+            stop("E", Some((106.61, 10.91))),
+        ];
+        let line = |a: (f64, f64), b: (f64, f64)| {
+            vec![geo::Coord { x: a.0, y: a.1 }, geo::Coord { x: b.0, y: b.1 }]
+        };
+        let shapes = vec![
+            (
+                "S1".into(),
+                "R1".into(),
+                line((106.60, 10.90), (106.61, 10.90)),
+            ),
+            (
+                "S2".into(),
+                "R2".into(),
+                line((106.61, 10.90), (106.61, 10.91)),
+            ),
+        ];
+        let trip = |id: &str, route: &str, shape: u32, at: &[u32]| ScheduledTrip {
+            id: id.into(),
+            route: route.into(),
+            service: 0,
+            shape,
+            direction: None,
+            headsign: None,
+            stop_times: at
+                .iter()
+                .enumerate()
+                .map(|(k, &stop)| StopTime {
+                    stop,
+                    seq: k as u32 + 1,
+                    arrival_s: 3600 + 60 * k as i32,
+                    departure_s: 3600 + 60 * k as i32,
+                    dist_m: 500.0 * k as f64,
+                })
+                .collect(),
+            frequencies: Vec::new(),
+        };
+        let sched = Schedule::from_parts(
+            stops,
+            shapes,
+            vec![Service {
+                id: "ALL".into(),
+                always: true,
+                ..Default::default()
+            }],
+            vec![
+                trip("T1", "R1", 0, &[0, 2, 1]),
+                trip("T2", "R2", 1, &[1, 4]),
+            ],
+        )
+        .unwrap();
+        GeoIndex::empty().with_schedules(vec![sched])
+    }
+
+    #[test]
+    fn stops_of_the_routes_in_scope_once_each() {
+        let g = with_stops();
+        let ids = |fc: &Value| -> Vec<String> {
+            fc["features"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["properties"]["stop_id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let all = stop_features(&g, None);
+        assert_eq!(ids(&all), ["A", "B", "E"]);
+        let b = &all["features"][1];
+        assert_eq!(b["properties"]["route_ids"], json!(["R1", "R2"]));
+        assert_eq!(b["properties"]["name"], "Stop B");
+        assert_eq!(b["geometry"]["coordinates"], json!([106.61, 10.90]));
+        let only: HashSet<String> = ["R2".to_string()].into();
+        let r2 = stop_features(&g, Some(&only));
+        assert_eq!(ids(&r2), ["B", "E"]);
+        assert_eq!(r2["features"][0]["properties"]["route_ids"], json!(["R2"]));
+        assert!(ids(&stop_features(&g, Some(&HashSet::new()))).is_empty());
     }
 
     #[test]

@@ -222,6 +222,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/deliveries", get(deliveries::deliveries))
         .route("/api/v1/geo", get(map::geo))
+        .route("/api/v1/stops", get(map::stops))
         .route("/map", get(map::page))
         .route("/map/config.json", get(map::config))
         .route("/map/static/{*file}", get(map::static_file))

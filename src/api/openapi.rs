@@ -221,6 +221,13 @@ pub fn document() -> Value {
                 "responses": with(json!({ "description": "Routes and zones", "content": {
                     "application/geo+json": { "schema": { "type": "object" } } } }), &["401"])
             }},
+            "/api/v1/stops": { "get": {
+                "summary": "Stops of the scheduled (GTFS) trips of the routes in use, as GeoJSON Points (lon/lat degrees)",
+                "description": "One FeatureCollection sorted by stop_id, each stop once (properties layer = stop, stop_id, name, route_ids: the routes whose trips stop there). \
+                    A cooperative token sees only the stops of the routes registered to its own vehicles. Reflects reloads (SIGHUP, /admin/reload-geo).",
+                "responses": with(json!({ "description": "Stops", "content": {
+                    "application/geo+json": { "schema": { "type": "object" } } } }), &["401"])
+            }},
             "/api/v1/openapi.json": { "get": {
                 "summary": "This document", "security": [],
                 "responses": { "200": { "description": "OpenAPI 3.1", "content": { "application/json": {} } } }

@@ -2,6 +2,8 @@
 //! headless Chromium (driven through chromedriver's WebDriver API) against the real
 //! `fleetwatch demo` binary: it loads without errors, vehicles appear, a click opens a
 //! vehicle's panel, a replay plays. The screenshot is kept in `target/artefacts/map.png`.
+//! Then the dispatcher's console: a violation announced and acknowledged, and a bus on
+//! a scheduled trip (its trip and delay in its panel, its route's stops at street zoom).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -1005,4 +1007,325 @@ async fn console_in_headless_chromium_announces_a_violation_acknowledges_it_and_
         .await;
     assert_eq!(errs, json!([[], []]), "page errors");
     browser.quit().await;
+}
+
+// ---- a bus on a scheduled trip -------------------------------------------------
+
+/// A bus of a GTFS route running its trip about 3 min late (tests/it/transit.rs's
+/// feed and run): its panel shows the trip, next stop and delay; the route's stops are
+/// drawn at zoom 15 (their names at 17), not at 12; `/api/v1/stops` is scoped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_headless_chromium_shows_a_late_bus_trip_and_its_stops() {
+    use crate::transit::{bus_run, write_feed, LAT};
+    use chrono::Timelike;
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let base = base_time() - chrono::Duration::minutes(30);
+    let local = base + chrono::Duration::hours(7);
+    let feed = std::env::temp_dir().join(format!("fw-it-map-trip-{}", std::process::id()));
+    let _feed = TempDir(feed.clone());
+    write_feed(&feed, i64::from(local.num_seconds_from_midnight()));
+    let mut s = settings(&db, &broker.url(), "fw-map-trip");
+    s.geo.gtfs = vec![feed.clone()];
+    s.http.map_tile_url = String::new();
+    s.vehicles = vec![bus("51B-111.11", "HTX-T", "L1"), {
+        let mut b = bus("51B-999.99", "HTX-Z", "L1");
+        b.route = None;
+        b
+    }];
+    let app = start_app(s).await;
+    let addr = app.http_addr;
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let token = create_token(&c, Role::Cooperative, Some("HTX-T"), None)
+        .await
+        .unwrap();
+    let other = create_token(&c, Role::Cooperative, Some("HTX-Z"), None)
+        .await
+        .unwrap();
+
+    // The stops of L1 for its cooperative, none for one without a vehicle on it.
+    let stops = request(
+        addr,
+        "GET",
+        "/api/v1/stops",
+        &[("Authorization", &format!("Bearer {token}"))],
+        None,
+    )
+    .await;
+    assert_eq!(stops.status, 200);
+    assert_eq!(stops.header("content-type"), Some("application/geo+json"));
+    let fc = stops.json();
+    let ids: Vec<&str> = fc["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["properties"]["stop_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["S0", "S1", "S2", "S3", "S4", "S5"]);
+    assert_eq!(fc["features"][3]["properties"]["name"], "Stop 3");
+    assert_eq!(fc["features"][3]["properties"]["route_ids"], json!(["L1"]));
+    let theirs = request(
+        addr,
+        "GET",
+        "/api/v1/stops",
+        &[("Authorization", &format!("Bearer {other}"))],
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(theirs["features"], json!([]), "another cooperative's stops");
+
+    // The bus up to between S2 and S3, about 3 min late.
+    let t = topic("HTX-T", "51B-111.11");
+    let run: Vec<(String, Vec<u8>)> = bus_run(base + chrono::Duration::minutes(3), 0)
+        .into_iter()
+        .take(24 + 60)
+        .map(|(ts, lon, v)| (t.clone(), fix("51B-111.11", ts, LAT, lon, v)))
+        .collect();
+    publish_all(&broker.url(), &run).await;
+    let live_trip = "SELECT count(*) FROM vehicles
+                     WHERE vehicle_id = '51B-111.11' AND live_trip_id = 'T1' AND live_delay_s > 0";
+    wait_until("the bus's live trip", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { count(&db, live_trip).await == 1 }
+    })
+    .await;
+
+    let browser = Browser::start().await;
+    let url = format!("http://{addr}/map#token={token}");
+    browser
+        .cmd("POST", "/url", Some(json!({ "url": url })))
+        .await;
+    browser
+        .wait_for(
+            "the bus and the stops loaded",
+            Duration::from_secs(30),
+            "return !!window.fleetwatch && fleetwatch.live() && fleetwatch.vehicleCount() === 1
+               && fleetwatch.stopsLoaded() === 6",
+        )
+        .await;
+    // Framed on the 5.5 km route: below street zoom, no stops drawn.
+    let zoom = browser
+        .js("return fleetwatch.zoom()")
+        .await
+        .as_f64()
+        .unwrap();
+    assert!(zoom < 15.0, "{zoom}");
+    assert_eq!(browser.js("return fleetwatch.stopsDrawn()").await, 0);
+
+    let p = browser
+        .js("return fleetwatch.vehiclePoint('51B-111.11')")
+        .await;
+    browser
+        .click_at(p["x"].as_i64().unwrap(), p["y"].as_i64().unwrap())
+        .await;
+    let field = |name: &str| {
+        format!("const x = document.querySelector('#vehicle-details [data-field=\"{name}\"]'); return x ? x.textContent : null")
+    };
+    browser
+        .wait_for(
+            "the bus's panel with its trip",
+            Duration::from_secs(10),
+            &format!("return (() => {{ {} }})() !== null", field("trip")),
+        )
+        .await;
+    assert_eq!(browser.js(&field("trip")).await, "T1 · route L1");
+    assert_eq!(browser.js(&field("next-stop")).await, "Stop 3");
+    let delay = browser.js(&field("delay")).await;
+    assert!(
+        ["3 min late", "2 min late"].contains(&delay.as_str().unwrap()),
+        "about 3 min late: {delay}"
+    );
+    // No headsign in the feed: no row for it.
+    assert_eq!(browser.js(&field("headsign")).await, Value::Null);
+
+    // Zoomed in with the map's own control: stops from 15, names from 17; out again
+    // to 12: gone.
+    for (want, stops_drawn, labels) in [(15.0, 6, false), (17.0, 6, true), (12.0, 0, false)] {
+        let css = if want > zoom {
+            ".leaflet-control-zoom-in"
+        } else {
+            ".leaflet-control-zoom-out"
+        };
+        for _ in 0..8 {
+            let z = browser
+                .js("return fleetwatch.zoom()")
+                .await
+                .as_f64()
+                .unwrap();
+            if (want > zoom && z >= want) || (want < zoom && z <= want) {
+                break;
+            }
+            browser.click_css(css).await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        browser
+            .wait_for(
+                &format!("{stops_drawn} stops drawn at zoom {want}"),
+                Duration::from_secs(5),
+                &format!(
+                    "const z = fleetwatch.zoom();
+                     return ({want} > {zoom} ? z >= {want} : z <= {want})
+                       && fleetwatch.stopsDrawn() === {stops_drawn}
+                       && fleetwatch.stopLabelsShown() === {labels}"
+                ),
+            )
+            .await;
+        // At 15 the stops either side of the bus are in view (at 17 they are off it).
+        if stops_drawn > 0 && !labels {
+            let shot = Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .parent()
+                .unwrap()
+                .join("artefacts/console-trip.png");
+            browser.screenshot(&shot).await;
+            eprintln!("screenshot: {}", shot.display());
+        }
+    }
+
+    let errs = browser
+        .js("return [fleetwatch.errors(), fleetwatch.requestErrors()]")
+        .await;
+    assert_eq!(errs, json!([[], []]), "page errors");
+    assert_eq!(
+        browser.severe_logs().await,
+        Vec::<String>::new(),
+        "console errors"
+    );
+    browser.quit().await;
+    app.shutdown();
+    app.wait().await;
+}
+
+// ---- page work per stream update (measured by hand, never in CI) -----------------
+
+/// Page work per `update` event of the stream with 10,000 vehicles on the map, 1 %,
+/// 10 % and 100 % of them moved per update (rows updated as the writer does, as
+/// `benches/stream.rs`). Prints, per share, the update size and the page's JSON parse,
+/// apply and canvas redraw (median, p95, max). A measurement, not a check:
+/// `cargo test --test it page_work_per_update -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement (BENCHMARKS.md), run by hand"]
+async fn page_work_per_update_at_10000_vehicles() {
+    const N: i64 = 10_000;
+    const SECONDS: i64 = 12;
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let mut s = settings(&db, &broker.url(), "fw-map-load");
+    s.http.map_tile_url = String::new();
+    let app = start_app(s).await;
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    // A 100 × 100 grid 330 m apart (one marker each), driving figures as the writer
+    // keeps them.
+    c.batch_execute(&format!(
+        "INSERT INTO vehicles (vehicle_id, cooperative_id, plate, class, registered,
+                               last_seen, last_fix_ts, last_lat, last_lon, last_speed_kmh,
+                               last_heading_deg, last_driver_id, live_as_of_ts, live_driver_id,
+                               live_driver_since_ts, live_moving, live_continuous_s,
+                               live_last_drive_end_ts, live_day, live_daily_s, live_weekly_s)
+         SELECT 'V-' || v, 'HTX-' || (v % 20), '61B-' || v, 'bus', true, now(), now(),
+                10.8 + (v / 100) * 0.003, 106.5 + (v % 100) * 0.003, 35, 0, 'D-' || v,
+                now(), 'D-' || v, now() - interval '2 h', true, 7200, now(),
+                (now() AT TIME ZONE '+07')::date, 7200, 30000
+         FROM generate_series(0, {} - 1) v;
+         ANALYZE vehicles;",
+        N
+    ))
+    .await
+    .unwrap();
+    let token = create_token(&c, Role::Regulator, None, Some("load"))
+        .await
+        .unwrap();
+
+    let browser = Browser::start().await;
+    let url = format!("http://{}/map#token={token}", app.http_addr);
+    browser
+        .cmd("POST", "/url", Some(json!({ "url": url })))
+        .await;
+    browser
+        .wait_for(
+            "10,000 vehicles on the map",
+            Duration::from_secs(120),
+            &format!("return !!window.fleetwatch && fleetwatch.live() && fleetwatch.vehicleCount() === {N}"),
+        )
+        .await;
+
+    for pct in [1_i64, 10, 100] {
+        let every = 100 / pct;
+        let before = browser
+            .js("return fleetwatch.timings().updates")
+            .await
+            .as_i64()
+            .unwrap();
+        // Each second a different `pct` % moves 11 m north.
+        for k in 0..SECONDS {
+            let t = Instant::now();
+            c.execute(
+                "UPDATE vehicles SET last_seen = now(), last_fix_ts = now(),
+                        last_lat = last_lat + 1e-4, live_as_of_ts = now(),
+                        live_continuous_s = live_continuous_s + 1
+                 WHERE substr(vehicle_id, 3)::int8 % $1 = $2",
+                &[&every, &(k % every)],
+            )
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_secs(1).saturating_sub(t.elapsed())).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let t = browser.js("return fleetwatch.timings()").await;
+        let log: Vec<&Value> = t["updateLog"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .take((t["updates"].as_i64().unwrap() - before) as usize)
+            .filter(|e| !e["drawMs"].is_null())
+            .collect();
+        assert!(
+            log.len() as i64 >= SECONDS / 2,
+            "{pct} %: {} updates in {SECONDS} s",
+            log.len()
+        );
+        let stat = |key: &str| {
+            let mut v: Vec<f64> = log.iter().map(|e| e[key].as_f64().unwrap()).collect();
+            v.sort_by(f64::total_cmp);
+            let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+            (at(0.5), at(0.95), v[v.len() - 1])
+        };
+        let (n, _, _) = stat("vehicles");
+        assert!(
+            n >= (N * pct / 100) as f64 * 0.9,
+            "{pct} %: {n} vehicles per update"
+        );
+        let total = {
+            let mut v: Vec<f64> = log
+                .iter()
+                .map(|e| {
+                    ["parseMs", "applyMs", "drawMs"]
+                        .iter()
+                        .map(|k| e[*k].as_f64().unwrap())
+                        .sum()
+                })
+                .collect();
+            v.sort_by(f64::total_cmp);
+            let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+            (at(0.5), at(0.95), v[v.len() - 1])
+        };
+        let f = |(a, b, c): (f64, f64, f64)| format!("{a:.1} / {b:.1} / {c:.1}");
+        println!(
+            "{pct:>3} % moved: {} updates, {n:.0} vehicles each (median); ms median / p95 / max: \
+             parse {}, apply {}, redraw {}, total {}",
+            log.len(),
+            f(stat("parseMs")),
+            f(stat("applyMs")),
+            f(stat("drawMs")),
+            f(total)
+        );
+    }
+    let errs = browser
+        .js("return [fleetwatch.errors(), fleetwatch.requestErrors()]")
+        .await;
+    assert_eq!(errs, json!([[], []]), "page errors");
+    browser.quit().await;
+    app.shutdown();
+    app.wait().await;
 }

@@ -10,8 +10,8 @@ use fleetwatch::infra::broker::EmbeddedBroker;
 
 use crate::support::*;
 
-const LAT: f64 = 10.95;
-const LON0: f64 = 106.65;
+pub(crate) const LAT: f64 = 10.95;
+pub(crate) const LON0: f64 = 106.65;
 const STEP: f64 = 0.01;
 
 fn hms(s: i64) -> String {
@@ -21,7 +21,7 @@ fn hms(s: i64) -> String {
 /// Route L1 east along 10.95 N, stops S0..S5 every 0.01° (1,092 m); trip T1 leaves
 /// S0 at local `dep_s` (seconds after local midnight), 140 s between stops. No
 /// calendar files: the service runs every day.
-fn write_feed(dir: &std::path::Path, dep_s: i64) {
+pub(crate) fn write_feed(dir: &std::path::Path, dep_s: i64) {
     std::fs::create_dir_all(dir).unwrap();
     let stops: String = (0..6)
         .map(|k| format!("S{k},Stop {k},{LAT},{:.4}\n", LON0 + STEP * f64::from(k)))
@@ -66,7 +66,7 @@ fn write_feed(dir: &std::path::Path, dep_s: i64) {
 
 /// A bus waiting 2 min at S0, leaving at `depart`, 36 km/h, 5 s fixes, 30 s at each
 /// stop but `through`, 3 min standing at S5.
-fn bus_run(depart: DateTime<Utc>, through: i32) -> Vec<(DateTime<Utc>, f64, f64)> {
+pub(crate) fn bus_run(depart: DateTime<Utc>, through: i32) -> Vec<(DateTime<Utc>, f64, f64)> {
     let mut out = Vec::new();
     let mut t = depart - chrono::Duration::seconds(120);
     while t <= depart {
