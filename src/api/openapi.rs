@@ -371,7 +371,8 @@ fn add_transit(doc: &mut Value) {
         "confidence": { "type": "integer", "minimum": 0, "maximum": 100 },
         "completed": s("boolean"), "stops_served": s("integer"), "stops_skipped": s("integer"),
         "stops_total": s("integer"),
-        "last_delay_s": { "type": ["integer", "null"], "description": "Deviation at the last observed stop, s (late > 0)" } } });
+        "last_delay_s": { "type": ["integer", "null"], "description": "Deviation at the last observed stop, s (late > 0)" },
+        "distance_m": { "type": ["number", "null"], "description": "Kilometres in service, as metres along the trip's shape from where the run started to the furthest point reached (null for runs stored by older versions)" } } });
     schemas["StopEvent"] = json!({ "type": "object", "properties": {
         "vehicle_id": s("string"), "cooperative_id": n("string"), "trip_id": s("string"),
         "service_date": date.clone(), "stop_sequence": s("integer"), "stop_id": s("string"),
