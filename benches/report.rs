@@ -1,7 +1,7 @@
 //! Compliance report of a month (not criterion: a seeded database, then timed runs).
 //!
 //! `cargo bench --bench report -- [--vehicles 500] [--days 31] [--reps 7]
-//!  [--data-dir DIR]`
+//!  [--data-dir DIR] [--compress]`
 //!
 //! Seeds a private PostgreSQL with a month of one cooperative through the real path
 //! (canonical JSON messages → validation → rules → `write_batch`, so trips, alerts,
@@ -12,6 +12,8 @@
 //! the roll-ups (JSON and CSV) and from the raw tables.
 //!
 //! With `--data-dir`, the database is kept there and reused by later runs (seeded once).
+//! With `--compress` (TimescaleDB layout), every chunk of `fixes` is then compressed and
+//! both reports are checked equal and timed again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +28,7 @@ use fleetwatch::pipeline::topic::TopicPattern;
 use fleetwatch::pipeline::validate::Validator;
 use fleetwatch::pipeline::Stage;
 use fleetwatch::rules::{Engine, RulesConfig};
+use fleetwatch::store::migrate::Layout;
 use fleetwatch::store::rollup;
 use fleetwatch::store::writer::{self, Item};
 use rand::rngs::SmallRng;
@@ -46,6 +49,7 @@ struct Args {
     reps: usize,
     data_dir: Option<std::path::PathBuf>,
     writer_batches: usize,
+    compress: bool,
 }
 
 fn args() -> Args {
@@ -55,6 +59,7 @@ fn args() -> Args {
         reps: 7,
         data_dir: None,
         writer_batches: 100,
+        compress: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -66,6 +71,11 @@ fn args() -> Args {
             "--reps" => a.reps = next().parse().expect("--reps N"),
             "--data-dir" => a.data_dir = Some(next().into()),
             "--writer-batches" => a.writer_batches = next().parse().expect("--writer-batches N"),
+            "--compress" => {
+                a.compress = true;
+                i += 1;
+                continue;
+            }
             _ => {
                 i += 1; // `--bench` and other harness flags
                 continue;
@@ -554,6 +564,57 @@ async fn main() {
         "month report from raw tables, JSON",
         time(reps.div_ceil(2), || json(raw_p.clone())).await,
     );
+    // TimescaleDB: the same reports once every chunk of the month is compressed, as
+    // they are a week after the fact (`fixes` policy).
+    if a.compress && layout == Layout::Timescale {
+        let before: i64 = c
+            .query_one(
+                "SELECT count(*) FROM timescaledb_information.chunks
+                 WHERE hypertable_name = 'fixes' AND is_compressed",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        println!("chunks of fixes compressed by the policy before the timings above: {before}");
+        let started = Instant::now();
+        let n: i64 = c
+            .query_one(
+                "SELECT count(compress_chunk(ch, if_not_compressed => true)) FROM show_chunks('fixes') ch",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let size: String = c
+            .query_one("SELECT pg_size_pretty(hypertable_size('fixes'))", &[])
+            .await
+            .unwrap()
+            .get(0);
+        println!(
+            "compressed {n} chunks of fixes in {:.1} s; fixes now {size}",
+            started.elapsed().as_secs_f64()
+        );
+        let r3 = reports::build(c, &raw_p).await.unwrap();
+        let diffs = differences(&r1, &r3);
+        assert!(
+            diffs.is_empty(),
+            "the raw report on compressed chunks differs:\n{}",
+            diffs.join("\n")
+        );
+        row(
+            "compressed: month report from roll-ups, JSON",
+            time(reps, || json(p.clone())).await,
+        );
+        row(
+            "compressed: month report from raw tables, JSON",
+            time(reps.div_ceil(2), || json(raw_p.clone())).await,
+        );
+    } else if a.compress {
+        println!(
+            "--compress: the plain layout has no chunks to compress (TimescaleDB not installed)"
+        );
+    }
     if !keep {
         pg.stop();
         let _ = std::fs::remove_dir_all(&dir);

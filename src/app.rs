@@ -260,6 +260,7 @@ impl App {
         let incident_task = tokio::spawn(store::incidents::run(
             db_url.clone(),
             incident_rx,
+            fence.clone(),
             disconnect.clone(),
         ));
         let client_ids: Vec<String> = (0..n_conn)
@@ -360,6 +361,7 @@ impl App {
                 settings.deliveries.clone(),
                 settings.rules.utc_offset.seconds(),
                 alerts_ready.deliveries.clone(),
+                fence.clone(),
                 disconnect.clone(),
             ))
         });
@@ -401,6 +403,7 @@ impl App {
             tokio::spawn(retention_loop(
                 client,
                 settings.database.layout.retention_days,
+                fence.clone(),
                 shutdown.clone(),
             ))
         });
@@ -573,11 +576,27 @@ async fn bind_http(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> 
 }
 
 /// Writes the configured registry into `vehicles` (registered = true).
-async fn retention_loop(client: tokio_postgres::Client, days: u32, stop: CancellationToken) {
+async fn retention_loop(
+    mut client: tokio_postgres::Client,
+    days: u32,
+    fence: Option<lease::Fence>,
+    stop: CancellationToken,
+) {
+    if let Some(f) = &fence {
+        if let Err(e) = f.prepare(&client).await {
+            tracing::warn!(error = %e, "retention: not run (no fenced session)");
+            return;
+        }
+    }
     loop {
-        match migrate::enforce_retention(&client, days).await {
+        let r = match &fence {
+            Some(f) => migrate::enforce_retention_fenced(&mut client, days, f).await,
+            None => migrate::enforce_retention(&client, days).await,
+        };
+        match r {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, days, "retention: old fixes deleted"),
+            Err(store::StoreError::Fenced { .. }) => return,
             Err(e) => tracing::warn!(error = %e, "retention run failed"),
         }
         tokio::select! {

@@ -6,9 +6,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::mpsc;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 use tokio_util::sync::CancellationToken;
 
+use super::lease::Fence;
 use super::StoreError;
 
 /// Kind of an incident where the broker lost its session for fleetwatch.
@@ -45,7 +46,7 @@ pub struct StoredIncident {
 }
 
 /// Stores one incident.
-pub async fn insert(db: &Client, i: &Incident) -> Result<(), StoreError> {
+pub async fn insert(db: &impl GenericClient, i: &Incident) -> Result<(), StoreError> {
     db.execute(
         "INSERT INTO ingest_incidents (at, kind, broker, connection, detail)
          VALUES ($1, $2, $3, $4, $5)",
@@ -82,10 +83,33 @@ pub async fn in_range(
         .collect())
 }
 
+/// Stores one incident in a transaction checked by the failover `fence` (a leader
+/// that lost its lease stores nothing).
+pub async fn insert_fenced(
+    db: &mut Client,
+    i: &Incident,
+    fence: Option<&Fence>,
+) -> Result<(), StoreError> {
+    let Some(f) = fence else {
+        return insert(db, i).await;
+    };
+    let tx = db.transaction().await?;
+    insert(&tx, i).await?;
+    f.check(&tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Stores incidents from `rx` until it closes or `stop` fires (then drains what is
 /// queued, bounded). A failed insert is retried with backoff: the incident is kept in
-/// memory meanwhile, and the event loops never wait on this task.
-pub async fn run(db_url: String, mut rx: mpsc::Receiver<Incident>, stop: CancellationToken) {
+/// memory meanwhile, and the event loops never wait on this task. Under failover
+/// (`fence`), a leader that lost its lease stops storing.
+pub async fn run(
+    db_url: String,
+    mut rx: mpsc::Receiver<Incident>,
+    fence: Option<Fence>,
+    stop: CancellationToken,
+) {
     let mut client: Option<Client> = None;
     loop {
         let incident = tokio::select! {
@@ -96,14 +120,23 @@ pub async fn run(db_url: String, mut rx: mpsc::Receiver<Incident>, stop: Cancell
         loop {
             if client.as_ref().is_none_or(|c| c.is_closed()) {
                 client = super::connect(&db_url).await.ok();
+                if let (Some(c), Some(f)) = (&client, &fence) {
+                    if f.prepare(c).await.is_err() {
+                        client = None;
+                    }
+                }
             }
-            let r = match &client {
-                Some(c) => insert(c, &incident).await.map_err(|e| e.to_string()),
-                None => Err("no database connection".to_string()),
+            let r = match client.as_mut() {
+                Some(c) => insert_fenced(c, &incident, fence.as_ref())
+                    .await
+                    .map_err(Some),
+                None => Err(None),
             };
             match r {
                 Ok(()) => break,
+                Err(Some(StoreError::Fenced { .. })) => return,
                 Err(e) => {
+                    let e = e.map_or_else(|| "no database connection".into(), |e| e.to_string());
                     tracing::warn!(error = %e, kind = incident.kind, "ingest incident not stored yet; retrying");
                     client = None;
                     tokio::select! {

@@ -206,13 +206,32 @@ pub async fn enforce_retention(client: &Client, retention_days: u32) -> Result<u
     let days = i32::try_from(retention_days).unwrap_or(i32::MAX);
     let mut total = 0;
     loop {
-        let n = client
-            .execute(
-                "DELETE FROM fixes WHERE ctid IN (
-                     SELECT ctid FROM fixes WHERE ts < now() - make_interval(days => $1) LIMIT 10000)",
-                &[&days],
-            )
-            .await?;
+        let n = client.execute(RETENTION_CHUNK, &[&days]).await?;
+        total += n;
+        if n < 10_000 {
+            return Ok(total);
+        }
+    }
+}
+
+/// One bounded chunk of the plain layout's retention delete.
+const RETENTION_CHUNK: &str = "DELETE FROM fixes WHERE ctid IN (
+     SELECT ctid FROM fixes WHERE ts < now() - make_interval(days => $1) LIMIT 10000)";
+
+/// [`enforce_retention`], each chunk's delete checked by the failover `fence` before
+/// its commit: a leader that lost its lease deletes nothing more.
+pub async fn enforce_retention_fenced(
+    client: &mut Client,
+    retention_days: u32,
+    fence: &super::lease::Fence,
+) -> Result<u64, StoreError> {
+    let days = i32::try_from(retention_days).unwrap_or(i32::MAX);
+    let mut total = 0;
+    loop {
+        let tx = client.transaction().await?;
+        let n = tx.execute(RETENTION_CHUNK, &[&days]).await?;
+        fence.check(&tx).await?;
+        tx.commit().await?;
         total += n;
         if n < 10_000 {
             return Ok(total);

@@ -115,6 +115,22 @@ impl Receiver {
     fn all(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
     }
+
+    /// The alerts' idempotency keys of the accepted requests, in arrival order (a
+    /// request carries one alert, or several that queued together).
+    pub(crate) fn alert_keys(&self) -> Vec<String> {
+        self.accepted()
+            .iter()
+            .flat_map(|r| {
+                r.json()["alerts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a["idempotency_key"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
 }
 
 impl Drop for Receiver {
@@ -329,42 +345,55 @@ async fn webhook_down_then_back_gets_everything_in_order_once_each() {
     assert!(rx.accepted().is_empty());
     rx.status.store(200, Ordering::SeqCst);
     wait_until("five alerts delivered", Duration::from_secs(20), || async {
-        rx.accepted().len() >= 5
+        rx.alert_keys().len() >= 5
     })
     .await;
     // A change of an alert is a new revision, with its own key.
     close_alert(&e.db, &ids[1]).await;
     wait_until("the closing delivered", Duration::from_secs(20), || async {
-        rx.accepted().len() >= 6
+        rx.alert_keys().len() >= 6
     })
     .await;
     // Let any repeat show before judging.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let accepted = rx.accepted();
-    let keys: Vec<String> = accepted
-        .iter()
-        .map(|r| r.header("idempotency-key").unwrap().to_string())
-        .collect();
+    let keys = rx.alert_keys();
     let mut want: Vec<String> = ids.iter().map(|id| format!("{id}:1")).collect();
     want.push(format!("{}:2", ids[1]));
     assert_eq!(keys, want, "in order, each once");
     for r in rx.all() {
         assert!(r.signed(), "bad signature: {:?}", r.headers);
     }
-    for (r, key) in accepted.iter().zip(&keys) {
+    // The five that queued while the destination was down went in fewer requests.
+    assert!(accepted.len() < 6, "{} requests", accepted.len());
+    for r in &accepted {
         let b = r.json();
-        assert_eq!(b["idempotency_key"], json!(key));
-        assert_eq!(b["alerts"][0]["idempotency_key"], json!(key));
+        let header = r.header("idempotency-key").unwrap();
+        assert_eq!(b["idempotency_key"], json!(header));
+        let alerts = b["alerts"].as_array().unwrap();
+        match alerts.as_slice() {
+            [one] => assert_eq!(one["idempotency_key"], json!(header)),
+            _ => assert!(header.starts_with(&format!("batch:{dest}:")), "{header}"),
+        }
         assert_eq!(b["cooperative"], "HTX-A");
-        assert!(b["alerts"][0]["map_url"]
-            .as_str()
-            .unwrap()
-            .starts_with("https://fleet.example.vn/map#vehicle=A-1&t="));
+        assert_eq!(b["digest"], false);
+        for a in alerts {
+            assert!(a["map_url"]
+                .as_str()
+                .unwrap()
+                .starts_with("https://fleet.example.vn/map#vehicle=A-1&t="));
+        }
     }
-    let closing = accepted[5].json();
-    assert_eq!(closing["alerts"][0]["status"], "closed");
-    assert_eq!(closing["alerts"][0]["revision"], 2);
+    let closing = accepted.last().unwrap().json();
+    let closing = closing["alerts"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(closing["status"], "closed");
+    assert_eq!(closing["revision"], 2);
     // The legal log: every attempt, failed and delivered, with whom and what.
     let delivered = count(
         &e.db,
@@ -454,7 +483,7 @@ async fn a_failing_destination_is_parked_and_slows_no_other() {
     wait_until(
         "the good destination served",
         Duration::from_secs(20),
-        || async { good.accepted().len() == 5 },
+        || async { good.alert_keys().len() == 5 },
     )
     .await;
     wait_until("the failing destination parked", Duration::from_secs(30), || async {
@@ -520,14 +549,10 @@ async fn a_failing_destination_is_parked_and_slows_no_other() {
     wait_until(
         "the unparked destination served",
         Duration::from_secs(20),
-        || async { slow.accepted().len() == 5 },
+        || async { slow.alert_keys().len() == 5 },
     )
     .await;
-    let keys: Vec<String> = slow
-        .accepted()
-        .iter()
-        .map(|r| r.header("idempotency-key").unwrap().to_string())
-        .collect();
+    let keys = slow.alert_keys();
     assert_eq!(
         keys,
         (0..5).map(|i| format!("park-{i}:1")).collect::<Vec<_>>()
@@ -1069,5 +1094,122 @@ async fn https_webhook_handshakes_and_refuses_an_untrusted_certificate() {
         .unwrap()
         .get(0);
     assert!(detail.contains("UnknownIssuer"), "{detail}");
+    e.stop().await;
+}
+
+/// Failover: a leader that lost its lease neither queues, sends nor records a
+/// delivery; the new leader does, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_leader_queues_sends_and_records_no_delivery() {
+    use fleetwatch::store::deliver::{self, fanout, DeliverError, DeliveriesConfig};
+    use fleetwatch::store::lease::{self, HaConfig};
+    use fleetwatch::store::StoreError;
+    use tokio_util::sync::CancellationToken;
+
+    // The app serves the API only: the deliveries below run under the test's fences.
+    let e = Env::start(|s| s.deliveries.enabled = false, "fw-deliver-fence").await;
+    let rx = Receiver::start(0, 200).await;
+    let dest = e.destination(&e.coop_a, webhook(&rx.url())).await;
+    let cfg = HaConfig {
+        enabled: true,
+        lease_s: 1,
+        name: "deliveries".into(),
+    };
+    let never = CancellationToken::new();
+    let mut c = fleetwatch::store::connect(&e.db).await.unwrap();
+    let old = lease::acquire(&c, &cfg, "old", &never)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let c2 = fleetwatch::store::connect(&e.db).await.unwrap();
+    // The new leader's lease outlasts the test (nobody renews it here).
+    let long = HaConfig {
+        lease_s: 120,
+        ..cfg.clone()
+    };
+    let new = lease::acquire(&c2, &long, "new", &never)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((old.epoch(), new.epoch()), (1, 2));
+    insert_alert(
+        &e.db,
+        "fence-1",
+        "HTX-A",
+        "overspeed",
+        "violation",
+        base_time(),
+    )
+    .await;
+
+    // The old leader's fan-out is refused whole.
+    let err = fanout::fan_out(&mut c, 7 * 3600, Some(&old))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DeliverError::Db(StoreError::Fenced {
+                epoch: 1,
+                current: Some(2)
+            })
+        ),
+        "{err}"
+    );
+    assert!(old.lost().is_cancelled(), "the old leader steps down");
+    let deliveries = "SELECT count(*) FROM deliveries";
+    assert_eq!(count(&e.db, deliveries).await, 0, "nothing queued");
+    let fanned = "SELECT count(*) FROM alerts WHERE fanned_out_revision IS NOT NULL";
+    assert_eq!(count(&e.db, fanned).await, 0);
+    assert_eq!(
+        fanout::fan_out(&mut c, 7 * 3600, Some(&new)).await.unwrap(),
+        1
+    );
+    assert_eq!(count(&e.db, deliveries).await, 1);
+
+    let run = |fence: lease::Fence, stop: CancellationToken| {
+        let cfg = DeliveriesConfig {
+            allow_private_targets: true,
+            poll_ms: 100,
+            ..Default::default()
+        };
+        tokio::spawn(deliver::run(
+            e.db.clone(),
+            cfg,
+            7 * 3600,
+            Arc::new(tokio::sync::Notify::new()),
+            Some(fence),
+            stop,
+        ))
+    };
+    // The old leader's workers send nothing and record nothing.
+    let stop = CancellationToken::new();
+    let task = run(old, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    task.await.unwrap();
+    assert!(rx.all().is_empty(), "a stale leader sent {:?}", rx.all());
+    let pending = "SELECT count(*) FROM deliveries WHERE status = 'pending' AND attempts = 0";
+    assert_eq!(count(&e.db, pending).await, 1);
+    let logged = format!("SELECT count(*) FROM reminder_log WHERE destination_id = {dest}");
+    assert_eq!(count(&e.db, &logged).await, 0, "nothing recorded");
+
+    // The leader delivers it, once.
+    let stop = CancellationToken::new();
+    let task = run(new, stop.clone());
+    wait_until(
+        "delivered by the leader",
+        Duration::from_secs(20),
+        || async { rx.alert_keys().len() == 1 },
+    )
+    .await;
+    wait_until("recorded", Duration::from_secs(10), || async {
+        count(&e.db, &format!("SELECT count(*) FROM reminder_log WHERE destination_id = {dest} AND status = 'delivered'")).await == 1
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(rx.alert_keys(), ["fence-1:1"]);
     e.stop().await;
 }

@@ -31,6 +31,10 @@ pub struct DeliveriesConfig {
     pub poll_ms: u64,
     /// Most info events in one digest message.
     pub max_digest: usize,
+    /// Most immediate alerts in one webhook POST: what queued while a destination was
+    /// slow or down goes together, each alert with its own idempotency key (an email
+    /// still carries one alert).
+    pub max_batch: usize,
     /// Let webhooks point to loopback, private and link-local addresses (refused by
     /// default: a cooperative's URL must not reach the service's own network).
     pub allow_private_targets: bool,
@@ -51,6 +55,7 @@ impl Default for DeliveriesConfig {
             timeout_s: 10,
             poll_ms: 500,
             max_digest: 200,
+            max_batch: 100,
             allow_private_targets: false,
             smtp: SmtpConfig::default(),
             destinations: Vec::new(),

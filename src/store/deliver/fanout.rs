@@ -17,12 +17,19 @@ use super::render::AlertView;
 use super::schedule::{self, Facts};
 use super::DeliverError;
 use crate::domain::alert::{AlertKind, Level};
+use crate::store::lease::Fence;
 
 /// Alerts fanned out per transaction.
 const ROUND: i64 = 500;
 
-/// Fans out up to [`ROUND`] changed alerts; returns how many alerts it marked.
-pub async fn fan_out(db: &mut Client, utc_offset_s: i32) -> Result<usize, DeliverError> {
+/// Fans out up to [`ROUND`] changed alerts; returns how many alerts it marked. Under
+/// failover the transaction is checked by `fence` before its commit: a leader that
+/// lost its lease queues nothing.
+pub async fn fan_out(
+    db: &mut Client,
+    utc_offset_s: i32,
+    fence: Option<&Fence>,
+) -> Result<usize, DeliverError> {
     let dests = destinations::list(db, None).await?;
     let tx = db.transaction().await?;
     let rows = tx
@@ -126,6 +133,9 @@ pub async fn fan_out(db: &mut Client, utc_offset_s: i32) -> Result<usize, Delive
         &[&marked],
     )
     .await?;
+    if let Some(f) = fence {
+        f.check(&tx).await?;
+    }
     tx.commit().await?;
     metrics::counter!("fleetwatch_deliveries_enqueued_total").increment(d_ids.len() as u64);
     Ok(marked.len())

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::DeliveriesConfig;
 
+use super::lease::Fence;
 use super::StoreError;
 
 /// Errors of the delivery store.
@@ -81,6 +82,8 @@ pub(crate) struct Ctx {
     utc_offset_s: i32,
     webhook: webhook::Webhook,
     mailer: email::Mailer,
+    /// Under failover: confirmed before each send, checked before each record.
+    fence: Option<Fence>,
 }
 
 /// Connections the workers share (they hold one only to read or record).
@@ -111,12 +114,14 @@ fn pool(db_url: &str) -> Result<deadpool_postgres::Pool, StoreError> {
 /// destinations created, changed, unparked or deleted (by any instance) within
 /// `poll_ms`. `utc_offset_s`: local time of quiet hours, digests and messages.
 /// `alerts_ready`: the writer's wake after it committed changed alerts (alerts
-/// written by another instance are found at the next poll).
+/// written by another instance are found at the next poll). Under failover, `fence`
+/// keeps a leader that lost its lease from sending or recording anything.
 pub async fn run(
     db_url: String,
     cfg: DeliveriesConfig,
     utc_offset_s: i32,
     alerts_ready: Arc<Notify>,
+    fence: Option<Fence>,
     stop: CancellationToken,
 ) {
     let pool = match pool(&db_url) {
@@ -140,6 +145,7 @@ pub async fn run(
         mailer: email::Mailer::new(&cfg.smtp, timeout),
         cfg,
         utc_offset_s,
+        fence: fence.clone(),
     });
     let fan = tokio::spawn(fan_out_loop(
         db_url,
@@ -147,6 +153,7 @@ pub async fn run(
         poll,
         alerts_ready,
         queued_tx,
+        fence,
         stop.clone(),
     ));
     let mut workers: HashMap<i64, (DateTime<Utc>, CancellationToken, JoinHandle<()>)> =
@@ -209,15 +216,24 @@ async fn fan_out_loop(
     poll: Duration,
     alerts_ready: Arc<Notify>,
     queued: watch::Sender<u64>,
+    fence: Option<Fence>,
     stop: CancellationToken,
 ) {
     let mut db: Option<tokio_postgres::Client> = None;
     while !stop.is_cancelled() {
+        if fence.as_ref().is_some_and(|f| f.lost().is_cancelled()) {
+            return; // stepped down: the new leader fans out
+        }
         if db.as_ref().is_none_or(|c| c.is_closed()) {
             db = super::connect(&db_url).await.ok();
+            if let (Some(c), Some(f)) = (&db, &fence) {
+                if f.prepare(c).await.is_err() {
+                    db = None;
+                }
+            }
         }
         if let Some(c) = db.as_mut() {
-            match fanout::fan_out(c, utc_offset_s).await {
+            match fanout::fan_out(c, utc_offset_s, fence.as_ref()).await {
                 Ok(n) if n > 0 => {
                     queued.send_modify(|k| *k = k.wrapping_add(1));
                     continue; // more may be waiting

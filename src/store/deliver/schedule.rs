@@ -85,23 +85,25 @@ pub struct Pending {
 }
 
 /// The rows that go out next from the due pending rows in id order (indices into
-/// `due`): the first one alone, or, when it is a digest row, its digest: the rows
-/// already batched with it, or else every due digest row not yet batched (at most
-/// `max_digest`).
-pub fn next_batch(due: &[Pending], max_digest: usize) -> Vec<usize> {
+/// `due`). A row already attempted in a batch goes again with exactly that batch. A
+/// digest row takes every due digest row not yet batched (at most `max_digest`); an
+/// immediate row takes the immediate rows right behind it that are not yet batched (at
+/// most `max_batch`; never past a digest row, so the outbox order holds).
+pub fn next_batch(due: &[Pending], max_digest: usize, max_batch: usize) -> Vec<usize> {
     let Some(head) = due.first() else {
         return Vec::new();
     };
-    if !head.digest {
-        return vec![0];
-    }
     match head.batch {
         Some(b) => (0..due.len())
             .filter(|&i| due[i].batch == Some(b))
             .collect(),
-        None => (0..due.len())
+        None if head.digest => (0..due.len())
             .filter(|&i| due[i].digest && due[i].batch.is_none())
             .take(max_digest.max(1))
+            .collect(),
+        None => (0..due.len())
+            .take_while(|&i| !due[i].digest && due[i].batch.is_none())
+            .take(max_batch.max(1))
             .collect(),
     }
 }
@@ -245,10 +247,10 @@ mod tests {
     #[test]
     fn digest_grouping() {
         let p = |id, digest, batch| Pending { id, digest, batch };
-        assert!(next_batch(&[], 10).is_empty());
+        assert!(next_batch(&[], 10, 1).is_empty());
         // A single alert first: alone, even with digest rows behind it.
         assert_eq!(
-            next_batch(&[p(1, false, None), p(2, true, None)], 10),
+            next_batch(&[p(1, false, None), p(2, true, None)], 10, 1),
             vec![0]
         );
         // A digest: every due digest row not yet batched, not the violation among them.
@@ -258,11 +260,37 @@ mod tests {
             p(4, true, None),
             p(5, true, None),
         ];
-        assert_eq!(next_batch(&due, 10), vec![0, 2, 3]);
-        assert_eq!(next_batch(&due, 2), vec![0, 2]);
+        assert_eq!(next_batch(&due, 10, 1), vec![0, 2, 3]);
+        assert_eq!(next_batch(&due, 2, 1), vec![0, 2]);
         // A retried digest keeps its rows, not the ones that came due since.
         let due = [p(2, true, Some(2)), p(4, true, Some(2)), p(6, true, None)];
-        assert_eq!(next_batch(&due, 10), vec![0, 1]);
+        assert_eq!(next_batch(&due, 10, 1), vec![0, 1]);
+    }
+
+    #[test]
+    fn immediate_alerts_go_together_in_outbox_order() {
+        let p = |id, digest, batch| Pending { id, digest, batch };
+        let due = [
+            p(1, false, None),
+            p(2, false, None),
+            p(3, false, None),
+            p(4, true, None),
+            p(5, false, None),
+        ];
+        // Up to the first digest row, at most `max_batch`.
+        assert_eq!(next_batch(&due, 10, 100), vec![0, 1, 2]);
+        assert_eq!(next_batch(&due, 10, 2), vec![0, 1]);
+        assert_eq!(next_batch(&due, 10, 1), vec![0]);
+        // A retried batch goes again as it was, without what queued meanwhile.
+        let due = [
+            p(1, false, Some(1)),
+            p(2, false, Some(1)),
+            p(3, false, None),
+        ];
+        assert_eq!(next_batch(&due, 10, 100), vec![0, 1]);
+        // A batched row is not swept into a new batch.
+        let due = [p(3, false, None), p(7, false, Some(7))];
+        assert_eq!(next_batch(&due, 10, 100), vec![0]);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! One worker per destination: sends its due deliveries in outbox order, one message
-//! (an alert, or a digest) at a time, records every attempt in the reminder log,
+//! (an alert, the alerts that queued together for a webhook, or a digest) at a time, records every attempt in the reminder log,
 //! backs off after a failure and parks the destination after too many. A worker
 //! holds a database connection only to read and record, never while it sends, so a
 //! slow or dead destination costs the others nothing.
@@ -26,6 +26,8 @@ enum Outcome {
     Failed,
     /// The attempt failed for the last allowed time: the destination is parked.
     Parked,
+    /// Leadership is lost (failover): this instance delivers nothing more.
+    SteppedDown,
 }
 
 /// Runs `dest`'s deliveries until `stop` (or until it is parked).
@@ -65,7 +67,8 @@ pub(super) async fn run(dest: Destination, ctx: Arc<Ctx>, stop: CancellationToke
             }
             Ok(Outcome::Delivered) => failures = 0,
             Ok(Outcome::Failed) => failures += 1,
-            Ok(Outcome::Parked) => return,
+            Ok(Outcome::Parked | Outcome::SteppedDown) => return,
+            Err(DeliverError::Db(crate::store::StoreError::Fenced { .. })) => return,
             Err(e) => {
                 // The database's trouble, not the destination's: no failure counted.
                 tracing::warn!(destination = dest.id, error = %e, "deliveries");
@@ -87,13 +90,18 @@ async fn pause(d: Duration, stop: &CancellationToken) -> bool {
 
 async fn attempt(dest: &Destination, ctx: &Ctx) -> Result<Outcome, DeliverError> {
     let max_digest = ctx.cfg.max_digest.max(1);
+    // A webhook takes what queued together; a mail is one alert (its subject names it).
+    let max_batch = match dest.target {
+        Target::Webhook { .. } => ctx.cfg.max_batch.max(1),
+        Target::Email { .. } => 1,
+    };
     let db = ctx.pool.get().await?;
     let rows = db
         .query(
             "SELECT id, digest, batch_id, payload FROM deliveries
              WHERE destination_id = $1 AND status = 'pending' AND due_at <= now()
              ORDER BY id LIMIT $2",
-            &[&dest.id, &(2 * max_digest as i64 + 1)],
+            &[&dest.id, &(2 * max_digest.max(max_batch) as i64 + 1)],
         )
         .await?;
     let pending: Vec<Pending> = rows
@@ -104,13 +112,22 @@ async fn attempt(dest: &Destination, ctx: &Ctx) -> Result<Outcome, DeliverError>
             batch: r.get(2),
         })
         .collect();
-    let picked = schedule::next_batch(&pending, max_digest);
+    let picked = schedule::next_batch(&pending, max_digest, max_batch);
     let Some(&first) = picked.first() else {
         return Ok(Outcome::Idle);
     };
+    // A leader that lost its lease (paused, cut off) sends and writes nothing more:
+    // asked afresh on the database's clock before each send. The new leader sends it.
+    if let Some(f) = &ctx.fence {
+        if !f.confirm(&db).await? {
+            return Ok(Outcome::SteppedDown);
+        }
+    }
     let head = &pending[first];
     let ids: Vec<i64> = picked.iter().map(|&i| pending[i].id).collect();
-    let batch = head.digest.then(|| head.batch.unwrap_or(head.id));
+    // A digest, or several alerts in one message, is fixed at its first attempt so
+    // that a retry sends the same message under the same key.
+    let batch = (head.digest || picked.len() > 1).then(|| head.batch.unwrap_or(head.id));
     if let (Some(b), None) = (batch, head.batch) {
         db.execute(
             "UPDATE deliveries SET batch_id = $1 WHERE id = ANY($2) AND batch_id IS NULL",
@@ -126,12 +143,13 @@ async fn attempt(dest: &Destination, ctx: &Ctx) -> Result<Outcome, DeliverError>
     drop(db);
 
     let key = match batch {
-        Some(b) => format!("digest:{}:{b}", dest.id),
+        Some(b) if head.digest => format!("digest:{}:{b}", dest.id),
+        Some(b) => format!("batch:{}:{b}", dest.id),
         None => views[0].key(),
     };
     let channel = dest.target.channel().as_str();
     let started = Instant::now();
-    let sent = send(dest, ctx, &views, &key, batch).await;
+    let sent = send(dest, ctx, &views, &key, head.digest).await;
     metrics::histogram!("fleetwatch_delivery_attempt_seconds", "channel" => channel)
         .record(started.elapsed().as_secs_f64());
     let outcome = if sent.is_ok() { "delivered" } else { "failed" };
@@ -153,7 +171,7 @@ async fn send(
     ctx: &Ctx,
     views: &[AlertView],
     key: &str,
-    batch: Option<i64>,
+    digest: bool,
 ) -> Result<String, SendError> {
     match &dest.target {
         Target::Webhook { url, secret } => {
@@ -161,7 +179,7 @@ async fn send(
                 "idempotency_key": key,
                 "destination": { "id": dest.id, "name": dest.name },
                 "cooperative": dest.cooperative,
-                "digest": batch.is_some(),
+                "digest": digest,
                 "alerts": views.iter().map(|v| v.json(&ctx.cfg.public_url)).collect::<Vec<_>>(),
             });
             ctx.webhook
@@ -192,6 +210,10 @@ async fn record(
     sent: &Result<String, SendError>,
 ) -> Result<Outcome, DeliverError> {
     let mut db = ctx.pool.get().await?;
+    if let Some(f) = &ctx.fence {
+        // A pause inside the transaction must not hold the takeover back.
+        f.prepare(&db).await?;
+    }
     let tx = db.transaction().await?;
     let (ok, detail) = match sent {
         Ok(d) => (true, d.clone()),
@@ -252,6 +274,11 @@ async fn record(
             Outcome::Failed
         }
     };
+    // A stale leader's record is refused whole: the delivery stays pending for the new
+    // leader, which sends it again under the same key.
+    if let Some(f) = &ctx.fence {
+        f.check(&tx).await?;
+    }
     tx.commit().await?;
     Ok(outcome)
 }
