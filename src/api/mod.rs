@@ -10,6 +10,7 @@ pub mod gtfs_rt;
 pub mod map;
 pub mod openapi;
 pub mod reports;
+pub mod route_reports;
 pub mod stream;
 pub mod time;
 pub mod transit;
@@ -196,6 +197,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/alerts", get(alerts::list))
         .route("/api/v1/alerts/{id}/ack", axum::routing::post(alerts::ack))
         .route("/api/v1/reports/compliance", get(reports::compliance))
+        .route("/api/v1/reports/routes", get(route_reports::routes))
         .route("/api/v1/trip-runs", get(transit::trip_runs))
         .route("/api/v1/stop-events", get(transit::stop_events))
         .route(

@@ -331,6 +331,20 @@ fn add_transit(doc: &mut Value) {
             "type": "object", "properties": { "count": s("integer"), "next_cursor": n("string"),
             "trip_runs": { "type": "array", "items": { "$ref": "#/components/schemas/TripRun" } } } } } } }), &["400", "401", "403"])
     }});
+    doc["paths"]["/api/v1/reports/routes"] = json!({ "get": {
+        "summary": "Per GTFS route, for a local service date or month (then per day too): trips scheduled, run, completed, short-turned and not run; stops scheduled, served and skipped; punctuality and median deviation; kilometres in service and scheduled",
+        "description": super::route_reports::DEFINITIONS,
+        "parameters": [
+            q("month", "Local month YYYY-MM (per route, a days list); or date", s("string")),
+            q("date", "One local service date; or month", date.clone()),
+            q("route", "Only this GTFS route_id", s("string")),
+            q("cooperative", "Cooperative id (a cooperative token: its own only)", s("string")),
+            q("format", "json (default) or csv (per route: a row per day, then the period; last TOTAL)", json!({ "type": "string", "enum": ["json", "csv"] })),
+        ],
+        "responses": with(json!({ "description": "Route report", "content": {
+            "application/json": { "schema": { "$ref": "#/components/schemas/RouteReport" } },
+            "text/csv": { "schema": s("string") } } }), &["400", "401", "403", "429"])
+    }});
     doc["paths"]["/api/v1/stop-events"] = json!({ "get": {
         "summary": "Arrivals, departures and skipped stops of scheduled trips, in observed order (a vehicle or a trip is required; range at most http.max_track_days)",
         "parameters": [
@@ -378,7 +392,31 @@ fn add_transit(doc: &mut Value) {
         "confidence": { "type": "integer", "minimum": 0, "maximum": 100 },
         "completed": s("boolean"), "stops_served": s("integer"), "stops_skipped": s("integer"),
         "stops_total": s("integer"),
-        "last_delay_s": { "type": ["integer", "null"], "description": "Deviation at the last observed stop, s (late > 0)" } } });
+        "last_delay_s": { "type": ["integer", "null"], "description": "Deviation at the last observed stop, s (late > 0)" },
+        "distance_m": { "type": ["number", "null"], "description": "Kilometres in service, as metres along the trip's shape from where the run started to the furthest point reached (null for runs stored by older versions)" } } });
+    let counts = json!({
+        "trips_scheduled": s("integer"), "trips_run": s("integer"), "trips_completed": s("integer"),
+        "trips_short_turned": s("integer"), "trips_not_run": s("integer"), "runs": s("integer"),
+        "stops_scheduled": s("integer"), "stops_served": s("integer"), "stops_skipped": s("integer"),
+        "stop_events_timed": s("integer"), "stop_events_within_bounds": s("integer"),
+        "punctuality": { "type": ["number", "null"], "minimum": 0, "maximum": 1 },
+        "median_deviation_s": { "type": ["number", "null"], "description": "Late > 0, s" },
+        "km_in_service": s("number"), "km_scheduled": s("number") });
+    let mut route = counts.clone();
+    route["route_id"] = s("string");
+    route["days"] = json!({ "type": "array", "description": "Month reports only", "items": { "$ref": "#/components/schemas/RouteDay" } });
+    let mut day = counts.clone();
+    day["date"] = date.clone();
+    schemas["RouteCounts"] = json!({ "type": "object", "properties": counts });
+    schemas["RouteDay"] = json!({ "type": "object", "properties": day });
+    schemas["RouteRow"] = json!({ "type": "object", "properties": route });
+    schemas["RouteReport"] = json!({ "type": "object", "properties": {
+        "month": n("string"), "date": { "type": ["string", "null"], "format": "date" },
+        "from_date": date.clone(), "to_date": date.clone(), "cooperative": n("string"),
+        "bounds": { "type": "object", "properties": { "early_s": s("integer"), "late_s": s("integer") } },
+        "definitions": s("string"),
+        "routes": { "type": "array", "items": { "$ref": "#/components/schemas/RouteRow" } },
+        "totals": { "$ref": "#/components/schemas/RouteCounts" } } });
     schemas["StopEvent"] = json!({ "type": "object", "properties": {
         "vehicle_id": s("string"), "cooperative_id": n("string"), "trip_id": s("string"),
         "service_date": date.clone(), "stop_sequence": s("integer"), "stop_id": s("string"),

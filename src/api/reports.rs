@@ -1060,7 +1060,7 @@ impl Report {
 }
 
 /// Quotes a free-text CSV field when needed (RFC 4180).
-fn csv_field(s: &str) -> String {
+pub(super) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

@@ -86,7 +86,7 @@ pub async fn trip_runs(
             "SELECT t.vehicle_id, COALESCE(t.cooperative_id, v.cooperative_id), t.trip_id,
                     t.route_id, t.service_date, t.scheduled_start, t.start_ts, t.end_ts,
                     t.confidence, t.completed, t.stops_served, t.stops_skipped, t.stops_total,
-                    t.last_delay_s
+                    t.last_delay_s, t.distance_m
              FROM trip_runs t LEFT JOIN vehicles v ON v.vehicle_id = t.vehicle_id
              WHERE ($1::text IS NULL OR COALESCE(t.cooperative_id, v.cooperative_id) = $1)
                AND ($2::text IS NULL OR t.vehicle_id = $2)
@@ -131,6 +131,7 @@ pub async fn trip_runs(
                 "stops_skipped": r.get::<_, i16>(11),
                 "stops_total": r.get::<_, i16>(12),
                 "last_delay_s": r.get::<_, Option<i32>>(13),
+                "distance_m": r.get::<_, Option<f64>>(14),
             })
         })
         .collect();

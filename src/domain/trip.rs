@@ -65,6 +65,10 @@ pub struct TripRun {
     pub stops_total: u16,
     /// Deviation from the schedule at the last observed stop, seconds (late > 0).
     pub last_delay_s: Option<i32>,
+    /// Kilometres in service, as metres along the trip's shape from where the run
+    /// started to the furthest point reached (`None`: unknown, a run carried over
+    /// from a checkpoint of an older version).
+    pub distance_m: Option<f64>,
 }
 
 /// A bus at one stop of the trip it runs (or passing it without stopping).

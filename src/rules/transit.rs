@@ -90,6 +90,10 @@ struct Run {
     ok_dm: i32,
     served: u16,
     skipped: u16,
+    /// Progress where the run started, decimetres (`None` in a checkpoint written
+    /// before it was kept: the run's distance is then unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    start_dm: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     delay_s: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -591,6 +595,18 @@ fn finish(ctx: &mut Ctx<'_>, st: &mut Inner, sched: &Schedule, completed: bool, 
         stops_skipped: run.skipped,
         stops_total: trip.stop_times.len() as u16,
         last_delay_s: run.delay_s,
+        // Kilometres in service: along the trip's shape, from where the run started
+        // to the furthest point reached (GPS zigzag does not add to it); a completed
+        // run reached its last stop, though it ends on entering the stop's radius.
+        distance_m: run.start_dm.map(|d| {
+            let last_dm = trip.stop_times.last().map_or(0, |l| dm(l.dist_m));
+            let reached = if completed {
+                run.progress_dm.max(last_dm)
+            } else {
+                run.progress_dm
+            };
+            f64::from((reached - d).max(0)) / 10.0
+        }),
     });
 }
 
@@ -604,6 +620,8 @@ struct Cand {
     since_ms: i64,
     progress_m: f64,
     shape: u32,
+    /// Progress where the run starts, decimetres.
+    start_dm: i32,
 }
 
 /// Updates the probes with fix `s` and starts a run when one matches a trip.
@@ -664,6 +682,7 @@ fn probe(
         pr.tried = true;
         let from_start = f64::from(pr.from_dm) / 10.0 <= radius;
         let since_ms = pr.since_ms;
+        let from_dm = pr.from_dm;
         let current = st
             .run
             .as_ref()
@@ -678,7 +697,8 @@ fn probe(
             from_start.then_some(since_ms),
             current,
         ) {
-            let (cand, second) = c;
+            let (mut cand, second) = c;
+            cand.start_dm = if cand.from_start { from_dm } else { p };
             if best
                 .as_ref()
                 .is_none_or(|(b, _)| cand.delta_ms.abs() < b.delta_ms.abs())
@@ -720,6 +740,13 @@ fn probe(
         ok_dm: dm(c.progress_m),
         served: 0,
         skipped: 0,
+        // Left from the first stop: in service from the stop, not from where the
+        // bus left its radius.
+        start_dm: Some(if c.from_start {
+            c.start_dm.min(dm(trip.stop_times[0].dist_m))
+        } else {
+            c.start_dm
+        }),
         delay_s: None,
         dev: None,
     };
@@ -841,6 +868,7 @@ fn choose(
                     since_ms: depart_ms.unwrap_or(now_ms),
                     progress_m,
                     shape: si,
+                    start_dm: dm(progress_m),
                 };
                 match &best {
                     Some(b) if b.delta_ms.abs() <= delta_ms.abs() => {

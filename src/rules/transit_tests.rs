@@ -181,6 +181,9 @@ fn on_time_run_is_assigned_with_every_stop() {
     assert!(r.completed);
     assert_eq!((r.stops_served, r.stops_skipped, r.stops_total), (6, 0, 6));
     assert!(r.confidence >= 90, "{}", r.confidence);
+    // Kilometres in service: S0 to S5 along the shape, 5 × 1,092 m.
+    let d = r.distance_m.unwrap();
+    assert!((d - 5.0 * 1092.0).abs() < 60.0, "{d}");
     // Departure: the last fix within the stop radius (50 m after 5 s).
     assert_eq!(r.start, local(8, 0, 5));
     let seqs: Vec<u32> = out.stop_events.iter().map(|s| s.stop_sequence).collect();
@@ -284,6 +287,9 @@ fn a_short_turn_trip_is_told_from_the_full_one() {
     let r = &out.trip_runs[0];
     assert_eq!((r.trip_id.as_str(), r.completed), ("F0830", false));
     assert_eq!((r.stops_served, r.stops_skipped), (4, 0));
+    // In service as far as S3 only: 3 × 1,092 m of the 5 × 1,092 m trip.
+    let d = r.distance_m.unwrap();
+    assert!((d - 3.0 * 1092.0).abs() < 60.0, "{d}");
 }
 
 /// A checkpoint taken mid-run and restored into a new engine goes on to the same

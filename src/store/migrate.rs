@@ -27,6 +27,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (50, include_str!("migrations/0050_leadership.sql")),
     (60, include_str!("migrations/0060_transit.sql")),
     (61, include_str!("migrations/0061_live_trip.sql")),
+    (65, include_str!("migrations/0065_trip_run_distance.sql")),
 ];
 
 /// Storage-layout settings applied at migration time.

@@ -675,23 +675,26 @@ async fn write_transit(tx: &Transaction<'_>, derived: &[&Derived]) -> Result<(),
         let skipped = col(&|r| r.stops_skipped as i16);
         let total = col(&|r| r.stops_total as i16);
         let delay: Vec<Option<i32>> = runs.iter().map(|r| r.last_delay_s).collect();
+        let dist: Vec<Option<f64>> = runs.iter().map(|r| r.distance_m).collect();
         tx.execute(
             "INSERT INTO trip_runs (vehicle_id, start_ts, end_ts, cooperative_id, trip_id, route_id,
                                     service_date, scheduled_start, confidence, completed,
-                                    stops_served, stops_skipped, stops_total, last_delay_s)
+                                    stops_served, stops_skipped, stops_total, last_delay_s,
+                                    distance_m)
              SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[],
                                   $5::text[], $6::text[], $7::date[], $8::timestamptz[],
                                   $9::int2[], $10::bool[], $11::int2[], $12::int2[], $13::int2[],
-                                  $14::int4[])
+                                  $14::int4[], $15::float8[])
              ON CONFLICT (vehicle_id, start_ts) DO UPDATE SET
                  end_ts = EXCLUDED.end_ts, trip_id = EXCLUDED.trip_id, route_id = EXCLUDED.route_id,
                  service_date = EXCLUDED.service_date, scheduled_start = EXCLUDED.scheduled_start,
                  confidence = EXCLUDED.confidence, completed = EXCLUDED.completed,
                  stops_served = EXCLUDED.stops_served, stops_skipped = EXCLUDED.stops_skipped,
-                 stops_total = EXCLUDED.stops_total, last_delay_s = EXCLUDED.last_delay_s",
+                 stops_total = EXCLUDED.stops_total, last_delay_s = EXCLUDED.last_delay_s,
+                 distance_m = EXCLUDED.distance_m",
             &[
                 &vehicles, &starts, &ends, &coops, &trips, &routes, &dates, &sched, &conf, &done,
-                &served, &skipped, &total, &delay,
+                &served, &skipped, &total, &delay, &dist,
             ],
         )
         .await?;

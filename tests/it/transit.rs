@@ -529,3 +529,272 @@ async fn gtfs_rt_of_a_late_bus(addr: std::net::SocketAddr, tok_a: &str, tok_b: &
         assert_eq!(r.status, 401, "{path}");
     }
 }
+
+/// Routes L1 (trips T1, T2, T3 leaving S0 at `dep_s`, +10 min, +20 min) and L2
+/// (trip U1 at `dep_s`), both over the stops of [`write_feed`], every day.
+fn write_route_feed(dir: &std::path::Path, dep_s: i64) {
+    write_feed(dir, dep_s);
+    let mut times = String::from("trip_id,arrival_time,departure_time,stop_id,stop_sequence\n");
+    for (trip, dep) in [
+        ("T1", dep_s),
+        ("T2", dep_s + 600),
+        ("T3", dep_s + 1200),
+        ("U1", dep_s),
+    ] {
+        for k in 0..6 {
+            let (a, d) = match k {
+                0 => (hms(dep), hms(dep)),
+                _ => (hms(dep + 140 * k - 35), hms(dep + 140 * k - 5)),
+            };
+            times.push_str(&format!("{trip},{a},{d},S{k},{}\n", k + 1));
+        }
+    }
+    let shape: String = ["SH", "SH2"]
+        .iter()
+        .flat_map(|id| {
+            (0..6).map(move |k| format!("{id},{LAT},{:.4},{}\n", LON0 + STEP * f64::from(k), k + 1))
+        })
+        .collect();
+    for (name, text) in [
+        (
+            "routes.txt",
+            "route_id,route_short_name\nL1,1\nL2,2\n".to_string(),
+        ),
+        (
+            "trips.txt",
+            "route_id,service_id,trip_id,shape_id\nL1,ALL,T1,SH\nL1,ALL,T2,SH\nL1,ALL,T3,SH\nL2,ALL,U1,SH2\n"
+                .into(),
+        ),
+        ("stop_times.txt", times),
+        (
+            "shapes.txt",
+            format!("shape_id,shape_pt_lat,shape_pt_lon,shape_pt_sequence\n{shape}"),
+        ),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
+/// The route report (issue 11) on known runs of cooperative A on L1: T1 on time, T2
+/// 3 min late driving through S3, T3 not run; cooperative B has a bus on L2 that
+/// sent nothing and sees no route of A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_report_counts_trips_stops_and_punctuality() {
+    use crate::api::http;
+    use fleetwatch::api::auth::{create_token, Role};
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let base = base_time() - chrono::Duration::minutes(45);
+    let local = base + chrono::Duration::hours(7);
+    let dep_s = i64::from(local.num_seconds_from_midnight());
+    let date = local.date_naive();
+    let feed = std::env::temp_dir().join(format!("fw-it-route-report-{}", std::process::id()));
+    write_route_feed(&feed, dep_s);
+    let mut s = settings(&db, &broker.url(), "fw-route-report");
+    s.geo.gtfs = vec![feed.clone()];
+    s.rules.transit.early_s = 60;
+    s.rules.transit.late_s = 90;
+    let bus = |id: &str, coop: &str, route: &str| Vehicle {
+        id: VehicleId::parse(id).unwrap(),
+        plate: None,
+        cooperative: CooperativeId::parse(coop).unwrap(),
+        class: VehicleClass::Bus,
+        route: Some(route.into()),
+        device_id: None,
+    };
+    s.vehicles = vec![
+        bus("51B-111.11", "HTX-A", "L1"),
+        bus("51B-222.22", "HTX-A", "L1"),
+        bus("51B-333.33", "HTX-B", "L2"),
+    ];
+    let app = start_app(s).await;
+    let addr = app.http_addr;
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let tok_a = create_token(&c, Role::Cooperative, Some("HTX-A"), None)
+        .await
+        .unwrap();
+    let tok_b = create_token(&c, Role::Cooperative, Some("HTX-B"), None)
+        .await
+        .unwrap();
+    let reg = create_token(&c, Role::Regulator, None, None).await.unwrap();
+    let msgs = |v: &str, run: Vec<(DateTime<Utc>, f64, f64)>| {
+        let t = topic("HTX-A", v);
+        run.into_iter()
+            .map(|(ts, lon, kmh)| (t.clone(), fix(v, ts, LAT, lon, kmh)))
+            .collect::<Vec<_>>()
+    };
+    let mut all = msgs("51B-111.11", bus_run(base, 0));
+    all.extend(msgs(
+        "51B-222.22",
+        bus_run(base + chrono::Duration::minutes(13), 3),
+    ));
+    publish_all(&broker.url(), &all).await;
+    wait_until("both runs stored", Duration::from_secs(40), || {
+        let db = db.clone();
+        async move { count(&db, "SELECT count(*) FROM trip_runs").await == 2 }
+    })
+    .await;
+    // The known answer of the median: 11 timed stops (6 on time, 5 late; S3 of T2
+    // driven through is not timed), so the 6th smallest, the latest on-time one.
+    let on_time = c
+        .query_one(
+            "SELECT max(deviation_s) FROM stop_events WHERE vehicle_id = '51B-111.11'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, Option<i32>>(0)
+        .unwrap();
+    assert!((-30..=30).contains(&on_time), "{on_time}");
+
+    let r = http(
+        addr,
+        "GET",
+        &format!("/api/v1/reports/routes?date={date}"),
+        Some(&tok_a),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = r.json();
+    let routes = j["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 1, "{j}");
+    let l1 = &routes[0];
+    assert_eq!(l1["route_id"], "L1");
+    assert!(l1.get("days").is_none());
+    for (k, want) in [
+        ("trips_scheduled", 3),
+        ("trips_run", 2),
+        ("trips_completed", 2),
+        ("trips_short_turned", 0),
+        ("trips_not_run", 1),
+        ("runs", 2),
+        ("stops_scheduled", 18),
+        ("stops_served", 11),
+        ("stops_skipped", 1),
+        ("stop_events_timed", 11),
+        ("stop_events_within_bounds", 6),
+    ] {
+        assert_eq!(l1[k], want, "{k}: {l1}");
+    }
+    assert_eq!(l1["punctuality"], 0.545455, "{l1}");
+    assert_eq!(l1["median_deviation_s"], f64::from(on_time), "{l1}");
+    // 2 runs of 5 × 1,092 m; 3 scheduled.
+    let km = l1["km_in_service"].as_f64().unwrap();
+    assert!((km - 10.92).abs() < 0.12, "{km}");
+    let km = l1["km_scheduled"].as_f64().unwrap();
+    assert!((km - 16.38).abs() < 0.1, "{km}");
+    assert_eq!(j["bounds"]["late_s"], 90);
+    assert_eq!(j["totals"]["trips_scheduled"], 3);
+    assert_eq!(j["totals"]["median_deviation_s"], f64::from(on_time));
+
+    // The month: a day per service date, the feed running every day.
+    let month = date.format("%Y-%m").to_string();
+    let r = http(
+        addr,
+        "GET",
+        &format!("/api/v1/reports/routes?month={month}"),
+        Some(&tok_a),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = r.json();
+    let l1 = &j["routes"][0];
+    let days = l1["days"].as_array().unwrap();
+    assert_eq!(l1["trips_scheduled"], 3 * days.len(), "{l1}");
+    assert!((28..=31).contains(&days.len()));
+    assert_eq!(l1["trips_run"], 2);
+    assert_eq!(l1["trips_not_run"], 3 * days.len() - 2);
+    assert_eq!(l1["punctuality"], 0.545455);
+    let day = days.iter().find(|d| d["date"] == date.to_string()).unwrap();
+    assert_eq!(day["trips_run"], 2, "{day}");
+    assert_eq!(day["stops_served"], 11);
+    assert_eq!(day["median_deviation_s"], f64::from(on_time));
+    let other = days.iter().find(|d| d["date"] != date.to_string()).unwrap();
+    assert_eq!(other["trips_run"], 0);
+    assert!(other["punctuality"].is_null());
+
+    // CSV: the header, then the route's row of the date, then TOTAL.
+    let r = http(
+        addr,
+        "GET",
+        &format!("/api/v1/reports/routes?date={date}&format=csv"),
+        Some(&tok_a),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let lines: Vec<&str> = r.body.lines().collect();
+    assert_eq!(
+        lines[0],
+        "route_id,period,trips_scheduled,trips_run,trips_completed,trips_short_turned,\
+         trips_not_run,runs,stops_scheduled,stops_served,stops_skipped,stop_events_timed,\
+         stop_events_within_bounds,punctuality,median_deviation_s,km_in_service,km_scheduled"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "L1,{date},3,2,2,0,1,2,18,11,1,11,6,0.545455,{on_time}.0,"
+        )),
+        "{}",
+        r.body
+    );
+    assert!(
+        lines[2].starts_with(&format!("TOTAL,{date},3,")),
+        "{}",
+        r.body
+    );
+
+    // B sees its own route only, and nothing of A's; nor may it ask for A.
+    let r = http(
+        addr,
+        "GET",
+        &format!("/api/v1/reports/routes?date={date}"),
+        Some(&tok_b),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = r.json();
+    let ids: Vec<&str> = j["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["route_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["L2"], "{j}");
+    assert_eq!(j["routes"][0]["trips_scheduled"], 1);
+    assert_eq!(j["routes"][0]["trips_run"], 0);
+    assert_eq!(j["totals"]["stops_served"], 0);
+    let r = http(
+        addr,
+        "GET",
+        &format!("/api/v1/reports/routes?date={date}&cooperative=HTX-A"),
+        Some(&tok_b),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    // A regulator sees both routes.
+    let r = http(
+        addr,
+        "GET",
+        &format!("/api/v1/reports/routes?date={date}"),
+        Some(&reg),
+        None,
+    )
+    .await;
+    let j = r.json();
+    let ids: Vec<&str> = j["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["route_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["L1", "L2"], "{j}");
+    let r = http(addr, "GET", "/api/v1/reports/routes", Some(&reg), None).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    app.shutdown();
+    app.wait().await;
+    std::fs::remove_dir_all(&feed).ok();
+}
