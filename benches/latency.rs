@@ -1,7 +1,7 @@
 //! Fix-to-webhook latency under load (not criterion: one long measured run).
 //!
 //! `cargo bench --bench latency -- [--rate R] [--vehicles N] [--seconds S] [--poll-ms P]
-//!  [--limit-kmh L] [--connections N] [--warmup-s W]`
+//!  [--limit-kmh L] [--connections N] [--warmup-s W] [--reorder-window-s R]`
 //!
 //! fleetwatch with the embedded broker and a private PostgreSQL; a webhook receiver (a
 //! raw HTTP server in this process) is every cooperative's destination for overspeed and
@@ -17,7 +17,9 @@
 //! Prints p50, p90, p99 and the maximum, and the share of the fixes stored meanwhile:
 //! over every revision, and over the steady state (fixes published after the first
 //! `--warmup-s` seconds, default 20: the fleet starts in step, so its first episodes
-//! open together in one burst).
+//! open together in one burst). The rules hold each fix `rules.reorder_window_s`
+//! (default 10 s) of event time before applying it, so that much of every latency is
+//! by design; `--reorder-window-s` sets it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -45,6 +47,7 @@ struct Args {
     limit_kmh: f64,
     connections: usize,
     warmup_s: u64,
+    reorder_window_s: Option<u32>,
 }
 
 fn args() -> Args {
@@ -56,6 +59,7 @@ fn args() -> Args {
         limit_kmh: 50.0,
         connections: 0,
         warmup_s: 20,
+        reorder_window_s: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -69,6 +73,9 @@ fn args() -> Args {
             "--limit-kmh" => a.limit_kmh = next().parse().expect("--limit-kmh L"),
             "--poll-ms" => a.poll_ms = Some(next().parse().expect("--poll-ms P")),
             "--warmup-s" => a.warmup_s = next().parse().expect("--warmup-s W"),
+            "--reorder-window-s" => {
+                a.reorder_window_s = Some(next().parse().expect("--reorder-window-s R"))
+            }
             _ => {
                 i += 1; // `--bench` and other harness flags
                 continue;
@@ -133,6 +140,9 @@ async fn run(a: Args) {
     if let Some(p) = a.poll_ms {
         s.deliveries.poll_ms = p;
     }
+    if let Some(r) = a.reorder_window_s {
+        s.rules.reorder_window_s = r;
+    }
     for c in &coops {
         s.deliveries.destinations.push(
             serde_json::from_value::<DestinationInput>(json!({
@@ -143,17 +153,19 @@ async fn run(a: Args) {
             .unwrap(),
         );
     }
+    let app_reorder_s = s.rules.reorder_window_s;
     let app = App::start(s).await.unwrap();
     while !app.health.subscribed.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!(
-        "machine: {} cores; {} vehicles, one fix each per {interval_s} s = {:.0} fixes/s for {} s; {} webhook destinations (overspeed, zone enter/exit)",
+        "machine: {} cores; {} vehicles, one fix each per {interval_s} s = {:.0} fixes/s for {} s; {} webhook destinations (overspeed, zone enter/exit); reorder window {} s",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         a.vehicles,
         a.vehicles as f64 / interval_s as f64,
         a.seconds,
-        coops.len()
+        coops.len(),
+        app_reorder_s
     );
 
     let published: Published = Arc::default();
