@@ -596,6 +596,21 @@ fn snapshot_memory(w: &World) {
         json as f64 / buses.len() as f64,
         json_one as f64 / buses.len() as f64,
     );
+    let mut parts: Vec<(&str, usize)> = Vec::new();
+    for bus in &buses {
+        for (name, n) in with.snapshot_breakdown(&bus.id) {
+            match parts.iter_mut().find(|p| p.0 == name) {
+                Some(p) => p.1 += n,
+                None => parts.push((name, n)),
+            }
+        }
+    }
+    parts.sort_by_key(|p| std::cmp::Reverse(p.1));
+    let parts: Vec<String> = parts
+        .iter()
+        .map(|(name, n)| format!("{name} {:.0}", *n as f64 / buses.len() as f64))
+        .collect();
+    eprintln!("snapshot JSON bytes per bus by part: {}", parts.join(", "));
     drop((with, one));
 }
 
