@@ -501,7 +501,7 @@ fn late(c: &mut Criterion) {
         black_box(engine.push(f));
     }
     eprintln!(
-        "snapshots of the bus after 25 h at 1 Hz: {} bytes (serialised)",
+        "snapshots of the bus after 25 h at 1 Hz: {} bytes (packed)",
         engine.snapshot_bytes(&bus.id)
     );
     let mut g = c.benchmark_group("rules");
@@ -590,7 +590,7 @@ fn snapshot_memory(w: &World) {
     let per_bus = (rss_with - rss_one) as f64 / buses.len() as f64;
     eprintln!(
         "snapshot memory, {} buses after 25 h (a fix per 30 s): {:.0} bytes per bus resident \
-         ({:.0} bytes of JSON when serialised; one snapshot each: {:.0})",
+         ({:.0} bytes packed; one snapshot each: {:.0})",
         buses.len(),
         per_bus,
         json as f64 / buses.len() as f64,
