@@ -501,7 +501,7 @@ fn late(c: &mut Criterion) {
         black_box(engine.push(f));
     }
     eprintln!(
-        "snapshots of the bus after 25 h at 1 Hz: {} bytes (serialised)",
+        "snapshots of the bus after 25 h at 1 Hz: {} bytes (packed)",
         engine.snapshot_bytes(&bus.id)
     );
     let mut g = c.benchmark_group("rules");
@@ -590,12 +590,27 @@ fn snapshot_memory(w: &World) {
     let per_bus = (rss_with - rss_one) as f64 / buses.len() as f64;
     eprintln!(
         "snapshot memory, {} buses after 25 h (a fix per 30 s): {:.0} bytes per bus resident \
-         ({:.0} bytes of JSON when serialised; one snapshot each: {:.0})",
+         ({:.0} bytes packed; one snapshot each: {:.0})",
         buses.len(),
         per_bus,
         json as f64 / buses.len() as f64,
         json_one as f64 / buses.len() as f64,
     );
+    let mut parts: Vec<(&str, usize)> = Vec::new();
+    for bus in &buses {
+        for (name, n) in with.snapshot_breakdown(&bus.id) {
+            match parts.iter_mut().find(|p| p.0 == name) {
+                Some(p) => p.1 += n,
+                None => parts.push((name, n)),
+            }
+        }
+    }
+    parts.sort_by_key(|p| std::cmp::Reverse(p.1));
+    let parts: Vec<String> = parts
+        .iter()
+        .map(|(name, n)| format!("{name} {:.0}", *n as f64 / buses.len() as f64))
+        .collect();
+    eprintln!("snapshot JSON bytes per bus by part: {}", parts.join(", "));
     drop((with, one));
 }
 

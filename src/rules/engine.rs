@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::alert::{Alert, AlertKind, AlertStatus};
 use super::config::{ckmh, Params, RulesConfig};
 use super::driving::{self, DrivingState};
+use super::snapshot::Packed;
 use super::state::{Ctx, Sample, VehicleCore, VehicleState};
 use super::{gaps, no_signal, off_route, overspeed, transit, trips, zones};
 use crate::domain::live::{LiveState, LiveTrip};
@@ -94,8 +95,8 @@ struct Slot {
     dirty: bool,
     /// Being recomputed: quiet-vehicle releases leave it alone.
     frozen: bool,
-    /// Snapshots of the state at event-time intervals, oldest first.
-    snaps: Vec<Snapshot>,
+    /// Snapshots of the state at event-time intervals, oldest first, packed.
+    snaps: Vec<Packed>,
 }
 
 /// Levels of snapshot spacing kept per vehicle: level `k` keeps the first snapshot of
@@ -514,24 +515,79 @@ impl Engine {
     pub fn snapshot_before(&self, vehicle: &VehicleId, ts: DateTime<Utc>) -> Option<Snapshot> {
         let ms = ts.timestamp_millis();
         let &vi = self.index.get(vehicle)?;
+        // One that does not unpack (never seen) is passed over for an older one: the
+        // recomputation is longer, not wrong.
         self.slots[vi as usize]
             .snaps
             .iter()
             .rev()
-            .find(|s| s.at_ms <= ms)
-            .cloned()
+            .filter(|s| s.at_ms <= ms)
+            .find_map(|s| match s.unpack() {
+                Ok(state) => Some(Snapshot {
+                    at_ms: s.at_ms,
+                    state,
+                }),
+                Err(e) => {
+                    tracing::error!(vehicle = %vehicle, error = %e, "rule snapshot unreadable, using an older one");
+                    None
+                }
+            })
     }
 
-    /// Bytes of snapshot state held for `vehicle` (serialised size: a measure of
-    /// memory, for benchmarks and metrics).
+    /// Bytes of packed snapshot state held for `vehicle`, an open alert shared by
+    /// several snapshots counted once (a measure of memory, for benchmarks and metrics).
     pub fn snapshot_bytes(&self, vehicle: &VehicleId) -> usize {
-        self.index.get(vehicle).map_or(0, |&vi| {
-            self.slots[vi as usize]
-                .snaps
-                .iter()
-                .map(|s| serde_json::to_vec(&s.state).map_or(0, |v| v.len()))
-                .sum()
-        })
+        let Some(&vi) = self.index.get(vehicle) else {
+            return 0;
+        };
+        let mut seen: Vec<*const u8> = Vec::new();
+        let mut n = 0;
+        for s in &self.slots[vi as usize].snaps {
+            let (core, open) = s.parts();
+            n += core;
+            for (at, len) in open {
+                if !seen.contains(&at) {
+                    seen.push(at);
+                    n += len;
+                }
+            }
+        }
+        n
+    }
+
+    /// What the snapshots held for `vehicle` are made of: serialised (JSON) bytes of
+    /// each part, summed over its snapshots, largest first (for benchmarks).
+    pub fn snapshot_breakdown(&self, vehicle: &VehicleId) -> Vec<(&'static str, usize)> {
+        let Some(&vi) = self.index.get(vehicle) else {
+            return Vec::new();
+        };
+        fn len<T: Serialize>(t: &T) -> usize {
+            serde_json::to_vec(t).map_or(0, |v| v.len())
+        }
+        let mut parts: Vec<(&'static str, usize)> = Vec::new();
+        let mut add = |name: &'static str, n: usize| match parts.iter_mut().find(|p| p.0 == name) {
+            Some(p) => p.1 += n,
+            None => parts.push((name, n)),
+        };
+        for s in &self.slots[vi as usize].snaps {
+            let Ok(st) = s.unpack() else { continue };
+            let c = &st.core;
+            add("buffer", len(&c.buffer));
+            add(
+                "last, newest, no-signal",
+                len(&(&c.last, &c.newest, &c.no_signal)),
+            );
+            add("overspeed", len(&c.overspeed));
+            add("vehicle driving", len(&c.driving));
+            add("off-route", len(&c.off_route));
+            add("transit", len(&c.transit));
+            add("zones", len(&c.zones));
+            add("motion (trips, stops)", len(&c.motion));
+            add("open alerts", len(&c.open));
+            add("drivers' driving", len(&st.drivers));
+        }
+        parts.sort_by_key(|p| std::cmp::Reverse(p.1));
+        parts
     }
 
     /// Starts a recomputation of `vehicle` from `from` (or from nothing): its state
@@ -642,17 +698,19 @@ fn take_snapshot(drivers: &Drivers, vi: usize, slot: &mut Slot, at_ms: i64, snap
         .filter(|d| d.owner == vi as u32)
         .map(|d| (d.id.clone(), d.state.clone()))
         .collect();
-    slot.snaps.push(Snapshot {
-        at_ms,
-        state: VehicleState { core, drivers: ds },
-    });
+    let state = VehicleState { core, drivers: ds };
+    match Packed::pack(at_ms, &state, slot.snaps.last()) {
+        Ok(p) => slot.snaps.push(p),
+        // Never seen: without it a late fix recomputes from an older snapshot.
+        Err(e) => tracing::error!(vehicle = %slot.id, error = %e, "rule snapshot not packed"),
+    }
     thin_snapshots(&mut slot.snaps, snapshot_ms);
 }
 
 /// Keeps, for each level `k` up to [`SNAPSHOT_LEVELS`], the first snapshot of each of
 /// the two newest spans of `2^k` intervals holding one: spacing doubles with age (a
 /// binary counter), so recomputing a fix late by `L` replays about `2 L` at most.
-fn thin_snapshots(snaps: &mut Vec<Snapshot>, interval_ms: i64) {
+fn thin_snapshots(snaps: &mut Vec<Packed>, interval_ms: i64) {
     let n: Vec<i64> = snaps
         .iter()
         .map(|s| s.at_ms.div_euclid(interval_ms.max(1)))
@@ -850,11 +908,8 @@ fn process(
 mod snapshot_tests {
     use super::*;
 
-    fn snap(at_ms: i64) -> Snapshot {
-        Snapshot {
-            at_ms,
-            state: VehicleState::default(),
-        }
+    fn snap(at_ms: i64) -> Packed {
+        Packed::pack(at_ms, &VehicleState::default(), None).expect("packs")
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod gaps;
 mod no_signal;
 mod off_route;
 mod overspeed;
+mod snapshot;
 mod state;
 mod transit;
 mod trips;
@@ -30,5 +31,6 @@ pub use config::{
     UtcOffset, ZonesConfig,
 };
 pub use engine::{Engine, Output, Snapshot, Stop, Trip};
+pub use snapshot::SnapshotError;
 pub use state::VehicleState;
 pub use transit::TripProgress;
