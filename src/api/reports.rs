@@ -50,8 +50,8 @@ pub const DISTANCE: &str = "distance_km is the path length of the vehicle's acce
     on each side. For a driver, a segment counts for the driver of its earlier fix.";
 /// What the lateness figures mean, as written into every JSON report.
 pub const LATENESS: &str = "late_fixes counts the fixes with their time in the range that \
-    arrived late: older than what the rules had already applied by more than the reorder window \
-    (rules.reorder_window_s; flag `late`). late_p50_s and late_p99_s are percentiles (nearest \
+    arrived late: more than the reorder window (rules.reorder_window_s) behind a newer fix of \
+    their vehicle (flag `late`). late_p50_s and late_p99_s are percentiles (nearest \
     rank) of their lateness, received_at - ts, in seconds, from a histogram of fixed buckets: \
     under 1 s, then [2^((k-1)/8), 2^(k/8)) s for k = 1, 2, ...; the figure is the upper edge of \
     the percentile's bucket, so the true value is at most 8.3 % below it (under 1 s for the \

@@ -67,8 +67,8 @@ struct Held {
     /// The late fix that triggered it: once it is stored, so is everything the rules
     /// had applied before it (the writer commits in order).
     barrier: DateTime<Utc>,
-    /// Newest fix the rules had applied when holding began: an older one is `late`
-    /// (data quality), whatever the recomputation has reached.
+    /// Fixes older than this are `late` (data quality): a reorder window behind the
+    /// newest fix seen, whatever the recomputation has reached.
     applied: DateTime<Utc>,
     fixes: Vec<Fix>,
 }
@@ -128,8 +128,8 @@ enum Loaded {
 const RECOMPUTE_PAGE: i64 = 5_000;
 
 impl Recompute {
-    /// Queues a recomputation for the late `fix` (or widens the one queued); the
-    /// rules had applied the vehicle's fixes up to `applied`.
+    /// Queues a recomputation for the late `fix` (or widens the one queued); fixes
+    /// older than `applied` are flagged late.
     fn hold_late(&mut self, fix: &Fix, applied: Option<DateTime<Utc>>) {
         let vid = fix.vehicle();
         let applied = applied.unwrap_or(DateTime::<Utc>::MIN_UTC);
@@ -226,26 +226,28 @@ impl Stage {
                     // A jump is a bad position: keep it out of the rules.
                     if !a.flags.has(Flags::JUMP) {
                         let vid = a.fix.vehicle();
+                        // Late (data quality) is older than a newer fix of the vehicle
+                        // by more than the configured window, whatever window the
+                        // vehicle's order let the rules use (it may be none).
+                        let window = chrono::Duration::seconds(i64::from(
+                            self.engine.config().reorder_window_s,
+                        ));
                         if let Some(h) = self.recompute.held.get_mut(vid) {
                             if a.fix.ts() < h.applied {
                                 a.flags.0 |= Flags::LATE;
                             }
-                            // Held fixes would have been released a reorder window
-                            // behind the newest: one older than that is late too.
-                            let window = chrono::Duration::seconds(i64::from(
-                                self.engine.config().reorder_window_s,
-                            ));
                             h.applied = h.applied.max(a.fix.ts() - window);
                             h.since = h.since.min(a.fix.ts());
                             h.fixes.push(a.fix.clone());
                         } else {
                             let o = self.engine.push(&a.fix);
                             if !o.late.is_empty() {
-                                // Data quality: still flagged late; applied by a
-                                // recomputation of the vehicle.
-                                a.flags.0 |= Flags::LATE;
-                                let applied = self.engine.last_applied(vid);
-                                self.recompute.hold_late(&a.fix, applied);
+                                // Applied by a recomputation of the vehicle.
+                                let late_before = self.engine.newest(vid).map(|n| n - window);
+                                if late_before.is_some_and(|l| a.fix.ts() < l) {
+                                    a.flags.0 |= Flags::LATE;
+                                }
+                                self.recompute.hold_late(&a.fix, late_before);
                             }
                             out.append(o);
                         }

@@ -22,6 +22,11 @@ pub struct RulesConfig {
     /// cheaply; a fix older than what the rules already applied triggers a
     /// recomputation of its vehicle from a snapshot instead.
     pub reorder_window_s: u32,
+    /// Each vehicle's window adapts, up to `reorder_window_s`: it narrows while the
+    /// vehicle's fixes arrive in order (down to none: applied on arrival, alerts at
+    /// once) and widens at once to twice the disorder seen. A fix later than its
+    /// vehicle's window is recomputed, so results are the same either way.
+    pub reorder_window_adaptive: bool,
     /// Event time between two in-memory snapshots of a vehicle's rule state: a late
     /// fix is recomputed from the newest snapshot older than it (thinned out to a few
     /// per vehicle, older ones further apart).
@@ -50,6 +55,7 @@ impl Default for RulesConfig {
             utc_offset: UtcOffset::from_seconds(7 * 3600),
             stopped_max_kmh: 3.0,
             reorder_window_s: 10,
+            reorder_window_adaptive: true,
             snapshot_interval_s: 600,
             overspeed: OverspeedConfig::default(),
             driving: DrivingConfig::default(),
@@ -459,6 +465,7 @@ pub(crate) struct Params {
     pub offset_ms: i64,
     pub stopped_max_ckmh: i32,
     pub reorder_ms: i64,
+    pub reorder_adaptive: bool,
     pub snapshot_ms: i64,
     pub class_limit_ckmh: [i32; 6],
     pub unregistered_limit_ckmh: Option<i32>,
@@ -503,6 +510,7 @@ impl Params {
             offset_ms: i64::from(c.utc_offset.seconds()) * 1000,
             stopped_max_ckmh: ckmh(c.stopped_max_kmh),
             reorder_ms: ms(c.reorder_window_s),
+            reorder_adaptive: c.reorder_window_adaptive,
             snapshot_ms: ms(c.snapshot_interval_s.max(1)),
             class_limit_ckmh: [
                 cl.bus,

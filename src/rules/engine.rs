@@ -10,7 +10,7 @@ use super::alert::{Alert, AlertKind, AlertStatus};
 use super::config::{ckmh, Params, RulesConfig};
 use super::driving::{self, DrivingState};
 use super::snapshot::Packed;
-use super::state::{Ctx, Sample, VehicleCore, VehicleState};
+use super::state::{Ctx, ReorderWindow, Sample, VehicleCore, VehicleState};
 use super::{gaps, no_signal, off_route, overspeed, transit, trips, zones};
 use crate::domain::live::{LiveState, LiveTrip};
 use crate::domain::{CooperativeId, DriverId, FastMap, Fix, Vehicle, VehicleId};
@@ -198,10 +198,10 @@ impl Engine {
         self.slots.len()
     }
 
-    /// Feeds one validated fix. Fixes of a vehicle are held for the reorder window
-    /// (event time: until a fix `reorder_window_s` newer arrives) and released to the
-    /// rules in time order; a fix older than one already released is `late`: reported
-    /// and not applied.
+    /// Feeds one validated fix. Fixes of a vehicle are held for its reorder window
+    /// (event time: until a fix that much newer arrives; see [`ReorderWindow`]) and released
+    /// to the rules in time order; a fix older than one already released is `late`:
+    /// reported and not applied.
     pub fn push(&mut self, fix: &Fix) -> Output {
         let mut out = Output::default();
         let vi = self.slot_of(fix.vehicle());
@@ -219,6 +219,12 @@ impl Engine {
                 out: &mut out,
             };
             no_signal::close(&mut ctx, since, s.ts_ms);
+        }
+        let max_ms = self.p.reorder_ms;
+        if self.p.reorder_adaptive {
+            let newest = slot.core.newest.map(|m| m.ts_ms);
+            let w = slot.core.window.get_or_insert(ReorderWindow::new(max_ms));
+            w.observe(s.ts_ms, newest, max_ms);
         }
         let newest_ms = match slot.core.newest {
             Some(m) if m.ts_ms >= s.ts_ms => m.ts_ms,
@@ -244,21 +250,30 @@ impl Engine {
             }
             Err(i) => slot.core.buffer.insert(i, s),
         }
-        self.release(vi, newest_ms - self.p.reorder_ms, &mut out);
+        let window_ms = slot.core.window.map_or(max_ms, |w| w.ms());
+        self.release(vi, newest_ms - window_ms, &mut out);
         out
     }
 
-    /// Releases, on processing time, buffered fixes older than `now` minus the
-    /// reorder window: call it periodically so a vehicle that goes quiet does not
-    /// keep its last fixes (and the end of its episodes) buffered.
+    /// Releases, on processing time, buffered fixes older than `now` minus their
+    /// vehicle's reorder window: call it periodically so a vehicle that goes quiet
+    /// does not keep its last fixes (and the end of its episodes) buffered.
     pub fn drain_due(&mut self, now: DateTime<Utc>) -> Output {
-        let upto = now.timestamp_millis() - self.p.reorder_ms;
-        self.release_all(upto)
+        let now_ms = now.timestamp_millis();
+        let max_ms = self.p.reorder_ms;
+        self.release_all(|s| now_ms - s.core.window.map_or(max_ms, |w| w.ms()))
     }
 
     /// Releases everything buffered (shutdown, end of a replay).
     pub fn flush(&mut self) -> Output {
-        self.release_all(i64::MAX)
+        self.release_all(|_| i64::MAX)
+    }
+
+    /// The newest fix time seen of `vehicle` (applied or buffered).
+    pub fn newest(&self, vehicle: &VehicleId) -> Option<DateTime<Utc>> {
+        let &vi = self.index.get(vehicle)?;
+        let m = self.slots[vi as usize].core.newest?;
+        Some(super::alert::utc(m.ts_ms))
     }
 
     /// No-signal check at processing time `now`: opens one alert for each vehicle
@@ -429,18 +444,20 @@ impl Engine {
         i
     }
 
-    /// Releases buffered fixes up to `upto_ms` for every vehicle, in vehicle order.
-    fn release_all(&mut self, upto_ms: i64) -> Output {
+    /// Releases buffered fixes up to `upto_ms(slot)` for every vehicle, in vehicle order.
+    fn release_all(&mut self, upto_ms: impl Fn(&Slot) -> i64) -> Output {
         let mut out = Output::default();
-        let mut due: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| {
+        let mut due: Vec<(usize, i64)> = (0..self.slots.len())
+            .filter_map(|i| {
                 let s = &self.slots[i];
-                !s.frozen && s.core.buffer.first().is_some_and(|b| b.ts_ms <= upto_ms)
+                let upto = upto_ms(s);
+                (!s.frozen && s.core.buffer.first().is_some_and(|b| b.ts_ms <= upto))
+                    .then_some((i, upto))
             })
             .collect();
-        due.sort_by(|&a, &b| self.slots[a].id.cmp(&self.slots[b].id));
-        for vi in due {
-            self.release(vi, upto_ms, &mut out);
+        due.sort_by(|a, b| self.slots[a.0].id.cmp(&self.slots[b.0].id));
+        for (vi, upto) in due {
+            self.release(vi, upto, &mut out);
         }
         out
     }
@@ -621,9 +638,12 @@ impl Engine {
         let slot = &mut self.slots[vi];
         let no_signal = slot.core.no_signal;
         let heard_ms = slot.core.heard_ms;
+        let window = slot.core.window;
         slot.core = state.core;
         slot.core.no_signal = no_signal;
         slot.core.heard_ms = heard_ms;
+        // How the vehicle's fixes arrive is not history: the window stays.
+        slot.core.window = window;
         slot.snaps.retain(|s| s.at_ms < at_ms);
         slot.frozen = true;
         slot.dirty = true;

@@ -236,6 +236,8 @@ impl Packed {
                 motion,
                 open,
                 driver_since_ms,
+                // Not packed: a recomputation keeps the vehicle's current window.
+                window: None,
             },
             drivers,
         })

@@ -126,6 +126,66 @@ pub(crate) struct VehicleCore {
     pub open: Vec<super::alert::Alert>,
     /// First fix (ms) of the driver logged in at the last fix on this vehicle.
     pub driver_since_ms: Option<i64>,
+    /// The vehicle's adaptive reorder window; `None`: the configured one (not
+    /// adapted yet, or `rules.reorder_window_adaptive` off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<ReorderWindow>,
+}
+
+/// A vehicle's adaptive reorder window: it starts at the configured one, halves after
+/// every [`ReorderWindow::NARROW_AFTER`] fixes in a row that arrive newest so far (to
+/// none, so an in-order source has its fixes applied, and its alerts emitted, on
+/// arrival), and widens at once to twice the disorder of a fix older than the newest.
+/// Checkpointed so that a restart resumes alike; a fix later than the window is
+/// recomputed, so the rules' results do not depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ReorderWindow {
+    /// The window now, ms of event time (u32: the state stays small).
+    pub ms: u32,
+    /// Fixes in a row that arrived newest so far, since the last change.
+    pub in_order: u8,
+}
+
+impl ReorderWindow {
+    /// Fixes in a row in order before the window halves.
+    pub const NARROW_AFTER: u8 = 4;
+    /// Below this the window closes, ms.
+    const MIN_MS: u32 = 250;
+
+    /// A window of `max_ms`, as a vehicle starts.
+    pub fn new(max_ms: i64) -> Self {
+        Self {
+            ms: u32::try_from(max_ms).unwrap_or(u32::MAX),
+            in_order: 0,
+        }
+    }
+
+    /// The window now, ms.
+    pub fn ms(&self) -> i64 {
+        i64::from(self.ms)
+    }
+
+    /// Adapts to a fix at `ts_ms` arriving when the newest so far is `newest_ms`.
+    pub fn observe(&mut self, ts_ms: i64, newest_ms: Option<i64>, max_ms: i64) {
+        let Some(newest) = newest_ms else { return };
+        if ts_ms > newest {
+            self.in_order = self.in_order.saturating_add(1);
+            if self.in_order >= Self::NARROW_AFTER {
+                self.in_order = 0;
+                self.ms /= 2;
+                if self.ms < Self::MIN_MS {
+                    self.ms = 0;
+                }
+            }
+        } else if ts_ms < newest {
+            self.in_order = 0;
+            let ms = (newest - ts_ms)
+                .saturating_mul(2)
+                .max(self.ms())
+                .min(max_ms);
+            self.ms = u32::try_from(ms).unwrap_or(u32::MAX);
+        }
+    }
 }
 
 /// Checkpoint of one vehicle: its rule state plus the driving-time state of the
