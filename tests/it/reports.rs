@@ -565,8 +565,7 @@ async fn report_command_prints_what_the_api_returns() {
         }
     })
     .await;
-    // The roll-up counts what came through MQTT: kept by the app's writer (plain
-    // layout) or by TimescaleDB's continuous aggregate (real-time: no refresh needed).
+    // The roll-up counts what came through MQTT, kept by the app's writer (both layouts).
     assert_eq!(
         count(
             &db,
