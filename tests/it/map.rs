@@ -2,8 +2,9 @@
 //! headless Chromium (driven through chromedriver's WebDriver API) against the real
 //! `fleetwatch demo` binary: it loads without errors, vehicles appear, a click opens a
 //! vehicle's panel, a replay plays. The screenshot is kept in `target/artefacts/map.png`.
-//! Then the dispatcher's console: a violation announced and acknowledged, and a bus on
-//! a scheduled trip (its trip and delay in its panel, its route's stops at street zoom).
+//! Then the dispatcher's console: a violation announced and acknowledged, a bus on a
+//! scheduled trip (its trip and delay in its panel, its route's stops at street zoom),
+//! and vehicles grouped at one spot and markers moved (the canvas's pixels checked).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
