@@ -164,10 +164,23 @@
   // `_updateCircle`, `_ctx`, `_point`, `_radius`; the version is pinned by the path.)
   const LabelCanvas = L.Canvas.extend({
     _updateCircle(layer) {
-      L.Canvas.prototype._updateCircle.call(this, layer);
-      const text = layer.options.label;
-      if (!this._drawing || layer._empty() || !text || !labelShown(layer)) return;
+      if (!(layer instanceof VehicleMarker)) {
+        L.Canvas.prototype._updateCircle.call(this, layer);
+        return;
+      }
+      if (!this._drawing || layer._empty()) return;
+      // A copy of the circle drawn once per style: 10,000 arcs filled and stroked one
+      // by one are most of a redraw, a copy is one blit. `_point` is whole pixels
+      // (Leaflet rounds it), so the copy gives the pixels the arc would.
+      const sp = this._sprite(layer);
       const ctx = this._ctx;
+      ctx.globalAlpha = 1;
+      const x0 = layer._point.x - sp.half;
+      const y0 = layer._point.y - sp.half;
+      if (sp.scale === 1) ctx.drawImage(sp.image, x0, y0);
+      else ctx.drawImage(sp.image, x0, y0, 2 * sp.half, 2 * sp.half);
+      const text = layer.options.label;
+      if (!text || !labelShown(layer)) return;
       const x = layer._point.x + layer._radius + 3;
       const y = layer._point.y + 4;
       ctx.font = LABEL_FONT;
@@ -176,6 +189,41 @@
       ctx.fillStyle = '#1b1b1b';
       ctx.strokeText(text, x, y);
       ctx.fillText(text, x, y);
+    },
+    /** The circle of `layer`'s style and radius, drawn as Leaflet draws it (kept on the
+     *  layer while its style stays: a key built per circle per redraw costs). */
+    _sprite(layer) {
+      const o = layer.options;
+      const r = Math.max(Math.round(layer._radius), 1);
+      const had = layer._fwSprite;
+      if (had && had.r === r && had.weight === o.weight && had.fillColor === o.fillColor
+          && had.color === o.color && had.fillOpacity === o.fillOpacity && had.opacity === o.opacity) {
+        return had;
+      }
+      const key = `${r} ${o.weight} ${o.color} ${o.fillColor} ${o.fillOpacity} ${o.opacity}`;
+      this._sprites = this._sprites || new Map();
+      let sp = this._sprites.get(key);
+      if (!sp) {
+        const half = Math.ceil(r + o.weight / 2) + 1;
+        // Leaflet doubles the canvas on high-density screens.
+        const scale = L.Browser.retina ? 2 : 1;
+        const size = 2 * half * scale;
+        // An ImageBitmap: drawing from a canvas element copies its pixels at each call.
+        const off = typeof OffscreenCanvas === 'function' ? new OffscreenCanvas(size, size) : null;
+        const canvas = off || Object.assign(document.createElement('canvas'), { width: size, height: size });
+        const ctx = canvas.getContext('2d');
+        ctx.scale(scale, scale);
+        ctx.beginPath();
+        ctx.arc(half, half, r, 0, 2 * Math.PI, false);
+        this._fillStroke(ctx, layer);
+        sp = {
+          image: off ? off.transferToImageBitmap() : canvas, half, scale, r, weight: o.weight,
+          color: o.color, fillColor: o.fillColor, fillOpacity: o.fillOpacity, opacity: o.opacity,
+        };
+        this._sprites.set(key, sp);
+      }
+      layer._fwSprite = sp;
+      return sp;
     },
   });
   // Its redraw bounds take in the label, so a moved vehicle leaves no stale text.
@@ -193,7 +241,8 @@
   // One canvas for everything drawn from our data: a canvas takes every pointer event
   // over it, so a second one on top would hide the first one's layers from clicks.
   // Drawn in order: routes and zones (kept at the back), vehicles, the replay.
-  const map = L.map('map', { renderer: new LabelCanvas({ padding: 0.3 }), zoomSnap: 0.5 })
+  const renderer = new LabelCanvas({ padding: 0.3 });
+  const map = L.map('map', { renderer, zoomSnap: 0.5 })
     .setView([10.95, 106.72], 12);
   const vehicleLayer = L.featureGroup().addTo(map);
   const geoLayer = L.geoJSON(null, {
@@ -254,10 +303,17 @@
 
   /** id → { v: the API's vehicle, at: when the page received it (ms) }. */
   const vehicles = new Map();
-  /** Spot key → { marker, ids }: vehicles at the same spot share one marker. */
+  /** Spot key → { key, marker, ids, from }: vehicles at the same spot share one marker. */
   const spots = new Map();
   /** Vehicle id → its spot key. */
   const spotOf = new Map();
+  /** Spots whose vehicles changed in this event: their markers are brought up to date
+   *  once, at its end (a group's many vehicles in one update: one pass, not one each). */
+  const dirtySpots = new Set();
+  /** Vehicles by status and open violations by kind, kept up to date vehicle by
+   *  vehicle: counting the whole fleet per update cost more than a small update. */
+  let byStatus = {};
+  let violationsByKind = {};
   let fitted = false;
   let breakS = 900; // replaced by the server's rules.driving.break_min_s
 
@@ -332,21 +388,32 @@
   const timings = {
     fetchMs: 0, updateMs: 0, events: 0, bytes: 0,
     // `update` events only, for measuring the page under load: how many, and for each
-    // of the last 500 its vehicles, JSON parse, apply (markers, lists, panel) and the
-    // canvas redraw in the next frame, ms.
-    updates: 0, updateLog: [],
+    // of the last 500 its vehicles, reading its text off the stream (decoding, finding
+    // the event's end), JSON parse, apply (markers, lists, panel) and the canvas redraw
+    // in the next frame, ms.
+    updates: 0, updateLog: [], countRaster: false,
   };
 
   /** A snapshot (`full`: every vehicle, the rest removed) or an update. */
   function applyVehicles(list, full) {
     const now = Date.now();
-    const seen = new Set();
+    const seen = full ? new Set() : null;
     let added = full;
+    let selectedSeen = full;
+    if (full) {
+      byStatus = {};
+      violationsByKind = {};
+    }
     for (const v of list) {
-      seen.add(v.vehicle_id);
-      if (!vehicles.has(v.vehicle_id)) added = true;
-      vehicles.set(v.vehicle_id, { v, at: now });
-      place(v);
+      const id = v.vehicle_id;
+      if (seen) seen.add(id);
+      const old = vehicles.get(id);
+      if (!old) added = true;
+      else if (!full) count(old.v, -1);
+      count(v, 1);
+      if (id === selectedId) selectedSeen = true;
+      vehicles.set(id, { v, at: now });
+      place(id, v);
     }
     if (full) {
       for (const id of [...vehicles.keys()]) {
@@ -356,51 +423,96 @@
         }
       }
     }
+    drawSpots();
     if (!fitted) fitAll();
     showCounts();
     // The replay's vehicle list (10,000 ids sorted) changes only with a new vehicle.
     if (added) updateVehicleIds();
-    if (selectedId) showVehicle();
+    // The panel shows nothing of the other vehicles (its clock runs in tickDriving).
+    if (selectedId && selectedSeen) showVehicle();
+  }
+
+  /** Adds (`k` = 1) or takes away (-1) a vehicle's share of the fleet summary. */
+  function count(v, k) {
+    byStatus[v.status] = (byStatus[v.status] || 0) + k;
+    for (const a of v.open_alerts || []) {
+      if (a.level === 'violation') violationsByKind[a.kind] = (violationsByKind[a.kind] || 0) + k;
+    }
   }
 
   /** Spot of a position: 1e-4° (about 11 m) cells. */
   const spotKey = (p) => `${Math.round(p.lat * 1e4)}:${Math.round(p.lon * 1e4)}`;
 
+  /** Takes a vehicle off the map (its spot's marker is brought up to date in drawSpots). */
   function unplace(id) {
     const key = spotOf.get(id);
     if (key === undefined) return;
     spotOf.delete(id);
     const s = spots.get(key);
     s.ids = s.ids.filter((x) => x !== id);
-    redrawSpot(key);
+    dirtySpots.add(s);
   }
 
-  /** Puts a vehicle on its spot's marker (leaving the one it was on). */
-  function place(v) {
+  /** Puts a vehicle on its spot (leaving the one it was on); markers follow in drawSpots. */
+  function place(id, v) {
     const p = v.position;
     const key = p ? spotKey(p) : undefined;
-    if (spotOf.get(v.vehicle_id) !== key) {
-      unplace(v.vehicle_id);
+    const was = spotOf.get(id);
+    if (was !== key) {
+      const left = was !== undefined ? spots.get(was) : null;
+      unplace(id);
       if (key !== undefined) {
-        spotOf.set(v.vehicle_id, key);
-        const s = spots.get(key) || { marker: null, ids: [] };
-        s.ids.push(v.vehicle_id);
-        s.ids.sort();
-        spots.set(key, s);
+        spotOf.set(id, key);
+        let s = spots.get(key);
+        if (!s) {
+          s = { key, marker: null, ids: [], from: null };
+          spots.set(key, s);
+        }
+        s.ids.push(id);
+        if (s.ids.length > 1) s.ids.sort();
+        // A vehicle moving on takes its marker along if it was alone (see drawSpots).
+        if (!s.marker && !s.from) s.from = left;
       }
     }
-    if (key !== undefined) redrawSpot(key);
+    if (key !== undefined) dirtySpots.add(spots.get(key));
   }
 
-  /** One marker per spot: the vehicle's own, or a bigger one with the count. */
-  function redrawSpot(key) {
-    const s = spots.get(key);
-    if (!s) return;
-    if (!s.ids.length) {
-      if (s.marker) s.marker.remove();
-      spots.delete(key);
-      return;
+  /** Brings the markers of the spots changed in this event up to date. A spot left
+   *  empty hands its marker to a new one (the marker of the vehicle that moved, if it
+   *  can): moving a marker is cheap, Leaflet's remove and add of one are not. */
+  function drawSpots() {
+    const spare = [];
+    for (const s of dirtySpots) {
+      const f = s.from;
+      s.from = null;
+      if (s.ids.length && !s.marker && f && !f.ids.length && f.marker) {
+        s.marker = f.marker;
+        f.marker = null;
+      }
     }
+    for (const s of dirtySpots) {
+      if (s.ids.length) continue;
+      spots.delete(s.key);
+      if (s.marker) spare.push(s.marker);
+      s.marker = null;
+    }
+    let moved = null;
+    for (const s of dirtySpots) {
+      if (!s.ids.length) continue;
+      if (!s.marker && spare.length) s.marker = spare.pop();
+      if (drawSpot(s)) moved = s.marker;
+    }
+    dirtySpots.clear();
+    // Out of the group too (`remove()` takes a layer off the map only: the group kept
+    // every marker ever replaced).
+    for (const m of spare) vehicleLayer.removeLayer(m);
+    // One redraw for all the moves, in the next animation frame.
+    if (moved) moved._renderer._requestRedraw(moved);
+  }
+
+  /** One marker per spot: the vehicle's own, or a bigger one with the count. True when
+   *  an existing marker was moved (its redraw is still to be asked for). */
+  function drawSpot(s) {
     const first = vehicles.get(s.ids[0]).v;
     const p = first.position;
     const many = s.ids.length > 1;
@@ -409,24 +521,43 @@
     const label = many ? `${s.ids.length} vehicles`
       : (first.plate && first.plate !== first.vehicle_id ? `${first.plate}` : first.vehicle_id);
     const radius = many ? 9 : 6;
+    const weight = many ? 2.5 : 1.5;
+    let moved = false;
     if (!s.marker) {
       s.marker = new VehicleMarker([p.lat, p.lon], {
-        radius, weight: many ? 2.5 : 1.5, color: '#fff', fillColor: color, fillOpacity: 1,
-        label, vehicleId: s.ids[0], ids: s.ids.slice(),
+        radius, weight, color: '#fff', fillColor: color, fillOpacity: 1,
+        label, vehicleId: s.ids[0], ids: s.ids,
       }).addTo(vehicleLayer);
     } else {
       const m = s.marker;
       const ll = m.getLatLng();
-      if (ll.lat !== p.lat || ll.lng !== p.lon) m.setLatLng([p.lat, p.lon]);
-      m.options.ids = s.ids.slice();
+      if (ll.lat !== p.lat || ll.lng !== p.lon) moved = moveMarker(m, p.lat, p.lon);
+      m.options.ids = s.ids;
       m.options.vehicleId = s.ids[0];
-      if (m.options.fillColor !== color || m.options.label !== label || m.options.radius !== radius) {
+      if (m.options.fillColor !== color || m.options.label !== label || m.options.radius !== radius
+          || m.options.weight !== weight) {
         m.options.label = label;
         m.setRadius(radius);
-        m.setStyle({ fillColor: color, weight: many ? 2.5 : 1.5 });
+        m.setStyle({ fillColor: color, weight });
       }
     }
-    if (s.ids.includes(selectedId)) highlight.setLatLng([p.lat, p.lon]);
+    if (selectedId !== null && spotOf.get(selectedId) === s.key) highlight.setLatLng([p.lat, p.lon]);
+    return moved;
+  }
+
+  /** `setLatLng` without its redraw request and `move` event per marker (Leaflet 1.9.4
+   *  internals, as `_updatePath` does): when it lands on another pixel, its old and new
+   *  place join the redraw bounds and drawSpots asks for one redraw for all. True then. */
+  function moveMarker(m, lat, lng) {
+    const was = m._point;
+    const old = { _pxBounds: m._pxBounds, options: m.options };
+    m._latlng = L.latLng(lat, lng);
+    m._project();
+    // Zoomed out, a move of metres is often none on screen.
+    if (was && was.x === m._point.x && was.y === m._point.y) return false;
+    m._renderer._extendRedrawBounds(old);
+    m._renderer._extendRedrawBounds(m);
+    return true;
   }
 
   /** A group's colour: the most urgent status among its vehicles. */
@@ -440,26 +571,24 @@
     return best;
   }
 
-  /** The fleet summary: vehicles by status, open violations by kind. */
+  /** The fleet summary: vehicles by status, open violations by kind (written only
+   *  when it reads differently). */
   function showCounts() {
-    const by = {};
-    const violations = {};
-    for (const { v } of vehicles.values()) {
-      by[v.status] = (by[v.status] || 0) + 1;
-      for (const a of v.open_alerts || []) {
-        if (a.level === 'violation') violations[a.kind] = (violations[a.kind] || 0) + 1;
-      }
-    }
     const parts = Object.entries(STATUS)
-      .filter(([k]) => by[k])
-      .map(([k, s]) => `${by[k]} ${s.label}`);
+      .filter(([k]) => byStatus[k])
+      .map(([k, s]) => `${byStatus[k]} ${s.label}`);
     const n = vehicles.size;
-    $('counts').textContent = `${n} vehicle${n === 1 ? '' : 's'}${parts.length ? ` · ${parts.join(' · ')}` : ''}`;
-    const kinds = Object.entries(violations).sort((a, b) => b[1] - a[1]);
-    $('violations').textContent = kinds.length
+    setText($('counts'), `${n} vehicle${n === 1 ? '' : 's'}${parts.length ? ` · ${parts.join(' · ')}` : ''}`);
+    const kinds = Object.entries(violationsByKind).filter(([, k]) => k > 0).sort((a, b) => b[1] - a[1]);
+    setText($('violations'), kinds.length
       ? `open violations: ${kinds.map(([k, n]) => `${n} ${k.replace(/_/g, ' ')}`).join(', ')}`
-      : 'no open violations';
+      : 'no open violations');
     $('violations').classList.toggle('some', kinds.length > 0);
+  }
+
+  /** Sets an element's text unless it has it already (a write costs a layout). */
+  function setText(e, text) {
+    if (e.textContent !== text) e.textContent = text;
   }
 
   let idsKey = '';
@@ -512,31 +641,64 @@
   let live = false;
   async function readEvents(reader) {
     const dec = new TextDecoder();
-    let buf = '';
+    // The event being received, in pieces joined once its end is in: a 5 MB update
+    // comes in about a hundred reads, and searching one growing string for the end
+    // copied all of it at each.
+    let pieces = [];
+    let endsInNewline = false;
+    let readMs = 0;
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return;
+      let tr = performance.now();
       timings.bytes += value.length;
-      buf += dec.decode(value, { stream: true });
-      let end;
-      while ((end = buf.indexOf('\n\n')) >= 0) {
-        const block = buf.slice(0, end);
-        buf = buf.slice(end + 2);
-        let name = 'message';
-        let data = '';
-        for (const line of block.split('\n')) {
-          if (line.startsWith('event:')) name = line.slice(6).trim();
-          else if (line.startsWith('data:')) data += line.slice(line[5] === ' ' ? 6 : 5);
+      const text = dec.decode(value, { stream: true });
+      if (!text) continue;
+      let from = 0;
+      for (;;) {
+        // An event ends at a blank line.
+        let block;
+        if (from === 0 && endsInNewline && text[0] === '\n') {
+          // The blank line straddles two reads: the event ended with the last one.
+          block = pieces.join('').slice(0, -1);
+          from = 1;
+        } else {
+          const end = text.indexOf('\n\n', from);
+          if (end < 0) break;
+          block = pieces.join('') + text.slice(from, end);
+          from = end + 2;
         }
-        if (!data) continue;
-        const tp = performance.now();
-        const parsed = JSON.parse(data);
-        onEvent(name, parsed, performance.now() - tp);
+        pieces = [];
+        endsInNewline = false;
+        readMs += performance.now() - tr;
+        dispatch(block, readMs);
+        readMs = 0;
+        tr = performance.now();
       }
+      if (from < text.length) {
+        pieces.push(from ? text.slice(from) : text);
+        endsInNewline = text.endsWith('\n');
+      }
+      readMs += performance.now() - tr;
     }
   }
 
-  function onEvent(name, data, parseMs) {
+  /** One event's text: its name and data lines, the data parsed and handled. */
+  function dispatch(block, readMs) {
+    const ts = performance.now();
+    let name = 'message';
+    let data = '';
+    for (const line of block.split('\n')) {
+      if (line.startsWith('event:')) name = line.slice(6).trim();
+      else if (line.startsWith('data:')) data += line.slice(line[5] === ' ' ? 6 : 5);
+    }
+    if (!data) return;
+    const tp = performance.now();
+    const parsed = JSON.parse(data);
+    onEvent(name, parsed, performance.now() - tp, readMs + (tp - ts));
+  }
+
+  function onEvent(name, data, parseMs, readMs) {
     const t0 = performance.now();
     if (name === 'snapshot') {
       applyVehicles(data.vehicles, true);
@@ -550,16 +712,23 @@
     timings.updateMs = performance.now() - t0;
     if (name === 'update') {
       timings.updates += 1;
-      const entry = { vehicles: data.vehicles.length, parseMs, applyMs: timings.updateMs, drawMs: null };
+      const entry = {
+        vehicles: data.vehicles.length, readMs, parseMs, applyMs: timings.updateMs, drawMs: null,
+      };
       timings.updateLog.push(entry);
       if (timings.updateLog.length > 500) timings.updateLog.shift();
       // Leaflet redraws the canvas in the next animation frame, in a callback asked
       // for during the apply: this one runs after it, so the time since the frame
-      // began is the redraw.
-      requestAnimationFrame((frame) => { entry.drawMs = performance.now() - frame; });
+      // began is the redraw. A canvas only records what is drawn, its pixels are made
+      // when the frame is shown: with `countRaster` on, reading a pixel makes them here,
+      // so the redraw counts them (never on by itself: on a GPU canvas a read stalls).
+      requestAnimationFrame((frame) => {
+        if (timings.countRaster) renderer._ctx.getImageData(0, 0, 1, 1);
+        entry.drawMs = performance.now() - frame;
+      });
     }
-    showProblem('');
-    $('updated').textContent = `live · ${fmtTime(new Date().toISOString()).slice(11)}`;
+    if (!$('problem').hidden) showProblem('');
+    setText($('updated'), `live · ${fmtTime(new Date().toISOString()).slice(11)}`);
   }
 
   // ---- the vehicle panel --------------------------------------------------------
@@ -720,6 +889,8 @@
   }
 
   function applyAlerts(list, full) {
+    // An update without alerts changes nothing the lists show.
+    if (!full && !list.length) return;
     if (full) alerts.clear();
     const fresh = [];
     for (const a of list) {
@@ -1050,13 +1221,32 @@
     zoom: () => map.getZoom(),
     selected: () => selectedId,
     timings: () => ({ ...timings, updateLog: timings.updateLog.map((e) => ({ ...e })) }),
+    /** Whether the redraw in `timings().updateLog` includes making the pixels (a
+     *  measurement's switch). */
+    countRaster(on) { timings.countRaster = !!on; },
     /** Page coordinates (CSS px) of a vehicle's marker, for clicking it. */
     vehiclePoint(id) {
       const s = spots.get(spotOf.get(id));
       if (!s || !s.marker) return null;
-      const p = map.latLngToContainerPoint(s.marker.getLatLng());
+      const ll = s.marker.getLatLng();
+      return window.fleetwatch.pagePoint(ll.lat, ll.lng);
+    },
+    /** Page coordinates (CSS px) of a place on the map. */
+    pagePoint(lat, lon) {
+      const p = map.latLngToContainerPoint([lat, lon]);
       const r = map.getContainer().getBoundingClientRect();
       return { x: Math.round(r.left + p.x), y: Math.round(r.top + p.y) };
+    },
+    /** The marker a vehicle is on: its Leaflet id, place, vehicles, label and colour. */
+    vehicleMarker(id) {
+      const s = spots.get(spotOf.get(id));
+      const m = s && s.marker;
+      if (!m) return null;
+      const ll = m.getLatLng();
+      return {
+        id: L.stamp(m), lat: ll.lat, lon: ll.lng, ids: m.options.ids.slice(),
+        label: m.options.label, color: m.options.fillColor, radius: m.options.radius,
+      };
     },
     replay: Object.freeze({
       get playing() { return replay.playing; },

@@ -2,8 +2,9 @@
 //! headless Chromium (driven through chromedriver's WebDriver API) against the real
 //! `fleetwatch demo` binary: it loads without errors, vehicles appear, a click opens a
 //! vehicle's panel, a replay plays. The screenshot is kept in `target/artefacts/map.png`.
-//! Then the dispatcher's console: a violation announced and acknowledged, and a bus on
-//! a scheduled trip (its trip and delay in its panel, its route's stops at street zoom).
+//! Then the dispatcher's console: a violation announced and acknowledged, a bus on a
+//! scheduled trip (its trip and delay in its panel, its route's stops at street zoom),
+//! and vehicles grouped at one spot and markers moved (the canvas's pixels checked).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -1196,12 +1197,221 @@ async fn console_in_headless_chromium_shows_a_late_bus_trip_and_its_stops() {
     app.wait().await;
 }
 
+// ---- vehicles at one spot ------------------------------------------------------------
+
+/// Four vehicles written as the writer does (the stream poller sends what changed): two
+/// at one spot share a marker (the count as its label, the most urgent status as its
+/// colour; a click lists both, a link opens one's panel), one leaving the group gets
+/// its own marker again, a vehicle moving on alone takes its marker along (the same
+/// Leaflet layer, drawn at the new place, nothing left at the old), and the fleet
+/// summary follows every status change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_headless_chromium_groups_vehicles_at_one_spot_and_moves_markers() {
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let mut s = settings(&db, &broker.url(), "fw-map-spots");
+    s.http.map_tile_url = String::new();
+    let app = start_app(s).await;
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    // The corners of a 2 km square; B stopped, the others moving.
+    c.batch_execute(
+        "INSERT INTO vehicles (vehicle_id, cooperative_id, plate, class, registered,
+                               last_seen, last_fix_ts, last_lat, last_lon, last_speed_kmh,
+                               last_heading_deg)
+         VALUES ('V-A', 'HTX-G', '61B-000.0A', 'bus', true, now(), now(), 10.80, 106.50, 35, 0),
+                ('V-B', 'HTX-G', '61B-000.0B', 'bus', true, now(), now(), 10.80, 106.52, 0, 0),
+                ('V-C', 'HTX-G', '61B-000.0C', 'bus', true, now(), now(), 10.82, 106.50, 35, 0),
+                ('V-D', 'HTX-G', '61B-000.0D', 'bus', true, now(), now(), 10.82, 106.52, 35, 0)",
+    )
+    .await
+    .unwrap();
+    let token = create_token(&c, Role::Cooperative, Some("HTX-G"), None)
+        .await
+        .unwrap();
+    let set = |id: &'static str, lat: f64, lon: f64, speed: f32| {
+        let c = &c;
+        async move {
+            c.execute(
+                "UPDATE vehicles SET last_seen = now(), last_fix_ts = now(), last_lat = $2,
+                        last_lon = $3, last_speed_kmh = $4
+                 WHERE vehicle_id = $1",
+                &[&id, &lat, &lon, &speed],
+            )
+            .await
+            .unwrap();
+        }
+    };
+
+    let browser = Browser::start().await;
+    let url = format!("http://{}/map#token={token}", app.http_addr);
+    browser
+        .cmd("POST", "/url", Some(json!({ "url": url })))
+        .await;
+    browser
+        .wait_for(
+            "four vehicles on four markers",
+            Duration::from_secs(30),
+            "return !!window.fleetwatch && fleetwatch.live() && fleetwatch.vehicleCount() === 4
+               && fleetwatch.markerCount() === 4",
+        )
+        .await;
+    let counts = "return document.getElementById('counts').textContent";
+    assert_eq!(
+        browser.js(counts).await,
+        "4 vehicles · 3 moving · 1 stopped"
+    );
+    // The canvas pixel at a place (RGBA), and at a vehicle's marker.
+    let pixel = "const [lat, lon] = arguments;
+        const c = document.querySelector('.leaflet-overlay-pane canvas');
+        const r = c.getBoundingClientRect();
+        const p = fleetwatch.pagePoint(lat, lon);
+        const x = Math.round((p.x - r.left) * c.width / r.width);
+        const y = Math.round((p.y - r.top) * c.height / r.height);
+        return Array.from(c.getContext('2d').getImageData(x, y, 1, 1).data);";
+    const MOVING: [u8; 4] = [0x1a, 0x96, 0x41, 255];
+    const STOPPED: [u8; 4] = [0x2b, 0x83, 0xba, 255];
+    const EMPTY: [u8; 4] = [0, 0, 0, 0];
+    let wait_pixel = |what: &'static str, lat: f64, lon: f64, rgba: [u8; 4]| {
+        let browser = &browser;
+        async move {
+            browser
+                .wait_for(
+                    what,
+                    Duration::from_secs(10),
+                    &format!(
+                        "return JSON.stringify((function () {{ {pixel} }}).apply(null, [{lat}, {lon}]))
+                           === {:?}",
+                        serde_json::to_string(&rgba).unwrap()
+                    ),
+                )
+                .await;
+        }
+    };
+    wait_pixel("B drawn stopped", 10.80, 106.52, STOPPED).await;
+    wait_pixel("C drawn moving", 10.82, 106.50, MOVING).await;
+
+    // B joins A: one marker for both, counted, in the colour of the more urgent status.
+    set("V-B", 10.80, 106.50, 0.0).await;
+    browser
+        .wait_for(
+            "A and B on one marker",
+            Duration::from_secs(10),
+            "const m = fleetwatch.vehicleMarker('V-B');
+             return fleetwatch.markerCount() === 3 && !!m && m.ids.join() === 'V-A,V-B'",
+        )
+        .await;
+    let group = browser.js("return fleetwatch.vehicleMarker('V-A')").await;
+    assert_eq!(group["label"], "2 vehicles", "{group}");
+    assert_eq!(
+        group["color"], "#1a9641",
+        "moving wins over stopped: {group}"
+    );
+    assert_eq!(group["radius"], 9, "{group}");
+    wait_pixel("B's old place cleared", 10.80, 106.52, EMPTY).await;
+    assert_eq!(
+        browser.js(counts).await,
+        "4 vehicles · 3 moving · 1 stopped"
+    );
+
+    // A click on the group lists both; B's link opens B's panel.
+    let p = browser.js("return fleetwatch.vehiclePoint('V-A')").await;
+    browser
+        .click_at(p["x"].as_i64().unwrap(), p["y"].as_i64().unwrap())
+        .await;
+    browser
+        .wait_for(
+            "the group's popup",
+            Duration::from_secs(5),
+            "const x = document.querySelector('.leaflet-popup .spot');
+             return !!x && x.textContent.includes('2 vehicles here')
+               && x.querySelectorAll('a.spot-vehicle').length === 2",
+        )
+        .await;
+    browser
+        .js("[...document.querySelectorAll('a.spot-vehicle')].find((a) => a.textContent === 'V-B').click();
+             return true")
+        .await;
+    browser
+        .wait_for(
+            "B's panel",
+            Duration::from_secs(5),
+            "return fleetwatch.selected() === 'V-B'
+               && document.getElementById('vehicle-title').textContent === 'V-B'",
+        )
+        .await;
+
+    // B drives off to an empty place: a marker of its own, its panel follows; A's marker
+    // is A's alone again.
+    set("V-B", 10.81, 106.515, 40.0).await;
+    browser
+        .wait_for(
+            "B on its own marker at its new place",
+            Duration::from_secs(10),
+            "const m = fleetwatch.vehicleMarker('V-B');
+             return fleetwatch.markerCount() === 4 && !!m && m.ids.join() === 'V-B'
+               && m.lat === 10.81 && m.lon === 106.515
+               && document.getElementById('vehicle-details').textContent.includes('10.81000, 106.51500')",
+        )
+        .await;
+    let a = browser.js("return fleetwatch.vehicleMarker('V-A')").await;
+    assert_eq!(a["label"], "61B-000.0A", "{a}");
+    assert_eq!(a["radius"], 6, "{a}");
+    assert_eq!(browser.js(counts).await, "4 vehicles · 4 moving");
+    wait_pixel("B drawn at its new place", 10.81, 106.515, MOVING).await;
+
+    // C moves on alone: its marker goes with it (the same layer), drawn there and gone
+    // from where it was; then it stops, and the summary and its colour follow.
+    let before = browser.js("return fleetwatch.vehicleMarker('V-C')").await;
+    set("V-C", 10.815, 106.505, 35.0).await;
+    browser
+        .wait_for(
+            "C's marker at its new place",
+            Duration::from_secs(10),
+            "const m = fleetwatch.vehicleMarker('V-C');
+             return !!m && m.lat === 10.815 && m.lon === 106.505",
+        )
+        .await;
+    let after = browser.js("return fleetwatch.vehicleMarker('V-C')").await;
+    assert_eq!(
+        after["id"], before["id"],
+        "moved, not replaced: {before} {after}"
+    );
+    assert_eq!(browser.js("return fleetwatch.markerCount()").await, 4);
+    wait_pixel("C drawn at its new place", 10.815, 106.505, MOVING).await;
+    wait_pixel("C's old place cleared", 10.82, 106.50, EMPTY).await;
+    set("V-C", 10.815, 106.505, 0.0).await;
+    browser
+        .wait_for(
+            "C stopped in the summary",
+            Duration::from_secs(10),
+            "return document.getElementById('counts').textContent
+               === '4 vehicles · 3 moving · 1 stopped'",
+        )
+        .await;
+    wait_pixel("C drawn stopped", 10.815, 106.505, STOPPED).await;
+
+    let errs = browser
+        .js("return [fleetwatch.errors(), fleetwatch.requestErrors()]")
+        .await;
+    assert_eq!(errs, json!([[], []]), "page errors");
+    assert_eq!(
+        browser.severe_logs().await,
+        Vec::<String>::new(),
+        "console errors"
+    );
+    browser.quit().await;
+    app.shutdown();
+    app.wait().await;
+}
+
 // ---- page work per stream update (measured by hand, never in CI) -----------------
 
 /// Page work per `update` event of the stream with 10,000 vehicles on the map, 1 %,
 /// 10 % and 100 % of them moved per update (rows updated as the writer does, as
-/// `benches/stream.rs`). Prints, per share, the update size and the page's JSON parse,
-/// apply and canvas redraw (median, p95, max). A measurement, not a check:
+/// `benches/stream.rs`). Prints, per share, the update size and the page's reading of
+/// the event off the stream, JSON parse, apply and canvas redraw (recording and making
+/// the pixels: `countRaster`) (median, p95, max), the
+/// total of the last three (as first measured) and of all four. A measurement, not a check:
 /// `cargo test --test it page_work_per_update -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement (BENCHMARKS.md), run by hand"]
@@ -1247,6 +1457,10 @@ async fn page_work_per_update_at_10000_vehicles() {
             Duration::from_secs(120),
             &format!("return !!window.fleetwatch && fleetwatch.live() && fleetwatch.vehicleCount() === {N}"),
         )
+        .await;
+    // The redraw with the canvas's pixels made (not only its drawing recorded).
+    browser
+        .js("fleetwatch.countRaster(true); return true")
         .await;
 
     for pct in [1_i64, 10, 100] {
@@ -1296,15 +1510,10 @@ async fn page_work_per_update_at_10000_vehicles() {
             n >= (N * pct / 100) as f64 * 0.9,
             "{pct} %: {n} vehicles per update"
         );
-        let total = {
+        let total = |keys: &[&str]| {
             let mut v: Vec<f64> = log
                 .iter()
-                .map(|e| {
-                    ["parseMs", "applyMs", "drawMs"]
-                        .iter()
-                        .map(|k| e[*k].as_f64().unwrap())
-                        .sum()
-                })
+                .map(|e| keys.iter().map(|k| e[*k].as_f64().unwrap()).sum())
                 .collect();
             v.sort_by(f64::total_cmp);
             let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
@@ -1313,12 +1522,14 @@ async fn page_work_per_update_at_10000_vehicles() {
         let f = |(a, b, c): (f64, f64, f64)| format!("{a:.1} / {b:.1} / {c:.1}");
         println!(
             "{pct:>3} % moved: {} updates, {n:.0} vehicles each (median); ms median / p95 / max: \
-             parse {}, apply {}, redraw {}, total {}",
+             read {}, parse {}, apply {}, redraw {}, total {}, with read {}",
             log.len(),
+            f(stat("readMs")),
             f(stat("parseMs")),
             f(stat("applyMs")),
             f(stat("drawMs")),
-            f(total)
+            f(total(&["parseMs", "applyMs", "drawMs"])),
+            f(total(&["readMs", "parseMs", "applyMs", "drawMs"]))
         );
     }
     let errs = browser
