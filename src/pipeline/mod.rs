@@ -49,10 +49,11 @@ pub struct Stage {
     pub recompute: Recompute,
 }
 
-/// Recomputations for late fixes: at most one vehicle at a time (bounded work, so a
-/// device replaying an old span again and again cannot starve the others), the others
-/// queued; a vehicle's new fixes are held from the rules while it is queued or being
-/// recomputed, and applied after it.
+/// Recomputations for late fixes: at most one at a time (bounded work, so a device
+/// replaying an old span again and again cannot starve the others), each over the
+/// group of vehicles the late fix's drivers moved between, the others queued; a
+/// vehicle's new fixes are held from the rules while it is queued or being
+/// recomputed (in any group), and applied after it.
 #[derive(Default)]
 pub struct Recompute {
     held: HashMap<VehicleId, Held>,

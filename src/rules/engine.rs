@@ -839,9 +839,10 @@ impl Engine {
         }
     }
 
-    /// Feeds fixes of one vehicle, in time order, during a recomputation: like
-    /// [`Engine::push`], but a fix does not end the vehicle's no-signal alert
-    /// (it is history, not a sign of life).
+    /// Feeds stored fixes of the vehicles being recomputed, in time order (merged
+    /// across the group's vehicles), during a recomputation: like [`Engine::push`],
+    /// but a fix does not end its vehicle's no-signal alert (it is history, not a
+    /// sign of life).
     pub fn replay(&mut self, fixes: &[Fix]) -> Output {
         let mut out = Output::default();
         for f in fixes {

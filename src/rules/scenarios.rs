@@ -1527,6 +1527,14 @@ fn arrive(cfg: RulesConfig, arrivals: &[Fix]) -> Stored {
     st
 }
 
+/// `PROPTEST_CASES` when set (to run more locally), else `n`.
+fn cases_or(n: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n)
+}
+
 fn arrival() -> impl Strategy<Value = (usize, bool)> {
     // Mostly in order; now and then a fix held back by hundreds of others (a backlog
     // uploaded after live fixes, another connection's message); a few sent twice.
@@ -1537,7 +1545,7 @@ fn arrival() -> impl Strategy<Value = (usize, bool)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(ProptestConfig::with_cases(cases_or(128)))]
 
     /// Any arrival order (delays, interleavings across vehicles, duplicates) gives the
     /// same non-retracted alerts (ids and every field) and trips as the in-order run,
@@ -1612,7 +1620,7 @@ fn same_alerts(got: &Stored, want: &Stored) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(ProptestConfig::with_cases(cases_or(128)))]
 
     /// Drivers moving between vehicles (one at a time, A -> B -> A included): any
     /// arrival order of the fixes (delays past the reorder window, duplicates) gives
