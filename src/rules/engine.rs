@@ -703,8 +703,10 @@ impl Engine {
                     Some(i) => {
                         let ms = ms.min(starts[i].at_ms);
                         let seq = seq.min(starts[i].seq.saturating_add(1));
-                        starts[i] = self.start_for(vi, ms, seq);
-                        changed = true;
+                        let st = self.start_for(vi, ms, seq);
+                        // Nothing older to start from: as far back as it goes.
+                        changed |= (st.at_ms, st.seq) != (starts[i].at_ms, starts[i].seq);
+                        starts[i] = st;
                     }
                     None => {
                         // A vehicle with late fixes of its own starts before them too.
