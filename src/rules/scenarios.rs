@@ -1298,7 +1298,7 @@ fn in_order_fixes_own_drivers(steps: &[Step]) -> Vec<Fix> {
 /// Like [`fixes_of`], sorted by event time (ties by vehicle), with four drivers who
 /// move between the three vehicles as real drivers do: on one vehicle at a time,
 /// logging out of a vehicle that has stood for a minute, and into a vehicle without
-/// driver 5 minutes later at the earliest (so their stints never overlap, and A -> B
+/// driver 2 minutes later at the earliest (so their stints never overlap, and A -> B
 /// -> A comes up).
 fn in_order_fixes_shared_drivers(steps: &[Step]) -> Vec<Fix> {
     let vehicles = ["BUS-1", "TRAC-1", "CAR-1"];
@@ -1327,12 +1327,12 @@ fn in_order_fixes_shared_drivers(steps: &[Step]) -> Vec<Fix> {
         let moving = speed[v] > 3.0 && s.ignition;
         let stood = stood_since[v];
         stood_since[v] = if moving { None } else { stood.or(Some(t[v])) };
-        // A change is wished now and then (more often than in `fixes_of`).
-        if s.driver.is_some() || s.jitter_s % 5 == 0 {
+        // A change is wished at about half the steps (far more often than in `fixes_of`).
+        if s.driver.is_some() || s.jitter_s % 2 == 0 {
             match on[v] {
                 Some(d) if !moving && stood.is_some_and(|x| t[v] - x >= Duration::seconds(60)) => {
                     on[v] = None;
-                    free_at[d] = Some(t[v] + Duration::minutes(5));
+                    free_at[d] = Some(t[v] + Duration::minutes(2));
                 }
                 None => {
                     let first = s.driver.unwrap_or(s.vehicle);
