@@ -514,11 +514,9 @@ fn late(c: &mut Criterion) {
                 let k = SECONDS - late_h * 3600 + n % 600;
                 n += 1;
                 let late = fix_at(k, true);
-                let snap = engine.snapshot_before(&bus.id, late.ts());
-                let from_ms = snap
-                    .as_ref()
-                    .map_or(i64::MIN, |s| s.at().timestamp_millis());
-                let restated = engine.begin_recompute(&bus.id, snap.as_ref());
+                let group = engine.begin_group_recompute(&[(bus.id.clone(), late.ts())], &[]);
+                let from_ms = group[0].after.timestamp_millis();
+                let restated = group.into_iter().next().map(|r| r.restated);
                 let i = log.partition_point(|f| f.ts().timestamp_millis() < from_ms);
                 let j = log.partition_point(|f| f.ts() < late.ts());
                 let mut replayed = 0usize;

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Utc};
 use futures_util::{pin_mut, TryStreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
@@ -49,10 +49,11 @@ pub struct Stage {
     pub recompute: Recompute,
 }
 
-/// Recomputations for late fixes: at most one vehicle at a time (bounded work, so a
-/// device replaying an old span again and again cannot starve the others), the others
-/// queued; a vehicle's new fixes are held from the rules while it is queued or being
-/// recomputed, and applied after it.
+/// Recomputations for late fixes: at most one at a time (bounded work, so a device
+/// replaying an old span again and again cannot starve the others), each over the
+/// group of vehicles the late fix's drivers moved between, the others queued; a
+/// vehicle's new fixes are held from the rules while it is queued or being
+/// recomputed (in any group), and applied after it.
 #[derive(Default)]
 pub struct Recompute {
     held: HashMap<VehicleId, Held>,
@@ -73,12 +74,21 @@ struct Held {
     fixes: Vec<Fix>,
 }
 
-/// The recomputation under way.
+/// The recomputation under way: a group of vehicles (the late fix's and those its
+/// drivers moved between, see [`Engine::begin_group_recompute`]).
 struct Active {
+    /// One span per group vehicle, the late fix's first.
+    spans: Vec<Span>,
+    /// The alerts open at the vehicles' starts, stated again with the first output.
+    restated: Vec<Alert>,
+}
+
+/// What a recomputation does to one vehicle of its group.
+struct Span {
     vehicle: VehicleId,
     /// Alerts starting at or after this belong to the recomputed span.
     after: DateTime<Utc>,
-    /// Alerts (ids) the recomputation produced.
+    /// Alerts (ids) of the vehicle the recomputation produced.
     ids: HashSet<AlertId>,
     /// Starts of the trips and data gaps it produced.
     trips: Vec<DateTime<Utc>>,
@@ -86,36 +96,61 @@ struct Active {
     /// Starts of the trip runs and keys of the stop events it produced.
     runs: Vec<DateTime<Utc>>,
     stop_events: Vec<(String, DateTime<Utc>, i32)>,
-    /// The alerts open at the snapshot, stated again with the first output.
-    restated: Vec<Alert>,
-    /// Event times (ms) of the stored fixes replayed, sorted.
+    /// Event times (ms) of the stored fixes replayed, sorted at the end.
     replayed_ms: Vec<i64>,
     held: Held,
 }
 
 impl Active {
-    /// Notes what the recomputation produced: the reconciliation keeps it.
+    /// The span of `vehicle`, if in the group.
+    fn span(&mut self, vehicle: &VehicleId) -> Option<&mut Span> {
+        self.spans.iter_mut().find(|s| s.vehicle == *vehicle)
+    }
+
+    /// Notes what the recomputation produced: the reconciliation keeps it. (A driver's
+    /// alert about a vehicle outside the group is not reconciled: that vehicle's
+    /// span was not recomputed.)
     fn produced(&mut self, out: &Output) {
         for a in &out.alerts {
+            let Some(s) = self.span(&a.vehicle) else {
+                continue;
+            };
             if a.kind == crate::rules::AlertKind::DataGap {
-                self.gaps.push(a.start);
+                s.gaps.push(a.start);
             } else {
-                self.ids.insert(a.id.clone());
+                s.ids.insert(a.id.clone());
             }
         }
-        self.trips.extend(out.trips.iter().map(|t| t.start));
-        self.runs.extend(out.trip_runs.iter().map(|t| t.start));
-        self.stop_events.extend(
-            out.stop_events
-                .iter()
-                .map(crate::store::writer::stop_event_key),
-        );
+        for t in &out.trips {
+            if let Some(s) = self.span(&t.vehicle) {
+                s.trips.push(t.start);
+            }
+        }
+        for t in &out.trip_runs {
+            if let Some(s) = self.span(&t.vehicle) {
+                s.runs.push(t.start);
+            }
+        }
+        for e in &out.stop_events {
+            if let Some(s) = self.span(&e.vehicle) {
+                s.stop_events.push(crate::store::writer::stop_event_key(e));
+            }
+        }
     }
+}
+
+/// What the loader of a recomputation reads: each group vehicle's stored fixes from
+/// its start, once the barrier fixes are stored.
+struct LoadPlan {
+    starts: Vec<(VehicleId, DateTime<Utc>)>,
+    /// Fixes sent to the writer before the recomputation began (the late fix, each
+    /// vehicle's newest): once they are stored, so is everything before them.
+    barriers: Vec<(VehicleId, DateTime<Utc>)>,
 }
 
 /// What the loader of a recomputation sends back.
 enum Loaded {
-    /// The next stored fixes of the vehicle, in time order.
+    /// The next stored fixes of the group, in time order (ties by vehicle).
     Page(Vec<Fix>),
     /// All read.
     Done,
@@ -296,53 +331,93 @@ impl Stage {
 }
 
 impl Stage {
-    /// Starts the next queued recomputation when none is under way: picks the
-    /// snapshot and returns what the loader must read (vehicle, fixes after this
-    /// time, barrier fix time).
-    fn start_recompute(&mut self) -> Option<(VehicleId, DateTime<Utc>, DateTime<Utc>)> {
+    /// Starts the next queued recomputation when none is under way: sets back its
+    /// group (the vehicle and those its drivers moved between since) and returns what
+    /// the loader must read.
+    fn start_recompute(&mut self) -> Option<LoadPlan> {
         if self.recompute.active.is_some() {
             return None;
         }
         let vehicle = self.recompute.queue.pop_front()?;
         let held = self.recompute.held.remove(&vehicle)?;
-        let snap = self.engine.snapshot_before(&vehicle, held.since);
-        // Without a snapshot older than the late fix: from nothing at the start of
-        // its local ISO week (weekly driving), as a restart does.
-        let after = match &snap {
-            Some(s) => s.at(),
-            None => week_start(held.since, self.engine.config().utc_offset.seconds()),
+        // Vehicles waiting with late fixes of their own: one drawn into the group is
+        // recomputed from before them too, and leaves the queue.
+        let pending: Vec<(VehicleId, DateTime<Utc>)> = self
+            .recompute
+            .held
+            .iter()
+            .map(|(v, h)| (v.clone(), h.since))
+            .collect();
+        let group = self
+            .engine
+            .begin_group_recompute(&[(vehicle.clone(), held.since)], &pending);
+        let mut held = Some(held);
+        let mut spans = Vec::with_capacity(group.len());
+        let mut restated = Vec::new();
+        let mut plan = LoadPlan {
+            starts: Vec::with_capacity(group.len()),
+            barriers: Vec::new(),
         };
-        let restated = self.engine.begin_recompute(&vehicle, snap.as_ref());
-        let barrier = held.barrier;
-        tracing::debug!(vehicle = %vehicle, %after, "recomputing for a late fix");
-        self.recompute.active = Some(Active {
-            vehicle: vehicle.clone(),
-            after,
-            ids: restated.iter().map(|a| a.id.clone()).collect(),
-            trips: Vec::new(),
-            gaps: Vec::new(),
-            runs: Vec::new(),
-            stop_events: Vec::new(),
-            restated,
-            replayed_ms: Vec::new(),
-            held: Held {
-                since: held.since,
-                barrier,
-                applied: held.applied,
-                fixes: held.fixes,
-            },
-        });
-        // Fixes arriving meanwhile are held again under the vehicle.
-        self.recompute.held.insert(
-            vehicle.clone(),
-            Held {
-                since: DateTime::<Utc>::MAX_UTC,
-                barrier,
-                applied: held.applied,
-                fixes: Vec::new(),
-            },
-        );
-        Some((vehicle, after, barrier))
+        for r in group {
+            let own = if r.vehicle == vehicle {
+                held.take()
+            } else {
+                let h = self.recompute.held.remove(&r.vehicle);
+                if h.is_some() {
+                    self.recompute.queue.retain(|q| *q != r.vehicle);
+                }
+                h
+            };
+            let h = match own {
+                Some(h) => {
+                    plan.barriers.push((r.vehicle.clone(), h.barrier));
+                    h
+                }
+                None => {
+                    // Its fixes the rules applied live went to the writer before now.
+                    plan.barriers
+                        .extend(r.newest.map(|t| (r.vehicle.clone(), t)));
+                    Held {
+                        since: r.after,
+                        barrier: r.newest.unwrap_or(r.after),
+                        // Late (data quality): a reorder window behind its newest.
+                        applied: r.newest.map_or(DateTime::<Utc>::MIN_UTC, |t| {
+                            t - chrono::Duration::seconds(i64::from(
+                                self.engine.config().reorder_window_s,
+                            ))
+                        }),
+                        fixes: Vec::new(),
+                    }
+                }
+            };
+            tracing::debug!(vehicle = %r.vehicle, after = %r.after, "recomputing for a late fix");
+            plan.starts.push((r.vehicle.clone(), r.after));
+            // Fixes arriving meanwhile are held again under the vehicle.
+            self.recompute.held.insert(
+                r.vehicle.clone(),
+                Held {
+                    since: DateTime::<Utc>::MAX_UTC,
+                    barrier: h.barrier,
+                    applied: h.applied,
+                    fixes: Vec::new(),
+                },
+            );
+            spans.push(Span {
+                vehicle: r.vehicle,
+                after: r.after,
+                ids: r.restated.iter().map(|a| a.id.clone()).collect(),
+                trips: Vec::new(),
+                gaps: Vec::new(),
+                runs: Vec::new(),
+                stop_events: Vec::new(),
+                replayed_ms: Vec::new(),
+                held: h,
+            });
+            restated.extend(r.restated);
+        }
+        telemetry::recompute_queued(self.recompute.pending());
+        self.recompute.active = Some(Active { spans, restated });
+        Some(plan)
     }
 
     /// Applies what the loader of the active recomputation sent.
@@ -353,9 +428,11 @@ impl Stage {
         match loaded {
             Loaded::Page(fixes) => {
                 telemetry::recompute_replayed(fixes.len());
-                active
-                    .replayed_ms
-                    .extend(fixes.iter().map(|f| f.ts().timestamp_millis()));
+                for f in &fixes {
+                    if let Some(s) = active.span(f.vehicle()) {
+                        s.replayed_ms.push(f.ts().timestamp_millis());
+                    }
+                }
                 let out = self.engine.replay(&fixes);
                 active.produced(&out);
                 let mut d = derived(out);
@@ -364,50 +441,58 @@ impl Stage {
             }
             Loaded::Done => {
                 let mut active = self.recompute.active.take().expect("active");
-                let vehicle = active.vehicle.clone();
                 // The fixes held meanwhile (and the late ones): those not replayed
                 // from the store already, in time order.
-                let mut fixes = std::mem::take(&mut active.held.fixes);
-                let later = self.recompute.held.remove(&vehicle);
-                if let Some(l) = later {
-                    fixes.extend(l.fixes);
+                let mut fixes = Vec::new();
+                for span in &mut active.spans {
+                    let mut own = std::mem::take(&mut span.held.fixes);
+                    if let Some(l) = self.recompute.held.remove(&span.vehicle) {
+                        own.extend(l.fixes);
+                    }
+                    span.replayed_ms.sort_unstable();
+                    own.retain(|f| {
+                        span.replayed_ms
+                            .binary_search(&f.ts().timestamp_millis())
+                            .is_err()
+                    });
+                    fixes.extend(own);
                 }
-                active.replayed_ms.sort_unstable();
-                fixes.retain(|f| {
-                    active
-                        .replayed_ms
-                        .binary_search(&f.ts().timestamp_millis())
-                        .is_err()
-                });
-                fixes.sort_by_key(|f| f.ts());
-                fixes.dedup_by_key(|f| f.ts());
+                fixes.sort_by(|a, b| (a.ts(), a.vehicle()).cmp(&(b.ts(), b.vehicle())));
+                fixes.dedup_by(|a, b| a.ts() == b.ts() && a.vehicle() == b.vehicle());
                 let mut out = Output::default();
-                let mut late: Option<DateTime<Utc>> = None;
+                let mut late: Vec<(VehicleId, DateTime<Utc>)> = Vec::new();
                 for f in &fixes {
                     let o = self.engine.push(f);
-                    if let Some(l) = o.late.first() {
-                        late = Some(late.map_or(l.ts(), |t: DateTime<Utc>| t.min(l.ts())));
+                    for l in &o.late {
+                        match late.iter_mut().find(|(v, _)| v == l.vehicle()) {
+                            Some((_, t)) => *t = (*t).min(l.ts()),
+                            None => late.push((l.vehicle().clone(), l.ts())),
+                        }
                     }
                     out.append(o);
                 }
-                self.engine.end_recompute(&vehicle);
+                for span in &active.spans {
+                    self.engine.end_recompute(&span.vehicle);
+                }
                 active.produced(&out);
                 let mut d = derived(out);
                 d.restated = std::mem::take(&mut active.restated);
-                let mut keep: Vec<AlertId> = active.ids.into_iter().collect();
-                keep.sort();
-                active.trips.sort_unstable();
-                active.gaps.sort_unstable();
-                d.recomputed.push(Recomputed {
-                    vehicle: vehicle.clone(),
-                    after: active.after,
-                    keep,
-                    trips: active.trips,
-                    gaps: active.gaps,
-                    runs: active.runs,
-                    stop_events: active.stop_events,
-                });
-                if let Some(t) = late {
+                for mut span in active.spans {
+                    let mut keep: Vec<AlertId> = span.ids.into_iter().collect();
+                    keep.sort();
+                    span.trips.sort_unstable();
+                    span.gaps.sort_unstable();
+                    d.recomputed.push(Recomputed {
+                        vehicle: span.vehicle,
+                        after: span.after,
+                        keep,
+                        trips: span.trips,
+                        gaps: span.gaps,
+                        runs: span.runs,
+                        stop_events: span.stop_events,
+                    });
+                }
+                for (vehicle, t) in late {
                     // Older than what was just recomputed and not stored in time
                     // for it: once more.
                     self.recompute.held.insert(
@@ -426,69 +511,73 @@ impl Stage {
             }
             Loaded::Failed(e) => {
                 let active = self.recompute.active.take().expect("active");
-                tracing::warn!(vehicle = %active.vehicle, error = %e, "recomputation failed; queued again");
-                let mut h = active.held;
-                if let Some(l) = self.recompute.held.remove(&active.vehicle) {
-                    h.fixes.extend(l.fixes);
-                    h.since = h.since.min(l.since);
+                let first = active.spans.first().map(|s| s.vehicle.clone());
+                tracing::warn!(vehicle = ?first, vehicles = active.spans.len(), error = %e, "recomputation failed; queued again");
+                // Every group vehicle was set back: each is recomputed from its start.
+                for span in active.spans {
+                    let mut h = span.held;
+                    if let Some(l) = self.recompute.held.remove(&span.vehicle) {
+                        h.fixes.extend(l.fixes);
+                        h.since = h.since.min(l.since);
+                    }
+                    h.since = h.since.min(span.after);
+                    self.recompute.held.insert(span.vehicle.clone(), h);
+                    self.recompute.queue.push_back(span.vehicle.clone());
+                    self.engine.end_recompute(&span.vehicle);
                 }
-                self.recompute.held.insert(active.vehicle.clone(), h);
-                self.recompute.queue.push_back(active.vehicle.clone());
-                self.engine.end_recompute(&active.vehicle);
                 Derived::default()
             }
         }
     }
 }
 
-/// Start (UTC) of the local ISO week (`offset_s` east of UTC) of `t`.
-fn week_start(t: DateTime<Utc>, offset_s: i32) -> DateTime<Utc> {
-    let local = t.naive_utc() + chrono::Duration::seconds(i64::from(offset_s));
-    let day = local.date();
-    let monday = day - chrono::Duration::days(i64::from(day.weekday().num_days_from_monday()));
-    monday.and_hms_opt(0, 0, 0).expect("midnight").and_utc()
-        - chrono::Duration::seconds(i64::from(offset_s))
-}
-
-/// Reads the stored fixes of `vehicle` from `after` on for a recomputation, once the
-/// fix at `barrier` is stored, page by page into `tx`.
-async fn load_fixes(
-    client: Arc<Client>,
-    vehicle: VehicleId,
-    after: DateTime<Utc>,
-    barrier: DateTime<Utc>,
-    tx: mpsc::Sender<Loaded>,
-) {
+/// Reads the stored fixes of the group of `plan`, each vehicle's from its start,
+/// merged in event-time order (ties by vehicle id, byte order as the rules sort),
+/// once the barrier fixes are stored, page by page into `tx`.
+async fn load_fixes(client: Arc<Client>, plan: LoadPlan, tx: mpsc::Sender<Loaded>) {
     let r = async {
-        // The late fix went to the writer after everything the rules had applied.
+        // The late fix (and each vehicle's newest) went to the writer after
+        // everything the rules had applied.
+        let (bv, bt): (Vec<&str>, Vec<DateTime<Utc>>) =
+            plan.barriers.iter().map(|(v, t)| (v.as_str(), *t)).unzip();
         let deadline = Instant::now() + Duration::from_secs(30);
         while client
-            .query_opt(
-                "SELECT 1 FROM fixes WHERE vehicle_id = $1 AND ts = $2",
-                &[&vehicle.as_str(), &barrier],
+            .query_one(
+                "SELECT count(*) FROM unnest($1::text[], $2::timestamptz[]) AS b(v, ts)
+                 WHERE EXISTS (SELECT 1 FROM fixes f WHERE f.vehicle_id = b.v AND f.ts = b.ts)",
+                &[&bv, &bt],
             )
             .await?
-            .is_none()
+            .get::<_, i64>(0)
+            < bv.len() as i64
             && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let (gv, ga): (Vec<&str>, Vec<DateTime<Utc>>) =
+            plan.starts.iter().map(|(v, t)| (v.as_str(), *t)).unzip();
         let limits = stored_fix_limits();
-        let mut from = after;
+        // Keyset: after (ts, vehicle) of the last row read.
+        let mut from = ga.iter().min().copied().unwrap_or(DateTime::<Utc>::MIN_UTC)
+            - chrono::Duration::microseconds(1);
+        let mut from_v = String::new();
         loop {
             let rows = client
                 .query(
-                    "SELECT vehicle_id, ts, lat_e7 / 1e7::float8, lon_e7 / 1e7::float8, speed_kmh, heading_deg, driver_id,
-                            ignition, satellites, hdop, odometer_m, received_at
-                     FROM fixes WHERE vehicle_id = $1 AND ts >= $2 AND flags & $3 = 0
-                     ORDER BY ts LIMIT $4",
-                    &[&vehicle.as_str(), &from, &SKIPPED_BY_RULES, &RECOMPUTE_PAGE],
+                    r#"SELECT f.vehicle_id, f.ts, f.lat_e7 / 1e7::float8, f.lon_e7 / 1e7::float8, f.speed_kmh,
+                              f.heading_deg, f.driver_id, f.ignition, f.satellites, f.hdop, f.odometer_m, f.received_at
+                       FROM unnest($1::text[], $2::timestamptz[]) AS g(v, after)
+                       JOIN fixes f ON f.vehicle_id = g.v AND f.ts >= GREATEST(g.after, $4)
+                       WHERE f.flags & $3 = 0
+                         AND (f.ts > $4 OR f.vehicle_id COLLATE "C" > $5::text COLLATE "C")
+                       ORDER BY f.ts, f.vehicle_id COLLATE "C" LIMIT $6"#,
+                    &[&gv, &ga, &SKIPPED_BY_RULES, &from, &from_v, &RECOMPUTE_PAGE],
                 )
                 .await?;
             let n = rows.len() as i64;
             if let Some(last) = rows.last() {
-                // Timestamps are microseconds: the next page starts just after.
-                from = last.get::<_, DateTime<Utc>>(1) + chrono::Duration::microseconds(1);
+                from = last.get::<_, DateTime<Utc>>(1);
+                from_v = last.get::<_, String>(0);
             }
             let page: Vec<Fix> = rows
                 .iter()
@@ -722,8 +811,8 @@ pub async fn run(
     let mut registry_open = true;
     loop {
         if let Some(db) = &db {
-            if let Some((vehicle, after, barrier)) = stage.start_recompute() {
-                tokio::spawn(load_fixes(db.clone(), vehicle, after, barrier, ltx.clone()));
+            if let Some(plan) = stage.start_recompute() {
+                tokio::spawn(load_fixes(db.clone(), plan, ltx.clone()));
             }
         }
         let item = tokio::select! {

@@ -106,30 +106,41 @@ struct Slot {
 /// older late fix recomputes from the start of its local week, from the stored fixes.
 const SNAPSHOT_LEVELS: u32 = 6;
 
-/// The state of one vehicle (and of the drivers last seen on it) right before its fix
-/// at `at_ms` was applied: a recomputation starts from it and replays the fixes from
-/// `at_ms` on. Every alert starting at or after `at_ms` was emitted after it.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    at_ms: i64,
-    state: VehicleState,
-}
-
-impl Snapshot {
-    /// Event time of the first fix the snapshot does not reflect: a recomputation
-    /// from it replays the fixes from this time on.
-    pub fn at(&self) -> DateTime<Utc> {
-        super::alert::utc(self.at_ms)
-    }
-}
-
 /// A driver's driving time and the vehicle (slot) they were last seen on: the
 /// vehicle whose checkpoint carries it.
 struct DriverSlot {
     id: DriverId,
     owner: u32,
     state: DrivingState,
+    /// The driver's recent stints, oldest first: each time their owner changed (or
+    /// they were first seen), with their state then. A late fix follows the driver
+    /// through them to the other vehicles they drove since (see [`Engine::begin_group_recompute`]).
+    stints: Vec<Stint>,
+    /// Every stint starting after this sequence number is in `stints` (older ones
+    /// were dropped, or the state was restored from a checkpoint without them).
+    known_since: u64,
 }
+
+/// A driver's arrival on a vehicle.
+#[derive(Debug, Clone)]
+struct Stint {
+    /// The vehicle slot arrived on.
+    vehicle: u32,
+    /// The vehicle slot left (the same one when the driver was first seen).
+    prev_owner: u32,
+    /// Processing sequence number and event time (ms) of the fix whose processing
+    /// brought the driver there.
+    seq: u64,
+    at_ms: i64,
+    /// The driver's state right before it.
+    state: DrivingState,
+    /// First sight of the driver.
+    created: bool,
+}
+
+/// Stints kept per driver: a day of a driver switching vehicles every hour or two.
+/// A late fix older than the oldest one recomputes without following the driver.
+const MAX_STINTS: usize = 16;
 
 /// Driving-time state of all drivers: one hash lookup per fix, then an index.
 #[derive(Default)]
@@ -139,6 +150,45 @@ struct Drivers {
     /// Vehicle slots a driver left since the last checkpoint: their checkpoints still
     /// carry the driver and must be written again without them.
     left: Vec<u32>,
+    /// Sequence number and event time (ms) of the fix being processed: stamps stints.
+    clock: (u64, i64),
+}
+
+/// One vehicle of a group recomputation, as [`Engine::begin_group_recompute`] set it
+/// back: replay its stored fixes from `after` on (merged with the group's others in
+/// event-time order), then reconcile its span from `after`.
+#[derive(Debug, Clone)]
+pub struct Restart {
+    /// The vehicle.
+    pub vehicle: VehicleId,
+    /// Event time its replay starts at (inclusive): its snapshot's, or the start of
+    /// the local ISO week when it has none old enough.
+    pub after: DateTime<Utc>,
+    /// The alerts of the vehicle open at `after`, as they stood then: the
+    /// recomputation states them again.
+    pub restated: Vec<Alert>,
+    /// The newest fix pushed for it before the reset: everything up to it was sent
+    /// to the store, which a loader must wait for.
+    pub newest: Option<DateTime<Utc>>,
+    /// The last fix the rules had applied for it before the reset.
+    pub applied: Option<DateTime<Utc>>,
+}
+
+/// Where a group recomputation starts one vehicle: its snapshot (or nothing, at the
+/// start of the local week).
+struct Start {
+    vi: usize,
+    at_ms: i64,
+    seq: u64,
+    state: VehicleState,
+}
+
+/// Where a group recomputation starts one driver: from a vehicle's snapshot holding
+/// them (`starts[i]`), or at the start of one of their stints.
+#[derive(Debug, Clone, Copy)]
+enum DriverFrom {
+    Snap(usize),
+    Stint(usize),
 }
 
 /// The compliance rules over a stream of validated fixes: pure, synchronous and
@@ -152,6 +202,8 @@ pub struct Engine {
     index: FastMap<VehicleId, u32>,
     slots: Vec<Slot>,
     drivers: Drivers,
+    /// Fixes processed so far (any vehicle): orders snapshots and stints.
+    seq: u64,
 }
 
 impl Engine {
@@ -166,6 +218,7 @@ impl Engine {
             index: FastMap::default(),
             slots: Vec::new(),
             drivers: Drivers::default(),
+            seq: 0,
         };
         e.set_registry(registry);
         e
@@ -410,6 +463,9 @@ impl Engine {
     /// Restores checkpointed states (replacing those of the same vehicles). A driver
     /// found under several vehicles keeps the state with the latest driving.
     pub fn restore(&mut self, states: Vec<(VehicleId, VehicleState)>) {
+        // Restored drivers have no stints: none is known before this point.
+        self.seq += 1;
+        self.drivers.clock = (self.seq, i64::MIN);
         for (vid, st) in states {
             let vi = self.slot_of(&vid);
             self.slots[vi].core = st.core;
@@ -422,6 +478,8 @@ impl Engine {
                     slot.state = ds;
                     slot.owner = vi as u32;
                 }
+                slot.stints.clear();
+                slot.known_since = self.seq;
             }
         }
     }
@@ -476,8 +534,17 @@ impl Engine {
                 .last()
                 .is_none_or(|l| s.ts_ms - l.at_ms >= self.p.snapshot_ms)
             {
-                take_snapshot(&self.drivers, vi, slot, s.ts_ms, self.p.snapshot_ms);
+                take_snapshot(
+                    &self.drivers,
+                    vi,
+                    slot,
+                    s.ts_ms,
+                    self.seq,
+                    self.p.snapshot_ms,
+                );
             }
+            self.seq += 1;
+            self.drivers.clock = (self.seq, s.ts_ms);
             let first = out.alerts.len();
             process(&self.p, &self.geo, &mut self.drivers, vi, slot, s, out);
             for a in &out.alerts[first..] {
@@ -524,31 +591,6 @@ impl Engine {
         let &vi = self.index.get(vehicle)?;
         let l = self.slots[vi as usize].core.last.as_ref()?;
         Some(super::alert::utc(l.ts_ms))
-    }
-
-    /// The newest snapshot of `vehicle` at or before `ts`: a recomputation for a late
-    /// fix at `ts` starts from it. `None`: start from nothing (the caller then
-    /// replays from the start of the local ISO week of `ts`).
-    pub fn snapshot_before(&self, vehicle: &VehicleId, ts: DateTime<Utc>) -> Option<Snapshot> {
-        let ms = ts.timestamp_millis();
-        let &vi = self.index.get(vehicle)?;
-        // One that does not unpack (never seen) is passed over for an older one: the
-        // recomputation is longer, not wrong.
-        self.slots[vi as usize]
-            .snaps
-            .iter()
-            .rev()
-            .filter(|s| s.at_ms <= ms)
-            .find_map(|s| match s.unpack() {
-                Ok(state) => Some(Snapshot {
-                    at_ms: s.at_ms,
-                    state,
-                }),
-                Err(e) => {
-                    tracing::error!(vehicle = %vehicle, error = %e, "rule snapshot unreadable, using an older one");
-                    None
-                }
-            })
     }
 
     /// Bytes of packed snapshot state held for `vehicle`, an open alert shared by
@@ -607,47 +649,209 @@ impl Engine {
         parts
     }
 
-    /// Starts a recomputation of `vehicle` from `from` (or from nothing): its state
-    /// (and that of the drivers in the snapshot, or last seen on it) is reset, and its
-    /// slot is frozen until [`Engine::end_recompute`]. Then feed the fixes from
-    /// the snapshot's time on, in time order with [`Engine::push`]. The no-signal state
-    /// (processing time) is kept.
+    /// The start of a recomputation of slot `vi` that replays its fixes from at most
+    /// `ms` on, before the fix processed as `seq` (exclusive): its newest snapshot
+    /// that old, or nothing at the start of the local ISO week of `ms` (weekly
+    /// driving), as a restart does.
+    fn start_for(&self, vi: usize, ms: i64, seq: u64) -> Start {
+        let slot = &self.slots[vi];
+        // One that does not unpack (never seen) is passed over for an older one: the
+        // recomputation is longer, not wrong.
+        let snap = slot
+            .snaps
+            .iter()
+            .rev()
+            .filter(|s| s.at_ms <= ms && s.seq < seq)
+            .find_map(|s| match s.unpack() {
+                Ok(state) => Some((s.at_ms, s.seq, state)),
+                Err(e) => {
+                    tracing::error!(vehicle = %slot.id, error = %e, "rule snapshot unreadable, using an older one");
+                    None
+                }
+            });
+        match snap {
+            Some((at_ms, seq, state)) => Start {
+                vi,
+                at_ms,
+                seq,
+                state,
+            },
+            None => Start {
+                vi,
+                at_ms: week_start_ms(ms, self.p.offset_ms),
+                seq: 0,
+                state: VehicleState::default(),
+            },
+        }
+    }
+
+    /// Starts a recomputation for late fixes: `late` gives each vehicle with late
+    /// fixes and the oldest of them. The recomputation follows drivers across
+    /// vehicles: it takes a **group**, the vehicles of `late` plus every vehicle a
+    /// driver of a group member drove after that member's start (transitively, from
+    /// the drivers' stints), each started from its newest snapshot old enough, and
+    /// each driver restarted exactly once, from where its first replayed fix finds it
+    /// (a snapshot holding it, or the start of a stint). `pending` are vehicles with
+    /// late fixes of their own waiting: one drawn into the group starts before them.
     ///
-    /// Returns the alerts open at the snapshot, as they stood then: the recomputation
-    /// states them again (see [`VehicleCore`]'s `open`).
-    pub fn begin_recompute(&mut self, vehicle: &VehicleId, from: Option<&Snapshot>) -> Vec<Alert> {
-        let vi = self.slot_of(vehicle);
-        let at_ms = from.map_or(i64::MIN, |s| s.at_ms);
-        let state = from.map(|s| s.state.clone()).unwrap_or_default();
-        // Drivers last seen on the vehicle start over from the snapshot (or nothing):
-        // what they drove on it after the snapshot is replayed.
-        for d in &mut self.drivers.slots {
-            if d.owner == vi as u32 {
-                d.state = DrivingState::default();
+    /// Every group vehicle is reset to its start and frozen until
+    /// [`Engine::end_recompute`]; then replay the stored fixes of all of them, each
+    /// from its `after` on, merged in event-time order (ties by vehicle) with
+    /// [`Engine::replay`]. The no-signal state (processing time) is kept. Returns the
+    /// group, `late`'s vehicles first.
+    pub fn begin_group_recompute(
+        &mut self,
+        late: &[(VehicleId, DateTime<Utc>)],
+        pending: &[(VehicleId, DateTime<Utc>)],
+    ) -> Vec<Restart> {
+        // Constraints (vehicle slot, replay from at most this time, before this seq).
+        let mut need: Vec<(usize, i64, u64)> = late
+            .iter()
+            .map(|(v, t)| (self.slot_of(v), t.timestamp_millis(), u64::MAX))
+            .collect();
+        let mut starts: Vec<Start> = Vec::new();
+        let mut plan: Vec<(usize, DriverFrom)> = Vec::new();
+        let mut unknown: Vec<usize> = Vec::new();
+        loop {
+            let mut changed = false;
+            for (vi, ms, seq) in std::mem::take(&mut need) {
+                match starts.iter().position(|s| s.vi == vi) {
+                    Some(i) if starts[i].at_ms <= ms && starts[i].seq < seq => {}
+                    Some(i) => {
+                        let ms = ms.min(starts[i].at_ms);
+                        let seq = seq.min(starts[i].seq.saturating_add(1));
+                        let st = self.start_for(vi, ms, seq);
+                        // Nothing older to start from: as far back as it goes.
+                        changed |= (st.at_ms, st.seq) != (starts[i].at_ms, starts[i].seq);
+                        starts[i] = st;
+                    }
+                    None => {
+                        // A vehicle with late fixes of its own starts before them too.
+                        let own = pending
+                            .iter()
+                            .filter(|(v, _)| self.index.get(v) == Some(&(vi as u32)))
+                            .map(|(_, t)| t.timestamp_millis())
+                            .min();
+                        let ms = own.map_or(ms, |o| o.min(ms));
+                        starts.push(self.start_for(vi, ms, seq));
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+            // Each driver restarts at the first of their fixes some group vehicle
+            // replays; every stint after it must then be replayed whole.
+            plan.clear();
+            unknown.clear();
+            for (di, d) in self.drivers.slots.iter().enumerate() {
+                let mut best: Option<(u64, DriverFrom)> = None;
+                let mut consider = |seq: u64, from: DriverFrom| {
+                    if best.is_none_or(|(b, _)| seq < b) {
+                        best = Some((seq, from));
+                    }
+                };
+                let mut blind = false;
+                for (i, st) in starts.iter().enumerate() {
+                    if st.state.drivers.iter().any(|(id, _)| *id == d.id) {
+                        consider(st.seq, DriverFrom::Snap(i));
+                    }
+                    if let Some(k) = d
+                        .stints
+                        .iter()
+                        .position(|x| x.vehicle as usize == st.vi && x.seq > st.seq)
+                    {
+                        consider(d.stints[k].seq, DriverFrom::Stint(k));
+                    }
+                    blind |= d.known_since > st.seq && d.owner as usize == st.vi;
+                }
+                match best {
+                    Some((seq, from)) => {
+                        for x in d.stints.iter().filter(|x| x.seq > seq) {
+                            need.push((x.vehicle as usize, x.at_ms, x.seq));
+                        }
+                        plan.push((di, from));
+                    }
+                    None if blind => unknown.push(di),
+                    None => {}
+                }
             }
         }
-        for (d, ds) in state.drivers {
-            let di = self.drivers.slot_of(&d, vi);
-            let slot = &mut self.drivers.slots[di];
-            if slot.owner != vi as u32 {
-                self.drivers.left.push(slot.owner);
-                slot.owner = vi as u32;
-            }
-            slot.state = ds;
+        if !unknown.is_empty() {
+            // Restored from a checkpoint, or stints dropped: the driver's runs on
+            // other vehicles since the start are not followed (as before issue 13).
+            tracing::warn!(
+                drivers = unknown.len(),
+                "recomputation older than the drivers' known stints: their driving elsewhere is not replayed"
+            );
         }
-        let slot = &mut self.slots[vi];
-        let no_signal = slot.core.no_signal;
-        let heard_ms = slot.core.heard_ms;
-        let window = slot.core.window;
-        slot.core = state.core;
-        slot.core.no_signal = no_signal;
-        slot.core.heard_ms = heard_ms;
-        // How the vehicle's fixes arrive is not history: the window stays.
-        slot.core.window = window;
-        slot.snaps.retain(|s| s.at_ms < at_ms);
-        slot.frozen = true;
-        slot.dirty = true;
-        slot.core.open.clone()
+
+        // Drivers first (they read the starts' states), then the vehicles.
+        for &(di, from) in &plan {
+            let (state, owner, keep) = {
+                let d = &self.drivers.slots[di];
+                match from {
+                    DriverFrom::Snap(i) => {
+                        let st = &starts[i];
+                        let state = st
+                            .state
+                            .drivers
+                            .iter()
+                            .find(|(id, _)| *id == d.id)
+                            .map(|(_, s)| s.clone())
+                            .unwrap_or_default();
+                        let keep = d.stints.iter().take_while(|x| x.seq <= st.seq).count();
+                        (state, st.vi as u32, keep)
+                    }
+                    DriverFrom::Stint(k) => {
+                        let x = &d.stints[k];
+                        if x.created {
+                            // Replayed from first sight: on that vehicle, with nothing.
+                            (DrivingState::default(), x.vehicle, k + 1)
+                        } else {
+                            // The replay moves them again, recording the stint anew.
+                            (x.state.clone(), x.prev_owner, k)
+                        }
+                    }
+                }
+            };
+            let d = &mut self.drivers.slots[di];
+            d.stints.truncate(keep);
+            d.state = state;
+            if d.owner != owner {
+                self.drivers.left.push(d.owner);
+                d.owner = owner;
+            }
+        }
+        for &di in &unknown {
+            self.drivers.slots[di].state = DrivingState::default();
+        }
+        let mut out = Vec::with_capacity(starts.len());
+        for st in starts {
+            let slot = &mut self.slots[st.vi];
+            let newest = slot.core.newest.map(|m| super::alert::utc(m.ts_ms));
+            let applied = slot.core.last.as_ref().map(|l| super::alert::utc(l.ts_ms));
+            let no_signal = slot.core.no_signal;
+            let heard_ms = slot.core.heard_ms;
+            let window = slot.core.window;
+            slot.core = st.state.core;
+            slot.core.no_signal = no_signal;
+            slot.core.heard_ms = heard_ms;
+            // How the vehicle's fixes arrive is not history: the window stays.
+            slot.core.window = window;
+            slot.snaps.retain(|s| s.at_ms < st.at_ms);
+            slot.frozen = true;
+            slot.dirty = true;
+            out.push(Restart {
+                vehicle: slot.id.clone(),
+                after: super::alert::utc(st.at_ms),
+                restated: slot.core.open.clone(),
+                newest,
+                applied,
+            });
+        }
+        out
     }
 
     /// Ends a recomputation: the vehicle's buffer is released on processing time again.
@@ -657,9 +861,10 @@ impl Engine {
         }
     }
 
-    /// Feeds fixes of one vehicle, in time order, during a recomputation: like
-    /// [`Engine::push`], but a fix does not end the vehicle's no-signal alert
-    /// (it is history, not a sign of life).
+    /// Feeds stored fixes of the vehicles being recomputed, in time order (merged
+    /// across the group's vehicles), during a recomputation: like [`Engine::push`],
+    /// but a fix does not end its vehicle's no-signal alert (it is history, not a
+    /// sign of life).
     pub fn replay(&mut self, fixes: &[Fix]) -> Output {
         let mut out = Output::default();
         for f in fixes {
@@ -707,7 +912,14 @@ fn push_live(live: &mut Vec<LiveState>, l: LiveState) {
 
 /// Records a snapshot of slot `vi` right before its fix at `at_ms`, thinning older
 /// ones so they stay few and spread back in time (see [`thin_snapshots`]).
-fn take_snapshot(drivers: &Drivers, vi: usize, slot: &mut Slot, at_ms: i64, snapshot_ms: i64) {
+fn take_snapshot(
+    drivers: &Drivers,
+    vi: usize,
+    slot: &mut Slot,
+    at_ms: i64,
+    seq: u64,
+    snapshot_ms: i64,
+) {
     let mut core = slot.core.clone();
     core.buffer.clear();
     core.newest = core.last.as_ref().map(|l| l.mark());
@@ -720,11 +932,21 @@ fn take_snapshot(drivers: &Drivers, vi: usize, slot: &mut Slot, at_ms: i64, snap
         .collect();
     let state = VehicleState { core, drivers: ds };
     match Packed::pack(at_ms, &state, slot.snaps.last()) {
-        Ok(p) => slot.snaps.push(p),
+        Ok(mut p) => {
+            p.seq = seq;
+            slot.snaps.push(p);
+        }
         // Never seen: without it a late fix recomputes from an older snapshot.
         Err(e) => tracing::error!(vehicle = %slot.id, error = %e, "rule snapshot not packed"),
     }
     thin_snapshots(&mut slot.snaps, snapshot_ms);
+}
+
+/// Start (ms, UTC) of the local ISO week (`offset_ms` east) of `ms`.
+fn week_start_ms(ms: i64, offset_ms: i64) -> i64 {
+    let day = i64::from(driving::local_day(ms, offset_ms));
+    let monday = (day + 3).div_euclid(7) * 7 - 3;
+    monday * 86_400_000 - offset_ms
 }
 
 /// Keeps, for each level `k` up to [`SNAPSHOT_LEVELS`], the first snapshot of each of
@@ -766,12 +988,45 @@ impl Drivers {
         }
         let i = self.slots.len();
         self.index.insert(d.clone(), i as u32);
+        let (seq, at_ms) = self.clock;
         self.slots.push(DriverSlot {
             id: d.clone(),
             owner: vi as u32,
             state: DrivingState::default(),
+            stints: vec![Stint {
+                vehicle: vi as u32,
+                prev_owner: vi as u32,
+                seq,
+                at_ms,
+                state: DrivingState::default(),
+                created: true,
+            }],
+            known_since: 0,
         });
         i
+    }
+
+    /// Moves driver `di` to vehicle slot `vi`, recording the stint.
+    fn move_to(&mut self, di: usize, vi: u32) {
+        let (seq, at_ms) = self.clock;
+        let slot = &mut self.slots[di];
+        if slot.owner == vi {
+            return;
+        }
+        self.left.push(slot.owner);
+        if slot.stints.len() >= MAX_STINTS {
+            let dropped = slot.stints.remove(0);
+            slot.known_since = slot.known_since.max(dropped.seq);
+        }
+        slot.stints.push(Stint {
+            vehicle: vi,
+            prev_owner: slot.owner,
+            seq,
+            at_ms,
+            state: slot.state.clone(),
+            created: false,
+        });
+        slot.owner = vi;
     }
 }
 
@@ -787,12 +1042,8 @@ fn driving_state<'a>(
         return own;
     };
     let di = drivers.slot_of(d, vi);
-    let slot = &mut drivers.slots[di];
-    if slot.owner != vi as u32 {
-        drivers.left.push(slot.owner);
-        slot.owner = vi as u32;
-    }
-    &mut slot.state
+    drivers.move_to(di, vi as u32);
+    &mut drivers.slots[di].state
 }
 
 /// All rules on one released fix.

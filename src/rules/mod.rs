@@ -30,7 +30,7 @@ pub use config::{
     RestrictedTrigger, RulesConfig, RulesConfigError, SeverityBands, StopsConfig, TransitConfig,
     UtcOffset, ZonesConfig,
 };
-pub use engine::{Engine, Output, Snapshot, Stop, Trip};
+pub use engine::{Engine, Output, Restart, Stop, Trip};
 pub use snapshot::SnapshotError;
 pub use state::VehicleState;
 pub use transit::TripProgress;

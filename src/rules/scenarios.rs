@@ -1295,6 +1295,75 @@ fn in_order_fixes_own_drivers(steps: &[Step]) -> Vec<Fix> {
     fixes
 }
 
+/// Like [`fixes_of`], sorted by event time (ties by vehicle), with four drivers who
+/// move between the three vehicles as real drivers do: on one vehicle at a time,
+/// logging out of a vehicle that has stood for a minute, and into a vehicle without
+/// driver 2 minutes later at the earliest (so their stints never overlap, and A -> B
+/// -> A comes up).
+fn in_order_fixes_shared_drivers(steps: &[Step]) -> Vec<Fix> {
+    let vehicles = ["BUS-1", "TRAC-1", "CAR-1"];
+    let places = [
+        (ROUTE_LAT, 106.66),
+        (10.915, 106.61),
+        (10.98, 106.71),
+        (10.9925, 106.6625),
+    ];
+    let drivers = ["A111", "B222", "C333", "D444"];
+    let t0 = local(5, 50, 0);
+    let mut t = [t0; 3];
+    let mut speed = [40.0; 3];
+    let mut place = [0, 1, 2];
+    let mut on: [Option<usize>; 3] = [Some(0), Some(1), None];
+    // When each driver may log in again (None: on a vehicle).
+    let mut free_at: [Option<DateTime<Utc>>; 4] = [None, None, Some(t0), Some(t0)];
+    // Since when each vehicle has stood (None: its last fix moved).
+    let mut stood_since: [Option<DateTime<Utc>>; 3] = [None; 3];
+    let mut fixes = Vec::new();
+    for s in steps {
+        let v = s.vehicle;
+        t[v] += Duration::seconds(s.dt_s);
+        speed[v] = s.speed_kmh.unwrap_or(speed[v]);
+        place[v] = s.place.unwrap_or(place[v]);
+        let moving = speed[v] > 3.0 && s.ignition;
+        let stood = stood_since[v];
+        stood_since[v] = if moving { None } else { stood.or(Some(t[v])) };
+        // A change is wished at about half the steps (far more often than in `fixes_of`).
+        if s.driver.is_some() || s.jitter_s % 2 == 0 {
+            match on[v] {
+                Some(d) if !moving && stood.is_some_and(|x| t[v] - x >= Duration::seconds(60)) => {
+                    on[v] = None;
+                    free_at[d] = Some(t[v] + Duration::minutes(2));
+                }
+                None => {
+                    let first = s.driver.unwrap_or(s.vehicle);
+                    let pick = (0..4)
+                        .map(|k| (first + k) % 4)
+                        .find(|&d| free_at[d].is_some_and(|f| f <= t[v]));
+                    if let Some(d) = pick {
+                        on[v] = Some(d);
+                        free_at[d] = None;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        let (lat, lon) = places[place[v]];
+        let c = FixCandidate {
+            ts: Some(t[v]),
+            lat: lat + s.d_m / M_PER_DEG,
+            lon: lon + (t[v] - t0).num_seconds() as f64 * 1e-6,
+            speed_kmh: Some(speed[v]),
+            driver: on[v].map(|d| drivers[d].to_string()),
+            ignition: Some(s.ignition),
+            ..FixCandidate::default()
+        };
+        let vid = VehicleId::parse(vehicles[v]).unwrap();
+        fixes.push(Fix::validate(c, vid, &FixLimits::default(), local(23, 0, 0)).unwrap());
+    }
+    fixes.sort_by(|a, b| (a.ts(), a.vehicle()).cmp(&(b.ts(), b.vehicle())));
+    fixes
+}
+
 /// A tail for every vehicle after its track: silence, then parked on route R1
 /// (ignition off) for 20 minutes, so every episode has ended by the end.
 fn parked_tails(fixes: &[Fix]) -> Vec<Fix> {
@@ -1333,6 +1402,8 @@ struct Stored {
     alerts: std::collections::BTreeMap<AlertId, Alert>,
     retracted: std::collections::BTreeSet<AlertId>,
     trips: std::collections::BTreeMap<(VehicleId, DateTime<Utc>), Trip>,
+    /// The newest live (driving-time) state of each vehicle, as the writer keeps it.
+    states: std::collections::BTreeMap<VehicleId, crate::domain::live::LiveState>,
 }
 
 impl Stored {
@@ -1354,39 +1425,52 @@ impl Stored {
         for t in out.trips {
             self.trips.insert((t.vehicle.clone(), t.start), t);
         }
+        for l in out.live {
+            match self.states.get(&l.vehicle) {
+                Some(s) if s.as_of > l.as_of => {}
+                _ => {
+                    self.states.insert(l.vehicle.clone(), l);
+                }
+            }
+        }
     }
 
-    /// The writer's reconciliation of a span of `vehicle` from `after` on recomputed
-    /// into `out`: alerts emitted from `after` on that it did not produce are
-    /// retracted, trips ending from `after` on that it did not produce deleted.
-    fn reconcile(
-        &mut self,
-        vehicle: &VehicleId,
-        after: DateTime<Utc>,
-        restated: Vec<Alert>,
-        out: Output,
-    ) {
-        // Alerts open at the snapshot are stated again, over whatever the wrong
-        // order made of them.
-        for a in &restated {
+    /// The writer's reconciliation of a recomputed group into `out`: each vehicle's
+    /// alerts emitted from its `after` on that the recomputation did not produce are
+    /// retracted, its trips ending from `after` on that it did not produce deleted.
+    fn reconcile(&mut self, group: Vec<Restart>, out: Output) {
+        // Alerts open at each vehicle's start are stated again, over whatever the
+        // wrong order made of them.
+        for a in group.iter().flat_map(|r| &r.restated) {
             self.retracted.remove(&a.id);
             self.alerts.insert(a.id.clone(), a.clone());
         }
-        let produced: std::collections::HashSet<&AlertId> =
-            out.alerts.iter().chain(&restated).map(|a| &a.id).collect();
-        for (id, a) in &self.alerts {
-            if a.vehicle == *vehicle
-                && a.kind != AlertKind::NoSignal
-                && a.emitted.unwrap_or(a.start) >= after
-                && !produced.contains(id)
-            {
-                self.retracted.insert(id.clone());
+        let produced: std::collections::HashSet<&AlertId> = out
+            .alerts
+            .iter()
+            .chain(group.iter().flat_map(|r| &r.restated))
+            .map(|a| &a.id)
+            .collect();
+        for r in &group {
+            for (id, a) in &self.alerts {
+                if a.vehicle == r.vehicle
+                    && a.kind != AlertKind::NoSignal
+                    && a.emitted.unwrap_or(a.start) >= r.after
+                    && !produced.contains(id)
+                {
+                    self.retracted.insert(id.clone());
+                }
             }
+            let trips: std::collections::HashSet<DateTime<Utc>> = out
+                .trips
+                .iter()
+                .filter(|t| t.vehicle == r.vehicle)
+                .map(|t| t.start)
+                .collect();
+            self.trips.retain(|(v, start), t| {
+                *v != r.vehicle || t.end < r.after || trips.contains(start)
+            });
         }
-        let trips: std::collections::HashSet<DateTime<Utc>> =
-            out.trips.iter().map(|t| t.start).collect();
-        self.trips
-            .retain(|(v, start), t| v != vehicle || t.end < after || trips.contains(start));
         self.apply(out);
     }
 
@@ -1403,9 +1487,10 @@ impl Stored {
     }
 }
 
-/// The pipeline's handling of fixes in arrival order, pure: a late fix makes the
-/// vehicle recompute from the newest snapshot older than it over its fixes so far
-/// (the store), then the span's alerts are reconciled.
+/// The pipeline's handling of fixes in arrival order, pure, with the engine calls
+/// the pipeline makes: a late fix makes its vehicle's group (the vehicles its drivers
+/// moved between) recompute, each from its start, over their fixes so far (the
+/// store) merged in event-time order, then each vehicle's span is reconciled.
 fn arrive(cfg: RulesConfig, arrivals: &[Fix]) -> Stored {
     let mut e = Engine::new(cfg, test_geo(), registry());
     let mut log: std::collections::HashMap<
@@ -1421,16 +1506,33 @@ fn arrive(cfg: RulesConfig, arrivals: &[Fix]) -> Stored {
             st.apply(o);
             continue;
         }
-        let snap = e.snapshot_before(&v, f.ts());
-        let after = snap.as_ref().map_or(DateTime::<Utc>::MIN_UTC, |s| s.at());
-        let restated = e.begin_recompute(&v, snap.as_ref());
-        let replay: Vec<Fix> = log[&v].range(after..).map(|(_, f)| f.clone()).collect();
+        let group = e.begin_group_recompute(&[(v, f.ts())], &[]);
+        let mut replay: Vec<Fix> = group
+            .iter()
+            .flat_map(|r| {
+                log.get(&r.vehicle)
+                    .into_iter()
+                    .flat_map(|l| l.range(r.after..))
+            })
+            .map(|(_, f)| f.clone())
+            .collect();
+        replay.sort_by(|a, b| (a.ts(), a.vehicle()).cmp(&(b.ts(), b.vehicle())));
         let out = e.replay(&replay);
-        e.end_recompute(&v);
-        st.reconcile(&v, after, restated, out);
+        for r in &group {
+            e.end_recompute(&r.vehicle);
+        }
+        st.reconcile(group, out);
     }
     st.apply(e.flush());
     st
+}
+
+/// `PROPTEST_CASES` when set (to run more locally), else `n`.
+fn cases_or(n: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n)
 }
 
 fn arrival() -> impl Strategy<Value = (usize, bool)> {
@@ -1443,7 +1545,7 @@ fn arrival() -> impl Strategy<Value = (usize, bool)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(ProptestConfig::with_cases(cases_or(128)))]
 
     /// Any arrival order (delays, interleavings across vehicles, duplicates) gives the
     /// same non-retracted alerts (ids and every field) and trips as the in-order run,
@@ -1482,4 +1584,156 @@ proptest! {
         prop_assert!(only_got.is_empty() && only_want.is_empty(), "only in the permuted run: {:?}\nonly in order: {:?}", only_got, only_want);
         prop_assert_eq!(&got.trips, &want.trips);
     }
+}
+
+/// The fixes of `fixes` in an arrival order given by `delays` (positions each is held
+/// back, and whether it is sent twice), the tails last.
+fn arrivals_of(fixes: &[Fix], delays: &[(usize, bool)], tails: Vec<Fix>) -> Vec<Fix> {
+    let mut keyed: Vec<(usize, usize, &Fix)> = Vec::new();
+    for (i, f) in fixes.iter().enumerate() {
+        let (delay, twice) = delays[i];
+        keyed.push((i + delay, i, f));
+        if twice {
+            keyed.push((i + 2 * delay + 1, i, f));
+        }
+    }
+    keyed.sort_by_key(|&(k, i, _)| (k, i));
+    let mut arrivals: Vec<Fix> = keyed.into_iter().map(|(_, _, f)| f.clone()).collect();
+    // Episodes open at the end are final only once they end: the tails come last.
+    arrivals.extend(tails);
+    arrivals
+}
+
+/// Both runs' live alerts are the same.
+fn same_alerts(got: &Stored, want: &Stored) -> Result<(), TestCaseError> {
+    let (g, w) = (got.live(), want.live());
+    let only_got: Vec<_> = g.iter().filter(|a| !w.contains(a)).collect();
+    let only_want: Vec<_> = w.iter().filter(|a| !g.contains(a)).collect();
+    prop_assert!(
+        only_got.is_empty() && only_want.is_empty(),
+        "only in the permuted run: {:?}\nonly in order: {:?}",
+        only_got,
+        only_want
+    );
+    prop_assert_eq!(&got.trips, &want.trips);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases_or(128)))]
+
+    /// Drivers moving between vehicles (one at a time, A -> B -> A included): any
+    /// arrival order of the fixes (delays past the reorder window, duplicates) gives
+    /// the in-order run's alerts (ids and every field) and trips: a late fix
+    /// recomputes every vehicle its drivers drove since, merged in event-time order.
+    #[test]
+    fn any_arrival_order_gives_the_in_order_results_drivers_shared(
+        steps in proptest::collection::vec(step(), 1..500),
+        delays in proptest::collection::vec(arrival(), 500),
+    ) {
+        let mut cfg = small_cfg();
+        cfg.snapshot_interval_s = 120;
+        let fixes = in_order_fixes_shared_drivers(&steps);
+        let tails = parked_tails(&fixes);
+        let mut sorted = fixes.clone();
+        sorted.extend(tails.iter().cloned());
+        sorted.sort_by(|a, b| (a.ts(), a.vehicle()).cmp(&(b.ts(), b.vehicle())));
+        let want = arrive(cfg.clone(), &sorted);
+        prop_assert!(want.retracted.is_empty());
+        let got = arrive(cfg, &arrivals_of(&fixes, &delays, tails));
+        same_alerts(&got, &want)?;
+    }
+}
+
+/// Driver D drives BUS-1 (A), then CAR-1 (B), then A again, with short stops between
+/// (no break): 6 min 30 s of continuous driving, a violation over 5 min. A fix of
+/// D's first stint on A comes late: recomputing A alone (before issue 13) lost D's
+/// time on B, and the violation; the group recomputation gives the in-order run.
+#[test]
+fn a_late_fix_of_a_after_a_to_b_to_a_keeps_the_drivers_time_on_b() {
+    let t0 = local(8, 0, 0);
+    let at = |s: i64| t0 + Duration::seconds(s);
+    let fix = |v: &str, s: i64, kmh: f64, d: Option<&str>| {
+        let c = FixCandidate {
+            ts: Some(at(s)),
+            lat: 10.98,
+            lon: 106.71 + s as f64 * 1e-5,
+            speed_kmh: Some(kmh),
+            driver: d.map(str::to_string),
+            ignition: Some(true),
+            ..FixCandidate::default()
+        };
+        Fix::validate(
+            c,
+            VehicleId::parse(v).unwrap(),
+            &FixLimits::default(),
+            at(s),
+        )
+        .unwrap()
+    };
+    let d = Some("D1");
+    let mut fixes = Vec::new();
+    // A: driving 0..120 s, standing 130..140, D logs out at 150; standing without
+    // driver; D back at 320, driving to 440, then standing (the break ends it).
+    for s in (0..=600).step_by(10) {
+        let (kmh, drv) = match s {
+            0..=120 => (40.0, d),
+            130..=140 => (0.0, d),
+            150..=310 => (0.0, None),
+            320..=440 => (40.0, d),
+            _ => (0.0, d),
+        };
+        fixes.push(fix("BUS-1", s, kmh, drv));
+    }
+    // B: standing without driver, D logs in at 160, drives to 280, out at 310.
+    for s in (100..=600).step_by(10) {
+        let (kmh, drv) = match s {
+            160..=280 => (40.0, d),
+            290..=300 => (0.0, d),
+            _ => (0.0, None),
+        };
+        fixes.push(fix("CAR-1", s, kmh, drv));
+    }
+    fixes.sort_by(|a, b| (a.ts(), a.vehicle()).cmp(&(b.ts(), b.vehicle())));
+    let mut cfg = small_cfg();
+    cfg.snapshot_interval_s = 120;
+    let want = arrive(cfg.clone(), &fixes);
+    let late_at = at(60);
+    let mut arrivals: Vec<Fix> = fixes
+        .iter()
+        .filter(|f| f.ts() != late_at || f.vehicle().as_str() != "BUS-1")
+        .cloned()
+        .collect();
+    arrivals.push(fix("BUS-1", 60, 40.0, d));
+    let got = arrive(cfg, &arrivals);
+
+    let cont = |st: &Stored, level: Level| -> Vec<(String, AlertStatus, f64)> {
+        st.live()
+            .into_iter()
+            .filter(|a| a.kind == AlertKind::ContinuousDriving && a.level == level)
+            .map(|a| {
+                (
+                    a.vehicle.as_str().to_string(),
+                    a.status,
+                    num(&a, "driving_s"),
+                )
+            })
+            .collect()
+    };
+    let violation = cont(&want, Level::Violation);
+    // 390 s driven (130 s per stint); the violation opened on A in the second stint
+    // and closed by the break after it.
+    assert_eq!(
+        violation,
+        [("BUS-1".to_string(), AlertStatus::Closed, 390.0)],
+        "in order"
+    );
+    assert_eq!(cont(&got, Level::Violation), violation, "late fix of A");
+    assert_eq!(cont(&got, Level::Warning), cont(&want, Level::Warning));
+    assert_eq!(got.live(), want.live());
+    // The driver's live state (as the API shows it) agrees too: on A, after the break.
+    let live = |st: &Stored| st.states[&VehicleId::parse("BUS-1").unwrap()].clone();
+    assert_eq!(live(&got), live(&want));
+    assert_eq!(live(&want).driver.as_ref().map(|d| d.as_str()), Some("D1"));
+    assert_eq!(live(&want).daily_s, 390.0);
 }

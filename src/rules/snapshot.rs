@@ -36,6 +36,8 @@ pub enum SnapshotError {
 #[derive(Debug, Clone)]
 pub(crate) struct Packed {
     pub at_ms: i64,
+    /// Processing sequence number of the last fix it reflects (set by the engine).
+    pub seq: u64,
     /// The state without its open alerts (see [`CoreRef`]).
     core: Box<[u8]>,
     /// The open alerts, each packed on its own (see [`AlertRef`]).
@@ -197,7 +199,12 @@ impl Packed {
                 Ok(same.cloned().unwrap_or_else(|| Arc::from(b)))
             })
             .collect::<Result<_, SnapshotError>>()?;
-        Ok(Self { at_ms, core, open })
+        Ok(Self {
+            at_ms,
+            seq: 0,
+            core,
+            open,
+        })
     }
 
     /// The state as packed (`heard_ms` none).

@@ -554,6 +554,57 @@ async fn timescale_compression_and_retention_jobs_keep_reports_and_dedup_exact()
     app.wait().await;
 }
 
+/// A TimescaleDB database whose roll-ups an earlier version kept in a real-time
+/// continuous aggregate: the start (`rollup::ensure`) drops it, and the writer-kept
+/// table counts the stored fixes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_continuous_aggregate_is_dropped_and_the_fix_counts_rebuilt() {
+    let db = fresh_db().await;
+    let mut c = fleetwatch::store::connect(&db).await.unwrap();
+    if !timescale_preloaded(&c).await {
+        eprintln!("TimescaleDB not installed: nothing to check (scripts/test installs it)");
+        return;
+    }
+    c.batch_execute(
+        "INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat_e7, lon_e7, speed_kmh, flags, received_at)
+         SELECT 'CA-1', now() - interval '3 days' + i * interval '10 s', 'HTX-CA', 109000000, 1067000000, 40, 0, now()
+         FROM generate_series(0, 99) i;
+         CREATE MATERIALIZED VIEW fixes_daily_cagg
+             WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
+         SELECT vehicle_id, time_bucket(interval '1 day', ts) AS day_start,
+                count(*) AS fixes, min(ts) AS first_fix_ts, max(ts) AS last_fix_ts
+         FROM fixes GROUP BY vehicle_id, day_start WITH NO DATA;
+         CREATE OR REPLACE VIEW rollup_fixes_daily AS
+             SELECT vehicle_id, fw_local_day(day_start, 25200) AS day, fixes, first_fix_ts, last_fix_ts
+             FROM fixes_daily_cagg;
+         INSERT INTO rollup_meta (singleton, utc_offset_s, fixes_source) VALUES (true, 25200, 'cagg')
+             ON CONFLICT (singleton) DO UPDATE SET utc_offset_s = 25200, fixes_source = 'cagg';",
+    )
+    .await
+    .unwrap();
+    let offset = fleetwatch::domain::time::UtcOffset::from_seconds(25200);
+    let rebuilt = fleetwatch::store::rollup::ensure(&mut c, offset, Layout::Timescale)
+        .await
+        .unwrap();
+    assert!(rebuilt, "a plan with the aggregate is rebuilt");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM timescaledb_information.continuous_aggregates").await,
+        0
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM rollup_meta WHERE fixes_source = 'table'").await,
+        1
+    );
+    assert_eq!(
+        count(&db, "SELECT sum(fixes)::int8 FROM rollup_fixes_daily WHERE vehicle_id = 'CA-1'").await,
+        100
+    );
+    // Started again: nothing to do.
+    assert!(!fleetwatch::store::rollup::ensure(&mut c, offset, Layout::Timescale)
+        .await
+        .unwrap());
+}
+
 /// Whether the server `c` talks to preloads TimescaleDB.
 pub(crate) async fn timescale_preloaded(c: &tokio_postgres::Client) -> bool {
     let preload: String = c

@@ -428,3 +428,231 @@ async fn late_fixes_rewrite_the_trips_and_data_gaps_of_their_span() {
     app.wait().await;
     replay_agrees(&db, &s, V, at(0, false), at(181, false)).await;
 }
+
+/// A fix of `vehicle` at `ts`, `i` steps east when moving, with `driver` logged in.
+fn fix_msg(vehicle: &str, ts: DateTime<Utc>, i: usize, kmh: f64, driver: Option<&str>) -> Vec<u8> {
+    let ts = ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let driver = driver.map_or(String::new(), |d| format!(r#","driver_id":"{d}""#));
+    format!(
+        r#"{{"vehicle":"{vehicle}","ts":"{ts}","lat":10.95,"lon":{:.6},"speed_kmh":{kmh}{driver},"ignition":true,"satellites":9,"hdop":0.9}}"#,
+        106.60 + i as f64 * 1e-4
+    )
+    .into_bytes()
+}
+
+/// Driver D drives bus A for 2 h, stands, logs out, and 5 min later drives bus B for
+/// 2 h 05: one continuous run of 4 h 05 (no 15-min break), a warning and a violation
+/// on B. 20 minutes of A's fixes come late: live, they look like a break (no alert);
+/// the recomputation of A follows D to B and replays both buses in event-time order.
+/// The stored alerts are the in-order run's, and the driver's live state agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_fix_is_recomputed_across_the_vehicles_its_driver_moved_to() {
+    const A: &str = "51B-913.06";
+    const B: &str = "51B-913.07";
+    const D: &str = "079000000077";
+    let broker = EmbeddedBroker::start(0).unwrap();
+    let db = fresh_db().await;
+    let mut s = settings(&db, &broker.url(), "fw-shared");
+    s.vehicles = vec![registered(A), registered(B)];
+    // Ending about 40 s ago, so the live state is still in its run.
+    let start = base_time() - chrono::Duration::seconds(3 * 3600 + 14 * 60);
+    let at = |i: usize| start + chrono::Duration::seconds(20 * i as i64);
+    // (vehicle, i, speed, driver), 20 s cadence.
+    let mut track: Vec<(&str, usize, f64, Option<&str>)> = Vec::new();
+    for i in 0..=380 {
+        let (kmh, d) = match i {
+            0..=360 => (50.0, Some(D)),
+            361..=364 => (0.0, Some(D)),
+            _ => (0.0, None),
+        };
+        track.push((A, i, kmh, d));
+    }
+    for i in 350..=760 {
+        let (kmh, d) = match i {
+            375..=750 => (50.0, Some(D)),
+            751.. => (0.0, Some(D)),
+            _ => (0.0, None),
+        };
+        track.push((B, i, kmh, d));
+    }
+    track.sort_by_key(|&(v, i, _, _)| (at(i), v));
+    let hole = |v: &str, i: usize| v == A && (120..=180).contains(&i);
+    // Where the bus is at step `i`: standing where it stopped (or will start).
+    let place = |v: &str, i: usize| {
+        if v == A {
+            i.min(361)
+        } else {
+            i.clamp(375, 751)
+        }
+    };
+    let msg = |&(v, i, kmh, d): &(&str, usize, f64, Option<&str>)| {
+        let step = place(v, i);
+        (topic("HTX-O", v), fix_msg(v, at(i), step, kmh, d))
+    };
+    let live: Vec<_> = track.iter().filter(|x| !hole(x.0, x.1)).map(msg).collect();
+    let late: Vec<_> = track.iter().filter(|x| hole(x.0, x.1)).map(msg).collect();
+
+    // The in-order run, through the rules alone.
+    let limits = fleetwatch::domain::FixLimits::default();
+    let mut engine = fleetwatch::rules::Engine::new(
+        s.rules.clone(),
+        std::sync::Arc::new(fleetwatch::geo::GeoIndex::new(vec![], vec![]).unwrap()),
+        s.vehicles.clone(),
+    );
+    let mut out = fleetwatch::rules::Output::default();
+    for &(v, i, kmh, d) in &track {
+        let step = place(v, i);
+        let c = fleetwatch::domain::FixCandidate {
+            ts: Some(at(i)),
+            lat: 10.95,
+            lon: 106.60 + step as f64 * 1e-4,
+            speed_kmh: Some(kmh),
+            driver: d.map(str::to_string),
+            ignition: Some(true),
+            satellites: Some(9),
+            hdop: Some(0.9),
+            ..Default::default()
+        };
+        let vid = fleetwatch::domain::VehicleId::parse(v).unwrap();
+        let f = fleetwatch::domain::Fix::validate(c, vid, &limits, Utc::now()).unwrap();
+        out.append(engine.push(&f));
+    }
+    out.append(engine.flush());
+    let mut want: std::collections::BTreeMap<String, String> = Default::default();
+    for a in out.alerts.iter().filter(|a| a.kind.as_str() != "no_signal") {
+        let row = format!(
+            "{} {} {} {:?} {} {:?}",
+            a.vehicle.as_str(),
+            a.kind.as_str(),
+            serde_json::to_value(a.level).unwrap(),
+            a.status,
+            a.start,
+            a.end
+        );
+        want.insert(a.id.as_str().to_string(), row);
+    }
+    let kinds: Vec<&str> = want.values().map(|r| r.as_str()).collect();
+    assert!(
+        kinds
+            .iter()
+            .any(|r| r.starts_with(&format!("{B} continuous_driving \"violation\""))),
+        "in order, a violation on B: {kinds:?}"
+    );
+    let expected_live = out
+        .live
+        .iter()
+        .filter(|l| l.vehicle.as_str() == B)
+        .max_by_key(|l| l.as_of)
+        .cloned()
+        .unwrap();
+
+    let app = start_app(s.clone()).await;
+    publish_all(&broker.url(), &live).await;
+    wait_until("live fixes stored", Duration::from_secs(60), || {
+        let db = db.clone();
+        let n = live.len() as i64;
+        async move { count(&db, "SELECT count(*) FROM fixes").await == n }
+    })
+    .await;
+    let violations = "SELECT count(*) FROM alerts WHERE kind = 'continuous_driving'
+                        AND level = 'violation' AND retracted_at IS NULL";
+    assert_eq!(count(&db, violations).await, 0, "live, the hole is a break");
+    publish_all(&broker.url(), &late).await;
+    wait_until("the violation on B", Duration::from_secs(60), || {
+        let db = db.clone();
+        async move { count(&db, violations).await == 1 }
+    })
+    .await;
+    // Recomputation done: the stored alerts are the in-order ones.
+    let c = fleetwatch::store::connect(&db).await.unwrap();
+    let stored = || async {
+        let rows = c
+            .query(
+                "SELECT alert_id, vehicle_id, kind, level, status, start_ts, end_ts FROM alerts
+                 WHERE retracted_at IS NULL AND kind <> 'no_signal'",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| {
+                let status: String = r.get(4);
+                let status = if status == "open" { "Open" } else { "Closed" };
+                (
+                    r.get::<_, String>(0),
+                    format!(
+                        "{} {} \"{}\" {} {} {:?}",
+                        r.get::<_, String>(1),
+                        r.get::<_, String>(2),
+                        r.get::<_, String>(3),
+                        status,
+                        r.get::<_, DateTime<Utc>>(5),
+                        r.get::<_, Option<DateTime<Utc>>>(6)
+                    ),
+                )
+            })
+            .collect::<std::collections::BTreeMap<String, String>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut got = stored().await;
+    while got != want && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        got = stored().await;
+    }
+    assert_eq!(got, want, "stored (not retracted) vs in order");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM fixes WHERE flags & 16 <> 0").await,
+        late.len() as i64,
+        "the hole is flagged late"
+    );
+    let skipped = format!(
+        "SELECT count(*) FROM fixes WHERE flags & {} <> 0",
+        fleetwatch::pipeline::SKIPPED_BY_RULES
+    );
+    assert_eq!(
+        count(&db, &skipped).await,
+        0,
+        "every fix applied, as in order"
+    );
+
+    // The driver's live state, as the API shows it, is the in-order one.
+    let token = fleetwatch::api::auth::create_token(
+        &c,
+        fleetwatch::api::auth::Role::Cooperative,
+        Some("HTX-O"),
+        None,
+    )
+    .await
+    .unwrap();
+    let now = fleetwatch::domain::live::driving_now(
+        &s.rules.driving_limits(),
+        Utc::now(),
+        expected_live.continuous_s,
+        expected_live.last_drive_end,
+        Some(expected_live.day),
+        expected_live.daily_s,
+        expected_live.weekly_s,
+    );
+    assert!(now.continuous_s > 14_400.0, "{now:?}");
+    // The late fixes arrive while the first recomputation runs: it is done again for
+    // those not yet stored then, and the last fix leaves the reorder window on the
+    // next processing-time tick after it.
+    let want_as_of = fleetwatch::api::vehicles::rfc3339(expected_live.as_of);
+    let path = format!("/api/v1/drivers/{D}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut d = crate::api::get(app.http_addr, &path, &token).await.json();
+    while (d["as_of"].as_str() != Some(want_as_of.as_str())
+        || d["continuous_driving_s"] != now.continuous_s.round())
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        d = crate::api::get(app.http_addr, &path, &token).await.json();
+    }
+    assert_eq!(d["vehicle_id"], B, "{d}");
+    assert_eq!(d["as_of"].as_str(), Some(want_as_of.as_str()), "{d}");
+    assert_eq!(d["continuous_driving_s"], now.continuous_s.round(), "{d}");
+    assert_eq!(d["daily_driving_s"], now.daily_s.round(), "{d}");
+    assert_eq!(d["weekly_driving_s"], now.weekly_s.round(), "{d}");
+    app.shutdown();
+    app.wait().await;
+}
