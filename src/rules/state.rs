@@ -133,9 +133,11 @@ pub(crate) struct VehicleCore {
 }
 
 /// A vehicle's adaptive reorder window: it starts at the configured one, halves after
-/// every [`ReorderWindow::NARROW_AFTER`] fixes in a row that arrive newest so far (to
-/// none, so an in-order source has its fixes applied, and its alerts emitted, on
-/// arrival), and widens at once to twice the disorder of a fix older than the newest.
+/// every `calm` fixes in a row that arrive newest so far (to none, so an in-order
+/// source has its fixes applied, and its alerts emitted, on arrival), and widens at
+/// once to twice the disorder of a fix older than the newest. Each widening doubles
+/// `calm` (from 2, up to 128), so a source that shuffles now and then is not
+/// recomputed again every few fixes as the window narrows under its disorder.
 /// Checkpointed so that a restart resumes alike; a fix later than the window is
 /// recomputed, so the rules' results do not depend on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,11 +146,15 @@ pub(crate) struct ReorderWindow {
     pub ms: u32,
     /// Fixes in a row that arrived newest so far, since the last change.
     pub in_order: u8,
+    /// Fixes in a row in order before the window halves.
+    pub calm: u8,
 }
 
 impl ReorderWindow {
-    /// Fixes in a row in order before the window halves.
-    pub const NARROW_AFTER: u8 = 4;
+    /// Fixes in a row in order before the window first halves.
+    const CALM_FIRST: u8 = 2;
+    /// The most `calm` grows to.
+    const CALM_MAX: u8 = 128;
     /// Below this the window closes, ms.
     const MIN_MS: u32 = 250;
 
@@ -157,6 +163,7 @@ impl ReorderWindow {
         Self {
             ms: u32::try_from(max_ms).unwrap_or(u32::MAX),
             in_order: 0,
+            calm: Self::CALM_FIRST,
         }
     }
 
@@ -170,7 +177,7 @@ impl ReorderWindow {
         let Some(newest) = newest_ms else { return };
         if ts_ms > newest {
             self.in_order = self.in_order.saturating_add(1);
-            if self.in_order >= Self::NARROW_AFTER {
+            if self.in_order >= self.calm {
                 self.in_order = 0;
                 self.ms /= 2;
                 if self.ms < Self::MIN_MS {
@@ -179,6 +186,7 @@ impl ReorderWindow {
             }
         } else if ts_ms < newest {
             self.in_order = 0;
+            self.calm = self.calm.saturating_mul(2).min(Self::CALM_MAX);
             let ms = (newest - ts_ms)
                 .saturating_mul(2)
                 .max(self.ms())

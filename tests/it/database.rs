@@ -588,21 +588,35 @@ async fn an_earlier_continuous_aggregate_is_dropped_and_the_fix_counts_rebuilt()
         .unwrap();
     assert!(rebuilt, "a plan with the aggregate is rebuilt");
     assert_eq!(
-        count(&db, "SELECT count(*) FROM timescaledb_information.continuous_aggregates").await,
+        count(
+            &db,
+            "SELECT count(*) FROM timescaledb_information.continuous_aggregates"
+        )
+        .await,
         0
     );
     assert_eq!(
-        count(&db, "SELECT count(*) FROM rollup_meta WHERE fixes_source = 'table'").await,
+        count(
+            &db,
+            "SELECT count(*) FROM rollup_meta WHERE fixes_source = 'table'"
+        )
+        .await,
         1
     );
     assert_eq!(
-        count(&db, "SELECT sum(fixes)::int8 FROM rollup_fixes_daily WHERE vehicle_id = 'CA-1'").await,
+        count(
+            &db,
+            "SELECT sum(fixes)::int8 FROM rollup_fixes_daily WHERE vehicle_id = 'CA-1'"
+        )
+        .await,
         100
     );
     // Started again: nothing to do.
-    assert!(!fleetwatch::store::rollup::ensure(&mut c, offset, Layout::Timescale)
-        .await
-        .unwrap());
+    assert!(
+        !fleetwatch::store::rollup::ensure(&mut c, offset, Layout::Timescale)
+            .await
+            .unwrap()
+    );
 }
 
 /// Whether the server `c` talks to preloads TimescaleDB.
