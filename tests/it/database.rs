@@ -316,10 +316,12 @@ async fn timescaledb_installed_but_not_preloaded_gives_the_plain_layout_on_a_liv
     assert_eq!(layout, Layout::Plain);
     let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1, "the connection works after migrating");
-    // The plain layout stores and keeps fixes.
+    // The plain layout stores fixes, and its retention deletes only those past it.
     c.execute(
         "INSERT INTO fixes (vehicle_id, ts, cooperative_id, lat_e7, lon_e7, speed_kmh, received_at)
-         VALUES ('P-1', now(), 'C', 109000000, 1067000000, 30, now())",
+         VALUES ('P-1', now(), 'C', 109000000, 1067000000, 30, now()),
+                ('P-1', now() - interval '401 days', 'C', 109000000, 1067000000, 30, now()),
+                ('P-1', now() - interval '399 days', 'C', 109000000, 1067000000, 30, now())",
         &[],
     )
     .await
@@ -328,8 +330,14 @@ async fn timescaledb_installed_but_not_preloaded_gives_the_plain_layout_on_a_liv
         fleetwatch::store::migrate::enforce_retention(&c, 400)
             .await
             .unwrap(),
-        0
+        1
     );
+    let left: i64 = c
+        .query_one("SELECT count(*) FROM fixes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 2, "the fixes within the retention stay");
 }
 
 /// The shared test server preloads TimescaleDB when it is installed: the suite runs on
