@@ -70,7 +70,7 @@ struct Held {
     barrier: DateTime<Utc>,
     /// Fixes older than this are `late` (data quality): a reorder window behind the
     /// newest fix seen, whatever the recomputation has reached.
-    applied: DateTime<Utc>,
+    late_before: DateTime<Utc>,
     fixes: Vec<Fix>,
 }
 
@@ -164,14 +164,14 @@ const RECOMPUTE_PAGE: i64 = 5_000;
 
 impl Recompute {
     /// Queues a recomputation for the late `fix` (or widens the one queued); fixes
-    /// older than `applied` are flagged late.
-    fn hold_late(&mut self, fix: &Fix, applied: Option<DateTime<Utc>>) {
+    /// older than `late_before` are flagged late.
+    fn hold_late(&mut self, fix: &Fix, late_before: Option<DateTime<Utc>>) {
         let vid = fix.vehicle();
-        let applied = applied.unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let late_before = late_before.unwrap_or(DateTime::<Utc>::MIN_UTC);
         match self.held.get_mut(vid) {
             Some(h) => {
                 h.since = h.since.min(fix.ts());
-                h.applied = h.applied.max(applied);
+                h.late_before = h.late_before.max(late_before);
                 h.fixes.push(fix.clone());
             }
             None => {
@@ -180,7 +180,7 @@ impl Recompute {
                     Held {
                         since: fix.ts(),
                         barrier: fix.ts(),
-                        applied,
+                        late_before,
                         fixes: vec![fix.clone()],
                     },
                 );
@@ -261,24 +261,19 @@ impl Stage {
                     // A jump is a bad position: keep it out of the rules.
                     if !a.flags.has(Flags::JUMP) {
                         let vid = a.fix.vehicle();
-                        // Late (data quality) is older than a newer fix of the vehicle
-                        // by more than the configured window, whatever window the
-                        // vehicle's order let the rules use (it may be none).
-                        let window = chrono::Duration::seconds(i64::from(
-                            self.engine.config().reorder_window_s,
-                        ));
+                        let window = self.late_window();
                         if let Some(h) = self.recompute.held.get_mut(vid) {
-                            if a.fix.ts() < h.applied {
+                            if a.fix.ts() < h.late_before {
                                 a.flags.0 |= Flags::LATE;
                             }
-                            h.applied = h.applied.max(a.fix.ts() - window);
+                            h.late_before = h.late_before.max(a.fix.ts() - window);
                             h.since = h.since.min(a.fix.ts());
                             h.fixes.push(a.fix.clone());
                         } else {
                             let o = self.engine.push(&a.fix);
                             if !o.late.is_empty() {
                                 // Applied by a recomputation of the vehicle.
-                                let late_before = self.engine.newest(vid).map(|n| n - window);
+                                let late_before = self.late_before(vid);
                                 if late_before.is_some_and(|l| a.fix.ts() < l) {
                                     a.flags.0 |= Flags::LATE;
                                 }
@@ -331,6 +326,19 @@ impl Stage {
 }
 
 impl Stage {
+    /// How far behind a newer fix of its vehicle a fix is `late` (data quality): the
+    /// configured reorder window, whatever window the vehicle's order let the rules
+    /// use (it may be none).
+    fn late_window(&self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::from(self.engine.config().reorder_window_s))
+    }
+
+    /// Fixes of `vehicle` older than this are `late`: [`Stage::late_window`] behind
+    /// its newest fix.
+    fn late_before(&self, vehicle: &VehicleId) -> Option<DateTime<Utc>> {
+        self.engine.newest(vehicle).map(|n| n - self.late_window())
+    }
+
     /// Starts the next queued recomputation when none is under way: sets back its
     /// group (the vehicle and those its drivers moved between since) and returns what
     /// the loader must read.
@@ -380,12 +388,10 @@ impl Stage {
                     Held {
                         since: r.after,
                         barrier: r.newest.unwrap_or(r.after),
-                        // Late (data quality): a reorder window behind its newest.
-                        applied: r.newest.map_or(DateTime::<Utc>::MIN_UTC, |t| {
-                            t - chrono::Duration::seconds(i64::from(
-                                self.engine.config().reorder_window_s,
-                            ))
-                        }),
+                        // Its newest from before the reset (the engine's is set back).
+                        late_before: r
+                            .newest
+                            .map_or(DateTime::<Utc>::MIN_UTC, |t| t - self.late_window()),
                         fixes: Vec::new(),
                     }
                 }
@@ -398,7 +404,7 @@ impl Stage {
                 Held {
                     since: DateTime::<Utc>::MAX_UTC,
                     barrier: h.barrier,
-                    applied: h.applied,
+                    late_before: h.late_before,
                     fixes: Vec::new(),
                 },
             );
@@ -500,7 +506,7 @@ impl Stage {
                         Held {
                             since: t,
                             barrier: t,
-                            applied: self.engine.last_applied(&vehicle).unwrap_or(t),
+                            late_before: self.late_before(&vehicle).unwrap_or(t),
                             fixes: Vec::new(),
                         },
                     );
@@ -684,8 +690,8 @@ pub async fn restore(
             out.append(o);
         } else {
             // Older than its checkpoint: recomputed once the stage runs.
-            let applied = stage.engine.last_applied(fix.vehicle());
-            stage.recompute.hold_late(&fix, applied);
+            let late_before = stage.late_before(fix.vehicle());
+            stage.recompute.hold_late(&fix, late_before);
         }
         replayed += 1;
         if out.alerts.len() + out.trips.len() >= 1000 {

@@ -170,8 +170,6 @@ pub struct Restart {
     /// The newest fix pushed for it before the reset: everything up to it was sent
     /// to the store, which a loader must wait for.
     pub newest: Option<DateTime<Utc>>,
-    /// The last fix the rules had applied for it before the reset.
-    pub applied: Option<DateTime<Utc>>,
 }
 
 /// Where a group recomputation starts one vehicle: its snapshot (or nothing, at the
@@ -586,13 +584,6 @@ impl Engine {
         slot.core.transit.progress(sched, self.p.offset_ms)
     }
 
-    /// Event time of the last fix of `vehicle` the rules applied: an older fix is `late`.
-    pub fn last_applied(&self, vehicle: &VehicleId) -> Option<DateTime<Utc>> {
-        let &vi = self.index.get(vehicle)?;
-        let l = self.slots[vi as usize].core.last.as_ref()?;
-        Some(super::alert::utc(l.ts_ms))
-    }
-
     /// Bytes of packed snapshot state held for `vehicle`, an open alert shared by
     /// several snapshots counted once (a measure of memory, for benchmarks and metrics).
     pub fn snapshot_bytes(&self, vehicle: &VehicleId) -> usize {
@@ -831,7 +822,6 @@ impl Engine {
         for st in starts {
             let slot = &mut self.slots[st.vi];
             let newest = slot.core.newest.map(|m| super::alert::utc(m.ts_ms));
-            let applied = slot.core.last.as_ref().map(|l| super::alert::utc(l.ts_ms));
             let no_signal = slot.core.no_signal;
             let heard_ms = slot.core.heard_ms;
             let window = slot.core.window;
@@ -848,7 +838,6 @@ impl Engine {
                 after: super::alert::utc(st.at_ms),
                 restated: slot.core.open.clone(),
                 newest,
-                applied,
             });
         }
         out
