@@ -25,7 +25,9 @@ pub struct RulesConfig {
     /// Each vehicle's window adapts, up to `reorder_window_s`: it narrows while the
     /// vehicle's fixes arrive in order (down to none: applied on arrival, alerts at
     /// once) and widens at once to twice the disorder seen. A fix later than its
-    /// vehicle's window is recomputed, so results are the same either way.
+    /// vehicle's window is recomputed, so results are the same either way. Off by
+    /// default for now: with it on, one integration test (100-fix messages over four
+    /// connections) stalls about one run in six under load, not yet explained.
     pub reorder_window_adaptive: bool,
     /// Event time between two in-memory snapshots of a vehicle's rule state: a late
     /// fix is recomputed from the newest snapshot older than it (thinned out to a few
@@ -55,7 +57,7 @@ impl Default for RulesConfig {
             utc_offset: UtcOffset::from_seconds(7 * 3600),
             stopped_max_kmh: 3.0,
             reorder_window_s: 10,
-            reorder_window_adaptive: true,
+            reorder_window_adaptive: false,
             snapshot_interval_s: 600,
             overspeed: OverspeedConfig::default(),
             driving: DrivingConfig::default(),

@@ -994,6 +994,62 @@ fn drain_due_releases_a_quiet_vehicles_buffer() {
     assert!(e.flush().is_empty());
 }
 
+/// Event time of the fix whose push emitted the first overspeed alert, and the alert.
+fn first_overspeed_push(cfg: RulesConfig) -> (DateTime<Utc>, Alert) {
+    let mut t = Track::new("BUS-1", local(9, 0, 0), 10.93, 106.66);
+    t.drive(120, 1, 50.0).drive(40, 1, 80.0);
+    let fixes = t.drive(20, 1, 50.0).end(50.0);
+    let mut e = engine_with(cfg);
+    for f in &fixes {
+        if let Some(a) = of_kind(&e.push(f), AlertKind::Overspeed).first() {
+            return (f.ts(), (*a).clone());
+        }
+    }
+    panic!("no overspeed alert");
+}
+
+#[test]
+fn an_in_order_vehicle_has_its_alerts_on_arrival_with_the_adaptive_window() {
+    let mut adaptive = RulesConfig::default();
+    adaptive.reorder_window_adaptive = true;
+    let (at, open) = first_overspeed_push(adaptive);
+    let (at_fixed, open_fixed) = first_overspeed_push(RulesConfig::default());
+    assert_eq!(open, open_fixed);
+    // 120 fixes in order closed the window: the fix completing the 20 s emits it.
+    assert!(
+        at - open.start <= Duration::seconds(21),
+        "{at} {}",
+        open.start
+    );
+    // A fixed window holds it until a fix 10 s newer arrives.
+    assert_eq!(at_fixed - at, Duration::seconds(10));
+}
+
+#[test]
+fn disorder_widens_a_closed_adaptive_window_again() {
+    let fixes = busy_track(); // a fix every 2 s
+    let mut cfg = RulesConfig::default();
+    cfg.reorder_window_adaptive = true;
+    let mut e = engine_with(cfg);
+    let mut out = Output::default();
+    for f in &fixes[..100] {
+        out.append(e.push(f));
+    }
+    assert!(out.late.is_empty());
+    // Then every block of 3 reversed (4 s of disorder): the closed window makes the
+    // first block's two older fixes late, and widens to hold every later block.
+    let mut rest = fixes[100..].to_vec();
+    for c in rest.chunks_mut(3) {
+        c.reverse();
+    }
+    for f in &rest {
+        out.append(e.push(f));
+    }
+    out.append(e.flush());
+    assert_eq!(out.late, vec![fixes[101].clone(), fixes[100].clone()]);
+    assert!(out.duplicates.is_empty());
+}
+
 // ---------------------------------------------------------------- state
 
 #[test]
@@ -1037,6 +1093,8 @@ fn state_per_vehicle_is_small() {
 
 fn small_cfg() -> RulesConfig {
     let mut cfg = RulesConfig::default();
+    // The property tests cover the adaptive window (opt-in) too.
+    cfg.reorder_window_adaptive = true;
     cfg.driving.continuous_max_s = 300;
     cfg.driving.warn_before_s = 60;
     cfg.driving.break_min_s = 60;
