@@ -1010,8 +1010,10 @@ fn first_overspeed_push(cfg: RulesConfig) -> (DateTime<Utc>, Alert) {
 
 #[test]
 fn an_in_order_vehicle_has_its_alerts_on_arrival_with_the_adaptive_window() {
-    let mut adaptive = RulesConfig::default();
-    adaptive.reorder_window_adaptive = true;
+    let adaptive = RulesConfig {
+        reorder_window_adaptive: true,
+        ..RulesConfig::default()
+    };
     let (at, open) = first_overspeed_push(adaptive);
     let (at_fixed, open_fixed) = first_overspeed_push(RulesConfig::default());
     assert_eq!(open, open_fixed);
@@ -1028,8 +1030,10 @@ fn an_in_order_vehicle_has_its_alerts_on_arrival_with_the_adaptive_window() {
 #[test]
 fn disorder_widens_a_closed_adaptive_window_again() {
     let fixes = busy_track(); // a fix every 2 s
-    let mut cfg = RulesConfig::default();
-    cfg.reorder_window_adaptive = true;
+    let cfg = RulesConfig {
+        reorder_window_adaptive: true,
+        ..RulesConfig::default()
+    };
     let mut e = engine_with(cfg);
     let mut out = Output::default();
     for f in &fixes[..100] {
@@ -1092,9 +1096,11 @@ fn state_per_vehicle_is_small() {
 }
 
 fn small_cfg() -> RulesConfig {
-    let mut cfg = RulesConfig::default();
-    // The property tests cover the adaptive window (opt-in) too.
-    cfg.reorder_window_adaptive = true;
+    let mut cfg = RulesConfig {
+        // The property tests cover the adaptive window (opt-in) too.
+        reorder_window_adaptive: true,
+        ..RulesConfig::default()
+    };
     cfg.driving.continuous_max_s = 300;
     cfg.driving.warn_before_s = 60;
     cfg.driving.break_min_s = 60;
